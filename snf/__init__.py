@@ -1,0 +1,3 @@
+"""snf: network functions as serverless stream functions on Apache Kafka."""
+
+__version__ = "0.1.0"

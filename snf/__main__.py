@@ -1,0 +1,3 @@
+from snf.cli import main
+
+raise SystemExit(main())

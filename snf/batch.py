@@ -1,0 +1,166 @@
+"""PacketBatch: the unit that flows through every topic and every function.
+
+A batch holds packets of one link type bound for one partition. Per-packet
+metadata sits in a numpy record array (one row per packet, fixed width), the
+packet bytes in one contiguous buffer. Nothing here parses packets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["RECORD_DTYPE", "PacketBatch", "PacketRow", "format_packet_id"]
+
+# One row per packet. Packet id = (sources[source], seq).
+RECORD_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<i8"),  # capture timestamp, ns since the epoch
+        ("seq", "<u8"),  # sequence number within its source
+        ("orig_len", "<u4"),  # length on the wire
+        ("cap_len", "<u4"),  # bytes carried here
+        ("source", "<u2"),  # index into PacketBatch.sources
+        ("reason", "<u2"),  # index into PacketBatch.reasons (0 = none)
+        ("flags", "<u4"),  # reserved, 0
+    ]
+)
+
+# (ts_ns, orig_len, data, source_id, seq, reason)
+PacketRow = tuple[int, int, bytes, int, int, str]
+
+
+def format_packet_id(source_id: int, seq: int) -> str:
+    """Printable packet id: 16 hex digits of source, then the sequence number."""
+    return f"{source_id:016x}:{seq}"
+
+
+@dataclass(slots=True)
+class PacketBatch:
+    linktype: int
+    records: np.ndarray
+    payload: bytes
+    sources: tuple[int, ...] = ()
+    reasons: tuple[str, ...] = ("",)
+    batch_id: int = 0
+    _offsets: list[int] | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def offsets(self) -> list[int]:
+        """Start offset of each packet in payload, plus the end (len + 1 items)."""
+        if self._offsets is None:
+            ends = np.cumsum(self.records["cap_len"], dtype=np.int64)
+            self._offsets = [0, *ends.tolist()]
+        return self._offsets
+
+    def packet(self, i: int) -> bytes:
+        off = self.offsets
+        return self.payload[off[i] : off[i + 1]]
+
+    def packets(self) -> list[bytes]:
+        off = self.offsets
+        data = self.payload
+        return [data[off[i] : off[i + 1]] for i in range(len(self.records))]
+
+    def packet_ids(self) -> list[tuple[int, int]]:
+        """(source id, seq) per packet."""
+        src = self.sources
+        return [
+            (src[s], q)
+            for s, q in zip(
+                self.records["source"].tolist(), self.records["seq"].tolist(), strict=True
+            )
+        ]
+
+    def reason_of(self, i: int) -> str:
+        return self.reasons[int(self.records["reason"][i])]
+
+    def rows(self) -> Iterator[PacketRow]:
+        rec = self.records
+        src = self.sources
+        reasons = self.reasons
+        for i, (ts, orig, s, q, r) in enumerate(
+            zip(
+                rec["ts_ns"].tolist(),
+                rec["orig_len"].tolist(),
+                rec["source"].tolist(),
+                rec["seq"].tolist(),
+                rec["reason"].tolist(),
+                strict=True,
+            )
+        ):
+            yield ts, orig, self.packet(i), src[s], q, reasons[r]
+
+    # -- building -------------------------------------------------------
+
+    @classmethod
+    def from_rows(cls, linktype: int, rows: Iterable[PacketRow], batch_id: int = 0) -> PacketBatch:
+        rows = list(rows)
+        rec = np.zeros(len(rows), dtype=RECORD_DTYPE)
+        source_index: dict[int, int] = {}
+        reason_index: dict[str, int] = {"": 0}
+        ts, orig, cap, srcs, seqs, reas = [], [], [], [], [], []
+        for t, o, data, sid, q, why in rows:
+            ts.append(t)
+            orig.append(o)
+            cap.append(len(data))
+            srcs.append(source_index.setdefault(sid, len(source_index)))
+            seqs.append(q)
+            reas.append(reason_index.setdefault(why, len(reason_index)))
+        if rows:
+            rec["ts_ns"] = ts
+            rec["orig_len"] = orig
+            rec["cap_len"] = cap
+            rec["source"] = srcs
+            rec["seq"] = seqs
+            rec["reason"] = reas
+        return cls(
+            linktype=linktype,
+            records=rec,
+            payload=b"".join(r[2] for r in rows),
+            sources=tuple(source_index),
+            reasons=tuple(reason_index),
+            batch_id=batch_id,
+        )
+
+    def select(
+        self,
+        indices: Sequence[int],
+        reasons: Sequence[str] | None = None,
+        replaced: dict[int, bytes] | None = None,
+        batch_id: int | None = None,
+    ) -> PacketBatch:
+        """A new batch with the packets at `indices`, in that order.
+
+        `reasons` (one per index) set the reason column; `replaced` maps an
+        original index to rewritten bytes (same capture, new content).
+        """
+        idx = np.asarray(indices, dtype=np.int64)
+        rec = self.records[idx].copy()
+        off = self.offsets
+        data = self.payload
+        parts = []
+        for i in indices:
+            if replaced and i in replaced:
+                parts.append(replaced[i])
+            else:
+                parts.append(data[off[i] : off[i + 1]])
+        if replaced:
+            rec["cap_len"] = [len(p) for p in parts]
+        reason_table: tuple[str, ...] = self.reasons
+        if reasons is not None:
+            table: dict[str, int] = {"": 0}
+            rec["reason"] = [table.setdefault(r, len(table)) for r in reasons]
+            reason_table = tuple(table)
+        return PacketBatch(
+            linktype=self.linktype,
+            records=rec,
+            payload=b"".join(parts),
+            sources=self.sources,
+            reasons=reason_table,
+            batch_id=self.batch_id if batch_id is None else batch_id,
+        )

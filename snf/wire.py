@@ -1,0 +1,105 @@
+"""Wire format of one Kafka message: a PacketBatch (see docs/WIRE-FORMAT.md).
+
+    header   "SNFB" version:u8 flags:u8 linktype:u16 count:u32 batch_id:u64
+             n_sources:u16 n_reasons:u16 payload_len:u32          (28 bytes)
+    sources  n_sources x u64
+    reasons  n_reasons x (len:u8, utf-8 bytes)    entry 0 is always ""
+    records  count x 32-byte rows (RECORD_DTYPE)
+    payload  payload_len bytes: the packets, back to back
+
+All integers little-endian. Decoding is two struct calls and one
+np.frombuffer: it never looks inside a packet.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from snf.batch import RECORD_DTYPE, PacketBatch
+from snf.errors import SnfError
+
+__all__ = ["MAGIC", "VERSION", "WireError", "decode", "encode"]
+
+MAGIC = b"SNFB"
+VERSION = 1
+_HEADER = struct.Struct("<4sBBHIQHHI")
+
+
+class WireError(SnfError):
+    """A message that is not a valid packet batch."""
+
+
+def encode(batch: PacketBatch) -> bytes:
+    reasons = batch.reasons or ("",)
+    if reasons[0] != "":
+        raise WireError("reason table must start with the empty reason")
+    parts = [
+        _HEADER.pack(
+            MAGIC,
+            VERSION,
+            0,
+            batch.linktype,
+            len(batch.records),
+            batch.batch_id,
+            len(batch.sources),
+            len(reasons),
+            len(batch.payload),
+        ),
+        struct.pack(f"<{len(batch.sources)}Q", *batch.sources),
+    ]
+    for r in reasons:
+        raw = r.encode()
+        if len(raw) > 255:
+            raise WireError(f"reason longer than 255 bytes: {r[:40]!r}...")
+        parts.append(bytes((len(raw),)) + raw)
+    parts.append(np.ascontiguousarray(batch.records, dtype=RECORD_DTYPE).tobytes())
+    parts.append(bytes(batch.payload))
+    return b"".join(parts)
+
+
+def decode(message: bytes) -> PacketBatch:
+    if len(message) < _HEADER.size:
+        raise WireError(f"message of {len(message)} bytes is shorter than a batch header")
+    magic, version, _flags, linktype, count, batch_id, n_src, n_reasons, payload_len = (
+        _HEADER.unpack_from(message)
+    )
+    if magic != MAGIC:
+        raise WireError(f"bad magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise WireError(f"unsupported batch format version {version} (this build reads {VERSION})")
+    pos = _HEADER.size
+    if len(message) < pos + 8 * n_src:
+        raise WireError("truncated source table")
+    sources = struct.unpack_from(f"<{n_src}Q", message, pos)
+    pos += 8 * n_src
+    reasons = []
+    for _ in range(n_reasons):
+        if pos >= len(message):
+            raise WireError("truncated reason table")
+        n = message[pos]
+        reasons.append(bytes(message[pos + 1 : pos + 1 + n]).decode(errors="replace"))
+        pos += 1 + n
+    rec_len = count * RECORD_DTYPE.itemsize
+    if pos + rec_len + payload_len != len(message):
+        raise WireError(
+            f"length mismatch: header announces {count} packets and {payload_len} payload bytes, "
+            f"message has {len(message) - pos} bytes after the tables"
+        )
+    records = np.frombuffer(message, dtype=RECORD_DTYPE, count=count, offset=pos)
+    pos += rec_len
+    if int(records["cap_len"].sum(dtype=np.int64)) != payload_len:
+        raise WireError("packet lengths do not add up to the payload length")
+    if count and int(records["source"].max()) >= max(n_src, 1):
+        raise WireError("packet refers to a source id outside the source table")
+    if count and int(records["reason"].max()) >= max(n_reasons, 1):
+        raise WireError("packet refers to a reason outside the reason table")
+    return PacketBatch(
+        linktype=linktype,
+        records=records,
+        payload=bytes(message[pos:]),
+        sources=tuple(sources),
+        reasons=tuple(reasons) or ("",),
+        batch_id=batch_id,
+    )
