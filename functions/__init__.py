@@ -1,0 +1,1 @@
+"""Built-in network functions, one per module (installed as snf.functions)."""
