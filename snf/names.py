@@ -55,3 +55,8 @@ def group_id(pipeline: str, function: str) -> str:
 def changelog_topic(pipeline: str, function: str, table: str) -> str:
     # Faust names changelogs "<app id>-<table>-changelog"; this mirrors it.
     return f"{group_id(pipeline, function)}-{table}-changelog"
+
+
+def leader_topic(pipeline: str, function: str) -> str:
+    # Faust's assignor creates "<app id>-__assignor-__leader"; deleted with the pipeline.
+    return f"{group_id(pipeline, function)}-__assignor-__leader"

@@ -1,0 +1,106 @@
+"""Batcher: captured packets -> per-partition PacketBatches, shared by every producer.
+
+The capture agent (Kafka) and the --local runner both batch through this
+class, so the two modes see the same packet ids and the same partitioning.
+Packets are parsed once per chunk (snf.parse, fixed offsets), routed by the
+FlowRouter, and appended to the pending batch of their partition; a batch is
+cut when it reaches max_packets or max_bytes, or when the caller flushes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from snf.batch import PacketBatch, PacketRow
+from snf.capture import CapturedPacket
+from snf.flowkey import FlowRouter
+from snf.parse import parse_batch
+
+__all__ = ["Batcher", "BatcherStats"]
+
+
+@dataclass
+class BatcherStats:
+    packets: int = 0
+    bytes: int = 0
+    batches: int = 0
+    per_partition: dict[int, int] = field(default_factory=dict)
+
+
+class Batcher:
+    def __init__(
+        self,
+        partitions: int,
+        source_id: int,
+        *,
+        max_packets: int = 512,
+        max_bytes: int = 512 * 1024,
+        first_seq: int = 0,
+    ) -> None:
+        self.partitions = partitions
+        self.source_id = source_id
+        self.max_packets = max_packets
+        self.max_bytes = max_bytes
+        self.seq = first_seq
+        self.router = FlowRouter()
+        self.stats = BatcherStats()
+        self._pending: dict[tuple[int, int], list[PacketRow]] = {}
+        self._pending_bytes: dict[tuple[int, int], int] = {}
+        self._next_batch_id = 0
+
+    def add(self, packets: Sequence[CapturedPacket]) -> list[tuple[int, PacketBatch]]:
+        """Route a chunk of packets; return the (partition, batch) pairs that filled up."""
+        ready: list[tuple[int, PacketBatch]] = []
+        start = 0
+        # Consecutive runs of one link type: a batch carries a single link type.
+        while start < len(packets):
+            linktype = packets[start].linktype
+            end = start + 1
+            while end < len(packets) and packets[end].linktype == linktype:
+                end += 1
+            ready.extend(self._add_run(linktype, packets[start:end]))
+            start = end
+        return ready
+
+    def _add_run(
+        self, linktype: int, run: Sequence[CapturedPacket]
+    ) -> list[tuple[int, PacketBatch]]:
+        datas = [p.data for p in run]
+        ts = [p.ts_ns for p in run]
+        headers = parse_batch(linktype, datas)
+        parts = self.router.route(headers, ts, self.partitions)
+        ready = []
+        seq = self.seq
+        src = self.source_id
+        pending = self._pending
+        sizes = self._pending_bytes
+        per_part = self.stats.per_partition
+        for p, pkt, part in zip(run, datas, parts, strict=True):
+            k = (linktype, part)
+            rows = pending.get(k)
+            if rows is None:
+                rows = pending[k] = []
+                sizes[k] = 0
+            rows.append((p.ts_ns, p.orig_len, pkt, src, seq, ""))
+            seq += 1
+            sizes[k] += len(pkt)
+            per_part[part] = per_part.get(part, 0) + 1
+            if len(rows) >= self.max_packets or sizes[k] >= self.max_bytes:
+                ready.append(self._cut(k))
+        self.stats.packets += len(run)
+        self.stats.bytes += sum(len(d) for d in datas)
+        self.seq = seq
+        return ready
+
+    def _cut(self, k: tuple[int, int]) -> tuple[int, PacketBatch]:
+        rows = self._pending.pop(k)
+        self._pending_bytes.pop(k)
+        batch = PacketBatch.from_rows(k[0], rows, batch_id=self._next_batch_id)
+        self._next_batch_id += 1
+        self.stats.batches += 1
+        return k[1], batch
+
+    def flush(self) -> list[tuple[int, PacketBatch]]:
+        """Cut every pending batch, in partition order."""
+        return [self._cut(k) for k in sorted(self._pending, key=lambda k: (k[1], k[0]))]

@@ -1,0 +1,88 @@
+"""KafkaPublisher: send PacketBatches to one topic, one message per batch."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError as ClientError
+from kafka.errors import KafkaTimeoutError
+
+from snf import wire
+from snf.batch import PacketBatch
+from snf.errors import SnfError
+
+__all__ = ["KafkaPublisher", "PublishError", "connect_producer"]
+
+log = logging.getLogger("snf.publisher")
+
+
+class PublishError(SnfError):
+    """Batches could not be delivered."""
+
+
+def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProducer:
+    """A producer, retrying while no broker answers (then a clear error)."""
+    delay = 0.5
+    for attempt in range(1, tries + 1):
+        try:
+            return KafkaProducer(
+                bootstrap_servers=bootstrap.split(","), bootstrap_timeout_ms=4000, **config
+            )
+        except KafkaTimeoutError:
+            if attempt == tries:
+                break
+            log.warning(
+                "no Kafka broker answers at %s (try %d/%d), retrying in %.1fs",
+                bootstrap,
+                attempt,
+                tries,
+                delay,
+            )
+            time.sleep(delay)
+            delay *= 2
+    raise PublishError(
+        f"no Kafka broker answers at {bootstrap} after {tries} tries; "
+        "start one with `snf kafka up` or point --brokers / SNF_BROKERS at a running cluster"
+    )
+
+
+class KafkaPublisher:
+    """Callable(partition, batch). Ordered per partition: one request in flight."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.topic = topic
+        self.errors: list[str] = []
+        self.sent = 0
+        self.producer = connect_producer(
+            bootstrap,
+            acks="all",
+            linger_ms=5,
+            batch_size=1 << 20,
+            max_request_size=8 << 20,
+            max_in_flight_requests_per_connection=1,  # keeps per-partition order on retries
+            retries=10,
+        )
+
+    def __call__(self, partition: int, batch: PacketBatch) -> None:
+        future = self.producer.send(self.topic, value=wire.encode(batch), partition=partition)
+        future.add_errback(self._failed)
+        self.sent += 1
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors.append(repr(exc))
+
+    def close(self, timeout: float = 60.0) -> None:
+        try:
+            self.producer.flush(timeout=timeout)
+        except ClientError as exc:
+            self.errors.append(repr(exc))
+        finally:
+            self.producer.close(timeout=5)
+        if self.errors:
+            raise PublishError(
+                f"{len(self.errors)} of {self.sent} batches to {self.topic} failed: "
+                f"{self.errors[0]}"
+            )

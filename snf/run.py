@@ -1,0 +1,196 @@
+"""`snf run`: the one-shot run of a pipeline over a capture.
+
+Kafka mode: broker (started if none answers) -> topics -> worker processes ->
+replay -> sink until every packet is accounted for (passed + dropped = sent)
+-> results -> teardown of everything this run started. --local runs the
+same cores in-process as the reference.
+
+A run uses its own pipeline instance name (<pipeline>-r<hex>), so its topics,
+groups and changelogs never meet those of another run or a deployed pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from snf import names
+from snf.collect import EGRESS, Collector
+from snf.errors import SnfError
+from snf.kafka import admin, cluster
+from snf.kafka.publisher import KafkaPublisher
+from snf.local import LocalPipeline
+from snf.pipeline import Pipeline, load_pipeline
+from snf.replay import ReplayOptions, ReplaySummary, replay
+from snf.sink import KafkaSink
+from snf.workers import WorkerProcess, log_tail, start_worker, wait_all_stopped
+
+__all__ = ["RunError", "RunOptions", "RunResult", "run_pipeline", "summary_table"]
+
+log = logging.getLogger("snf.run")
+
+
+class RunError(SnfError):
+    """A run that could not account for every packet, or whose workers failed."""
+
+
+@dataclass
+class RunOptions:
+    out: Path | None = None
+    events: Path | None = None
+    local: bool = False
+    brokers: str | None = None
+    replay: ReplayOptions = field(default_factory=ReplayOptions)
+    timeout: float = 60.0  # give up after this long without a new packet at the sink
+    keep: bool = False  # keep topics and the run directory
+    rundir: Path | None = None
+    loglevel: str = "info"
+
+
+@dataclass
+class RunResult:
+    pipeline: Pipeline
+    replay: ReplaySummary
+    collector: Collector
+    seconds: float
+    mode: str
+
+
+def _run_name(base: str) -> str:
+    return f"{base[:40]}-r{secrets.token_hex(3)}"
+
+
+def run_pipeline(
+    pipeline_path: Path, captures: Sequence[Path], opts: RunOptions, console: Console | None = None
+) -> RunResult:
+    console = console or Console(stderr=True)
+    pipeline = load_pipeline(pipeline_path)  # validates everything before anything starts
+    started = time.perf_counter()
+    if opts.local:
+        local = LocalPipeline(pipeline)
+        summary = replay(captures, pipeline.partitions, local, opts.replay, console)
+        result = RunResult(
+            pipeline, summary, local.collector, time.perf_counter() - started, "local"
+        )
+    else:
+        result = _run_kafka(pipeline_path, pipeline, captures, opts, console, started)
+    _write_outputs(result, opts, console)
+    return result
+
+
+def _run_kafka(
+    pipeline_path: Path,
+    pipeline: Pipeline,
+    captures: Sequence[Path],
+    opts: RunOptions,
+    console: Console,
+    started: float,
+) -> RunResult:
+    brokers = cluster.resolve_brokers(opts.brokers)
+    started_cluster = False
+    if brokers is None or not cluster.is_reachable(brokers):
+        if opts.brokers:
+            raise RunError(f"no Kafka broker answers at {opts.brokers}")
+        console.print("[bold]starting a local Kafka broker[/] (snf kafka up)")
+        brokers = cluster.up().bootstrap
+        started_cluster = True
+    run = pipeline.renamed(_run_name(pipeline.name))
+    rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-{run.name}-"))
+    workers: list[WorkerProcess] = []
+    try:
+        admin.ensure_topics(brokers, run.topics())
+        for pf in run.functions:
+            for i in range(pf.instances):
+                workers.append(
+                    start_worker(
+                        pipeline_path,
+                        pf.name,
+                        i,
+                        brokers,
+                        rundir,
+                        name=run.name,
+                        loglevel=opts.loglevel,
+                    )
+                )
+        console.print(
+            f"run [bold]{run.name}[/] on {brokers}: {len(workers)} worker(s), logs in {rundir}"
+        )
+        publisher = KafkaPublisher(brokers, run.ingress_topic)
+        try:
+            summary = replay(captures, run.partitions, publisher, opts.replay, console)
+        finally:
+            publisher.close()
+        collector = Collector()
+        sink = KafkaSink(brokers, run.sink_topics())
+
+        def check() -> None:
+            for w in workers:
+                if not w.alive():
+                    raise RunError(
+                        f"worker {w.function}/{w.instance} exited with "
+                        f"{w.proc.returncode}:\n{log_tail(w.log_path)}"
+                    )
+
+        try:
+            complete = sink.collect(collector, summary.packets, opts.timeout, check)
+        finally:
+            sink.close()
+        if not complete:
+            raise RunError(
+                f"only {collector.total} of {summary.packets} packets accounted "
+                f"for after {opts.timeout:.0f}s without progress; logs in {rundir}"
+            )
+        if collector.conflicts:
+            raise RunError(f"{collector.conflicts} packets came out of two different ports")
+        return RunResult(run, summary, collector, time.perf_counter() - started, "kafka")
+    finally:
+        wait_all_stopped(workers)
+        if not opts.keep:
+            try:
+                internal = [names.leader_topic(run.name, f.name) for f in run.functions]
+                admin.delete_topics(brokers, [*run.topics(), *run.changelog_topics(), *internal])
+            except SnfError as exc:
+                log.warning("could not delete the run's topics: %s", exc)
+        if started_cluster and not opts.keep:
+            cluster.down()
+
+
+def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> None:
+    if opts.out:
+        n = result.collector.write_pcapng(opts.out)
+        console.print(f"wrote {n} packets to {opts.out}")
+    if opts.events:
+        for path in result.collector.write_events(opts.events):
+            console.print(f"wrote {path}")
+
+
+def summary_table(result: RunResult) -> Table:
+    """Per function: packets in, passed, dropped by reason."""
+    col = result.collector
+    s = result.replay
+    table = Table(
+        title=f"{result.pipeline.name} ({result.mode}): {s.packets} packets, "
+        f"{s.pps:,.0f} pkt/s replay, {result.seconds:.1f}s total"
+    )
+    for name in ("function", "in", "pass", "drop", "reasons"):
+        table.add_column(name, justify="left" if name in ("function", "reasons") else "right")
+    n_in = s.packets
+    for pf in result.pipeline.functions:
+        side = [p for p in pf.cls.ports if p != "pass"]
+        dropped = sum(col.count((pf.name, p)) for p in side)
+        reasons = []
+        for p in side:
+            for reason, n in sorted(col.reasons((pf.name, p)).items()):
+                reasons.append(f"{p}:{reason or '-'}={n}")
+        table.add_row(pf.name, str(n_in), str(n_in - dropped), str(dropped), " ".join(reasons))
+        n_in -= dropped
+    table.add_row("[bold]egress[/]", "", str(col.count(EGRESS)), "", "")
+    return table

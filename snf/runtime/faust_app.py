@@ -1,0 +1,129 @@
+"""The Faust shell: the only module in snf that imports Faust.
+
+One Faust app per (pipeline, function). Its id is the consumer group
+(snf.names.group_id), its source is the function's input topic, and each
+state table of the core is a Faust Table stored in RocksDB (rocksdict) and
+backed by the changelog topic "<app id>-<table>-changelog". A table write
+goes to the changelog partition of the event being processed, which is the
+partition the batch came from: that is why every input is partitioned by
+the function's key (docs/ARCHITECTURE.md, "Partitioning").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import faust
+
+from snf import wire
+from snf.engine import FunctionEngine
+from snf.pipeline import Pipeline
+from snf.state import BatchState
+
+__all__ = ["FaustTableStore", "create_app", "run_worker"]
+
+log = logging.getLogger("snf.worker")
+
+
+class FaustTableStore:
+    """snf.state.Store over a Faust table (only valid inside stream iteration)."""
+
+    __slots__ = ("table",)
+
+    def __init__(self, table: Any) -> None:
+        self.table = table
+
+    def get(self, key: bytes) -> Any | None:
+        return self.table.get(key)
+
+    def set(self, key: bytes, value: Any) -> None:
+        self.table[key] = value
+
+    def delete(self, key: bytes) -> None:
+        with contextlib.suppress(KeyError):
+            del self.table[key]
+
+
+def create_app(
+    pipeline: Pipeline,
+    function_name: str,
+    brokers: str,
+    datadir: Path,
+    *,
+    standby_replicas: int = 0,
+    replication: int = 1,
+    processing_guarantee: str = "at_least_once",
+) -> faust.App:
+    pf = pipeline.function(function_name)
+    n = pipeline.partitions
+    app = faust.App(
+        pf.group_id,
+        broker=",".join(f"kafka://{b}" for b in brokers.split(",")),
+        store="rocksdb://",
+        datadir=str(datadir),
+        topic_partitions=n,
+        topic_replication_factor=replication,
+        table_standby_replicas=standby_replicas,
+        processing_guarantee=processing_guarantee,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=False,
+        producer_max_request_size=4 * 1024 * 1024,
+    )
+    source = app.topic(pf.input_topic, key_serializer="raw", value_serializer="raw", partitions=n)
+    outputs = {
+        port: app.topic(topic, key_serializer="raw", value_serializer="raw", partitions=n)
+        for port, topic in pf.port_topics.items()
+    }
+    tables = {
+        name: app.Table(name, partitions=n, key_type=bytes, default=None)
+        for name in pf.cls.tables
+    }
+    engine = FunctionEngine(pf.cls(pf.config))
+    stores = {name: FaustTableStore(t) for name, t in tables.items()}
+
+    @app.agent(source, name=f"{pf.name}-agent")
+    async def process(stream: Any) -> None:
+        async for event in stream.events():
+            partition = event.message.partition
+            try:
+                batch = wire.decode(event.value)
+            except wire.WireError as exc:
+                engine.counters["bad_batch"] += 1
+                log.error(
+                    "skipping undecodable message at %s/%d@%d: %s",
+                    event.message.topic,
+                    partition,
+                    event.message.offset,
+                    exc,
+                )
+                continue
+            # Same partition out: every function of a chain is keyed by flow
+            # with the same partition count, so batches are never re-split.
+            for port, out in engine.handle(batch, BatchState(stores)).items():
+                await outputs[port].send(value=wire.encode(out), partition=partition)
+
+    @app.timer(10.0)
+    async def report() -> None:
+        if engine.counters:
+            log.info("%s counters %s", pf.name, dict(engine.counters))
+
+    return app
+
+
+def run_worker(
+    pipeline: Pipeline,
+    function_name: str,
+    brokers: str,
+    datadir: Path,
+    *,
+    loglevel: str = "info",
+    **settings: Any,
+) -> None:
+    """Run one worker until SIGTERM/SIGINT (blocks)."""
+    datadir.mkdir(parents=True, exist_ok=True)
+    app = create_app(pipeline, function_name, brokers, datadir, **settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

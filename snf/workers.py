@@ -1,0 +1,106 @@
+"""Worker processes: one OS process per function instance, started and stopped here."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["WorkerProcess", "log_tail", "start_worker"]
+
+
+@dataclass
+class WorkerProcess:
+    function: str
+    instance: int
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    datadir: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.alive():
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (Faust shuts down cleanly, committing offsets), SIGKILL after timeout."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_worker(
+    pipeline_path: Path,
+    function: str,
+    instance: int,
+    brokers: str,
+    rundir: Path,
+    *,
+    name: str | None = None,
+    loglevel: str = "info",
+) -> WorkerProcess:
+    """Start `snf worker` for one instance; its RocksDB lives in its own datadir."""
+    datadir = rundir / f"{function}-{instance}"
+    datadir.mkdir(parents=True, exist_ok=True)
+    log_path = rundir / f"{function}-{instance}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "snf",
+        "worker",
+        str(pipeline_path),
+        function,
+        "--brokers",
+        brokers,
+        "--datadir",
+        str(datadir),
+        "--loglevel",
+        loglevel,
+    ]
+    if name:
+        cmd += ["--name", name]
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return WorkerProcess(function, instance, proc, log_path, datadir)
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join(text[-lines:])
+
+
+def wait_all_stopped(workers: list[WorkerProcess], timeout: float = 20.0) -> None:
+    for w in workers:
+        if w.alive():
+            w.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        try:
+            w.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait(5)

@@ -1,0 +1,55 @@
+"""One real Kafka broker for the whole integration session.
+
+Default: the project's own KRaft broker (snf kafka up, jars from Maven Central).
+SNF_TEST_KAFKA=testcontainers runs the same tests against testcontainers'
+Kafka where a Docker engine exists; SNF_TEST_BROKERS points them at a running
+cluster. There is no fake broker.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from snf.kafka import cluster
+
+KAFKA_IMAGE = "apache/kafka:3.9.1"
+
+
+def docker_available() -> bool:
+    try:
+        import docker  # testcontainers' dependency
+
+        docker.from_env().ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    backend = os.environ.get("SNF_TEST_KAFKA", "local")
+    if os.environ.get("SNF_TEST_BROKERS"):
+        yield os.environ["SNF_TEST_BROKERS"]
+    elif backend == "testcontainers":
+        if not docker_available():
+            pytest.skip("SNF_TEST_KAFKA=testcontainers needs a Docker engine; none answers here")
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+    else:
+        info = cluster.up(nodes=1, name="pytest")
+        try:
+            yield info.bootstrap
+        finally:
+            cluster.down(name="pytest")
+
+
+@pytest.fixture
+def brokers_env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point every snf command of the test at the session broker."""
+    monkeypatch.setenv("SNF_BROKERS", kafka_bootstrap)
+    return kafka_bootstrap
