@@ -70,6 +70,10 @@ def create_app(
         processing_guarantee=processing_guarantee,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
+        # A killed worker's partitions move once its session expires: keep that short.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
         producer_max_request_size=4 * 1024 * 1024,
     )
     source = app.topic(pf.input_topic, key_serializer="raw", value_serializer="raw", partitions=n)

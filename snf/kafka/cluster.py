@@ -1,0 +1,297 @@
+"""A real Apache Kafka (KRaft) cluster on loopback that snf starts and stops itself.
+
+Jars come from Maven Central (deploy/kafka/pom.xml) into a cache outside the work
+tree; each cluster lives under `<snf_home>/clusters/<name>/` (layout: config.plan)
+and is recorded in `cluster.json` so any process can find, check or stop it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from snf.errors import SnfError
+from snf.kafka import config
+from snf.kafka.config import ClusterInfo, NodeInfo
+
+__all__ = [
+    "KAFKA_VERSION",
+    "ClusterInfo",
+    "KafkaError",
+    "NodeInfo",
+    "down",
+    "ensure_jars",
+    "is_reachable",
+    "kill_node",
+    "recorded",
+    "resolve_brokers",
+    "snf_home",
+    "start_node",
+    "status",
+    "up",
+    "wait_ready",
+]
+
+KAFKA_VERSION = "3.9.1"
+DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
+
+
+class KafkaError(SnfError):
+    """The broker cannot be fetched, started, reached or asked to do something."""
+
+
+def snf_home() -> Path:
+    return Path(os.environ.get("SNF_HOME") or Path.home() / ".cache" / "snf")
+
+
+def _cluster_dir(name: str) -> Path:
+    return snf_home() / "clusters" / name  # its lock file sits next to it: <name>.lock
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Serialise up/down/download across processes (pytest workers, the CLI)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _tool(name: str) -> str:
+    if not (found := shutil.which(name)):
+        raise KafkaError(f"`{name}` is not on PATH; the local Kafka broker needs JDK 17 and Maven")
+    return found
+
+
+def ensure_jars(progress: Callable[[str], None] | None = None) -> Path:
+    """The directory of broker jars, downloaded with Maven on first use."""
+    pom = DEPLOY_DIR / "pom.xml"
+    base = snf_home() / f"kafka-{KAFKA_VERSION}"
+    libs, stamp = base / "libs", base / "complete.stamp"
+    # The stamp is written last and holds the pom's hash: a half download or an edited
+    # pom is fetched again.
+    want = hashlib.sha256(pom.read_bytes()).hexdigest()
+    with _locked(base / ".lock"):
+        if stamp.exists() and stamp.read_text() == want:
+            return libs
+        _tool("java")
+        cmd = [_tool("mvn"), "-q", "-B", "-f", str(pom), "dependency:copy-dependencies"]
+        cmd += ["-DincludeScope=runtime", f"-DoutputDirectory={libs}"]
+        stamp.unlink(missing_ok=True)
+        shutil.rmtree(libs, ignore_errors=True)
+        if progress:
+            progress(f"downloading Kafka {KAFKA_VERSION} jars into {libs} (once)")
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            raise KafkaError(f"mvn could not fetch the Kafka {KAFKA_VERSION} jars:\n{tail}")
+        stamp.write_text(want)
+        return libs
+
+
+def is_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
+    """Whether a broker at `bootstrap` answers a metadata request within about `timeout`."""
+    from snf.kafka.admin import broker_count, quiet, tcp_open  # late: admin imports us
+
+    if not tcp_open(bootstrap, min(timeout, 2.0)):
+        return False
+    try:
+        with quiet():
+            return broker_count(bootstrap, timeout) > 0
+    except Exception:
+        return False
+
+
+_children: dict[int, subprocess.Popen[bytes]] = {}  # polled so dead nodes are reaped
+
+
+def _alive(node: NodeInfo) -> bool:
+    """A live java running kafka.Kafka on this node's properties (pids get reused)."""
+    if (child := _children.get(node.pid)) is not None and child.poll() is None:
+        # Our own child: its pid is not reused before we reap it, and right after
+        # Popen returns the kernel may still show an empty cmdline (exec in progress).
+        return True
+    try:
+        args = Path(f"/proc/{node.pid}/cmdline").read_bytes().decode().split("\0")
+    except (OSError, UnicodeDecodeError):
+        return False
+    # A zombie has an empty cmdline, so it fails here too.
+    return Path(args[0]).name == "java" and "kafka.Kafka" in args and str(node.props) in args
+
+
+def _spawn(node: NodeInfo, libs: Path) -> int:
+    node_dir = node.props.parent
+    cmd = [_tool("java"), *JVM_OPTS, "-cp", f"{libs}/*", f"-Dkafka.logs.dir={node_dir}"]
+    cmd += [f"-Dlog4j.configuration=file:{DEPLOY_DIR / 'log4j.properties'}"]
+    with open(node.log_file, "ab") as out:
+        proc = subprocess.Popen(
+            [*cmd, "kafka.Kafka", str(node.props)],
+            cwd=node_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the broker outlives this Python process
+        )
+    _children[proc.pid] = proc
+    return proc.pid
+
+
+def _save(info: ClusterInfo) -> None:
+    tmp = info.data_dir / "cluster.json.tmp"
+    tmp.write_text(info.to_json())
+    tmp.replace(info.data_dir / "cluster.json")
+
+
+def recorded(name: str = "default") -> ClusterInfo | None:
+    try:
+        return ClusterInfo.from_json((_cluster_dir(name) / "cluster.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
+    """Block until every node is registered and unfenced; KafkaError if a node dies."""
+    from snf.kafka.admin import broker_count, quiet, tcp_open  # late: admin imports us
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for node in info.nodes:
+            if not _alive(node):  # its log exists: _spawn opened it before starting it
+                tail = Path(node.log_file).read_text(errors="replace").splitlines()[-25:]
+                raise KafkaError(
+                    f"Kafka node {node.node_id} of cluster {info.name!r} is not running;"
+                    f" last lines of {node.log_file}:\n" + "\n".join(tail)
+                )
+        with contextlib.suppress(Exception), quiet():
+            if tcp_open(info.bootstrap) and broker_count(info.bootstrap) >= len(info.nodes):
+                return
+        if time.monotonic() > deadline:
+            raise KafkaError(f"Kafka cluster {info.name!r} not ready after {timeout:.0f}s")
+        time.sleep(0.25)
+
+
+def _create(name: str, nodes: int, libs: Path) -> ClusterInfo:
+    """Lay out and format fresh storage for every node (formats run in parallel)."""
+    data_dir = _cluster_dir(name)
+    shutil.rmtree(data_dir, ignore_errors=True)  # stale state never leaks between runs
+    info = config.plan(name, nodes, data_dir, config.free_ports(2 * nodes))
+    specs, cluster_id, formats = config.specs_of(info), config.new_cluster_id(), []
+    for node, spec in zip(info.nodes, specs, strict=True):
+        node.props.parent.mkdir(parents=True)
+        node.props.write_text(config.render_properties(config.node_properties(spec, specs)))
+        cmd = [_tool("java"), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format"]
+        cmd += ["-t", cluster_id, "-c", str(node.props)]
+        formats.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    for node, proc in zip(info.nodes, formats, strict=True):
+        out = proc.communicate(timeout=120)[0].decode(errors="replace")
+        if proc.returncode != 0:
+            raise KafkaError(f"formatting storage of Kafka node {node.node_id} failed:\n{out}")
+    return info
+
+
+def up(nodes: int = 1, name: str = "default", wait_timeout: float = 90.0) -> ClusterInfo:
+    """Start a fresh `nodes`-broker cluster, or return cluster `name` if it already runs."""
+    if nodes < 1:
+        raise KafkaError(f"a Kafka cluster needs at least one node, not {nodes}")
+    with _locked(_cluster_dir(name).parent / f"{name}.lock"):
+        current = recorded(name)
+        if current and all(map(_alive, current.nodes)) and is_reachable(current.bootstrap):
+            if len(current.nodes) != nodes:
+                raise KafkaError(
+                    f"Kafka cluster {name!r} already runs with {len(current.nodes)} nodes,"
+                    f" not {nodes}; run down({name!r}) first"
+                )
+            return current
+        if current:
+            _stop(name, current, 30.0)  # leftovers of a crashed or half-started run
+        libs = ensure_jars()
+        info = _create(name, nodes, libs)
+        for node in info.nodes:
+            node.pid = _spawn(node, libs)
+        _save(info)  # before waiting, so down() can clean up an interrupted start
+        try:
+            wait_ready(info, wait_timeout)
+        except BaseException:
+            _stop(name, info, 10.0)
+            raise
+        return info
+
+
+def _stop(name: str, info: ClusterInfo, timeout: float) -> bool:
+    """SIGTERM our live nodes, SIGKILL after `timeout`, then drop the record and data.
+
+    Deletes only under `<snf_home>/clusters/<name>/`, whatever paths the record names.
+    """
+    running = [n for n in info.nodes if _alive(n)]
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        for node in filter(_alive, running):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(node.pid, sig)
+        deadline = time.monotonic() + wait
+        while any(map(_alive, running)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    own = _cluster_dir(name)
+    (own / "cluster.json").unlink(missing_ok=True)
+    for node in info.nodes:  # logs and properties stay for a post-mortem
+        if Path(node.log_dir).resolve().is_relative_to(own.resolve()):
+            shutil.rmtree(node.log_dir, ignore_errors=True)
+    return bool(running)
+
+
+def down(name: str = "default", timeout: float = 30.0) -> bool:
+    """Stop cluster `name` and delete its data; False if nothing of it was running."""
+    with _locked(_cluster_dir(name).parent / f"{name}.lock"):
+        info = recorded(name)
+        return _stop(name, info, timeout) if info else False
+
+
+def status(name: str = "default") -> dict[str, Any]:
+    """The record of cluster `name` plus liveness of each node and of the bootstrap."""
+    info = recorded(name)
+    if info is None:
+        return {"name": name, "recorded": False, "running": False}
+    nodes = [{**asdict(n), "alive": _alive(n)} for n in info.nodes]
+    reachable = is_reachable(info.bootstrap)
+    running = reachable and all(n["alive"] for n in nodes)
+    head = {"name": name, "recorded": True, "running": running, "reachable": reachable}
+    return {**head, "bootstrap": info.bootstrap, "data_dir": str(info.data_dir), "nodes": nodes}
+
+
+def resolve_brokers(explicit: str | None = None) -> str | None:
+    """explicit > $SNF_BROKERS > the recorded default cluster, if a node of it lives > None."""
+    if explicit:
+        return explicit
+    if env := os.environ.get("SNF_BROKERS"):
+        return env
+    info = recorded("default")
+    return info.bootstrap if info and any(map(_alive, info.nodes)) else None
+
+
+def kill_node(info: ClusterInfo, node_id: int, sig: int = signal.SIGKILL) -> bool:
+    """Signal one node, for fault tests; False if it was not running."""
+    node = info.node(node_id)
+    if not _alive(node):
+        return False
+    os.kill(node.pid, sig)
+    return True
+
+
+def start_node(info: ClusterInfo, node_id: int) -> ClusterInfo:
+    """Restart a stopped node on its existing storage and record its new pid."""
+    node = info.node(node_id)
+    if _alive(node):
+        raise KafkaError(f"node {node_id} of Kafka cluster {info.name!r} is already running")
+    node.pid = _spawn(node, ensure_jars())
+    _save(info)
+    return info

@@ -1,0 +1,176 @@
+"""What a local KRaft cluster is: its nodes, their server.properties, and its record.
+
+No processes here: `snf.kafka.cluster` formats, starts and stops what this module
+describes. Every node is a combined broker+controller on loopback.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "HOST",
+    "ClusterInfo",
+    "NodeInfo",
+    "NodeSpec",
+    "free_ports",
+    "new_cluster_id",
+    "node_properties",
+    "plan",
+    "quorum_voters",
+    "render_properties",
+    "specs_of",
+]
+
+# Loopback only: a test broker must never be reachable from the network.
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """Where one node listens and stores its log."""
+
+    node_id: int
+    port: int  # PLAINTEXT listener for clients and replication
+    controller_port: int  # CONTROLLER listener for the KRaft quorum
+    log_dir: Path
+
+
+def replication_for(nodes: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas): 3+ nodes survive losing one broker."""
+    factor = min(nodes, 3)
+    return factor, 2 if factor >= 3 else 1
+
+
+def quorum_voters(specs: Sequence[NodeSpec]) -> str:
+    """Static voter list; with it `StorageTool format` needs no --standalone flag."""
+    return ",".join(f"{s.node_id}@{HOST}:{s.controller_port}" for s in specs)
+
+
+def node_properties(spec: NodeSpec, specs: Sequence[NodeSpec]) -> dict[str, str]:
+    """Properties for node `spec` of the cluster `specs` (which includes it)."""
+    factor, min_isr = replication_for(len(specs))
+    return {
+        "process.roles": "broker,controller",
+        "node.id": str(spec.node_id),
+        "controller.quorum.voters": quorum_voters(specs),
+        "listeners": f"PLAINTEXT://{HOST}:{spec.port},CONTROLLER://{HOST}:{spec.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{spec.port}",
+        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "log.dirs": str(spec.log_dir),
+        # Topics are declared by snf (names.py); a typo must fail, not create a topic.
+        "auto.create.topics.enable": "false",
+        "delete.topic.enable": "true",
+        "num.partitions": "1",
+        "default.replication.factor": str(factor),
+        "min.insync.replicas": str(min_isr),
+        "unclean.leader.election.enable": "false",
+        "offsets.topic.replication.factor": str(factor),
+        # 50 partitions by default; 10 makes the first consumer group join faster.
+        "offsets.topic.num.partitions": "10",
+        "transaction.state.log.replication.factor": str(factor),
+        "transaction.state.log.min.isr": str(min_isr),
+        "transaction.state.log.num.partitions": "10",
+        # Tests start workers one after another; do not hold the first join back 3 s.
+        "group.initial.rebalance.delay.ms": "0",
+        # Bounded disk use for a local broker: a day or 1 GiB per partition.
+        "log.retention.hours": "24",
+        "log.retention.bytes": str(1 << 30),
+        "log.segment.bytes": str(64 << 20),
+        "log.retention.check.interval.ms": "60000",
+        # Sized for a 2-core machine shared with Python workers.
+        "num.network.threads": "2",
+        "num.io.threads": "4",
+        "num.recovery.threads.per.data.dir": "1",
+    }
+
+
+def render_properties(props: Mapping[str, str]) -> str:
+    """Java properties text; values here never contain characters that need escaping."""
+    lines = ["# Written by snf.kafka.cluster; regenerated on every `up`."]
+    lines += [f"{key}={value}" for key, value in props.items()]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class NodeInfo:
+    """One started node, as recorded in cluster.json."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    pid: int
+    log_dir: str  # Kafka's log.dirs: the data, wiped by down()
+    log_file: str  # the JVM's stdout/stderr: WARN and above, and crashes
+
+    @property
+    def props(self) -> Path:
+        return Path(self.log_file).parent / "server.properties"
+
+
+@dataclass
+class ClusterInfo:
+    """A cluster, as recorded in `<data_dir>/cluster.json`."""
+
+    name: str
+    bootstrap: str
+    nodes: list[NodeInfo] = field(default_factory=list)
+    data_dir: Path = Path()
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "data_dir": str(self.data_dir)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ClusterInfo:
+        raw = json.loads(text)
+        nodes = [NodeInfo(**n) for n in raw.pop("nodes")]
+        return cls(nodes=nodes, data_dir=Path(raw.pop("data_dir")), **raw)
+
+    def node(self, node_id: int) -> NodeInfo:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free loopback ports (all bound at once, so none repeats)."""
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind((HOST, 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def new_cluster_id() -> str:
+    """Same format as `StorageTool random-uuid` (base64url of 16 bytes), without a JVM."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):  # Kafka avoids ids that look like a CLI flag
+            return cid
+
+
+def plan(name: str, nodes: int, data_dir: Path, ports: Sequence[int]) -> ClusterInfo:
+    """Layout of a new cluster: `<data_dir>/node-<id>/{server.properties,kafka.out,data/}`.
+
+    `ports` holds two per node (client, controller); pids are 0 until started.
+    """
+    infos = []
+    for i in range(1, nodes + 1):
+        node_dir = data_dir / f"node-{i}"
+        data, out = str(node_dir / "data"), str(node_dir / "kafka.out")
+        infos.append(NodeInfo(i, ports[2 * i - 2], ports[2 * i - 1], 0, data, out))
+    bootstrap = ",".join(f"{HOST}:{n.port}" for n in infos)
+    return ClusterInfo(name, bootstrap, infos, data_dir)
+
+
+def specs_of(info: ClusterInfo) -> list[NodeSpec]:
+    return [NodeSpec(n.node_id, n.port, n.controller_port, Path(n.log_dir)) for n in info.nodes]
