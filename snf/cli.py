@@ -14,7 +14,7 @@ from snf.errors import ConfigError, SnfError
 
 __all__ = ["main"]
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _add_brokers(p: argparse.ArgumentParser) -> None:

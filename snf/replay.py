@@ -137,6 +137,7 @@ def replay(
         else:
             _timed(stream, opts, batcher, send)
         send(batcher.flush())
+        progress.update(task, completed=total)
     summary.seconds = time.perf_counter() - started
     summary.packets = batcher.stats.packets
     summary.bytes = batcher.stats.bytes

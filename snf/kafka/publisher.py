@@ -29,7 +29,7 @@ def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProd
     for attempt in range(1, tries + 1):
         try:
             return KafkaProducer(
-                bootstrap_servers=bootstrap.split(","), bootstrap_timeout_ms=4000, **config
+                bootstrap_servers=bootstrap.split(","), bootstrap_timeout_ms=2500, **config
             )
         except KafkaTimeoutError:
             if attempt == tries:
