@@ -31,7 +31,13 @@ from snf.local import LocalPipeline
 from snf.pipeline import Pipeline, load_pipeline
 from snf.replay import ReplayOptions, ReplaySummary, replay
 from snf.sink import KafkaSink
-from snf.workers import WorkerProcess, log_tail, start_worker, wait_all_stopped
+from snf.workers import (
+    WorkerProcess,
+    log_tail,
+    start_worker,
+    wait_all_stopped,
+    wait_assigned,
+)
 
 __all__ = ["RunError", "RunOptions", "RunResult", "run_pipeline", "summary_table"]
 
@@ -62,6 +68,11 @@ class RunResult:
     collector: Collector
     seconds: float
     mode: str
+    processing_seconds: float = 0.0  # from the first packet sent to the last accounted for
+
+    @property
+    def processing_pps(self) -> float:
+        return self.replay.packets / self.processing_seconds if self.processing_seconds else 0.0
 
 
 def _run_name(base: str) -> str:
@@ -77,9 +88,8 @@ def run_pipeline(
     if opts.local:
         local = LocalPipeline(pipeline)
         summary = replay(captures, pipeline.partitions, local, opts.replay, console)
-        result = RunResult(
-            pipeline, summary, local.collector, time.perf_counter() - started, "local"
-        )
+        elapsed = time.perf_counter() - started
+        result = RunResult(pipeline, summary, local.collector, elapsed, "local", elapsed)
     else:
         result = _run_kafka(pipeline_path, pipeline, captures, opts, console, started)
     _write_outputs(result, opts, console)
@@ -123,6 +133,8 @@ def _run_kafka(
         console.print(
             f"run [bold]{run.name}[/] on {brokers}: {len(workers)} worker(s), logs in {rundir}"
         )
+        wait_assigned(workers, run.partitions)
+        processing_started = time.perf_counter()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         try:
             summary = replay(captures, run.partitions, publisher, opts.replay, console)
@@ -150,7 +162,10 @@ def _run_kafka(
             )
         if collector.conflicts:
             raise RunError(f"{collector.conflicts} packets came out of two different ports")
-        return RunResult(run, summary, collector, time.perf_counter() - started, "kafka")
+        done = time.perf_counter()
+        return RunResult(
+            run, summary, collector, done - started, "kafka", done - processing_started
+        )
     finally:
         wait_all_stopped(workers)
         if not opts.keep:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,7 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["WorkerProcess", "log_tail", "start_worker"]
+from snf.errors import SnfError
+
+__all__ = ["WorkerError", "WorkerProcess", "log_tail", "start_worker", "wait_assigned"]
+
+
+class WorkerError(SnfError):
+    """A worker process that died or never got its partitions."""
 
 
 @dataclass
@@ -24,6 +31,13 @@ class WorkerProcess:
     @property
     def pid(self) -> int:
         return self.proc.pid
+
+    def assignment(self) -> list[int] | None:
+        """Input partitions this worker owns, once its first rebalance completed."""
+        try:
+            return json.loads((self.datadir / "assignment.json").read_text())["partitions"]
+        except (OSError, ValueError, KeyError):
+            return None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -104,3 +118,31 @@ def wait_all_stopped(workers: list[WorkerProcess], timeout: float = 20.0) -> Non
         except subprocess.TimeoutExpired:
             w.proc.kill()
             w.proc.wait(5)
+
+
+def wait_assigned(workers: list[WorkerProcess], partitions: int, timeout: float = 90.0) -> None:
+    """Block until, per function, the instances together own every input partition."""
+    functions = {w.function for w in workers}
+    deadline = time.monotonic() + timeout
+    while True:
+        missing = []
+        for fn in sorted(functions):
+            owned: set[int] = set()
+            for w in workers:
+                if w.function != fn:
+                    continue
+                if not w.alive():
+                    raise WorkerError(
+                        f"worker {fn}/{w.instance} exited with "
+                        f"{w.proc.returncode}:\n{log_tail(w.log_path)}"
+                    )
+                owned.update(w.assignment() or ())
+            if len(owned) < partitions:
+                missing.append(fn)
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise WorkerError(
+                f"functions {missing} own no complete partition assignment after {timeout:.0f}s"
+            )
+        time.sleep(0.2)

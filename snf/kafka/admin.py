@@ -127,7 +127,7 @@ def _retrying(bootstrap: str, retries: int, action: Callable[[KafkaAdminClient],
     raise KafkaError(
         f"no Kafka broker answers at {bootstrap} after {retries} tries"
         f" ({time.monotonic() - started:.0f}s; last error: {last}); start one with"
-        " snf.kafka.cluster.up() or point SNF_BROKERS at a running broker"
+        " `snf kafka up` or point SNF_BROKERS at a running broker"
     )
 
 

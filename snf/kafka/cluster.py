@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -94,7 +95,8 @@ def ensure_jars(progress: Callable[[str], None] | None = None) -> Path:
             progress(f"downloading Kafka {KAFKA_VERSION} jars into {libs} (once)")
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+            out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # colours despite -B
+            tail = "\n".join(out.splitlines()[-20:])
             raise KafkaError(f"mvn could not fetch the Kafka {KAFKA_VERSION} jars:\n{tail}")
         stamp.write_text(want)
         return libs
@@ -147,12 +149,6 @@ def _spawn(node: NodeInfo, libs: Path) -> int:
     return proc.pid
 
 
-def _save(info: ClusterInfo) -> None:
-    tmp = info.data_dir / "cluster.json.tmp"
-    tmp.write_text(info.to_json())
-    tmp.replace(info.data_dir / "cluster.json")
-
-
 def recorded(name: str = "default") -> ClusterInfo | None:
     try:
         return ClusterInfo.from_json((_cluster_dir(name) / "cluster.json").read_text())
@@ -168,13 +164,17 @@ def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
     while True:
         for node in info.nodes:
             if not _alive(node):  # its log exists: _spawn opened it before starting it
-                tail = Path(node.log_file).read_text(errors="replace").splitlines()[-25:]
+                lines = Path(node.log_file).read_text(errors="replace").splitlines()
+                tail = [ln for ln in lines if not ln.lstrip().startswith(("at ", "... "))][-12:]
                 raise KafkaError(
                     f"Kafka node {node.node_id} of cluster {info.name!r} is not running;"
                     f" last lines of {node.log_file}:\n" + "\n".join(tail)
                 )
+        # Every node must answer itself: after a restart the others still list the
+        # killed incarnation until its session times out.
+        addresses = [f"{config.HOST}:{n.port}" for n in info.nodes]
         with contextlib.suppress(Exception), quiet():
-            if tcp_open(info.bootstrap) and broker_count(info.bootstrap) >= len(info.nodes):
+            if all(tcp_open(a) and broker_count(a) >= len(addresses) for a in addresses):
                 return
         if time.monotonic() > deadline:
             raise KafkaError(f"Kafka cluster {info.name!r} not ready after {timeout:.0f}s")
@@ -219,7 +219,7 @@ def up(nodes: int = 1, name: str = "default", wait_timeout: float = 90.0) -> Clu
         info = _create(name, nodes, libs)
         for node in info.nodes:
             node.pid = _spawn(node, libs)
-        _save(info)  # before waiting, so down() can clean up an interrupted start
+        info.save()  # before waiting, so down() can clean up an interrupted start
         try:
             wait_ready(info, wait_timeout)
         except BaseException:
@@ -281,10 +281,9 @@ def resolve_brokers(explicit: str | None = None) -> str | None:
 def kill_node(info: ClusterInfo, node_id: int, sig: int = signal.SIGKILL) -> bool:
     """Signal one node, for fault tests; False if it was not running."""
     node = info.node(node_id)
-    if not _alive(node):
-        return False
-    os.kill(node.pid, sig)
-    return True
+    if alive := _alive(node):
+        os.kill(node.pid, sig)
+    return alive
 
 
 def start_node(info: ClusterInfo, node_id: int) -> ClusterInfo:
@@ -293,5 +292,5 @@ def start_node(info: ClusterInfo, node_id: int) -> ClusterInfo:
     if _alive(node):
         raise KafkaError(f"node {node_id} of Kafka cluster {info.name!r} is already running")
     node.pid = _spawn(node, ensure_jars())
-    _save(info)
+    info.save()
     return info

@@ -137,6 +137,12 @@ class ClusterInfo:
     def node(self, node_id: int) -> NodeInfo:
         return next(n for n in self.nodes if n.node_id == node_id)
 
+    def save(self) -> None:
+        """Write `<data_dir>/cluster.json` atomically: readers never see half a record."""
+        tmp = self.data_dir / "cluster.json.tmp"
+        tmp.write_text(self.to_json())
+        tmp.replace(self.data_dir / "cluster.json")
+
 
 def free_ports(count: int) -> list[int]:
     """Distinct free loopback ports (all bound at once, so none repeats)."""

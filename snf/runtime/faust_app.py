@@ -12,7 +12,9 @@ the function's key (docs/ARCHITECTURE.md, "Partitioning").
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from snf.state import BatchState
 __all__ = ["FaustTableStore", "create_app", "run_worker"]
 
 log = logging.getLogger("snf.worker")
+ASSIGNMENT_FILE = "assignment.json"
 
 
 class FaustTableStore:
@@ -76,14 +79,14 @@ def create_app(
         broker_commit_interval=1.0,
         producer_max_request_size=4 * 1024 * 1024,
     )
+    source_name = pf.input_topic
     source = app.topic(pf.input_topic, key_serializer="raw", value_serializer="raw", partitions=n)
     outputs = {
         port: app.topic(topic, key_serializer="raw", value_serializer="raw", partitions=n)
         for port, topic in pf.port_topics.items()
     }
     tables = {
-        name: app.Table(name, partitions=n, key_type=bytes, default=None)
-        for name in pf.cls.tables
+        name: app.Table(name, partitions=n, key_type=bytes, default=None) for name in pf.cls.tables
     }
     engine = FunctionEngine(pf.cls(pf.config))
     stores = {name: FaustTableStore(t) for name, t in tables.items()}
@@ -108,6 +111,15 @@ def create_app(
             # with the same partition count, so batches are never re-split.
             for port, out in engine.handle(batch, BatchState(stores)).items():
                 await outputs[port].send(value=wire.encode(out), partition=partition)
+
+    @app.on_rebalance_complete.connect
+    async def record_assignment(sender: Any, **_: Any) -> None:
+        # The supervisor reads this file to know the worker owns its partitions.
+        mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == source_name)
+        tmp = datadir / "assignment.json.tmp"
+        tmp.write_text(json.dumps({"partitions": mine, "time": time.time()}))
+        tmp.replace(datadir / ASSIGNMENT_FILE)
+        log.info("%s assigned partitions %s", pf.name, mine)
 
     @app.timer(10.0)
     async def report() -> None:
