@@ -7,14 +7,17 @@ between "batch in" and "batches per port out".
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 
 from snf.batch import PacketBatch
-from snf.function import NetworkFunction
+from snf.function import NetworkFunction, Verdicts
 from snf.parse import parse_packet_batch
 from snf.state import BatchState
 
 __all__ = ["FunctionEngine"]
+
+log = logging.getLogger("snf.engine")
 
 
 class FunctionEngine:
@@ -25,8 +28,16 @@ class FunctionEngine:
 
     def handle(self, batch: PacketBatch, state: BatchState) -> dict[str, PacketBatch]:
         """Decide a batch, flush its state writes, return the non-empty output per port."""
-        headers = parse_packet_batch(batch)
-        verdicts = self.function.process(batch, headers, state)
+        try:
+            headers = parse_packet_batch(batch)
+            verdicts = self.function.process(batch, headers, state)
+        except Exception:  # a core bug must not kill the worker or lose packets
+            log.exception(
+                "%s failed on batch %d; dropping it whole", self.function.kind, batch.batch_id
+            )
+            state.discard()
+            port = "drop" if "drop" in self.ports else self.ports[-1]
+            verdicts = Verdicts([port] * len(batch), ["error"] * len(batch))
         state.flush()
         by_port: dict[str, list[int]] = {}
         reasons_by_port: dict[str, list[str]] = {}

@@ -70,6 +70,11 @@ class TableView:
         self._cache[key] = _DELETED
         self._dirty.add(key)
 
+    def discard(self) -> None:
+        """Forget this batch's reads and writes (the batch failed)."""
+        self._dirty.clear()
+        self._cache.clear()
+
     def flush(self) -> int:
         """Write every changed key once; return the number of writes."""
         store = self._store
@@ -96,6 +101,10 @@ class BatchState:
 
     def flush(self) -> int:
         return sum(v.flush() for v in self._views.values())
+
+    def discard(self) -> None:
+        for v in self._views.values():
+            v.discard()
 
     @staticmethod
     def memory(tables: Iterable[str]) -> dict[str, MemoryStore]:

@@ -29,23 +29,35 @@ def docker_available() -> bool:
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    backend = os.environ.get("SNF_TEST_KAFKA", "local")
-    if os.environ.get("SNF_TEST_BROKERS"):
+def kafka_cluster() -> Iterator[cluster.ClusterInfo | None]:
+    """The project's own broker for this session (None when the tests use another one).
+
+    Named per session, so concurrent test sessions never stop each other's broker.
+    """
+    if os.environ.get("SNF_TEST_BROKERS") or os.environ.get("SNF_TEST_KAFKA", "local") != "local":
+        yield None
+        return
+    name = f"pytest-{os.getpid()}"
+    info = cluster.up(nodes=1, name=name)
+    try:
+        yield info
+    finally:
+        cluster.down(name=name)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(kafka_cluster: cluster.ClusterInfo | None) -> Iterator[str]:
+    if kafka_cluster is not None:
+        yield kafka_cluster.bootstrap
+    elif os.environ.get("SNF_TEST_BROKERS"):
         yield os.environ["SNF_TEST_BROKERS"]
-    elif backend == "testcontainers":
+    else:
         if not docker_available():
             pytest.skip("SNF_TEST_KAFKA=testcontainers needs a Docker engine; none answers here")
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:
             yield kafka.get_bootstrap_server()
-    else:
-        info = cluster.up(nodes=1, name="pytest")
-        try:
-            yield info.bootstrap
-        finally:
-            cluster.down(name="pytest")
 
 
 @pytest.fixture

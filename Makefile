@@ -1,0 +1,48 @@
+# snf: two commands for a newcomer: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+SNF    := $(VENV)/bin/snf
+STAMP  := $(VENV)/.installed
+OUT    := out
+
+.PHONY: setup demo test unit integration lint bench kafka-jars clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "snf needs Python >= 3.11"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@$(PY) -c 'import crc32c' || { echo "crc32c C extension missing"; exit 1; }
+	touch $(STAMP)
+
+kafka-jars: setup
+	$(PY) -c 'from snf.kafka.cluster import ensure_jars; print(ensure_jars(print))'
+
+# Runs a bundled real capture through the bundled firewall pipeline on a local
+# broker, then writes out/edge.pcapng (open it in Wireshark) and out/events/.
+demo: setup kafka-jars
+	mkdir -p $(OUT)
+	$(SNF) run pipelines/edge.yaml ../shared/traffic/zeek-http-bro.org.pcap \
+		../shared/traffic/tcpreplay-test.pcap --out $(OUT)/edge.pcapng --events $(OUT)/events
+
+test: setup kafka-jars
+	$(VENV)/bin/ruff check snf functions tests bench
+	$(VENV)/bin/pytest -q tests/unit
+	$(VENV)/bin/pytest -q tests/integration
+
+unit: setup
+	$(VENV)/bin/pytest -q tests/unit
+
+lint: setup
+	$(VENV)/bin/ruff check snf functions tests bench
+	$(VENV)/bin/ruff format --check snf functions tests bench
+
+bench: setup kafka-jars
+	$(PY) bench/firewall_throughput.py --out bench/results/firewall.json
+
+clean:
+	rm -rf $(VENV) $(OUT) build *.egg-info
