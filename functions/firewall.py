@@ -60,6 +60,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from snf.batch import PacketBatch
+from snf.flowkey import FRAG_TTL_NS
 from snf.function import FunctionConfig, NetworkFunction, Verdicts
 from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
 from snf.state import BatchState
@@ -144,8 +145,10 @@ class FirewallTimeouts(BaseModel, extra="forbid"):
     fragment: float = Field(
         default=30,
         gt=0,
+        le=FRAG_TTL_NS / _NS,
         description="How long a first fragment's verdict is remembered for the later "
-        "fragments of its datagram.",
+        "fragments of its datagram. At most 30 s: the capture agent keeps a datagram's "
+        "fragments on one partition for 30 s of packet time (snf.flowkey.FRAG_TTL_NS).",
     )
 
 
@@ -285,7 +288,7 @@ class Firewall(NetworkFunction):
                     if first_key is not None:
                         value = [t, 1 if allow else 0, reason]
                         old = frag_get(first_key)
-                        if old is None or old[1:] != value[1:] or t - old[0] > frag_ns:
+                        if old != value:  # a repeated first fragment renews the verdict
                             frag_set(first_key, value)
             except Exception:  # crafted content broke an assumption: drop, never raise
                 allow, reason = False, "malformed"

@@ -49,7 +49,7 @@ def parse_ethernet_ipv4(packets: Sequence[bytes]) -> Headers:
         & (win[:, 14] == 0x45)
         & ((_u16(win, 20) & 0x3FFF) == 0)  # neither MF nor an offset
         & (tcp | (proto == 17))
-        & (avail >= np.where(tcp, 14, 8))
+        & (avail >= np.where(tcp, 20, 8))
     )
     n_ok = int(np.count_nonzero(ok))
     if n_ok * 4 < n:  # mostly other traffic: not worth the vectorised pass

@@ -12,7 +12,9 @@ What is understood
       family; AF_INET 2, AF_INET6 10/24/28/30). Any other link type: every
       packet is ``KIND_NON_IP`` with ethertype 0.
     * 802.1Q/802.1ad/0x9100 VLAN tags (up to 8) and MPLS label stacks (up to
-      8 labels; the payload is IPv4/IPv6 by its first nibble, else non-IP).
+      8 labels; the payload is IPv4/IPv6 by its first nibble, an Ethernet
+      pseudowire when a zero control word follows (RFC 4448; its inner frame
+      and VLAN tags are parsed too), else non-IP).
       ``ethertype`` is the innermost EtherType on the wire (0x8847/0x8848 for
       MPLS; for link types without one, 0x0800/0x86DD by IP version).
     * IPv4 with options; IPv6 extension headers (hop-by-hop, routing,
@@ -90,7 +92,7 @@ _V6_EXT = frozenset({0, 43, 60})  # length field in 8-octet units, not counting 
 _ECHO = frozenset({(1, 0), (1, 8), (58, 128), (58, 129)})
 # Minimum L4 header bytes and the error when missing, for protocols with ports.
 _PORT_PROTOS = {
-    6: (14, "truncated tcp header"),  # ports + flags; the full 20 are not needed
+    6: (20, "truncated tcp header"),  # a TCP header is never shorter than 20 bytes
     17: (8, "truncated udp header"),
     136: (8, "truncated udplite header"),
     132: (12, "truncated sctp header"),
@@ -180,20 +182,23 @@ def parse_packet(linktype: int, pkt: bytes) -> tuple:
     else:
         return _non_ip(0)
 
-    # -- VLAN tags and MPLS labels
+    # -- VLAN tags and MPLS labels; an Ethernet pseudowire inside MPLS (RFC 4448,
+    # with its zero control word) is looked through once, with its own VLAN tags.
     net = etype  # the network protocol to parse; differs from etype only under MPLS
-    if etype in _VLAN_TYPES:
-        for _ in range(_MAX_TAGS):
-            if n < l3 + 4:
-                return _bad(etype, "truncated vlan tag")
-            etype = pkt[l3 + 2] << 8 | pkt[l3 + 3]
-            l3 += 4
-            if etype not in _VLAN_TYPES:
-                break
-        else:
-            return _bad(etype, "too many vlan tags")
-        net = etype
-    if etype in _MPLS_TYPES:
+    for _ in range(2):
+        if etype in _VLAN_TYPES:
+            for _ in range(_MAX_TAGS):
+                if n < l3 + 4:
+                    return _bad(etype, "truncated vlan tag")
+                etype = pkt[l3 + 2] << 8 | pkt[l3 + 3]
+                l3 += 4
+                if etype not in _VLAN_TYPES:
+                    break
+            else:
+                return _bad(etype, "too many vlan tags")
+            net = etype
+        if etype not in _MPLS_TYPES:
+            break
         for _ in range(_MAX_LABELS):
             if n < l3 + 4:
                 return _bad(etype, "truncated mpls label stack")
@@ -206,6 +211,10 @@ def parse_packet(linktype: int, pkt: bytes) -> tuple:
             return _bad(etype, "truncated mpls payload")
         nibble = pkt[l3] >> 4
         net = ETH_IPV4 if nibble == 4 else ETH_IPV6 if nibble == 6 else 0
+        if nibble != 0 or net or n < l3 + 18:
+            break
+        etype = net = pkt[l3 + 16] << 8 | pkt[l3 + 17]  # control word, then Ethernet
+        l3 += 18
 
     # -- IP
     frag = FRAG_NONE

@@ -201,9 +201,21 @@ def test_vlan_tpid_9100_and_mpls_multicast_ethertype() -> None:
 
 
 def test_mpls_non_ip_payload_is_non_ip() -> None:
-    # Ethernet pseudowire: bottom label, then a control word starting with nibble 0.
-    p = one(MAC + b"\x88\x47" + _label(1) + bytes(60))
+    # Neither IP (nibble 4/6) nor a control word (nibble 0): an unknown payload.
+    p = one(MAC + b"\x88\x47" + _label(1) + b"\x80" + bytes(59))
     assert (p["kind"], p["ethertype"]) == (KIND_NON_IP, 0x8847)
+
+
+def test_mpls_ethernet_pseudowire_is_looked_through() -> None:
+    # RFC 4448: labels, a zero control word, then an Ethernet frame (here with a VLAN tag).
+    inner = tcp4("10.1.0.1", "10.1.0.2", 1234, 80, vlan=1)
+    p = one(MAC + b"\x88\x47" + _label(16, bottom=False) + _label(1) + bytes(4) + inner)
+    plain = one(tcp4("10.1.0.1", "10.1.0.2", 1234, 80))
+    assert (p["kind"], p["ethertype"], p["sport"], p["dport"]) == (KIND_IP, 0x0800, 1234, 80)
+    assert p["l3_off"] == 14 + 8 + 4 + 18
+    assert p["flow"] == plain["flow"]
+    empty = one(MAC + b"\x88\x47" + _label(1) + bytes(60))  # a zeroed inner frame
+    assert (empty["kind"], empty["ethertype"]) == (KIND_NON_IP, 0)
 
 
 def _label(label: int, bottom: bool = True) -> bytes:
