@@ -159,8 +159,9 @@ class Pipeline:
     def renamed(self, name: str) -> Pipeline:
         """The same pipeline under another instance name (e.g. one per `snf run`)."""
         spec = self.spec.model_copy(update={"name": name})
-        return Pipeline(spec, self.path,
-                        [dataclasses.replace(fn, pipeline=name) for fn in self.functions])
+        return Pipeline(
+            spec, self.path, [dataclasses.replace(fn, pipeline=name) for fn in self.functions]
+        )
 
     def sink_topics(self) -> dict[str, tuple[str, str]]:
         """Terminal topics -> (function, port): egress plus every side port."""
