@@ -14,7 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from snf.batch import PacketBatch
 from snf.batcher import Batcher
@@ -105,8 +110,7 @@ def replay(
     progress = Progress(
         TextColumn("replay"),
         BarColumn(),
-        TransferSpeedColumn(),
-        TextColumn("{task.fields[pkts]} packets"),
+        TextColumn("{task.fields[pkts]:,} packets"),
         TimeElapsedColumn(),
         console=console,
         disable=not opts.progress,

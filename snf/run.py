@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,6 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from snf import names
@@ -115,6 +123,7 @@ def _run_kafka(
     run = pipeline.renamed(_run_name(pipeline.name))
     rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-{run.name}-"))
     workers: list[WorkerProcess] = []
+    succeeded = False
     try:
         admin.ensure_topics(brokers, run.topics())
         for pf in run.functions:
@@ -151,8 +160,25 @@ def _run_kafka(
                         f"{w.proc.returncode}:\n{log_tail(w.log_path)}"
                     )
 
+        progress = Progress(
+            TextColumn("sink  "),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("packets accounted for"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not opts.replay.progress,
+        )
         try:
-            complete = sink.collect(collector, summary.packets, opts.timeout, check)
+            with progress:
+                task = progress.add_task("sink", total=summary.packets)
+                complete = sink.collect(
+                    collector,
+                    summary.packets,
+                    opts.timeout,
+                    check,
+                    on_progress=lambda n: progress.update(task, completed=n),
+                )
         finally:
             sink.close()
         if not complete:
@@ -163,6 +189,7 @@ def _run_kafka(
         if collector.conflicts:
             raise RunError(f"{collector.conflicts} packets came out of two different ports")
         done = time.perf_counter()
+        succeeded = True
         return RunResult(
             run, summary, collector, done - started, "kafka", done - processing_started
         )
@@ -176,6 +203,8 @@ def _run_kafka(
                 log.warning("could not delete the run's topics: %s", exc)
         if started_cluster and not opts.keep:
             cluster.down()
+        if succeeded and opts.rundir is None and not opts.keep:
+            shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
 
 
 def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> None:
@@ -192,8 +221,9 @@ def summary_table(result: RunResult) -> Table:
     col = result.collector
     s = result.replay
     table = Table(
-        title=f"{result.pipeline.name} ({result.mode}): {s.packets} packets, "
-        f"{s.pps:,.0f} pkt/s replay, {result.seconds:.1f}s total"
+        title=f"{result.pipeline.name} ({result.mode}): {s.packets} packets in "
+        f"{result.processing_seconds:.2f}s ({result.processing_pps:,.0f} pkt/s), "
+        f"{result.seconds:.1f}s with start-up"
     )
     for name in ("function", "in", "pass", "drop", "reasons"):
         table.add_column(name, justify="left" if name in ("function", "reasons") else "right")
