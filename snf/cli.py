@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 from snf.errors import ConfigError, SnfError
 
@@ -70,7 +71,9 @@ def _replay_options(args: argparse.Namespace):  # -> ReplayOptions
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="snf", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="snf", description="Network functions as stream functions on Apache Kafka."
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -146,8 +149,25 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     status = cluster.status(name=args.name)
     if args.json:
         print(json.dumps(status, indent=2, default=str))
-    else:
-        console.print(status)
+        return 0
+    if not status.get("recorded"):
+        console.print(f"no cluster {args.name!r} recorded (start one with `snf kafka up`)")
+        return 0
+    state = "[green]serving[/]" if status["reachable"] else "[red]not reachable[/]"
+    table = Table(title=f"cluster {status['name']}: {status['bootstrap']} {state}")
+    for column in ("node", "port", "controller", "pid", "alive"):
+        table.add_column(column)
+    table.add_column("log", overflow="fold")
+    for node in status["nodes"]:
+        table.add_row(
+            str(node["node_id"]),
+            str(node["port"]),
+            str(node["controller_port"]),
+            str(node["pid"]),
+            "yes" if node["alive"] else "[red]no[/]",
+            str(node["log_file"]),
+        )
+    console.print(table)
     return 0
 
 
