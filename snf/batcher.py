@@ -45,8 +45,10 @@ class Batcher:
         self.seq = first_seq
         self.router = FlowRouter()
         self.stats = BatcherStats()
-        self._pending: dict[tuple[int, int], list[PacketRow]] = {}
-        self._pending_bytes: dict[tuple[int, int], int] = {}
+        # One pending batch per partition (and so one link type at a time).
+        self._pending: dict[int, list[PacketRow]] = {}
+        self._pending_bytes: dict[int, int] = {}
+        self._pending_linktype: dict[int, int] = {}
         self._next_batch_id = 0
 
     def add(self, packets: Sequence[CapturedPacket]) -> list[tuple[int, PacketBatch]]:
@@ -75,32 +77,39 @@ class Batcher:
         src = self.source_id
         pending = self._pending
         sizes = self._pending_bytes
+        linktypes = self._pending_linktype
         per_part = self.stats.per_partition
         for p, pkt, part in zip(run, datas, parts, strict=True):
-            k = (linktype, part)
-            rows = pending.get(k)
+            rows = pending.get(part)
+            if rows is not None and linktypes[part] != linktype:
+                # One link type per batch: cut the other one first, so the
+                # partition still receives its packets in capture order.
+                ready.append(self._cut(part))
+                rows = None
             if rows is None:
-                rows = pending[k] = []
-                sizes[k] = 0
+                rows = pending[part] = []
+                sizes[part] = 0
+                linktypes[part] = linktype
             rows.append((p.ts_ns, p.orig_len, pkt, src, seq, ""))
             seq += 1
-            sizes[k] += len(pkt)
+            sizes[part] += len(pkt)
             per_part[part] = per_part.get(part, 0) + 1
-            if len(rows) >= self.max_packets or sizes[k] >= self.max_bytes:
-                ready.append(self._cut(k))
+            if len(rows) >= self.max_packets or sizes[part] >= self.max_bytes:
+                ready.append(self._cut(part))
         self.stats.packets += len(run)
         self.stats.bytes += sum(len(d) for d in datas)
         self.seq = seq
         return ready
 
-    def _cut(self, k: tuple[int, int]) -> tuple[int, PacketBatch]:
-        rows = self._pending.pop(k)
-        self._pending_bytes.pop(k)
-        batch = PacketBatch.from_rows(k[0], rows, batch_id=self._next_batch_id)
+    def _cut(self, part: int) -> tuple[int, PacketBatch]:
+        rows = self._pending.pop(part)
+        self._pending_bytes.pop(part)
+        linktype = self._pending_linktype.pop(part)
+        batch = PacketBatch.from_rows(linktype, rows, batch_id=self._next_batch_id)
         self._next_batch_id += 1
         self.stats.batches += 1
-        return k[1], batch
+        return part, batch
 
     def flush(self) -> list[tuple[int, PacketBatch]]:
         """Cut every pending batch, in partition order."""
-        return [self._cut(k) for k in sorted(self._pending, key=lambda k: (k[1], k[0]))]
+        return [self._cut(part) for part in sorted(self._pending)]

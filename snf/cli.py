@@ -60,6 +60,10 @@ def _replay_options(args: argparse.Namespace):  # -> ReplayOptions
         speed = 1.0
     if args.loop < 1:
         raise ConfigError("--loop must be at least 1")
+    if args.pps is not None and args.pps <= 0:
+        raise ConfigError("--pps must be greater than 0")
+    if speed is not None and speed <= 0:
+        raise ConfigError("--speed must be greater than 0")
     return ReplayOptions(
         speed=speed,
         pps=args.pps,

@@ -23,9 +23,9 @@ from rich.progress import (
 
 from snf.batch import PacketBatch
 from snf.batcher import Batcher
-from snf.capture import CapturedPacket, read_capture
+from snf.capture import CapturedPacket, CaptureError, read_capture
 
-__all__ = ["ReplayOptions", "ReplaySummary", "replay", "source_id_for"]
+__all__ = ["ReplayOptions", "ReplaySummary", "check_captures", "replay", "source_id_for"]
 
 Publish = Callable[[int, PacketBatch], None]
 CHUNK = 2048  # packets parsed and routed together at top speed
@@ -70,13 +70,23 @@ def source_id_for(captures: Sequence[Path]) -> int:
     return int.from_bytes(h.digest(), "little") >> 1
 
 
+def check_captures(captures: Sequence[Path]) -> None:
+    """Fail before anything starts when a capture is missing or not a file."""
+    for path in captures:
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            raise CaptureError(f"{path}: capture file {what}")
+
+
 def _packets(
     captures: Sequence[Path],
     opts: ReplayOptions,
     warn: Callable[[str], None],
     advance: Callable[[int], None],
-) -> Iterator[CapturedPacket]:
+) -> Iterator[tuple[int, CapturedPacket]]:
+    """(segment, packet): a segment is one pass over one file, timed on its own."""
     n = 0
+    segment = 0
     for _ in range(opts.loop):
         for path in captures:
             for pkt in read_capture(path, on_warning=warn):
@@ -84,7 +94,8 @@ def _packets(
                     return
                 n += 1
                 advance(len(pkt.data) + 16)
-                yield pkt
+                yield segment, pkt
+            segment += 1
 
 
 def replay(
@@ -97,7 +108,9 @@ def replay(
     opts = opts or ReplayOptions()
     captures = [Path(c) for c in captures]
     console = console or Console(stderr=True)
-    summary = ReplaySummary(source_id=opts.source_id or source_id_for(captures))
+    check_captures(captures)
+    source_id = opts.source_id if opts.source_id is not None else source_id_for(captures)
+    summary = ReplaySummary(source_id=source_id)
     batcher = Batcher(
         partitions, summary.source_id, max_packets=opts.max_packets, max_bytes=opts.max_bytes
     )
@@ -132,7 +145,7 @@ def replay(
         stream = _packets(captures, opts, warn, advance)
         if opts.speed is None and opts.pps is None:
             chunk: list[CapturedPacket] = []
-            for pkt in stream:
+            for _, pkt in stream:
                 chunk.append(pkt)
                 if len(chunk) >= CHUNK:
                     send(batcher.add(chunk))
@@ -151,23 +164,30 @@ def replay(
 
 
 def _timed(
-    stream: Iterator[CapturedPacket],
+    stream: Iterator[tuple[int, CapturedPacket]],
     opts: ReplayOptions,
     batcher: Batcher,
     send: Callable[[list[tuple[int, PacketBatch]]], None],
 ) -> None:
-    """Release packets at their due wall time; flush batches whenever we wait."""
+    """Release packets at their due wall time; flush batches whenever we wait.
+
+    Due times are fixed from the start, so small delays never add up. Each
+    segment (a pass over one file) keeps its own captured timing and starts
+    where the previous one ended, as tcpreplay plays files and loops.
+    """
     t0_wall = time.perf_counter()
-    t0_pkt: int | None = None
+    segment_start = t0_wall  # wall time at which the current segment starts
+    current, t0_pkt, due = -1, 0, t0_wall
+    speed = opts.speed or 1.0
     chunk: list[CapturedPacket] = []
-    for i, pkt in enumerate(stream):
+    for i, (segment, pkt) in enumerate(stream):
         if opts.pps:
             due = t0_wall + i / opts.pps
         else:
-            if t0_pkt is None:
-                t0_pkt = pkt.ts_ns
+            if segment != current:
+                current, t0_pkt, segment_start = segment, pkt.ts_ns, due
             # A capture may step backwards in time; never wait for those.
-            due = t0_wall + max(0, pkt.ts_ns - t0_pkt) / 1e9 / (opts.speed or 1.0)
+            due = max(due, segment_start + max(0, pkt.ts_ns - t0_pkt) / 1e9 / speed)
         wait = due - time.perf_counter()
         if wait > LINGER_S:
             send(batcher.add(chunk) + batcher.flush())

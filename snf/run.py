@@ -37,7 +37,7 @@ from snf.kafka import admin, cluster
 from snf.kafka.publisher import KafkaPublisher
 from snf.local import LocalPipeline
 from snf.pipeline import Pipeline, load_pipeline
-from snf.replay import ReplayOptions, ReplaySummary, replay
+from snf.replay import ReplayOptions, ReplaySummary, check_captures, replay
 from snf.sink import KafkaSink
 from snf.workers import (
     WorkerProcess,
@@ -92,6 +92,8 @@ def run_pipeline(
 ) -> RunResult:
     console = console or Console(stderr=True)
     pipeline = load_pipeline(pipeline_path)  # validates everything before anything starts
+    captures = [Path(c) for c in captures]
+    check_captures(captures)
     started = time.perf_counter()
     if opts.local:
         local = LocalPipeline(pipeline)

@@ -1,0 +1,117 @@
+"""The `snf` command line in-process: validate, run --local, replay and kafka status errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from snf.capture import read_capture
+from snf.cli import main
+from tests.packets import read_pcap
+
+REPO = Path(__file__).resolve().parents[2]
+EDGE = REPO / "pipelines" / "edge.yaml"
+
+BAD_PIPELINE = """\
+name: edge-bad
+partitions: 4
+functions:
+  - name: fw
+    function: firewall
+    config:
+      rules:
+        - {action: permit, proto: tcp}
+      defualt: drop
+"""
+
+
+def test_validate_prints_the_chain(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(EDGE)]) == 0
+    err = capsys.readouterr().err
+    assert "ok" in err
+    assert "pipeline edge, 4 partitions: fw(firewall)" in err
+
+
+def test_validate_bad_file_prints_one_unwrapped_line_per_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / ("a-long-pipeline-file-name-so-that-each-line-is-wider-than-a-terminal.yaml")
+    path.write_text(BAD_PIPELINE)
+    assert main(["validate", str(path)]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    first = re.escape(f"{path}:8: functions[0].config.rules[0].action: ")
+    second = re.escape(f"{path}:9: functions[0].config.defualt: unknown field")
+    assert any(re.fullmatch(f"(error: )?{first}.*'permit'", line) for line in lines), lines
+    assert any(re.fullmatch(f"(error: )?{second}.*'default'\\?", line) for line in lines), lines
+    assert "Traceback" not in "\n".join(lines)
+
+
+def test_run_local_writes_results_that_agree_with_the_summary(
+    traffic: Callable[[str], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = traffic("tcpreplay-test.pcap")
+    out, events, summary = tmp_path / "out.pcapng", tmp_path / "events", tmp_path / "run.json"
+    argv = ["run", str(EDGE), str(capture), "--local", "--out", str(out)]
+    argv += ["--events", str(events), "--json", str(summary), "--no-progress"]
+    assert main(argv) == 0
+    capsys.readouterr()
+
+    result = json.loads(summary.read_text())
+    _, expected = read_pcap(capture)
+    assert result["mode"] == "local"
+    assert result["packets"] == len(expected) == 179
+    assert result["duplicates"] == 0
+    egress = list(read_capture(out))
+    assert len(egress) == result["egress"] > 0
+    drops = result["functions"]["fw"]["drop"]
+    assert sum(drops.values()) > 0
+    assert result["egress"] + sum(drops.values()) == result["packets"]
+    lines = (events / "fw.drop.jsonl").read_text().splitlines()
+    assert len(lines) == sum(drops.values())
+    assert {json.loads(x)["reason"] for x in lines} == set(drops)
+    # Egress keeps capture order: the packets are a subsequence of the capture.
+    wanted = iter(data for _, data in expected)
+    assert all(any(p.data == data for data in wanted) for p in egress)
+
+
+def test_run_local_with_a_missing_capture_is_a_clean_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-capture.pcap"
+    code = main(["run", str(EDGE), str(missing), "--local", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code != 0
+    assert str(missing) in err
+    assert "Traceback" not in err
+
+
+def test_replay_with_an_unknown_pipeline_name(
+    traffic: Callable[[str], Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./pipelines here
+    monkeypatch.setenv("SNF_HOME", str(tmp_path / "home"))
+    capture = traffic("zeek-ipv6.pcap")
+    assert main(["replay", str(capture), "--pipeline", "no-such-pipeline"]) == 2
+    err = capsys.readouterr().err
+    assert "no pipeline file 'no-such-pipeline'" in err
+    assert "pipelines/no-such-pipeline.yaml" in err
+
+
+def test_kafka_status_of_an_unknown_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SNF_HOME", str(tmp_path))
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    assert main(["kafka", "status", "--name", name, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["name"] == name
+    assert status["running"] is False
+    assert status["recorded"] is False
