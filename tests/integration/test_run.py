@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from snf.collect import EGRESS
+from snf.collect import EGRESS, Collector
 from snf.kafka import admin
+from snf.parse import parse_batch
 from snf.replay import ReplayOptions
 from snf.run import RunOptions, run_pipeline
 from tests.conftest import traffic_dir
@@ -72,6 +73,16 @@ def test_kafka_run_is_identical_to_local(kafka_bootstrap: str, tmp_path: Path, w
     assert col.conflicts == 0
     assert got_pcap == ref_pcap  # byte-identical Wireshark file
     assert got_events == ref_events
+    _assert_flows_in_order(col)
+
+
+def _assert_flows_in_order(col: Collector) -> None:
+    """Each flow's packets reached the sink in capture order (arrival, not the sorted file)."""
+    last: dict[bytes, int] = {}
+    for (_, seq), packet in col.packets[EGRESS].items():  # dict order = arrival order
+        flow = parse_batch(packet.linktype, [packet.data]).flow[0]
+        assert seq > last.get(flow, -1), f"packet {seq} overtook an earlier one of its flow"
+        last[flow] = seq
 
 
 def test_run_tears_down_its_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
