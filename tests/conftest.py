@@ -17,7 +17,7 @@ def traffic_dir() -> Path:
 def traffic_dir_fixture() -> Path:
     path = traffic_dir()
     if not path.is_dir():
-        pytest.skip(f"real captures not found at {path}")
+        pytest.skip(reason=f"real captures not found at {path}")
     return path
 
 
@@ -28,7 +28,7 @@ def traffic(traffic_dir: Path) -> Callable[[str], Path]:
     def find(name: str) -> Path:
         path = traffic_dir / name
         if not path.is_file():
-            pytest.skip(f"real capture {name} not found in {traffic_dir}")
+            pytest.skip(reason=f"real capture {name} not found in {traffic_dir}")
         return path
 
     return find

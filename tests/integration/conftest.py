@@ -53,7 +53,9 @@ def kafka_bootstrap(kafka_cluster: cluster.ClusterInfo | None) -> Iterator[str]:
         yield os.environ["SNF_TEST_BROKERS"]
     else:
         if not docker_available():
-            pytest.skip("SNF_TEST_KAFKA=testcontainers needs a Docker engine; none answers here")
+            pytest.skip(
+                reason="SNF_TEST_KAFKA=testcontainers needs a Docker engine; none answers here"
+            )
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:

@@ -31,9 +31,7 @@ pytestmark = pytest.mark.integration
 def broker(kafka_cluster: ClusterInfo | None) -> ClusterInfo:
     """The session's own broker (these tests look at its record and processes)."""
     if kafka_cluster is None:
-        pytest.skip(
-            "cluster tests need the project's own broker, not SNF_TEST_BROKERS/testcontainers"
-        )
+        pytest.skip(reason="cluster tests need the project's own broker (not SNF_TEST_BROKERS)")
     return kafka_cluster
 
 

@@ -321,7 +321,7 @@ def test_expiry_boundary_on_real_timings() -> None:
     """A later fragment exactly `fragment` seconds after its first passes; 1 us later it is not."""
     path = next((p for p in CAPTURES if p.name == "zeek-ipv4-fragmented.pcap"), None)
     if path is None:
-        pytest.skip("zeek-ipv4-fragmented.pcap not found")
+        pytest.skip(reason="zeek-ipv4-fragmented.pcap not found")
     packets = _packets(path)
     decoded = [decode(frame) for _, frame in packets]
     first = next(i for i, p in enumerate(decoded) if isinstance(p, Packet) and p.datagram)
