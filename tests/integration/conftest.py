@@ -52,10 +52,9 @@ def kafka_bootstrap(kafka_cluster: cluster.ClusterInfo | None) -> Iterator[str]:
     elif os.environ.get("SNF_TEST_BROKERS"):
         yield os.environ["SNF_TEST_BROKERS"]
     else:
+        no_docker = "SNF_TEST_KAFKA=testcontainers needs a Docker engine; none answers here"
         if not docker_available():
-            pytest.skip(
-                reason="SNF_TEST_KAFKA=testcontainers needs a Docker engine; none answers here"
-            )
+            pytest.skip(reason=no_docker)
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(KAFKA_IMAGE).with_kraft() as kafka:
