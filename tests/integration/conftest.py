@@ -9,6 +9,7 @@ cluster. There is no fake broker.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -43,6 +44,10 @@ def kafka_cluster() -> Iterator[cluster.ClusterInfo | None]:
         yield info
     finally:
         cluster.down(name=name)
+        # A per-session name: remove its logs too, or every session leaves a folder.
+        clusters = cluster.snf_home() / "clusters"
+        shutil.rmtree(clusters / name, ignore_errors=True)
+        (clusters / f"{name}.lock").unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
