@@ -18,6 +18,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from snf.collect import EGRESS
 from snf.replay import ReplayOptions
 from snf.run import RunOptions, run_pipeline
 
@@ -43,7 +44,7 @@ def measure(local: bool, loop: int, batch: int) -> dict:
         "end_to_end_pps": round(result.replay.packets / wall),
         "processing_seconds": round(result.processing_seconds, 3),
         "processing_pps": round(result.processing_pps),
-        "egress": result.collector.count(("", "egress")),
+        "egress": result.collector.count(EGRESS),
         "duplicates": result.collector.duplicates,
     }
 

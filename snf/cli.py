@@ -233,6 +233,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def result_json(result) -> dict:
+    from snf.collect import EGRESS
+
     col = result.collector
     functions = {}
     for pf in result.pipeline.functions:
@@ -245,7 +247,7 @@ def result_json(result) -> dict:
         "bytes": result.replay.bytes,
         "batches": result.replay.batches,
         "seconds": round(result.seconds, 3),
-        "egress": col.count(("", "egress")),
+        "egress": col.count(EGRESS),
         "duplicates": col.duplicates,
         "functions": functions,
     }

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from snf import names
+from snf.collect import EGRESS
 from snf.errors import ConfigError
 from snf.function import FunctionConfig, NetworkFunction
 from snf.pipeline_errors import (
@@ -172,7 +173,7 @@ class Pipeline:
 
     def sink_topics(self) -> dict[str, tuple[str, str]]:
         """Terminal topics -> (function, port): egress plus every side port."""
-        out: dict[str, tuple[str, str]] = {names.egress_topic(self.name): ("", "egress")}
+        out: dict[str, tuple[str, str]] = {names.egress_topic(self.name): EGRESS}
         for fn in self.functions:
             for port, topic in fn.port_topics.items():
                 if port != "pass":

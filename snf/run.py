@@ -41,7 +41,6 @@ from snf.replay import ReplayOptions, ReplaySummary, check_captures, replay
 from snf.sink import KafkaSink
 from snf.workers import (
     WorkerProcess,
-    log_tail,
     start_worker,
     wait_all_stopped,
     wait_assigned,
@@ -156,11 +155,7 @@ def _run_kafka(
 
         def check() -> None:
             for w in workers:
-                if not w.alive():
-                    raise RunError(
-                        f"worker {w.function}/{w.instance} exited with "
-                        f"{w.proc.returncode}:\n{log_tail(w.log_path)}"
-                    )
+                w.check()
 
         progress = Progress(
             TextColumn("sink  "),

@@ -46,16 +46,13 @@ class WorkerProcess:
         if self.alive():
             os.kill(self.proc.pid, sig)
 
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (Faust shuts down cleanly, committing offsets), SIGKILL after timeout."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+    def check(self) -> None:
+        """Raise WorkerError, with the tail of its log, if the process has exited."""
+        if not self.alive():
+            raise WorkerError(
+                f"worker {self.function}/{self.instance} exited with "
+                f"{self.proc.returncode}:\n{log_tail(self.log_path)}"
+            )
 
 
 def start_worker(
@@ -131,11 +128,7 @@ def wait_assigned(workers: list[WorkerProcess], partitions: int, timeout: float 
             for w in workers:
                 if w.function != fn:
                     continue
-                if not w.alive():
-                    raise WorkerError(
-                        f"worker {fn}/{w.instance} exited with "
-                        f"{w.proc.returncode}:\n{log_tail(w.log_path)}"
-                    )
+                w.check()
                 owned.update(w.assignment() or ())
             if len(owned) < partitions:
                 missing.append(fn)

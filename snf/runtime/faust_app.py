@@ -79,7 +79,6 @@ def create_app(
         broker_commit_interval=1.0,
         producer_max_request_size=4 * 1024 * 1024,
     )
-    source_name = pf.input_topic
     source = app.topic(pf.input_topic, key_serializer="raw", value_serializer="raw", partitions=n)
     outputs = {
         port: app.topic(topic, key_serializer="raw", value_serializer="raw", partitions=n)
@@ -115,7 +114,9 @@ def create_app(
     @app.on_rebalance_complete.connect
     async def record_assignment(sender: Any, **_: Any) -> None:
         # The supervisor reads this file to know the worker owns its partitions.
-        mine = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == source_name)
+        mine = sorted(
+            tp.partition for tp in app.consumer.assignment() if tp.topic == pf.input_topic
+        )
         tmp = datadir / "assignment.json.tmp"
         tmp.write_text(json.dumps({"partitions": mine, "time": time.time()}))
         tmp.replace(datadir / ASSIGNMENT_FILE)
