@@ -64,6 +64,7 @@ __all__ = [
     "FlowRouter",
     "cached_flow_hash",
     "cached_flow_hashes",
+    "endpoint_hash",
     "flow_hash",
     "flow_key",
     "non_ip_key",
@@ -94,6 +95,16 @@ def flow_key(
 def non_ip_key(ethertype: int) -> bytes:
     """The key shared by every non-IP frame of one EtherType."""
     return NON_IP_PREFIX + (ethertype & 0xFFFF).to_bytes(2, "big")
+
+
+def endpoint_hash(proto: int, addr: bytes, port: int) -> int:
+    """Stable 64-bit hash of one transport endpoint (proto, address, port).
+
+    The partitioning key of functions whose state belongs to an endpoint
+    rather than a flow (nat: the internal or public endpoint; loadbalancer:
+    the client endpoint). Same hash family as flow_hash.
+    """
+    return flow_hash(b"EP" + bytes((proto & 0xFF,)) + addr + (port & 0xFFFF).to_bytes(2, "big"))
 
 
 def flow_hash(key: bytes) -> int:

@@ -23,7 +23,7 @@ class LocalPipeline:
         self.stages: list[tuple[str, FunctionEngine, list[dict[str, MemoryStore]]]] = [
             (
                 pf.name,
-                FunctionEngine(pf.cls(pf.config)),
+                FunctionEngine(pf.create(pipeline.partitions)),
                 [BatchState.memory(pf.cls.tables) for _ in range(pipeline.partitions)],
             )
             for pf in pipeline.functions

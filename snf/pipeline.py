@@ -135,8 +135,10 @@ class PipelineFunction:
         """State table -> changelog topic (Faust creates these itself)."""
         return {t: names.changelog_topic(self.pipeline, self.name, t) for t in self.cls.tables}
 
-    def create(self) -> NetworkFunction:
-        return self.cls(self.config)
+    def create(self, partitions: int) -> NetworkFunction:
+        fn = self.cls(self.config)
+        fn.partitions = partitions
+        return fn
 
 
 @dataclass(frozen=True)

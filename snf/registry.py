@@ -18,6 +18,11 @@ ENTRY_POINT_GROUP = "snf.functions"
 
 BUILTIN: dict[str, str] = {
     "firewall": "snf.functions.firewall:Firewall",
+    "flowmon": "snf.functions.flowmon:FlowMonitor",
+    "ids": "snf.functions.ids:Ids",
+    "loadbalancer": "snf.functions.loadbalancer:LoadBalancer",
+    "nat": "snf.functions.nat:Nat",
+    "ratelimit": "snf.functions.ratelimit:RateLimit",
 }
 
 

@@ -9,7 +9,7 @@ changelog record, ~0.2 ms here). The backend Store is either in memory
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
 __all__ = ["BatchState", "MemoryStore", "Store", "TableView"]
@@ -27,6 +27,10 @@ class Store(Protocol):
 
     def delete(self, key: bytes) -> None: ...
 
+    def items(self) -> Iterable[tuple[bytes, Any]]:
+        """Every (key, value) of this store's partition (used by flush, not per packet)."""
+        ...
+
 
 class MemoryStore:
     """Plain dict store; values round-trip through the same JSON shape as Faust's."""
@@ -42,6 +46,9 @@ class MemoryStore:
 
     def delete(self, key: bytes) -> None:
         self.data.pop(key, None)
+
+    def items(self) -> Iterable[tuple[bytes, Any]]:
+        return list(self.data.items())
 
 
 class TableView:
@@ -69,6 +76,16 @@ class TableView:
     def delete(self, key: bytes) -> None:
         self._cache[key] = _DELETED
         self._dirty.add(key)
+
+    def items(self) -> Iterator[tuple[bytes, Any]]:
+        """Every live (key, value), this batch's writes included (slow: for flush)."""
+        cache = self._cache
+        for key, value in self._store.items():
+            if key not in cache:
+                yield key, value
+        for key, value in list(cache.items()):
+            if value is not _DELETED:
+                yield key, value
 
     def discard(self) -> None:
         """Forget this batch's reads and writes (the batch failed)."""

@@ -87,7 +87,7 @@ def create_app(
     tables = {
         name: app.Table(name, partitions=n, key_type=bytes, default=None) for name in pf.cls.tables
     }
-    engine = FunctionEngine(pf.cls(pf.config))
+    engine = FunctionEngine(pf.create(pipeline.partitions))
     stores = {name: FaustTableStore(t) for name, t in tables.items()}
 
     @app.agent(source, name=f"{pf.name}-agent")

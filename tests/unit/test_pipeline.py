@@ -130,7 +130,7 @@ def test_defaults() -> None:
     fn = pipeline.functions[0]
     assert fn.instances == 1 and fn.cls is FakeFunction
     assert fn.config == FakeConfig(mode="a", limit=1)
-    assert isinstance(fn.create(), FakeFunction)
+    assert isinstance(fn.create(4), FakeFunction)
 
 
 def test_config_defaults_to_empty_mapping() -> None:
