@@ -3,7 +3,8 @@
 The capture agent (Kafka) and the --local runner both batch through this
 class, so the two modes see the same packet ids and the same partitioning.
 Packets are parsed once per chunk (snf.parse, fixed offsets), routed by the
-FlowRouter, and appended to the pending batch of their partition; a batch is
+FlowRouter (by flow, or by the key of the chain's first custom-keyed
+function: snf.routing), and appended to the pending batch of their partition; a batch is
 cut when it reaches max_packets or max_bytes, or when the caller flushes.
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from snf.batch import PacketBatch, PacketRow
 from snf.capture import CapturedPacket
 from snf.flowkey import FlowRouter
+from snf.function import NetworkFunction
 from snf.parse import parse_batch
 
 __all__ = ["Batcher", "BatcherStats"]
@@ -26,6 +28,7 @@ class BatcherStats:
     bytes: int = 0
     batches: int = 0
     per_partition: dict[int, int] = field(default_factory=dict)
+    last_ts_ns: int = 0  # max packet time seen
 
 
 class Batcher:
@@ -37,6 +40,7 @@ class Batcher:
         max_packets: int = 512,
         max_bytes: int = 512 * 1024,
         first_seq: int = 0,
+        keyer: NetworkFunction | None = None,
     ) -> None:
         self.partitions = partitions
         self.source_id = source_id
@@ -44,6 +48,9 @@ class Batcher:
         self.max_bytes = max_bytes
         self.seq = first_seq
         self.router = FlowRouter()
+        # The function whose key_hashes partition ingress (snf.routing.plan, hop 0);
+        # None: the flow hash.
+        self.keyer = keyer
         self.stats = BatcherStats()
         # One pending batch per partition (and so one link type at a time).
         self._pending: dict[int, list[PacketRow]] = {}
@@ -71,7 +78,11 @@ class Batcher:
         datas = [p.data for p in run]
         ts = [p.ts_ns for p in run]
         headers = parse_batch(linktype, datas)
-        parts = self.router.route(headers, ts, self.partitions)
+        hashes = None
+        if self.keyer is not None:
+            rows = [(p.ts_ns, p.orig_len, p.data, 0, 0, "") for p in run]
+            hashes = self.keyer.key_hashes(PacketBatch.from_rows(linktype, rows), headers)
+        parts = self.router.route(headers, ts, self.partitions, hashes)
         ready = []
         seq = self.seq
         src = self.source_id
@@ -97,6 +108,7 @@ class Batcher:
             if len(rows) >= self.max_packets or sizes[part] >= self.max_bytes:
                 ready.append(self._cut(part))
         self.stats.packets += len(run)
+        self.stats.last_ts_ns = max(self.stats.last_ts_ns, max(ts))
         self.stats.bytes += sum(len(d) for d in datas)
         self.seq = seq
         return ready

@@ -4,6 +4,10 @@ The Kafka sink and the --local runner both fill a Collector, and both write
 results through it, so their files can be compared byte for byte. Output is
 ordered by packet id (source, seq), i.e. capture order, which keeps every
 flow in order whatever the interleaving of partitions was.
+
+Records (JSON objects from record ports such as ids.alerts or flowmon.flows)
+are deduplicated by their canonical JSON text, which is why cores must emit
+deterministic records, and written ordered by (ts_ns, text).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from snf.batch import PacketBatch, format_packet_id
 from snf.pcapng import PcapngWriter
@@ -38,6 +43,27 @@ class Collector:
     packets: dict[PortKey, dict[tuple[int, int], _Packet]] = field(default_factory=dict)
     duplicates: int = 0
     conflicts: int = 0  # same id seen on two different ports: a correctness bug
+    # record port -> canonical JSON text -> (ts_ns, record)
+    records: dict[PortKey, dict[str, tuple[int, dict[str, Any]]]] = field(default_factory=dict)
+    duplicate_records: int = 0
+
+    def add_records(self, where: PortKey, records: list[dict[str, Any]]) -> int:
+        """Add records from a record port; return how many were new."""
+        bucket = self.records.setdefault(where, {})
+        new = 0
+        for record in records:
+            text = json.dumps(record, sort_keys=True, separators=(",", ":"))
+            if text in bucket:
+                self.duplicate_records += 1
+                continue
+            bucket[text] = (int(record.get("ts_ns", 0)), record)
+            new += 1
+        return new
+
+    def record_list(self, where: PortKey) -> list[dict[str, Any]]:
+        """The records of one port in output order."""
+        bucket = self.records.get(where, {})
+        return [bucket[t][1] for t in sorted(bucket, key=lambda t: (bucket[t][0], t))]
 
     def add(self, where: PortKey, batch: PacketBatch) -> int:
         """Add a batch from a terminal port; return how many packets were new."""
@@ -83,9 +109,15 @@ class Collector:
         return len(bucket)
 
     def write_events(self, directory: Path) -> list[Path]:
-        """One JSON Lines file per side port: <function>.<port>.jsonl."""
+        """One JSON Lines file per side port and record port: <function>.<port>.jsonl."""
         directory.mkdir(parents=True, exist_ok=True)
         written = []
+        for function, port in sorted(self.records):
+            path = directory / f"{function}.{port}.jsonl"
+            with path.open("w") as f:
+                for record in self.record_list((function, port)):
+                    f.write(json.dumps(record) + "\n")
+            written.append(path)
         for (function, port), bucket in sorted(self.packets.items()):
             if (function, port) == EGRESS:
                 continue

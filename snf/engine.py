@@ -1,33 +1,47 @@
 """FunctionEngine: one function core applied to one batch, shell-agnostic.
 
 Both shells (snf.runtime.faust_app over Kafka, snf.local in-process) call
-`handle`, so a Kafka run and a --local run execute exactly the same code
-between "batch in" and "batches per port out".
+`handle` and `control`, so a Kafka run and a --local run execute exactly the
+same code between "message in" and "batches and records per port out".
+
+Flush markers (snf.wire.Flush) end a replay: a partition counts the markers
+of one flush id in the control table (so a restarted worker keeps the
+count), and on the `expected`-th one calls the core's flush() once.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from dataclasses import dataclass, field
 
 from snf.batch import PacketBatch
-from snf.function import NetworkFunction, Verdicts
+from snf.function import FlushContext, NetworkFunction, Record, Verdicts
 from snf.parse import parse_packet_batch
-from snf.state import BatchState
+from snf.state import CONTROL_TABLE, BatchState
+from snf.wire import Flush
 
-__all__ = ["FunctionEngine"]
+__all__ = ["FunctionEngine", "StageOutput"]
 
 log = logging.getLogger("snf.engine")
+
+
+@dataclass
+class StageOutput:
+    packets: dict[str, PacketBatch] = field(default_factory=dict)  # non-empty packet ports
+    records: dict[str, list[Record]] = field(default_factory=dict)  # non-empty record ports
+    rewritten: bool = False  # some packet's bytes changed
 
 
 class FunctionEngine:
     def __init__(self, function: NetworkFunction) -> None:
         self.function = function
         self.ports = function.ports
+        self.record_ports = function.record_ports
         self.counters: Counter[str] = Counter()
 
-    def handle(self, batch: PacketBatch, state: BatchState) -> dict[str, PacketBatch]:
-        """Decide a batch, flush its state writes, return the non-empty output per port."""
+    def handle(self, batch: PacketBatch, state: BatchState) -> StageOutput:
+        """Decide a batch, flush its state writes, return the output per port."""
         try:
             headers = parse_packet_batch(batch)
             verdicts = self.function.process(batch, headers, state)
@@ -50,12 +64,44 @@ class FunctionEngine:
             reasons_by_port[port].append(reason)
         counters = self.counters
         counters["in"] += len(batch)
-        out: dict[str, PacketBatch] = {}
+        out = StageOutput(rewritten=bool(verdicts.replaced))
         for port, idx in by_port.items():
             if port not in self.ports:
                 raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
             reasons = reasons_by_port[port]
             for reason, n in Counter(reasons).items():
                 counters[f"{port}:{reason}" if reason else port] += n
-            out[port] = batch.select(idx, reasons=reasons, replaced=verdicts.replaced)
+            out.packets[port] = batch.select(idx, reasons=reasons, replaced=verdicts.replaced)
+        out.records = self._checked_records(verdicts.records)
+        return out
+
+    def control(self, flush: Flush, partition: int, state: BatchState) -> StageOutput | None:
+        """Count a flush marker; on the last expected one, flush the core (else None)."""
+        view = state.table(CONTROL_TABLE)
+        key = b"flush:" + flush.flush_id.encode()
+        seen = (view.get(key) or 0) + 1
+        view.set(key, seen)
+        if seen != flush.expected:
+            state.flush()
+            return None
+        ctx = FlushContext(partition, self.function.partitions, flush.end_ts_ns)
+        try:
+            records = self.function.flush(state, ctx)
+        except Exception:
+            log.exception("%s failed to flush partition %d", self.function.kind, partition)
+            state.discard()
+            view.set(key, seen)
+            records = {}
+        state.flush()
+        self.counters["flushes"] += 1
+        return StageOutput(records=self._checked_records(records))
+
+    def _checked_records(self, records: dict[str, list[Record]]) -> dict[str, list[Record]]:
+        out = {}
+        for port, items in records.items():
+            if port not in self.record_ports:
+                raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
+            if items:
+                out[port] = items
+                self.counters[port] += len(items)
         return out

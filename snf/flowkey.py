@@ -149,39 +149,61 @@ class FlowRouter:
     def __init__(self, ttl_ns: int = FRAG_TTL_NS, max_entries: int = 65536) -> None:
         self.ttl_ns = ttl_ns
         self.max_entries = max_entries
-        # datagram id -> (flow hash of its first fragment, ts of that fragment).
+        # datagram id -> (partition of its first fragment, ts of that fragment).
         # Insertion order is age order: first fragments are (re)inserted at the end.
         self._first: dict[tuple[int, bytes, bytes, int, int], tuple[int, int]] = {}
 
     def __len__(self) -> int:
         return len(self._first)
 
-    def route(self, headers: Headers, ts_ns: Sequence[int], partitions: int) -> list[int]:
+    def route(
+        self,
+        headers: Headers,
+        ts_ns: Sequence[int],
+        partitions: int,
+        hashes: Sequence[int | None] | None = None,
+        current: int | None = None,
+    ) -> list[int]:
+        """The partition of every packet.
+
+        By default a packet goes to its flow hash's partition. `hashes` (one
+        per packet, e.g. a function's key_hashes) overrides that; a None in it
+        means "no preference": stay on `current`, or at ingress (current None)
+        use the flow hash. Fragments follow their first fragment either way.
+        """
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
-        hashes = headers.flow_hash
+        flow_hashes = headers.flow_hash
+        if hashes is None:
+            want = [h % partitions for h in flow_hashes]
+        else:
+            want = [
+                h % partitions
+                if h is not None
+                else current
+                if current is not None
+                else fh % partitions
+                for h, fh in zip(hashes, flow_hashes, strict=True)
+            ]
         frags = headers.frag
         if not any(frags):  # common case: no fragments in the batch
-            return [h % partitions for h in hashes]
+            return want
         ts_list = ts_ns.tolist() if hasattr(ts_ns, "tolist") else list(ts_ns)
         first = self._first
         ttl = self.ttl_ns
         version, src, dst = headers.version, headers.src, headers.dst
         proto, ip_id = headers.proto, headers.ip_id
-        out = []
-        for i, h in enumerate(hashes):
-            f = frags[i]
+        for i, f in enumerate(frags):
             if f == FRAG_FIRST:
                 dgram = (version[i], src[i], dst[i], proto[i], ip_id[i])
                 first.pop(dgram, None)
-                first[dgram] = (h, ts_list[i])
+                first[dgram] = (want[i], ts_list[i])
                 self._expire(ts_list[i])
             elif f == FRAG_LATER:
                 seen = first.get((version[i], src[i], dst[i], proto[i], ip_id[i]))
                 if seen is not None and abs(ts_list[i] - seen[1]) <= ttl:
-                    h = seen[0]
-            out.append(h % partitions)
-        return out
+                    want[i] = seen[0]
+        return want
 
     def _expire(self, now_ns: int) -> None:
         """Drop entries older than the TTL from the old end, and any above the cap."""

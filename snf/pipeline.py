@@ -35,6 +35,7 @@ from snf.pipeline_errors import (
     yaml_problem,
 )
 from snf.registry import get_function
+from snf.state import CONTROL_TABLE
 
 __all__ = [
     "FunctionSpec",
@@ -118,13 +119,18 @@ class PipelineFunction:
 
     @property
     def port_topics(self) -> dict[str, str]:
-        """Output port -> topic, in the order the class declares its ports."""
+        """Output port -> topic: packet ports in declared order, then record ports."""
         return {
             port: names.egress_topic(self.pipeline)
             if self.last and port == "pass"
             else names.port_topic(self.pipeline, self.name, port)
-            for port in self.cls.ports
+            for port in (*self.cls.ports, *self.cls.record_ports)
         }
+
+    @property
+    def state_tables(self) -> tuple[str, ...]:
+        """The core's tables plus the engine's control table."""
+        return (*self.cls.tables, CONTROL_TABLE)
 
     @property
     def group_id(self) -> str:
@@ -133,7 +139,7 @@ class PipelineFunction:
     @property
     def changelog_topics(self) -> dict[str, str]:
         """State table -> changelog topic (Faust creates these itself)."""
-        return {t: names.changelog_topic(self.pipeline, self.name, t) for t in self.cls.tables}
+        return {t: names.changelog_topic(self.pipeline, self.name, t) for t in self.state_tables}
 
     def create(self, partitions: int) -> NetworkFunction:
         fn = self.cls(self.config)
@@ -173,8 +179,14 @@ class Pipeline:
             spec, self.path, [dataclasses.replace(fn, pipeline=name) for fn in self.functions]
         )
 
+    def record_topics(self) -> set[str]:
+        """The terminal topics that carry JSON records rather than packets."""
+        return {
+            fn.port_topics[port] for fn in self.functions for port in fn.cls.record_ports
+        }
+
     def sink_topics(self) -> dict[str, tuple[str, str]]:
-        """Terminal topics -> (function, port): egress plus every side port."""
+        """Terminal topics -> (function, port): egress plus every side and record port."""
         out: dict[str, tuple[str, str]] = {names.egress_topic(self.name): EGRESS}
         for fn in self.functions:
             for port, topic in fn.port_topics.items():
@@ -236,7 +248,10 @@ def _build(text: str, source: str, path: Path | None) -> Pipeline:
     # Check each function on the raw data too, so its problems show even if the spec fails.
     raw = data.get("functions") if isinstance(data, dict) else None
     raw = raw if isinstance(raw, list) else []
-    steps = [_check_function(report, i, item, len(raw)) for i, item in enumerate(raw)]
+    base_dir = path.parent if path is not None else Path.cwd()
+    steps = [
+        _check_function(report, i, item, len(raw), base_dir) for i, item in enumerate(raw)
+    ]
     if report.problems or spec is None:
         raise PipelineError(sorted(report.problems, key=lambda p: p.line))
 
@@ -255,7 +270,7 @@ def _build(text: str, source: str, path: Path | None) -> Pipeline:
 
 
 def _check_function(
-    report: Report, i: int, item: Any, count: int
+    report: Report, i: int, item: Any, count: int, base_dir: Path
 ) -> tuple[type[NetworkFunction], FunctionConfig] | None:
     if not isinstance(item, dict) or not isinstance(item.get("function"), str):
         return None  # the schema errors already say why
@@ -282,7 +297,9 @@ def _check_function(
     if not isinstance(raw_config, dict):
         return None  # the schema errors already say why
     try:
-        return cls, model.model_validate(raw_config)
+        # Relative paths in a config (e.g. an IDS rules_file) are relative to the file.
+        context = {"base_dir": base_dir}
+        return cls, model.model_validate(raw_config, context=context)
     except ValidationError as exc:
         report.add_validation(exc, model, (*loc, "config"))
         return None

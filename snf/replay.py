@@ -24,6 +24,7 @@ from rich.progress import (
 from snf.batch import PacketBatch
 from snf.batcher import Batcher
 from snf.capture import CapturedPacket, CaptureError, read_capture
+from snf.function import NetworkFunction
 
 __all__ = ["ReplayOptions", "ReplaySummary", "check_captures", "replay", "source_id_for"]
 
@@ -52,6 +53,7 @@ class ReplaySummary:
     seconds: float = 0.0
     source_id: int = 0
     per_partition: dict[int, int] = field(default_factory=dict)
+    last_ts_ns: int = 0  # the latest packet time replayed (flushes use it as "now")
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -104,7 +106,9 @@ def replay(
     publish: Publish,
     opts: ReplayOptions | None = None,
     console: Console | None = None,
+    keyer: NetworkFunction | None = None,
 ) -> ReplaySummary:
+    """Read, batch and publish the captures; `keyer` partitions them (snf.routing)."""
     opts = opts or ReplayOptions()
     captures = [Path(c) for c in captures]
     console = console or Console(stderr=True)
@@ -112,7 +116,11 @@ def replay(
     source_id = opts.source_id if opts.source_id is not None else source_id_for(captures)
     summary = ReplaySummary(source_id=source_id)
     batcher = Batcher(
-        partitions, summary.source_id, max_packets=opts.max_packets, max_bytes=opts.max_bytes
+        partitions,
+        summary.source_id,
+        max_packets=opts.max_packets,
+        max_bytes=opts.max_bytes,
+        keyer=keyer,
     )
     total = sum(p.stat().st_size for p in captures) * opts.loop
 
@@ -160,6 +168,7 @@ def replay(
     summary.bytes = batcher.stats.bytes
     summary.batches = batcher.stats.batches
     summary.per_partition = dict(batcher.stats.per_partition)
+    summary.last_ts_ns = batcher.stats.last_ts_ns
     return summary
 
 

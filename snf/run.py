@@ -38,7 +38,9 @@ from snf.kafka.publisher import KafkaPublisher
 from snf.local import LocalPipeline
 from snf.pipeline import Pipeline, load_pipeline
 from snf.replay import ReplayOptions, ReplaySummary, check_captures, replay
+from snf.routing import chain
 from snf.sink import KafkaSink
+from snf.wire import Flush
 from snf.workers import (
     WorkerProcess,
     start_worker,
@@ -96,7 +98,11 @@ def run_pipeline(
     started = time.perf_counter()
     if opts.local:
         local = LocalPipeline(pipeline)
-        summary = replay(captures, pipeline.partitions, local, opts.replay, console)
+        hop = local.ingress_hop
+        summary = replay(
+            captures, pipeline.partitions, local, opts.replay, console, keyer=hop.keyer
+        )
+        local.flush(pipeline.name, summary.last_ts_ns)
         elapsed = time.perf_counter() - started
         result = RunResult(pipeline, summary, local.collector, elapsed, "local", elapsed)
     else:
@@ -146,12 +152,16 @@ def _run_kafka(
         wait_assigned(workers, run.partitions)
         processing_started = time.perf_counter()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
+        keyer = chain(run)[1][0].keyer  # how ingress is partitioned (snf.routing)
         try:
-            summary = replay(captures, run.partitions, publisher, opts.replay, console)
+            summary = replay(
+                captures, run.partitions, publisher, opts.replay, console, keyer=keyer
+            )
+            publisher.flush_all(Flush(run.name, summary.last_ts_ns), run.partitions)
         finally:
             publisher.close()
         collector = Collector()
-        sink = KafkaSink(brokers, run.sink_topics())
+        sink = KafkaSink(brokers, run.sink_topics(), run.record_topics())
 
         def check() -> None:
             for w in workers:

@@ -16,8 +16,14 @@ __all__ = ["KafkaSink"]
 class KafkaSink:
     """Reads every partition of the given topics from the beginning (no group)."""
 
-    def __init__(self, bootstrap: str, topics: dict[str, PortKey]) -> None:
+    def __init__(
+        self, bootstrap: str, topics: dict[str, PortKey], record_topics: set[str] | None = None
+    ) -> None:
         self.topics = topics
+        self.record_topics = record_topics or set()
+        # record topic -> partitions whose flush has ended (their last records are in)
+        self.ended: dict[str, set[int]] = {t: set() for t in self.record_topics}
+        self.partitions: dict[str, int] = {}
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap.split(","),
             group_id=None,
@@ -29,6 +35,7 @@ class KafkaSink:
         assignment = []
         for topic in topics:
             parts = self.consumer.partitions_for_topic(topic) or set()
+            self.partitions[topic] = len(parts)
             assignment += [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(assignment)
         self.consumer.seek_to_beginning(*assignment)
@@ -38,8 +45,21 @@ class KafkaSink:
         for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items():
             where = self.topics[tp.topic]
             for record in records:
-                new += collector.add(where, wire.decode(record.value))
+                msg = wire.decode_any(record.value)
+                if isinstance(msg, wire.RecordBlock):
+                    new += collector.add_records(where, msg.records)
+                    if msg.end:
+                        self.ended[tp.topic].add(tp.partition)
+                        new += 1  # progress, even when the block is empty
+                elif isinstance(msg, wire.Flush):
+                    continue
+                else:
+                    new += collector.add(where, msg)
         return new
+
+    def flushed(self) -> bool:
+        """Every partition of every record topic has sent its end-of-flush block."""
+        return all(len(self.ended[t]) >= self.partitions.get(t, 0) for t in self.record_topics)
 
     def collect(
         self,
@@ -49,9 +69,10 @@ class KafkaSink:
         check: Callable[[], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> bool:
-        """Poll until `expected` distinct packets are in, or `timeout` passes without news."""
+        """Poll until `expected` distinct packets and every flush are in, or `timeout`
+        passes without news."""
         last_news = time.monotonic()
-        while collector.total < expected:
+        while collector.total < expected or not self.flushed():
             if self.poll(collector):
                 last_news = time.monotonic()
                 if on_progress:

@@ -12,7 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-__all__ = ["BatchState", "MemoryStore", "Store", "TableView"]
+__all__ = ["CONTROL_TABLE", "BatchState", "MemoryStore", "Store", "TableView"]
+
+# Every function has this table besides its own: the engine's flush-marker
+# counts (snf.engine), so a restarted worker still knows where a flush stands.
+CONTROL_TABLE = "control"
 
 _MISSING = object()
 _DELETED = object()

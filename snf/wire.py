@@ -9,20 +9,43 @@
 
 All integers little-endian. Decoding is two struct calls and one
 np.frombuffer: it never looks inside a packet.
+
+Two more message kinds share the topics (docs/WIRE-FORMAT.md):
+
+    "SNFC" + JSON   a control message: Flush (end of input, see snf.engine)
+    "SNFR" + JSON   records of a record port ({"records": [...], "end": id})
 """
 
 from __future__ import annotations
 
+import json
 import struct
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from snf.batch import RECORD_DTYPE, PacketBatch
 from snf.errors import SnfError
 
-__all__ = ["MAGIC", "VERSION", "WireError", "decode", "encode"]
+__all__ = [
+    "CONTROL_MAGIC",
+    "MAGIC",
+    "RECORDS_MAGIC",
+    "VERSION",
+    "Flush",
+    "RecordBlock",
+    "WireError",
+    "decode",
+    "decode_any",
+    "encode",
+    "encode_flush",
+    "encode_records",
+]
 
 MAGIC = b"SNFB"
+CONTROL_MAGIC = b"SNFC"
+RECORDS_MAGIC = b"SNFR"
 VERSION = 1
 _HEADER = struct.Struct("<4sBBHIQHHI")
 
@@ -103,3 +126,62 @@ def decode(message: bytes) -> PacketBatch:
         reasons=tuple(reasons) or ("",),
         batch_id=batch_id,
     )
+
+
+@dataclass(frozen=True)
+class Flush:
+    """End of input: flush what is pending, then pass the marker on.
+
+    A partition acts on the `expected`-th marker of one flush_id: one per
+    upstream partition that can send it packets (1 when batches keep their
+    partition, all N after a re-keying hop).
+    """
+
+    flush_id: str
+    end_ts_ns: int
+    expected: int = 1
+
+
+@dataclass
+class RecordBlock:
+    """JSON records from one function partition; `end` closes a flush."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    end: str = ""  # the flush id when this block is the partition's last after a flush
+
+
+def encode_flush(flush: Flush) -> bytes:
+    body = {"flush": flush.flush_id, "end_ts_ns": flush.end_ts_ns, "expected": flush.expected}
+    return CONTROL_MAGIC + json.dumps(body).encode()
+
+
+def encode_records(records: list[dict[str, Any]], end: str = "") -> bytes:
+    return RECORDS_MAGIC + json.dumps({"records": records, "end": end}).encode()
+
+
+def _json(message: bytes, what: str) -> dict[str, Any]:
+    try:
+        body = json.loads(message[4:])
+    except ValueError as exc:
+        raise WireError(f"{what} message is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise WireError(f"{what} message must be a JSON object")
+    return body
+
+
+def decode_any(message: bytes) -> PacketBatch | Flush | RecordBlock:
+    """Decode any message found on an snf topic."""
+    magic = bytes(message[:4])
+    if magic == CONTROL_MAGIC:
+        body = _json(message, "control")
+        try:
+            return Flush(str(body["flush"]), int(body["end_ts_ns"]), int(body["expected"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"bad control message: {exc!r}") from None
+    if magic == RECORDS_MAGIC:
+        body = _json(message, "records")
+        records = body.get("records")
+        if not isinstance(records, list):
+            raise WireError("records message without a records list")
+        return RecordBlock(records, str(body.get("end", "")))
+    return decode(message)

@@ -67,9 +67,17 @@ class KafkaPublisher:
         )
 
     def __call__(self, partition: int, batch: PacketBatch) -> None:
-        future = self.producer.send(self.topic, value=wire.encode(batch), partition=partition)
+        self.send_raw(partition, wire.encode(batch))
+
+    def send_raw(self, partition: int, message: bytes) -> None:
+        future = self.producer.send(self.topic, value=message, partition=partition)
         future.add_errback(self._failed)
         self.sent += 1
+
+    def flush_all(self, flush: wire.Flush, partitions: int) -> None:
+        """End of input: one flush marker to every partition, after its last batch."""
+        for p in range(partitions):
+            self.send_raw(p, wire.encode_flush(flush))
 
     def _failed(self, exc: BaseException) -> None:
         self.errors.append(repr(exc))

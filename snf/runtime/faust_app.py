@@ -6,7 +6,10 @@ state table of the core is a Faust Table stored in RocksDB (rocksdict) and
 backed by the changelog topic "<app id>-<table>-changelog". A table write
 goes to the changelog partition of the event being processed, which is the
 partition the batch came from: that is why every input is partitioned by
-the function's key (docs/ARCHITECTURE.md, "Partitioning").
+the function's key (docs/ARCHITECTURE.md, "Partitioning across functions").
+The `pass` output goes through the stage's StageRouter (snf.routing), which
+keeps the batch on its partition unless the next function's key moves some
+packets; side ports and record ports stay on the event's partition.
 """
 
 from __future__ import annotations
@@ -19,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.streams import current_event
 
 from snf import wire
-from snf.engine import FunctionEngine
+from snf.engine import FunctionEngine, StageOutput
 from snf.pipeline import Pipeline
+from snf.routing import chain, flush_expected, stage_router
 from snf.state import BatchState
 
 __all__ = ["FaustTableStore", "create_app", "run_worker"]
@@ -48,6 +53,15 @@ class FaustTableStore:
     def delete(self, key: bytes) -> None:
         with contextlib.suppress(KeyError):
             del self.table[key]
+
+    def items(self) -> Any:
+        """The entries of the current event's partition only (the flush marker's)."""
+        event = current_event()
+        assert event is not None, "items() only runs while processing an event"
+        store = self.table.data  # faust.stores.rocksdb.Store
+        db = store._db_for_partition(event.message.partition)
+        for key, value in store._visible_items(db):
+            yield store._decode_key(key), store._decode_value(value)
 
 
 def create_app(
@@ -85,17 +99,40 @@ def create_app(
         for port, topic in pf.port_topics.items()
     }
     tables = {
-        name: app.Table(name, partitions=n, key_type=bytes, default=None) for name in pf.cls.tables
+        name: app.Table(name, partitions=n, key_type=bytes, default=None)
+        for name in pf.state_tables
     }
-    engine = FunctionEngine(pf.create(pipeline.partitions))
+    stage = pipeline.functions.index(pf)
+    functions, hops = chain(pipeline)
+    engine = FunctionEngine(functions[stage])
+    router = stage_router(hops, stage, n)
     stores = {name: FaustTableStore(t) for name, t in tables.items()}
+
+    async def send_records(out: StageOutput, partition: int, end: str = "") -> None:
+        ports = pf.cls.record_ports if end else out.records
+        for port in ports:
+            message = wire.encode_records(out.records.get(port, []), end=end)
+            await outputs[port].send(value=message, partition=partition)
+
+    async def on_flush(flush: wire.Flush, partition: int) -> None:
+        out = engine.control(flush, partition, BatchState(stores))
+        if out is None:
+            return  # more markers to come from other upstream partitions
+        await send_records(out, partition, end=flush.flush_id)
+        if router is not None:  # pass the marker on, after this partition's packets
+            forward = wire.Flush(flush.flush_id, flush.end_ts_ns, flush_expected(router.hop, n))
+            targets = [partition] if forward.expected == 1 else range(n)
+            for p in targets:
+                await outputs["pass"].send(value=wire.encode_flush(forward), partition=p)
 
     @app.agent(source, name=f"{pf.name}-agent")
     async def process(stream: Any) -> None:
         async for event in stream.events():
             partition = event.message.partition
             try:
-                batch = wire.decode(event.value)
+                msg = wire.decode_any(event.value)
+                if isinstance(msg, wire.RecordBlock):
+                    raise wire.WireError("a records message on a packet topic")
             except wire.WireError as exc:
                 engine.counters["bad_batch"] += 1
                 log.error(
@@ -106,10 +143,18 @@ def create_app(
                     exc,
                 )
                 continue
-            # Same partition out: every function of a chain is keyed by flow
-            # with the same partition count, so batches are never re-split.
-            for port, out in engine.handle(batch, BatchState(stores)).items():
-                await outputs[port].send(value=wire.encode(out), partition=partition)
+            if isinstance(msg, wire.Flush):
+                await on_flush(msg, partition)
+                continue
+            out = engine.handle(msg, BatchState(stores))
+            for port, batch in out.packets.items():
+                if port == "pass" and router is not None:
+                    for p, part in router.route(batch, partition, out.rewritten):
+                        await outputs[port].send(value=wire.encode(part), partition=p)
+                else:
+                    await outputs[port].send(value=wire.encode(batch), partition=partition)
+            if out.records:
+                await send_records(out, partition)
 
     @app.on_rebalance_complete.connect
     async def record_assignment(sender: Any, **_: Any) -> None:

@@ -53,7 +53,7 @@ class CountingStore(MemoryStore):
 def test_outputs_are_split_by_port_with_reasons_and_counted() -> None:
     engine = FunctionEngine(Counting(FunctionConfig()))
     store = CountingStore()
-    out = engine.handle(_batch(10), BatchState({"t": store}))
+    out = engine.handle(_batch(10), BatchState({"t": store})).packets
     assert [seq for _, seq in out["pass"].packet_ids()] == [1, 3, 5, 7, 9]
     assert {out["drop"].reason_of(i) for i in range(5)} == {"odd"}
     assert engine.counters == {"in": 10, "pass": 5, "drop:odd": 5}
@@ -64,7 +64,7 @@ def test_outputs_are_split_by_port_with_reasons_and_counted() -> None:
 def test_a_failing_core_drops_the_batch_with_a_reason_and_writes_nothing() -> None:
     engine = FunctionEngine(Exploding(FunctionConfig()))
     store = CountingStore()
-    out = engine.handle(_batch(4), BatchState({"t": store}))
+    out = engine.handle(_batch(4), BatchState({"t": store})).packets
     assert list(out) == ["drop"]
     assert len(out["drop"]) == 4
     assert {out["drop"].reason_of(i) for i in range(4)} == {"error"}

@@ -166,7 +166,10 @@ def test_two_function_chain_wiring() -> None:
     assert f2.input_topic == "snf.p.f1.pass"
     assert f2.port_topics["pass"] == "snf.p.egress"
     assert f2.group_id == "snf.p.f2"
-    assert f2.changelog_topics == {"flows": "snf.p.f2-flows-changelog"}
+    assert f2.changelog_topics == {
+        "flows": "snf.p.f2-flows-changelog",
+        "control": "snf.p.f2-control-changelog",  # the engine's flush-marker counts
+    }
 
 
 def test_three_function_chain_topics() -> None:
@@ -186,7 +189,7 @@ def test_three_function_chain_topics() -> None:
         "snf.p.f3.alerts",
     }
     assert pipeline.changelog_topics() == {
-        f"snf.p.{f}-flows-changelog": 8 for f in ("f1", "f2", "f3")
+        f"snf.p.{f}-{t}-changelog": 8 for f in ("f1", "f2", "f3") for t in ("flows", "control")
     }
 
 
@@ -246,9 +249,9 @@ def test_partitions_out_of_range() -> None:
 
 
 def test_unknown_function_type_lists_known() -> None:
-    p = only(chain("f1").replace("function: fake", "function: nat"))
+    p = only(chain("f1").replace("function: fake", "function: natx"))
     assert (p.line, p.path) == (4, "functions[0].function")
-    assert "unknown function type 'nat'" in p.message and "fake" in p.message
+    assert "unknown function type 'natx'" in p.message and "fake" in p.message
 
 
 def test_bad_function_name() -> None:

@@ -1,0 +1,300 @@
+"""Token-bucket policer: per flow, per source or per destination address.
+
+Summary
+    Every key (a flow, or an IP address) has a token bucket of `burst` tokens
+    that refills at `rate`. A bucket starts full. A packet that finds enough
+    tokens conforms: it passes and takes them (1 token per packet for a pps
+    rate, its original length in bytes for a bit rate). Any other packet
+    exceeds: it goes to `exceed` (action drop) or passes with its DSCP
+    rewritten (action mark); an exceeding packet takes no tokens. Refill is in
+    packet time (ts_ns), in exact integers: a replay polices exactly as the
+    live run did, whatever the batch boundaries. A timestamp that steps back
+    refills nothing and does not move the bucket's time back.
+
+Ports
+    pass    conforming packets, unchanged (reason ""); with action mark also
+            exceeding packets, DSCP rewritten (reason "marked"); frames without
+            IP, never policed (reason "")
+    exceed  exceeding packets with action drop; reason "rate"
+    drop    reason "malformed" (claims IP but is cut short or inconsistent)
+
+Config (RateLimitConfig)
+    key     flow|src|dst, default flow: what shares a bucket. flow: both
+            directions of a flow (Headers.flow); src / dst: the packet's source
+            / destination IP address
+    rate    "<number><unit>", unit pps, bps, kbps, Kbps, Mbps or Gbps (SI,
+            x1000); a whole number of packets or bits per second
+    burst   bucket size, 1..1e9: packets for a pps rate, bytes for a bit rate
+            (a packet longer than `burst` bytes never conforms)
+    action  drop|mark, default drop
+    dscp    0..63, required with action mark, rejected with action drop
+
+State
+    bucket  key: Headers.flow (key flow) or the 4/16 address bytes (src/dst)
+            value: [tokens, last_ts_ns]; tokens scaled by 1e9 per packet (pps)
+            or per bit (bit rates), so a refill is elapsed_ns * rate, exact
+            expiry: none needed: a full bucket is not stored (absent = full),
+            so a key whose bucket is full after its packet writes nothing or
+            deletes its entry. Keys never seen again keep their entry.
+    frag    (key flow only) key: version + src + dst + proto + 4-byte IP id
+            value: [first_fragment_ts_ns, flow key hex]; lets a datagram's
+            later fragments (no ports) use their flow's bucket for 30 s
+            (snf.flowkey.FRAG_TTL_NS, as the router); expiry: lazy
+    Each batch reads a key once, works on a local copy and writes it once at
+    the end, and only when its value changed.
+
+Metrics
+    counters: "in", "pass", "pass:marked", "exceed:rate", "drop:malformed".
+
+Example
+    - type: ratelimit
+      key: src
+      rate: 10Mbps
+      burst: 150000         # bytes
+      action: mark
+      dscp: 8               # CS1, "lower effort"
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from snf.batch import PacketBatch
+from snf.flowkey import FRAG_TTL_NS, flow_hash
+from snf.function import FunctionConfig, NetworkFunction, Verdicts
+from snf.headers import FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_IP, KIND_NON_IP, Headers
+from snf.rewrite import set_dscp
+from snf.state import BatchState
+
+from ._ratelimit_rate import RATE_FORMS, parse_rate
+
+__all__ = ["MAX_BURST", "RateLimit", "RateLimitConfig", "address_hash"]
+
+SCALE = 1_000_000_000  # token units per packet (pps) or per bit (bit rates)
+MAX_BURST = 1_000_000_000  # keeps scaled tokens (burst * 8e9 at most) within a signed i64
+_ADDR_PREFIX = b"ADDR"
+
+
+class RateLimitConfig(FunctionConfig):
+    """Config of the ratelimit function."""
+
+    key: Literal["flow", "src", "dst"] = Field(
+        default="flow",
+        description="What shares a bucket: flow (both directions of a flow), src (the "
+        "packet's source IP address) or dst (its destination IP address).",
+    )
+    rate: str = Field(description=f"Refill rate: {RATE_FORMS}.")
+    burst: int = Field(
+        ge=1,
+        le=MAX_BURST,
+        strict=True,
+        description="Bucket size: packets for a pps rate, bytes for a bit rate. A packet "
+        "longer than `burst` bytes never conforms to a bit rate.",
+    )
+    action: Literal["drop", "mark"] = Field(
+        default="drop",
+        description="Exceeding packets: drop (to port exceed) or mark (pass with `dscp`).",
+    )
+    dscp: int | None = Field(
+        default=None,
+        ge=0,
+        le=63,
+        strict=True,
+        validate_default=True,
+        description="DSCP (0..63) written into exceeding packets; required with action "
+        "mark, not allowed with action drop.",
+    )
+
+    @field_validator("rate", mode="before")
+    @classmethod
+    def _check_rate(cls, value: Any) -> Any:
+        parse_rate(value)
+        return value
+
+    @field_validator("dscp")
+    @classmethod
+    def _check_dscp(cls, value: int | None, info: ValidationInfo) -> int | None:
+        action = info.data.get("action")  # absent when action itself was invalid
+        if action == "mark" and value is None:
+            raise ValueError("action mark needs a dscp (0..63) to write into exceeding packets")
+        if action == "drop" and value is not None:
+            raise ValueError(f"dscp {value} is only used with action mark, not with action drop")
+        return value
+
+
+def address_hash(addr: bytes) -> int:
+    """Partitioning hash of one IP address (the bucket key of key src / dst)."""
+    return flow_hash(_ADDR_PREFIX + addr)
+
+
+class RateLimit(NetworkFunction):
+    """Token-bucket policer core; see the module docstring."""
+
+    kind: ClassVar[str] = "ratelimit"
+    ports: ClassVar[tuple[str, ...]] = ("pass", "exceed", "drop")
+    tables: ClassVar[tuple[str, ...]] = ("bucket", "frag")
+    Config: ClassVar[type[FunctionConfig]] = RateLimitConfig
+
+    def __init__(self, config: RateLimitConfig) -> None:
+        super().__init__(config)
+        self.config: RateLimitConfig = config
+        rate = parse_rate(config.rate)
+        self.bits = rate.bits
+        self.rate_per_s = rate.per_second  # scaled tokens gained per ns of packet time
+        # Bit rates count bytes of burst, 8 bits each; a pps bucket holds packets.
+        self.cap = config.burst * SCALE * (8 if rate.bits else 1)
+        self.mark = config.action == "mark"
+        self.dscp = config.dscp if config.dscp is not None else 0
+        if config.key != "flow":
+            self.key = "custom"
+            self.key_flow_consistent = False
+        self._hashes: dict[bytes, int] = {}
+        self.counters: Counter[str] = Counter()
+
+    def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
+        """Key flow: the flow hash. Key src / dst: address_hash of that address for IP
+        packets (later fragments too: they carry the same addresses as their first
+        fragment, so they land where their bucket is either way), None otherwise."""
+        if self.config.key == "flow":
+            return headers.flow_hash
+        addrs = headers.src if self.config.key == "src" else headers.dst
+        cache = self._hashes
+        if len(cache) > 65536:
+            cache.clear()
+        out: list[int | None] = []
+        for k, addr in zip(headers.kind, addrs, strict=True):
+            if k != KIND_IP:
+                out.append(None)
+                continue
+            h = cache.get(addr)
+            if h is None:
+                h = cache[addr] = address_hash(addr)
+            out.append(h)
+        return out
+
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+        n = len(headers)
+        records = batch.records
+        ts = records["ts_ns"].tolist()
+        costs = (
+            [x * 8 * SCALE for x in records["orig_len"].tolist()] if self.bits else [SCALE] * n
+        )
+        table = state.table("bucket")
+        keys = self._bucket_keys(headers, ts, state)
+        cap, rate, mark = self.cap, self.rate_per_s, self.mark
+        # key -> (tokens, last_ts) or None (full); `before` holds what the store had.
+        work: dict[bytes, tuple[int, int] | None] = {}
+        before: dict[bytes, tuple[int, int] | None] = {}
+        kind = headers.kind
+        out_ports: list[str] = []
+        out_reasons: list[str] = []
+        replaced: dict[int, bytes] = {}
+
+        for i in range(n):
+            k = kind[i]
+            if k != KIND_IP:
+                out_ports.append("pass" if k == KIND_NON_IP else "drop")
+                out_reasons.append("" if k == KIND_NON_IP else "malformed")
+                continue
+            try:
+                bkey = keys[i]
+                t = ts[i]
+                if bkey in work:
+                    bucket = work[bkey]
+                else:
+                    stored = table.get(bkey)
+                    bucket = None if stored is None else (int(stored[0]), int(stored[1]))
+                    before[bkey] = bucket
+                if bucket is None:
+                    tokens, last = cap, t
+                else:
+                    tokens, last = bucket
+                    if t > last:  # a step back in time refills nothing
+                        tokens = min(cap, tokens + (t - last) * rate)
+                        last = t
+                cost = costs[i]
+                conform = tokens >= cost
+                if conform:
+                    tokens -= cost
+                    port, reason = "pass", ""
+                elif mark:
+                    port, reason = "pass", "marked"
+                    new = self._marked(batch.packet(i), headers, i)
+                    if new is not None:
+                        replaced[i] = new
+                else:
+                    port, reason = "exceed", "rate"
+                work[bkey] = None if tokens >= cap else (tokens, last)
+            except Exception:  # crafted content broke an assumption: drop, never raise
+                port, reason = "drop", "malformed"
+                replaced.pop(i, None)
+            out_ports.append(port)
+            out_reasons.append(reason)
+
+        for bkey, bucket in work.items():
+            if bucket != before[bkey]:
+                if bucket is None:
+                    table.delete(bkey)
+                else:
+                    table.set(bkey, [bucket[0], bucket[1]])
+
+        counters = self.counters
+        counters["in"] += n
+        for (port, reason), count in Counter(zip(out_ports, out_reasons)).items():
+            counters[f"{port}:{reason}" if reason else port] += count
+        return Verdicts(ports=out_ports, reasons=out_reasons, replaced=replaced)
+
+    def _marked(self, packet: bytes, headers: Headers, i: int) -> bytes | None:
+        """The packet with its DSCP set to `dscp` (ECN kept), or None when it already has it."""
+        l3, version = headers.l3_off[i], headers.version[i]
+        if version == 4:
+            tos = packet[l3 + 1]
+        else:  # IPv6 traffic class: bits 4..11 of the first word
+            tos = ((packet[l3] & 0x0F) << 4) | (packet[l3 + 1] >> 4)
+        if tos >> 2 == self.dscp:
+            return None
+        pkt = bytearray(packet)
+        set_dscp(pkt, l3, version, self.dscp)
+        return bytes(pkt)
+
+    def _bucket_keys(self, h: Headers, ts: list[int], state: BatchState) -> list[bytes]:
+        """The bucket key of every packet (b"" for frames without IP)."""
+        key = self.config.key
+        if key == "src":
+            return h.src
+        if key == "dst":
+            return h.dst
+        if not any(h.frag):
+            return h.flow
+        # A later fragment has no ports: it uses the flow of its datagram's first
+        # fragment when that was seen within FRAG_TTL_NS (where the router sent it
+        # too), else its own (proto, address pair) flow key.
+        frags = state.table("frag")
+        keys = list(h.flow)
+        for i, f in enumerate(h.frag):
+            if f == FRAG_NONE or h.kind[i] != KIND_IP:
+                continue
+            dgram = (
+                bytes((h.version[i],))
+                + h.src[i]
+                + h.dst[i]
+                + bytes((h.proto[i],))
+                + (h.ip_id[i] & 0xFFFFFFFF).to_bytes(4, "big")
+            )
+            t = ts[i]
+            entry = frags.get(dgram)
+            if f == FRAG_FIRST:
+                value = [t, keys[i].hex()]
+                if entry != value:
+                    frags.set(dgram, value)
+            elif f == FRAG_LATER and entry is not None:
+                if abs(t - entry[0]) <= FRAG_TTL_NS:
+                    keys[i] = bytes.fromhex(entry[1])
+                elif t - entry[0] > FRAG_TTL_NS:
+                    frags.delete(dgram)  # expired
+        return keys
+

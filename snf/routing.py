@@ -1,0 +1,141 @@
+"""Partitioning across functions: how packets enter each stage of a chain.
+
+Each function declares what its state needs (NetworkFunction.key): "any",
+"flow" (both directions of a flow on one partition) or "custom" (its own
+key_hashes). `plan()` turns a chain into one Hop per stage:
+
+    keep   the packets are already where the stage needs them: the batch
+           goes to the same partition number, unsplit
+    flow   route by the bidirectional flow hash
+    key    route by a function's key_hashes (the stage's own, or, ahead of
+           it, the first custom key that every stage up to it accepts)
+
+So a chain such as firewall -> nat is partitioned at ingress by the NAT's
+key (flow-consistent, so the firewall is served too) and the batches pass
+from the firewall to the NAT without a split. A StageRouter applies a hop to
+an output batch: it splits the batch only when some packet must move.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from snf.batch import PacketBatch
+from snf.flowkey import FlowRouter
+from snf.function import NetworkFunction
+from snf.headers import Headers
+from snf.parse import parse_packet_batch
+from snf.pipeline import Pipeline
+
+__all__ = ["Hop", "StageRouter", "chain", "flush_expected", "plan", "stage_router"]
+
+
+@dataclass(frozen=True)
+class Hop:
+    mode: Literal["keep", "flow", "key"]
+    # "key": the function whose key_hashes route; "keep": the key the packets
+    # already follow (None: the flow hash).
+    keyer: NetworkFunction | None = None
+    keyer_index: int = -1  # its position in the chain
+
+    def describe(self, names: Sequence[str]) -> str:
+        if self.mode == "key":
+            return f"by {names[self.keyer_index]}'s key"
+        return "unchanged" if self.mode == "keep" else "by flow"
+
+
+def _lookahead(functions: Sequence[NetworkFunction], j: int) -> int | None:
+    """The first custom-keyed function at or after j whose key stages j.. accept."""
+    for k in range(j, len(functions)):
+        g = functions[k]
+        if g.key == "custom":
+            if g.key_flow_consistent or all(f.key == "any" for f in functions[j:k]):
+                return k
+            return None
+    return None
+
+
+def plan(functions: Sequence[NetworkFunction]) -> list[Hop]:
+    """One Hop per stage; hops[0] is how the capture agent partitions ingress."""
+    hops: list[Hop] = []
+    flow_consistent: bool | None = None  # None: nothing partitioned yet (ingress)
+    for j, f in enumerate(functions):
+        if f.key == "custom":
+            hops.append(Hop("key", f, j))
+            flow_consistent = f.key_flow_consistent
+        elif flow_consistent is not None and (f.key == "any" or flow_consistent):
+            # Carry the key the packets are partitioned by, for the next hop's check.
+            hops.append(Hop("keep", hops[-1].keyer, hops[-1].keyer_index))
+        else:
+            k = _lookahead(functions, j)
+            if k is None:
+                hops.append(Hop("flow"))
+                flow_consistent = True
+            else:
+                hops.append(Hop("key", functions[k], k))
+                flow_consistent = functions[k].key_flow_consistent
+    return hops
+
+
+class StageRouter:
+    """Applies one hop to the batches a stage's upstream emits."""
+
+    def __init__(self, hop: Hop, partitions: int, previous: Hop | None = None) -> None:
+        self.hop = hop
+        self.partitions = partitions
+        # Same key as the hop before and nothing rewritten since: packets are in place.
+        self.same_as_previous = (
+            previous is not None
+            and hop.mode == "key"
+            and previous.mode != "flow"
+            and previous.keyer is hop.keyer
+        )
+        self.router = FlowRouter()
+        self.split_batches = 0
+
+    def route(
+        self, batch: PacketBatch, partition: int, rewritten: bool = True
+    ) -> list[tuple[int, PacketBatch]]:
+        """(partition, batch) pairs: the batch whole when it may stay, else its parts."""
+        hop = self.hop
+        if hop.mode == "keep" or (self.same_as_previous and not rewritten) or not len(batch):
+            return [(partition, batch)]
+        headers = parse_packet_batch(batch)
+        parts = self.partitions_of(batch, headers, partition)
+        if all(p == partition for p in parts):
+            return [(partition, batch)]
+        self.split_batches += 1
+        by_part: dict[int, list[int]] = {}
+        for i, p in enumerate(parts):
+            by_part.setdefault(p, []).append(i)
+        return [(p, batch.select(idx)) for p, idx in sorted(by_part.items())]
+
+    def partitions_of(
+        self, batch: PacketBatch, headers: Headers, current: int | None
+    ) -> list[int]:
+        hashes = None
+        if self.hop.mode == "key" and self.hop.keyer is not None:
+            hashes = self.hop.keyer.key_hashes(batch, headers)
+        return self.router.route(
+            headers, batch.records["ts_ns"], self.partitions, hashes, current
+        )
+
+
+def chain(pipeline: Pipeline) -> tuple[list[NetworkFunction], list[Hop]]:
+    """The pipeline's function cores (one instance each) and their hops."""
+    functions = [pf.create(pipeline.partitions) for pf in pipeline.functions]
+    return functions, plan(functions)
+
+
+def stage_router(hops: Sequence[Hop], stage: int, partitions: int) -> StageRouter | None:
+    """The router for the `pass` output of `stage` (None for the last stage)."""
+    if stage + 1 >= len(hops):
+        return None
+    return StageRouter(hops[stage + 1], partitions, hops[stage])
+
+
+def flush_expected(hop: Hop, partitions: int) -> int:
+    """Markers a partition of the stage behind `hop` receives per flush."""
+    return 1 if hop.mode == "keep" else partitions
