@@ -244,18 +244,16 @@ class RateLimit(NetworkFunction):
 
         counters = self.counters
         counters["in"] += n
-        for (port, reason), count in Counter(zip(out_ports, out_reasons)).items():
+        for (port, reason), count in Counter(zip(out_ports, out_reasons, strict=True)).items():
             counters[f"{port}:{reason}" if reason else port] += count
         return Verdicts(ports=out_ports, reasons=out_reasons, replaced=replaced)
 
     def _marked(self, packet: bytes, headers: Headers, i: int) -> bytes | None:
         """The packet with its DSCP set to `dscp` (ECN kept), or None when it already has it."""
         l3, version = headers.l3_off[i], headers.version[i]
-        if version == 4:
-            tos = packet[l3 + 1]
-        else:  # IPv6 traffic class: bits 4..11 of the first word
-            tos = ((packet[l3] & 0x0F) << 4) | (packet[l3 + 1] >> 4)
-        if tos >> 2 == self.dscp:
+        # IPv4: top 6 bits of the TOS byte; IPv6: of the traffic class (bits 4..11).
+        v6 = ((packet[l3] & 0x0F) << 2) | (packet[l3 + 1] >> 6)
+        if (packet[l3 + 1] >> 2 if version == 4 else v6) == self.dscp:
             return None
         pkt = bytearray(packet)
         set_dscp(pkt, l3, version, self.dscp)

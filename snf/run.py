@@ -242,6 +242,8 @@ def summary_table(result: RunResult) -> Table:
         for p in side:
             for reason, n in sorted(col.reasons((pf.name, p)).items()):
                 reasons.append(f"{p}:{reason or '-'}={n}")
+        for p in pf.cls.record_ports:
+            reasons.append(f"[cyan]{p}: {len(col.records.get((pf.name, p), {}))} records[/]")
         table.add_row(pf.name, str(n_in), str(n_in - dropped), str(dropped), " ".join(reasons))
         n_in -= dropped
     table.add_row("[bold]egress[/]", "", str(col.count(EGRESS)), "", "")
