@@ -241,6 +241,8 @@ def result_json(result) -> dict:
         functions[pf.name] = {
             port: dict(col.reasons((pf.name, port))) for port in pf.cls.ports if port != "pass"
         }
+        for port in pf.cls.record_ports:
+            functions[pf.name][port] = {"records": len(col.records.get((pf.name, port), {}))}
     return {
         "mode": result.mode,
         "packets": result.replay.packets,
