@@ -22,12 +22,16 @@ $(STAMP): pyproject.toml
 kafka-jars: setup
 	$(PY) -c 'from snf.kafka.cluster import ensure_jars; print(ensure_jars(print))'
 
-# Runs a bundled real capture through the bundled firewall pipeline on a local
-# broker, then writes out/edge.pcapng (open it in Wireshark) and out/events/.
+# The main job: the bundled edge capture through the four-function edge chain
+# (firewall -> nat -> loadbalancer -> flowmon) on a local broker, then the
+# monitoring chain (ids -> ratelimit -> flowmon). Writes out/<name>.pcapng
+# (open it in Wireshark) and out/<name>-events/ (drops, alerts, flow records).
 demo: setup kafka-jars
 	mkdir -p $(OUT)
-	$(SNF) run pipelines/edge.yaml ../shared/traffic/zeek-http-bro.org.pcap \
-		../shared/traffic/tcpreplay-test.pcap --out $(OUT)/edge.pcapng --events $(OUT)/events
+	$(SNF) run pipelines/edge.yaml pipelines/captures/edge.pcapng \
+		--out $(OUT)/edge.pcapng --events $(OUT)/edge-events
+	$(SNF) run pipelines/monitoring.yaml pipelines/captures/monitoring.pcapng \
+		--out $(OUT)/monitoring.pcapng --events $(OUT)/monitoring-events
 
 test: setup kafka-jars
 	$(VENV)/bin/ruff check snf functions tests bench

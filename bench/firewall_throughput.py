@@ -24,7 +24,7 @@ from snf.run import RunOptions, run_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = ROOT.parent / "shared" / "traffic" / "zeek-http-bro.org.pcap"
-PIPELINE = ROOT / "pipelines" / "edge.yaml"
+PIPELINE = ROOT / "pipelines" / "perimeter.yaml"
 
 
 def measure(local: bool, loop: int, batch: int) -> dict:

@@ -180,9 +180,7 @@ class RateLimit(NetworkFunction):
         n = len(headers)
         records = batch.records
         ts = records["ts_ns"].tolist()
-        costs = (
-            [x * 8 * SCALE for x in records["orig_len"].tolist()] if self.bits else [SCALE] * n
-        )
+        costs = [x * 8 * SCALE for x in records["orig_len"].tolist()] if self.bits else [SCALE] * n
         table = state.table("bucket")
         keys = self._bucket_keys(headers, ts, state)
         cap, rate, mark = self.cap, self.rate_per_s, self.mark
@@ -295,4 +293,3 @@ class RateLimit(NetworkFunction):
                 elif t - entry[0] > FRAG_TTL_NS:
                     frags.delete(dgram)  # expired
         return keys
-

@@ -18,6 +18,7 @@ from snf.capture import CapturedPacket
 from snf.flowkey import FlowRouter
 from snf.function import NetworkFunction
 from snf.parse import parse_batch
+from snf.routing import key_hashes
 
 __all__ = ["Batcher", "BatcherStats"]
 
@@ -40,7 +41,7 @@ class Batcher:
         max_packets: int = 512,
         max_bytes: int = 512 * 1024,
         first_seq: int = 0,
-        keyer: NetworkFunction | None = None,
+        keyers: Sequence[NetworkFunction] = (),
     ) -> None:
         self.partitions = partitions
         self.source_id = source_id
@@ -48,9 +49,9 @@ class Batcher:
         self.max_bytes = max_bytes
         self.seq = first_seq
         self.router = FlowRouter()
-        # The function whose key_hashes partition ingress (snf.routing.plan, hop 0);
-        # None: the flow hash.
-        self.keyer = keyer
+        # The functions whose keys partition ingress (snf.routing.plan, hop 0);
+        # none: the flow hash.
+        self.keyers = tuple(keyers)
         self.stats = BatcherStats()
         # One pending batch per partition (and so one link type at a time).
         self._pending: dict[int, list[PacketRow]] = {}
@@ -79,9 +80,10 @@ class Batcher:
         ts = [p.ts_ns for p in run]
         headers = parse_batch(linktype, datas)
         hashes = None
-        if self.keyer is not None:
+        if self.keyers:
             rows = [(p.ts_ns, p.orig_len, p.data, 0, 0, "") for p in run]
-            hashes = self.keyer.key_hashes(PacketBatch.from_rows(linktype, rows), headers)
+            batch = PacketBatch.from_rows(linktype, rows)
+            hashes = key_hashes(self.keyers, batch, headers)
         parts = self.router.route(headers, ts, self.partitions, hashes)
         ready = []
         seq = self.seq

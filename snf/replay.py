@@ -106,9 +106,9 @@ def replay(
     publish: Publish,
     opts: ReplayOptions | None = None,
     console: Console | None = None,
-    keyer: NetworkFunction | None = None,
+    keyers: Sequence[NetworkFunction] = (),
 ) -> ReplaySummary:
-    """Read, batch and publish the captures; `keyer` partitions them (snf.routing)."""
+    """Read, batch and publish the captures, partitioned by `keyers` (snf.routing)."""
     opts = opts or ReplayOptions()
     captures = [Path(c) for c in captures]
     console = console or Console(stderr=True)
@@ -120,7 +120,7 @@ def replay(
         summary.source_id,
         max_packets=opts.max_packets,
         max_bytes=opts.max_bytes,
-        keyer=keyer,
+        keyers=keyers,
     )
     total = sum(p.stat().st_size for p in captures) * opts.loop
 

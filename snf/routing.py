@@ -7,8 +7,9 @@ key_hashes). `plan()` turns a chain into one Hop per stage:
     keep   the packets are already where the stage needs them: the batch
            goes to the same partition number, unsplit
     flow   route by the bidirectional flow hash
-    key    route by a function's key_hashes (the stage's own, or, ahead of
-           it, the first custom key that every stage up to it accepts)
+    key    route by functions' key_hashes: the stage's own key and, ahead of
+           it, the custom keys that every stage up to them accepts (a packet
+           follows the first of them that has a preference for it)
 
 So a chain such as firewall -> nat is partitioned at ingress by the NAT's
 key (flow-consistent, so the firewall is served too) and the batches pass
@@ -29,32 +30,55 @@ from snf.headers import Headers
 from snf.parse import parse_packet_batch
 from snf.pipeline import Pipeline
 
-__all__ = ["Hop", "StageRouter", "chain", "flush_expected", "plan", "stage_router"]
+__all__ = [
+    "Hop",
+    "StageRouter",
+    "chain",
+    "flush_expected",
+    "key_hashes",
+    "plan",
+    "stage_router",
+]
 
 
 @dataclass(frozen=True)
 class Hop:
     mode: Literal["keep", "flow", "key"]
-    # "key": the function whose key_hashes route; "keep": the key the packets
-    # already follow (None: the flow hash).
-    keyer: NetworkFunction | None = None
-    keyer_index: int = -1  # its position in the chain
+    # "key": the functions whose key_hashes route, in chain order: a packet goes
+    # by the first one that has a preference for it. "keep": the keys the
+    # packets already follow (empty: the flow hash).
+    keyers: tuple[NetworkFunction, ...] = ()
+    indices: tuple[int, ...] = ()  # the keyers' positions in the chain
 
     def describe(self, names: Sequence[str]) -> str:
         if self.mode == "key":
-            return f"by {names[self.keyer_index]}'s key"
+            return "by the key of " + ", then ".join(names[i] for i in self.indices)
         return "unchanged" if self.mode == "keep" else "by flow"
 
 
-def _lookahead(functions: Sequence[NetworkFunction], j: int) -> int | None:
-    """The first custom-keyed function at or after j whose key stages j.. accept."""
+def _composite(functions: Sequence[NetworkFunction], j: int) -> list[int]:
+    """Custom keys, from stage j on, that can partition stage j's input together.
+
+    Flow-consistent keys combine: packets one function has no preference for
+    follow the next one's (the NAT does not care where a VIP's traffic goes,
+    the load balancer does), so one partitioning serves them all and the
+    batches need not be split between them. A key that splits flows (ratelimit
+    by src) serves only itself and "any" stages before it.
+    """
+    keyers: list[int] = []
+    only_any = True
     for k in range(j, len(functions)):
         g = functions[k]
         if g.key == "custom":
-            if g.key_flow_consistent or all(f.key == "any" for f in functions[j:k]):
-                return k
-            return None
-    return None
+            if g.key_flow_consistent:
+                keyers.append(k)
+                continue
+            if not keyers and only_any:
+                return [k]
+            break
+        if g.key == "flow":
+            only_any = False
+    return keyers
 
 
 def plan(functions: Sequence[NetworkFunction]) -> list[Hop]:
@@ -62,20 +86,20 @@ def plan(functions: Sequence[NetworkFunction]) -> list[Hop]:
     hops: list[Hop] = []
     flow_consistent: bool | None = None  # None: nothing partitioned yet (ingress)
     for j, f in enumerate(functions):
-        if f.key == "custom":
-            hops.append(Hop("key", f, j))
-            flow_consistent = f.key_flow_consistent
-        elif flow_consistent is not None and (f.key == "any" or flow_consistent):
-            # Carry the key the packets are partitioned by, for the next hop's check.
-            hops.append(Hop("keep", hops[-1].keyer, hops[-1].keyer_index))
+        if f.key != "custom" and flow_consistent is not None and (
+            f.key == "any" or flow_consistent
+        ):
+            # Carry the keys the packets are partitioned by, for the next hop's check.
+            hops.append(Hop("keep", hops[-1].keyers, hops[-1].indices))
+            continue
+        ks = _composite(functions, j)
+        if ks:
+            keyers = tuple(functions[k] for k in ks)
+            hops.append(Hop("key", keyers, tuple(ks)))
+            flow_consistent = all(g.key_flow_consistent for g in keyers)
         else:
-            k = _lookahead(functions, j)
-            if k is None:
-                hops.append(Hop("flow"))
-                flow_consistent = True
-            else:
-                hops.append(Hop("key", functions[k], k))
-                flow_consistent = functions[k].key_flow_consistent
+            hops.append(Hop("flow"))
+            flow_consistent = True
     return hops
 
 
@@ -90,7 +114,7 @@ class StageRouter:
             previous is not None
             and hop.mode == "key"
             and previous.mode != "flow"
-            and previous.keyer is hop.keyer
+            and previous.indices == hop.indices
         )
         self.router = FlowRouter()
         self.split_batches = 0
@@ -115,12 +139,25 @@ class StageRouter:
     def partitions_of(
         self, batch: PacketBatch, headers: Headers, current: int | None
     ) -> list[int]:
-        hashes = None
-        if self.hop.mode == "key" and self.hop.keyer is not None:
-            hashes = self.hop.keyer.key_hashes(batch, headers)
+        hashes = key_hashes(self.hop.keyers, batch, headers) if self.hop.mode == "key" else None
         return self.router.route(
             headers, batch.records["ts_ns"], self.partitions, hashes, current
         )
+
+
+def key_hashes(
+    keyers: Sequence[NetworkFunction], batch: PacketBatch, headers: Headers
+) -> list[int | None]:
+    """Per packet, the first keyer's hash that is not None (None when none cares)."""
+    merged = list(keyers[0].key_hashes(batch, headers))
+    for g in keyers[1:]:
+        if None not in merged:
+            break
+        merged = [
+            h if h is not None else o
+            for h, o in zip(merged, g.key_hashes(batch, headers), strict=True)
+        ]
+    return merged
 
 
 def chain(pipeline: Pipeline) -> tuple[list[NetworkFunction], list[Hop]]:

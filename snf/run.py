@@ -100,7 +100,7 @@ def run_pipeline(
         local = LocalPipeline(pipeline)
         hop = local.ingress_hop
         summary = replay(
-            captures, pipeline.partitions, local, opts.replay, console, keyer=hop.keyer
+            captures, pipeline.partitions, local, opts.replay, console, keyers=hop.keyers
         )
         local.flush(pipeline.name, summary.last_ts_ns)
         elapsed = time.perf_counter() - started
@@ -152,10 +152,10 @@ def _run_kafka(
         wait_assigned(workers, run.partitions)
         processing_started = time.perf_counter()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
-        keyer = chain(run)[1][0].keyer  # how ingress is partitioned (snf.routing)
+        keyers = chain(run)[1][0].keyers  # how ingress is partitioned (snf.routing)
         try:
             summary = replay(
-                captures, run.partitions, publisher, opts.replay, console, keyer=keyer
+                captures, run.partitions, publisher, opts.replay, console, keyers=keyers
             )
             publisher.flush_all(Flush(run.name, summary.last_ts_ns), run.partitions)
         finally:

@@ -54,10 +54,10 @@ def _run(pipeline: Path, local: bool, brokers: str, tmp: Path, tag: str) -> tupl
     return result, out.read_bytes(), {p.name: p.read_text() for p in events.iterdir()}
 
 
-@pytest.mark.parametrize("which", ["edge", "strict"])
+@pytest.mark.parametrize("which", ["perimeter", "strict"])
 def test_kafka_run_is_identical_to_local(kafka_bootstrap: str, tmp_path: Path, which: str) -> None:
-    if which == "edge":
-        pipeline = ROOT / "pipelines" / "edge.yaml"
+    if which == "perimeter":
+        pipeline = ROOT / "pipelines" / "perimeter.yaml"
     else:
         pipeline = tmp_path / "strict.yaml"
         pipeline.write_text(STRICT)
@@ -88,7 +88,7 @@ def _assert_flows_in_order(col: Collector) -> None:
 def test_run_tears_down_its_topics(kafka_bootstrap: str, tmp_path: Path) -> None:
     before = set(admin.topic_partitions(kafka_bootstrap))
     opts = RunOptions(brokers=kafka_bootstrap, replay=ReplayOptions(progress=False))
-    run_pipeline(ROOT / "pipelines" / "edge.yaml", CAPTURES[:1], opts)
+    run_pipeline(ROOT / "pipelines" / "edge.yaml", CAPTURES[:1], opts)  # four functions
     after = set(admin.topic_partitions(kafka_bootstrap))
     leaked = {t for t in after - before if t.startswith("snf.")}
     assert not leaked
@@ -101,7 +101,7 @@ def test_cli_run_writes_results_and_summary(kafka_bootstrap: str, tmp_path: Path
         "-m",
         "snf",
         "run",
-        str(ROOT / "pipelines" / "edge.yaml"),
+        str(ROOT / "pipelines" / "perimeter.yaml"),
         *map(str, CAPTURES),
         "--out",
         str(out),

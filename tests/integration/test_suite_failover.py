@@ -133,12 +133,12 @@ CASES = {
 
 def _reference(pipeline: Pipeline, part1: Path, part2_of: Callable, tmp: Path) -> tuple:
     local = LocalPipeline(pipeline)
-    keyer = local.ingress_hop.keyer
+    keyers = local.ingress_hop.keyers
     quiet1 = ReplayOptions(progress=False, source_id=1)
-    s1 = replay([part1], pipeline.partitions, local, quiet1, keyer=keyer)
+    s1 = replay([part1], pipeline.partitions, local, quiet1, keyers=keyers)
     part2 = _write(tmp / "part2.pcapng", part2_of(local.collector), T0 + 5 * 10**8)
     quiet2 = ReplayOptions(progress=False, source_id=2)
-    s2 = replay([part2], pipeline.partitions, local, quiet2, keyer=keyer)
+    s2 = replay([part2], pipeline.partitions, local, quiet2, keyers=keyers)
     local.flush("end", max(s1.last_ts_ns, s2.last_ts_ns))
     return local.collector, part2, s1.packets, s2.packets
 
@@ -170,7 +170,7 @@ def test_successor_restores_state_from_the_changelog(
 
     run = pipeline.renamed(f"fo-{kind[:6]}-{int(time.time() * 1000) % 10**8}")
     admin.ensure_topics(brokers, run.topics())
-    keyer = chain(run)[1][0].keyer
+    keyers = chain(run)[1][0].keyers
     fn = run.functions[0]
     workers = [start_worker(path, "f", 0, brokers, tmp_path / "a", name=run.name)]
     sink = KafkaSink(brokers, run.sink_topics(), run.record_topics())
@@ -178,7 +178,7 @@ def test_successor_restores_state_from_the_changelog(
         got = Collector()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         opts1 = ReplayOptions(progress=False, source_id=1)
-        s1 = replay([part1], run.partitions, publisher, opts1, keyer=keyer)
+        s1 = replay([part1], run.partitions, publisher, opts1, keyers=keyers)
         publisher.close()
         sink.ended = {t: {0, 1, 2, 3} for t in sink.ended}  # no flush yet: packets only
         assert sink.collect(got, n1, timeout=60)
@@ -199,7 +199,7 @@ def test_successor_restores_state_from_the_changelog(
         workers.append(start_worker(path, "f", 0, brokers, tmp_path / "b", name=run.name))
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         opts2 = ReplayOptions(progress=False, source_id=2)
-        s2 = replay([part2], run.partitions, publisher, opts2, keyer=keyer)
+        s2 = replay([part2], run.partitions, publisher, opts2, keyers=keyers)
         publisher.flush_all(Flush("end", max(s1.last_ts_ns, s2.last_ts_ns)), run.partitions)
         publisher.close()
         sink.ended = {t: set() for t in sink.ended}

@@ -15,7 +15,7 @@ from snf.cli import main
 from tests.packets import read_pcap
 
 REPO = Path(__file__).resolve().parents[2]
-EDGE = REPO / "pipelines" / "edge.yaml"
+EDGE = REPO / "pipelines" / "perimeter.yaml"
 
 BAD_PIPELINE = """\
 name: edge-bad
@@ -34,7 +34,7 @@ def test_validate_prints_the_chain(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(EDGE)]) == 0
     err = capsys.readouterr().err
     assert "ok" in err
-    assert "pipeline edge, 4 partitions: fw(firewall)" in err
+    assert "pipeline perimeter, 4 partitions: fw(firewall)" in err
 
 
 def test_validate_bad_file_prints_one_unwrapped_line_per_problem(

@@ -103,12 +103,20 @@ def test_edge_example_with_real_firewall() -> None:
     assert fw.port_topics == {"pass": "snf.edge.egress", "drop": "snf.edge.fw.drop"}
 
 
-def test_bundled_edge_pipeline_loads() -> None:
-    pytest.importorskip("snf.functions.firewall")
-    pipeline = load_pipeline(REPO / "pipelines" / "edge.yaml")
-    assert pipeline.name == "edge" and pipeline.partitions == 4
+def test_bundled_pipelines_load() -> None:
+    pipeline = load_pipeline(REPO / "pipelines" / "perimeter.yaml")
+    assert pipeline.name == "perimeter" and pipeline.partitions == 4
     assert [(f.name, f.kind, f.instances) for f in pipeline.functions] == [("fw", "firewall", 1)]
-    assert pipeline.path == REPO / "pipelines" / "edge.yaml"
+    assert pipeline.path == REPO / "pipelines" / "perimeter.yaml"
+    edge = load_pipeline(REPO / "pipelines" / "edge.yaml")
+    assert [(f.name, f.kind) for f in edge.functions] == [
+        ("fw", "firewall"),
+        ("nat", "nat"),
+        ("lb", "loadbalancer"),
+        ("flows", "flowmon"),
+    ]
+    monitoring = load_pipeline(REPO / "pipelines" / "monitoring.yaml")
+    assert [f.kind for f in monitoring.functions] == ["ids", "ratelimit", "flowmon"]
 
 
 def test_firewall_config_error_points_at_the_rule() -> None:

@@ -24,7 +24,7 @@ from snf.replay import ReplayOptions, ReplaySummary, replay, source_id_for
 from tests.conftest import traffic_dir
 from tests.packets import arp, fragments4, icmp4_echo, read_pcap, tcp4, udp4
 
-EDGE = Path(__file__).resolve().parents[2] / "pipelines" / "edge.yaml"
+EDGE = Path(__file__).resolve().parents[2] / "pipelines" / "perimeter.yaml"
 T0 = 1_700_000_000 * 10**9
 S = 10**9
 Traffic = Callable[[str], Path]  # the conftest fixture
@@ -268,7 +268,7 @@ def _rev(c: tuple[str, str, int, int]) -> tuple[str, str, int, int]:
 
 
 def _edge_traffic() -> list[tuple[float, bytes]]:
-    """Crafted traffic through edge.yaml's firewall, whose verdicts depend on state and time."""
+    """Crafted traffic through perimeter.yaml's firewall, whose verdicts depend on state and time."""
     web = ("10.0.0.1", "93.184.216.34", 40000, 80)
     dns = ("10.0.0.1", "8.8.8.8", 5353, 53)
     frags = fragments4("10.0.0.1", "8.8.8.8", 1234, 53, bytes(3000), ip_id=7)

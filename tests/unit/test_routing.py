@@ -45,7 +45,7 @@ def modes(hops: list[Hop], functions: list[Fake]) -> list[str]:
     out = []
     for h in hops:
         if h.mode == "key":
-            out.append(f"key{functions.index(h.keyer)}")  # type: ignore[arg-type]
+            out.append("key" + "+".join(str(functions.index(k)) for k in h.keyers))  # type: ignore[arg-type]
         else:
             out.append(h.mode)
     return out
@@ -60,7 +60,10 @@ def modes(hops: list[Hop], functions: list[Fake]) -> list[str]:
         # firewall -> nat: ingress is keyed by the NAT's flow-consistent key.
         (["flow", "customfc"], ["key1", "key1"]),
         (["customfc", "flow"], ["key0", "keep"]),
-        (["customfc", "customfc"], ["key0", "key1"]),
+        # firewall -> nat -> loadbalancer: one partitioning serves both keys.
+        (["customfc", "customfc"], ["key0+1", "key1"]),
+        (["flow", "customfc", "customfc", "flow"], ["key1+2", "key1+2", "key2", "keep"]),
+        (["customfc", "custom"], ["key0", "key1"]),
         # A key that splits flows (ratelimit by src) serves only "any" stages before it...
         (["any", "custom"], ["key1", "key1"]),
         (["flow", "custom"], ["flow", "key1"]),
@@ -96,14 +99,14 @@ def test_keep_passes_the_batch_whole() -> None:
 def test_a_batch_already_in_place_is_not_split() -> None:
     f = Fake("custom", want=[6, 2, None, 10, 14])  # all == 2 mod 4, or no preference
     batch = _batch(5)
-    router = StageRouter(Hop("key", f, 0), 4)
+    router = StageRouter(Hop("key", (f,), (0,)), 4)
     assert router.route(batch, 2) == [(2, batch)]
     assert router.split_batches == 0
 
 
 def test_same_key_as_before_and_nothing_rewritten_skips_the_key() -> None:
     f = Fake("custom", want=[1, 2, 3])
-    router = StageRouter(Hop("key", f, 1), 4, previous=Hop("key", f, 1))
+    router = StageRouter(Hop("key", (f,), (1,)), 4, previous=Hop("key", (f,), (1,)))
     batch = _batch(3)
     assert router.route(batch, 0, rewritten=False) == [(0, batch)]
     assert f.calls == 0
@@ -121,7 +124,7 @@ def test_split_sends_every_packet_to_its_key_partition_in_order(
 ) -> None:
     current = data.draw(st.integers(0, partitions - 1))
     batch = _batch(len(want))
-    parts = StageRouter(Hop("key", Fake("custom", want=want), 0), partitions).route(
+    parts = StageRouter(Hop("key", (Fake("custom", want=want),), (0,)), partitions).route(
         batch, current
     )
     placed: dict[int, int] = {}
@@ -210,3 +213,11 @@ def test_engine_flushes_once_on_the_last_expected_marker() -> None:
     # The count is state (a restarted worker keeps it): a replayed marker does not flush again.
     assert stores[CONTROL_TABLE].data == {b"flush:run": 3}
     assert engine.control(marker, 1, BatchState(stores)) is None
+
+
+def test_a_packet_follows_the_first_key_that_cares() -> None:
+    first = Fake("custom", want=[1, None, None])
+    second = Fake("custom", want=[2, 3, None])
+    router = StageRouter(Hop("key", (first, second), (0, 1)), 4)
+    parts = router.route(_batch(3), 0)
+    assert [(p, [s for _, s in b.packet_ids()]) for p, b in parts] == [(0, [2]), (1, [0]), (3, [1])]

@@ -1,0 +1,26 @@
+"""The example pipelines on their bundled captures: Kafka == --local, byte for byte.
+
+What the results must contain is checked broker-less in tests/unit/test_examples.py.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_suite import run_both
+
+pytestmark = pytest.mark.integration
+
+PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
+
+
+@pytest.mark.parametrize("name", ["edge", "monitoring"])
+def test_example_pipeline_kafka_equals_local(
+    kafka_bootstrap: str, tmp_path: Path, name: str
+) -> None:
+    capture = PIPELINES / "captures" / f"{name}.pcapng"
+    result, files = run_both(PIPELINES / f"{name}.yaml", kafka_bootstrap, tmp_path, [capture])
+    assert result.replay.packets > 1000
+    assert "flows.flows.jsonl" in files
