@@ -1,0 +1,234 @@
+"""IDS matching (a helper of functions.ids): headers by intervals, contents by Aho-Corasick.
+
+One pass of a C automaton (pyahocorasick) over a packet's payload finds every
+occurrence of every content string of the rules for its protocol at once:
+case-sensitive contents in one automaton over the payload, `nocase` ones
+(lowercased) in a second over a lowercased copy; one such pair per protocol
+group (TCP, UDP, ICMP/ICMPv6, other), `ip` rules in all. Only rules whose
+anchor content (their longest) occurred are then looked at; content-less rules
+are indexed by protocol. No per-packet loop runs over all the rules.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from typing import Any
+
+import ahocorasick
+
+from ._ids_rules import Rule
+from ._ids_specs import ADDR_ANY, PORT_ANY, Space
+
+__all__ = ["MalformedPayload", "Matcher", "payload_span"]
+
+_NO_LIMIT = 1 << 62
+_GROUP = {6: 6, 17: 17, 1: 1, 58: 1}  # protocol -> automaton group; any other: -1
+_ALL_GROUPS = frozenset({6, 17, 1, -1})
+# Header check of one rule: (protos or None, src, sport, dst, dport, bidirectional).
+# Each of src/dst is None (any) or per family (starts, ends); sport/dport likewise.
+Check = tuple[list[int], list[int]] | None
+
+
+class MalformedPayload(ValueError):
+    """A TCP data offset that is shorter than 20 bytes or runs past the segment."""
+
+
+def payload_span(
+    buf: bytes, base: int, size: int, version: int, proto: int, l3: int, l4: int
+) -> tuple[int, int]:
+    """(start, end) in `buf` of the payload of the packet at buf[base : base + size].
+
+    TCP: after the data offset; UDP: after 8 bytes; ICMP/ICMPv6: after 8 bytes;
+    anything else: the IP payload (after IPv6 extension headers). The end is
+    the IP total (payload) length or the captured end, whichever comes first.
+    Empty (start >= end) when there is no L4 header (l4 < 0).
+    """
+    if l4 < 0:
+        return 0, 0
+    at = base + l3
+    if version == 4:
+        end = at + (buf[at + 2] << 8 | buf[at + 3])
+    else:
+        plen = buf[at + 4] << 8 | buf[at + 5]
+        end = at + 40 + plen if plen else base + size  # 0: jumbogram, to the captured end
+    if end > base + size:
+        end = base + size
+    start = base + l4
+    if proto == 6:
+        off = (buf[start + 12] >> 4) << 2
+        if off < 20 or start + off > end:
+            raise MalformedPayload(f"bad tcp data offset {off}")
+        start += off
+    elif proto == 17 or proto == 1 or proto == 58:
+        start += 8
+    return start, end
+
+
+def _space_check(space: Space, anything: Space) -> tuple[Check, ...] | None:
+    if space == anything:
+        return None
+    return tuple(([lo for lo, _ in iv], [hi for _, hi in iv]) if iv else None for iv in space)
+
+
+def _port_check(space: Space) -> Check:
+    checks = _space_check(space, PORT_ANY)
+    return None if checks is None else checks[0]
+
+
+def _inside(check: Check, value: int) -> bool:
+    if check is None:  # this family has no interval at all
+        return False
+    j = bisect_right(check[0], value) - 1
+    return j >= 0 and value <= check[1][j]
+
+
+def _side(addrs: tuple[Check, ...] | None, ports: Check, fam: int, addr: int, port: int) -> bool:
+    if addrs is not None and not _inside(addrs[fam], addr):
+        return False
+    return ports is None or _inside(ports, port)
+
+
+class Matcher:
+    """Every rule of one ruleset; match() gives the indices (into self.rules) that match."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules: list[Rule] = sorted(rules, key=lambda r: r.sid)
+        self._heads = [
+            (
+                None if r.protos is None else frozenset(r.protos),
+                _space_check(r.src, ADDR_ANY),
+                _port_check(r.sport),
+                _space_check(r.dst, ADDR_ANY),
+                _port_check(r.dport),
+                r.bidirectional,
+            )
+            for r in self.rules
+        ]
+        # One automaton pair (case-sensitive, nocase) per protocol group, so that a
+        # udp rule's pattern costs nothing on TCP payloads; `ip` rules are in all.
+        pids: dict[tuple[bytes, bool], int] = {}
+        automata: dict[int, tuple[Any, Any]] = {}
+        self._checks: list[tuple[tuple[int, int, int], ...]] = []
+        self._anchored: dict[int, list[int]] = {}
+        contentless: dict[int | None, list[int]] = {}
+        for index, rule in enumerate(self.rules):
+            checks = []
+            groups = _ALL_GROUPS if rule.protos is None else {_GROUP[p] for p in rule.protos}
+            for c in rule.contents:
+                key = (c.pattern.lower() if c.nocase else c.pattern, c.nocase)
+                pid = pids.setdefault(key, len(pids))
+                for group in groups:
+                    pair = automata.setdefault(
+                        group, (ahocorasick.Automaton(), ahocorasick.Automaton())
+                    )
+                    pair[c.nocase].add_word(key[0].decode("latin-1"), (pid, len(key[0])))
+                last = _NO_LIMIT if c.depth is None else c.offset + c.depth - len(c.pattern)
+                checks.append((pid, c.offset, last))
+            self._checks.append(tuple(checks))
+            if not rule.contents:
+                for proto in rule.protos or (None,):
+                    contentless.setdefault(proto, []).append(index)
+                continue
+            longest = max(range(len(checks)), key=lambda k: len(rule.contents[k].pattern))
+            self._anchored.setdefault(checks[longest][0], []).append(index)
+        for pair in automata.values():
+            for automaton in pair:
+                if len(automaton):
+                    automaton.make_automaton()
+        self._automata = {
+            group: tuple(a if len(a) else None for a in pair) for group, pair in automata.items()
+        }
+        # Content-less rules per IP protocol; `ip` rules (key None) apply to all.
+        any_proto = contentless.get(None, [])
+        self._contentless = {
+            p: sorted(idx + any_proto) for p, idx in contentless.items() if p is not None
+        }
+        self._contentless_other = any_proto
+
+    def scans(self, proto: int) -> bool:
+        """Whether a content rule could apply to a packet of this IP protocol."""
+        return _GROUP.get(proto, -1) in self._automata
+
+    def _hits(self, payload: bytes, proto: int) -> dict[int, list[int]]:
+        """pattern id -> start offsets of its occurrences in the payload."""
+        hits: dict[int, list[int]] = {}
+        case, nocase = self._automata[_GROUP.get(proto, -1)]
+        for automaton, text in ((case, payload), (nocase, payload)):
+            if automaton is None:
+                continue
+            if automaton is nocase:
+                text = text.lower()
+            for end, (pid, size) in automaton.iter(text.decode("latin-1")):
+                starts = hits.get(pid)
+                if starts is None:
+                    hits[pid] = [end - size + 1]
+                else:
+                    starts.append(end - size + 1)
+        return hits
+
+    def _header(
+        self, index: int, version: int, proto: int, src: int, dst: int, sp: int, dp: int
+    ) -> bool:
+        protos, s, sport, d, dport, bidirectional = self._heads[index]
+        if protos is not None and proto not in protos:
+            return False
+        fam = 0 if version == 4 else 1
+        if _side(s, sport, fam, src, sp) and _side(d, dport, fam, dst, dp):
+            return True
+        return bidirectional and _side(s, sport, fam, dst, dp) and _side(d, dport, fam, src, sp)
+
+    def match(
+        self,
+        version: int,
+        proto: int,
+        later_fragment: bool,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        payload: bytes,
+    ) -> list[int]:
+        """Indices of the matching rules, in sid order.
+
+        A non-first fragment (no L4 header) only meets content-less `ip` rules.
+        """
+        src_int = int.from_bytes(src, "big")
+        dst_int = int.from_bytes(dst, "big")
+        header = self._header
+        if later_fragment:
+            candidates = self._contentless_other
+        else:
+            candidates = self._contentless.get(proto, self._contentless_other)
+        out = [
+            i for i in candidates if header(i, version, proto, src_int, dst_int, sport, dport)
+        ]
+        if payload and not later_fragment and self.scans(proto):
+            hits = self._hits(payload, proto)
+            anchored, checks = self._anchored, self._checks
+            found = len(out)
+            for pid in hits:
+                for i in anchored.get(pid, ()):
+                    if header(i, version, proto, src_int, dst_int, sport, dport) and _contents(
+                        checks[i], hits
+                    ):
+                        out.append(i)
+            if len(out) > found:
+                out.sort()
+        return out
+
+
+def _contents(checks: tuple[tuple[int, int, int], ...], hits: dict[int, list[int]]) -> bool:
+    """Every content has an occurrence starting in [offset, offset + depth - len]."""
+    for pid, first, last in checks:
+        starts = hits.get(pid)
+        if starts is None:
+            return False
+        if first == 0 and last == _NO_LIMIT:
+            continue
+        for s in starts:  # a plain loop: faster than any() here
+            if first <= s <= last:
+                break
+        else:
+            return False
+    return True
