@@ -2,19 +2,25 @@
 
 Endpoints are written "IP:port" ("10.0.0.1:80") or "[IPv6]:port"
 ("[2001:db8::1]:443"); they are parsed once, when the config is validated.
-Rewriting is in place on a bytearray, with incremental checksum updates
-(RFC 1624): IPv4 through snf.rewrite, IPv6 here (no header checksum; only the
-TCP/UDP checksum covers the addresses, through the pseudo-header).
+Rewriting uses incremental checksum updates (RFC 1624):
+
+* nat_rewrite (every rewritten packet): address and TCP/UDP port of one end
+  in one go, with the checksum deltas of each (old, new) endpoint pair
+  computed once and cached; IPv4 and IPv6 (no IPv6 header checksum, only the
+  TCP/UDP pseudo-header covers the addresses). Same bytes as snf.rewrite.
+* set_addr (non-first fragments: no L4 header): the address only, IPv4
+  through snf.rewrite.set_ipv4_addr, IPv6 here.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import struct
 from typing import Any
 
 from snf.rewrite import csum_adjust, set_ipv4_addr, set_u16
 
-__all__ = ["Endpoint", "conn_key", "parse_endpoint", "set_addr", "side_key"]
+__all__ = ["Endpoint", "conn_key", "nat_rewrite", "parse_endpoint", "set_addr", "side_key"]
 
 PROTOS = {"tcp": 6, "udp": 17}
 _L4_CSUM_OFF = {6: 16, 17: 6}
@@ -44,11 +50,6 @@ def parse_endpoint(text: Any) -> Endpoint:
     if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
         raise ValueError(f"expected {expected} with a port in 1..65535, got {text!r}")
     return addr.version, addr.packed, int(port_text)
-
-
-def format_endpoint(addr: bytes, port: int) -> str:
-    ip = ipaddress.ip_address(addr)
-    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
 def conn_key(proto: int, client: bytes, cport: int, vip: bytes, vport: int) -> bytes:
@@ -88,3 +89,65 @@ def set_addr(
         return
     pkt[off : off + 16] = addr
     _fix_l4_v6(pkt, l4, proto, old, addr)
+
+
+# -- the hot path: one endpoint (address and port) rewritten in one go ----------
+
+_UNPACK = {4: struct.Struct("!2H").unpack, 16: struct.Struct("!8H").unpack}
+_ADDR_OFF = {(4, "src"): 12, (4, "dst"): 16, (6, "src"): 8, (6, "dst"): 24}
+_DELTAS: dict[tuple[bytes, int, bytes, int], tuple[int, int]] = {}
+_DELTAS_MAX = 1 << 16
+
+
+def _deltas(old: bytes, old_port: int, new: bytes, new_port: int) -> tuple[int, int]:
+    """RFC 1624 eqn. 3 partial sums (sum of ~m + m') for the address words, and for
+    the address and port words: the same for every packet of a flow, so cached."""
+    key = (old, old_port, new, new_port)
+    found = _DELTAS.get(key)
+    if found is None:
+        unpack = _UNPACK[len(old)]
+        d_addr = 0xFFFF * (len(old) // 2) - sum(unpack(old)) + sum(unpack(new))
+        d_l4 = d_addr + 0xFFFF - old_port + new_port
+        if len(_DELTAS) >= _DELTAS_MAX:
+            _DELTAS.clear()
+        found = _DELTAS[key] = (d_addr, d_l4)
+    return found
+
+
+def _apply(pkt: bytearray, at: int, delta: int, udp: bool) -> None:
+    cur = (pkt[at] << 8) | pkt[at + 1]
+    if udp and cur == 0:
+        return  # UDP without checksum stays without
+    total = (~cur & 0xFFFF) + delta
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    fixed = ~total & 0xFFFF
+    if udp and fixed == 0:
+        fixed = 0xFFFF
+    pkt[at] = fixed >> 8
+    pkt[at + 1] = fixed & 0xFF
+
+
+def nat_rewrite(
+    frame: bytes, version: int, l3: int, l4: int, proto: int, which: str, addr: bytes, port: int
+) -> bytes:
+    """`frame` with its source or destination address and TCP/UDP port set to
+    addr:port, IPv4 header and TCP/UDP checksums updated incrementally.
+
+    Same result as snf.rewrite's set_ipv4_addr + set_l4_port (a test checks
+    it), with the checksum deltas computed once per (old, new) endpoint pair.
+    """
+    pkt = bytearray(frame)
+    a = l3 + _ADDR_OFF[version, which]
+    p = l4 if which == "src" else l4 + 2
+    n = len(addr)
+    d_addr, d_l4 = _deltas(bytes(pkt[a : a + n]), (pkt[p] << 8) | pkt[p + 1], addr, port)
+    pkt[a : a + n] = addr
+    pkt[p] = port >> 8
+    pkt[p + 1] = port & 0xFF
+    if version == 4:
+        _apply(pkt, l3 + 10, d_addr, False)
+    at = l4 + _L4_CSUM_OFF[proto]
+    if at + 2 <= len(pkt):
+        _apply(pkt, at, d_l4, proto == 17)
+    return bytes(pkt)

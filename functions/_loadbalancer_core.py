@@ -1,0 +1,265 @@
+"""The per-batch work of functions.loadbalancer: classify, pick, rewrite, record.
+
+Kept apart from the config models so that each module stays short. The rules
+are described in functions/loadbalancer.py and docs/functions/loadbalancer.md.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from snf.batch import PacketBatch
+from snf.flowkey import FRAG_TTL_NS, endpoint_hash
+from snf.function import Verdicts
+from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.state import BatchState
+
+from ._loadbalancer_net import conn_key, nat_rewrite, set_addr, side_key
+from ._maglev import flow5_hash
+
+if TYPE_CHECKING:
+    from .loadbalancer import LoadBalancer
+
+__all__ = ["Service", "key_hashes", "process_batch"]
+
+FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
+TCP, UDP = 6, 17
+_EP_CACHE_MAX = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One compiled service."""
+
+    vip: bytes
+    vport: int
+    members: list[tuple[bytes, int]]  # (addr, port) in config order
+    by_hex: dict[tuple[str, int], tuple[bytes, int]]  # (addr hex, port) -> member
+    table: list[int] = field(repr=False)  # Maglev slot -> index into members
+    size: int
+
+
+def _fin_bits(flags: int, bit: int) -> int:
+    """fin_mask bits a packet adds: `bit` for a FIN, both for a RST."""
+    if flags & RST:
+        return 3
+    return bit if flags & FIN else 0
+
+
+def _frag_key(version: int, src: bytes, dst: bytes, proto: int, ip_id: int) -> bytes:
+    return bytes((version,)) + src + dst + bytes((proto,)) + ip_id.to_bytes(4, "big")
+
+
+class _Run:
+    """One batch: the tables, the packet times and what was decided so far."""
+
+    def __init__(
+        self, lb: LoadBalancer, batch: PacketBatch, headers: Headers, state: BatchState
+    ) -> None:
+        self.lb = lb
+        self.batch = batch
+        self.h = headers
+        self.ts: list[int] = batch.records["ts_ns"].tolist()
+        self.conn = state.table("conn")
+        self.back = state.table("back")
+        self.frag = state.table("frag")
+        self.tcp_ns, self.fin_ns, self.udp_ns = lb.timeout_ns
+        self.replaced: dict[int, bytes] = {}
+        self.stats: Counter[str] = Counter()
+
+    def timeout(self, proto: int, fins: int) -> int:
+        if proto != TCP:
+            return self.udp_ns
+        return self.fin_ns if fins == 3 else self.tcp_ns
+
+    def rewrite(self, i: int, which: str, addr: bytes, port: int) -> bytes:
+        """Packet i with its source or destination set to addr:port."""
+        h = self.h
+        frame = self.batch.packet(i)
+        l3, l4 = h.l3_off[i], h.l4_off[i]
+        return nat_rewrite(frame, h.version[i], l3, l4, h.proto[i], which, addr, port)
+
+    def record_first_fragment(self, i: int, addr: bytes, which: int) -> None:
+        h = self.h
+        key = _frag_key(h.version[i], h.src[i], h.dst[i], h.proto[i], h.ip_id[i])
+        value = [self.ts[i], addr.hex(), which]
+        if self.frag.get(key) != value:
+            self.frag.set(key, value)
+
+    def request(self, i: int, proto: int, svc: Service) -> str:
+        """A client packet to a VIP: keep or pick its backend, rewrite the destination."""
+        h = self.h
+        t = self.ts[i]
+        client, cport, vport = h.src[i], h.sport[i], h.dport[i]
+        flags = h.tcp_flags[i] if proto == TCP else 0
+        ck = conn_key(proto, client, cport, svc.vip, vport)
+        entry = self.conn.get(ck)
+        backend = None
+        if entry is not None:
+            bhex, bport, last, fins = entry
+            backend = svc.by_hex.get((bhex, bport))
+            if (
+                t - last > self.timeout(proto, fins)
+                or (fins == 3 and flags & (SYN | ACK) == SYN)  # a new connection on old ports
+            ):
+                backend = None
+        if backend is not None:
+            addr, port = backend
+            new_last = t if t > last else last  # packet time may step back
+            value = [bhex, bport, new_last, fins | _fin_bits(flags, 1)]
+        else:
+            if not svc.table:
+                if entry is not None:  # its backend left and nothing replaces it
+                    self.forget(proto, ck, entry, client, cport)
+                return "no_backend"
+            slot = flow5_hash(proto, client, cport, svc.vip, vport) % svc.size
+            addr, port = svc.members[svc.table[slot]]
+            value = [addr.hex(), port, t, _fin_bits(flags, 1)]
+            self.stats["new"] += 1
+            if entry is not None and (entry[0], entry[1]) not in svc.by_hex:
+                self.stats["moved"] += 1
+        out = self.rewrite(i, "dst", addr, port)
+        # State changes come last, so a failure above writes nothing.
+        if value != entry:
+            self.conn.set(ck, value)
+        if backend is None:
+            if entry is not None and (entry[0], entry[1]) != (value[0], value[1]):
+                old = side_key(proto, bytes.fromhex(entry[0]), entry[1], client, cport)
+                self.back.delete(old)
+            bk = side_key(proto, addr, port, client, cport)
+            want = [svc.vip.hex(), vport]
+            if self.back.get(bk) != want:
+                self.back.set(bk, want)
+        if h.frag[i] == FRAG_FIRST:
+            self.record_first_fragment(i, addr, 0)
+        self.replaced[i] = out
+        self.stats["to_backend"] += 1
+        return ""
+
+    def forget(self, proto: int, ck: bytes, entry: list, client: bytes, cport: int) -> None:
+        self.conn.delete(ck)
+        self.back.delete(side_key(proto, bytes.fromhex(entry[0]), entry[1], client, cport))
+
+    def reply(self, i: int, proto: int) -> str:
+        """A packet from a backend endpoint: rewrite its source to the VIP if a flow says so."""
+        h = self.h
+        t = self.ts[i]
+        bsrc, bport, client, cport = h.src[i], h.sport[i], h.dst[i], h.dport[i]
+        bk = side_key(proto, bsrc, bport, client, cport)
+        link = self.back.get(bk)
+        if link is None:
+            return ""  # no recorded flow: untouched
+        vip, vport = bytes.fromhex(link[0]), link[1]
+        ck = conn_key(proto, client, cport, vip, vport)
+        entry = self.conn.get(ck)
+        if entry is None or entry[1] != bport or entry[0] != bsrc.hex():
+            self.back.delete(bk)  # the flow moved to another backend or is gone
+            return ""
+        bhex, _, last, fins = entry
+        if t - last > self.timeout(proto, fins):
+            self.conn.delete(ck)
+            self.back.delete(bk)
+            return ""
+        flags = h.tcp_flags[i] if proto == TCP else 0
+        out = self.rewrite(i, "src", vip, vport)
+        value = [bhex, bport, t if t > last else last, fins | _fin_bits(flags, 2)]
+        if value != entry:
+            self.conn.set(ck, value)
+        if h.frag[i] == FRAG_FIRST:
+            self.record_first_fragment(i, vip, 1)
+        self.replaced[i] = out
+        self.stats["to_client"] += 1
+        return ""
+
+    def later_fragment(self, i: int) -> str:
+        """A non-first fragment: rewritten as its first fragment was, else passed or dropped."""
+        h = self.h
+        proto, dst = h.proto[i], h.dst[i]
+        key = _frag_key(h.version[i], h.src[i], dst, proto, h.ip_id[i])
+        rec = self.frag.get(key)
+        if rec is not None:
+            if self.ts[i] - rec[0] <= FRAG_TTL_NS:
+                pkt = bytearray(self.batch.packet(i))
+                which = "dst" if rec[2] == 0 else "src"
+                set_addr(pkt, h.version[i], h.l3_off[i], -1, proto, which, bytes.fromhex(rec[1]))
+                self.replaced[i] = bytes(pkt)
+                return ""
+            self.frag.delete(key)
+        return "fragment" if (proto, dst) in self.lb.vip_addrs else ""
+
+    def run(self) -> Verdicts:
+        h = self.h
+        kind, frag, proto = h.kind, h.frag, h.proto
+        src, dst, sport, dport = h.src, h.dst, h.sport, h.dport
+        services_get = self.lb.services.get
+        backends = self.lb.backends
+        reasons: list[str] = []
+        for i in range(len(h)):
+            try:
+                k = kind[i]
+                if k != KIND_IP:
+                    reason = "" if k == KIND_NON_IP else "malformed"
+                elif frag[i] == FRAG_LATER:
+                    reason = self.later_fragment(i)
+                else:
+                    p = proto[i]
+                    if p != TCP and p != UDP:
+                        reason = ""
+                    else:
+                        svc = services_get((p, dst[i], dport[i]))
+                        if svc is not None:
+                            reason = self.request(i, p, svc)
+                        elif (p, src[i], sport[i]) in backends:
+                            reason = self.reply(i, p)
+                        else:
+                            reason = ""
+            except Exception:  # crafted content broke an assumption: drop, never raise
+                self.replaced.pop(i, None)
+                reason = "malformed"
+            reasons.append(reason)
+        ports = ["drop" if r else "pass" for r in reasons]
+        return Verdicts(ports=ports, reasons=reasons, replaced=self.replaced)
+
+
+def process_batch(
+    lb: LoadBalancer, batch: PacketBatch, headers: Headers, state: BatchState
+) -> tuple[Verdicts, Counter[str]]:
+    run = _Run(lb, batch, headers, state)
+    return run.run(), run.stats
+
+
+def key_hashes(lb: LoadBalancer, headers: Headers) -> list[int | None]:
+    """The client endpoint's endpoint_hash per packet, or None (no preference).
+
+    to a VIP: the source; from a VIP: the destination; from a backend
+    endpoint: the destination; to a backend endpoint: the source.
+    """
+    services, backends = lb.services, lb.backends
+    cache = lb.ep_hashes
+    kind, frag, proto = headers.kind, headers.frag, headers.proto
+    src, dst, sport, dport = headers.src, headers.dst, headers.sport, headers.dport
+    out: list[int | None] = []
+    for i in range(len(headers)):
+        p = proto[i]
+        if kind[i] != KIND_IP or frag[i] == FRAG_LATER or (p != TCP and p != UDP):
+            out.append(None)
+            continue
+        s_ep, d_ep = (p, src[i], sport[i]), (p, dst[i], dport[i])
+        if d_ep in services:
+            ep = s_ep
+        elif s_ep in services or s_ep in backends:
+            ep = d_ep
+        elif d_ep in backends:
+            ep = s_ep
+        else:
+            out.append(None)
+            continue
+        value = cache.get(ep)
+        if value is None:
+            if len(cache) >= _EP_CACHE_MAX:
+                cache.clear()
+            value = cache[ep] = endpoint_hash(*ep)
+        out.append(value)
+    return out
