@@ -8,6 +8,7 @@ function really did something (rewrites, drops, alerts, records).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 from pathlib import Path
@@ -60,12 +61,29 @@ def run_both(
 
 
 def _ipv4_packets(result: RunResult, where: tuple[str, str] = EGRESS) -> list[dpkt.ip.IP]:
+    """IPv4 packets at a port whose original (in the capture) had valid checksums.
+
+    A few real packets come with bad checksums (offloading, damage); a rewrite
+    cannot be expected to repair those, only to keep good ones good.
+    """
+    originals = _originals()
     out = []
-    for p in result.collector.packets.get(where, {}).values():
+    for (_, seq), p in result.collector.packets.get(where, {}).items():
         ip = _l3(p.data)
-        if isinstance(ip, dpkt.ip.IP):
+        before = _l3(originals[seq])
+        if isinstance(ip, dpkt.ip.IP) and isinstance(before, dpkt.ip.IP) and _checksums_ok(before):
             out.append(ip)
     return out
+
+
+@functools.cache
+def _originals() -> list[bytes]:
+    """Every frame of CAPTURES in replay order: packet seq -> frame."""
+    frames = []
+    for path in CAPTURES:
+        with path.open("rb") as f:
+            frames += [bytes(buf) for _, buf in dpkt.pcap.Reader(f)]
+    return frames
 
 
 def _l3(frame: bytes) -> object:
@@ -99,8 +117,9 @@ def test_nat(kafka_bootstrap: str, tmp_path: Path) -> None:
 
 def test_loadbalancer(kafka_bootstrap: str, tmp_path: Path) -> None:
     result, _ = run_both(HERE / "pipelines" / "loadbalancer.yaml", kafka_bootstrap, tmp_path)
-    backends = ipaddress.ip_network("10.0.0.0/10")
-    to_backend = [ip for ip in _ipv4_packets(result) if ipaddress.ip_address(ip.dst) in backends]
+    backends = {ipaddress.ip_address(a).packed for a in ("10.10.0.1", "10.10.0.2", "10.10.0.3")}
+    backends |= {ipaddress.ip_address(a).packed for a in ("10.20.0.1", "10.20.0.2")}
+    to_backend = [ip for ip in _ipv4_packets(result) if ip.dst in backends]
     assert len(to_backend) > 50
     assert all(_checksums_ok(ip) for ip in to_backend)
     # One backend per client flow, whatever partition and batch it came in.
