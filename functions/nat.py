@@ -1,0 +1,316 @@
+"""NAT44: source NAT with port forwards (RFC 4787, RFC 5382, RFC 5508).
+
+Summary
+    Outbound packets (source inside, destination outside) get a public source
+    endpoint. Mapping is endpoint-independent: one internal (proto, IP, port)
+    has one public (IP, port) whatever the destination, and two internal
+    endpoints never share one. Pooling is paired: an internal IP always gets
+    the same public IP. Replies to a public endpoint go back to the internal
+    endpoint when `filtering` admits their remote. Port forwards are static
+    bindings. ICMP echo identifiers are mapped like ports; ICMP errors about
+    a translated flow are translated, quote included. Checksums are updated
+    incrementally (RFC 1624, snf.rewrite). Time is packet time.
+
+Ports
+    pass    translated packets, and untouched ones: IPv6, non-IP, traffic
+            between inside hosts, traffic between outside hosts
+    drop    reasons: "no_binding" (inbound to a public endpoint without a
+            live binding or forward, or from outside straight to an inside
+            address; an ICMP error about no live binding, either way),
+            "filtered" (the binding's filter refuses the remote),
+            "ports_exhausted", "unsupported" (outbound protocol other than
+            TCP, UDP, ICMP echo and ICMP errors: it cannot be translated and
+            must not leak the inside address), "fragment" (a later fragment
+            of a translated datagram whose first fragment was not seen in
+            the last 30 s), "malformed"
+
+Config (NatConfig, functions/_nat_config.py)
+    inside        IPv4 CIDRs of the inside networks
+    public_ips    public IPv4 addresses (paired pooling over them)
+    ports         dynamic port / ICMP identifier range, default "1024-65535"
+    port_forwards [{proto: tcp|udp, public: "IP:port", inside: "IP:port"}]
+    timeouts      seconds: tcp 7440, tcp_transitory 240, udp 300, icmp 60
+    filtering     endpoint-independent | address-dependent |
+                  address-and-port-dependent (default)
+
+State (functions/_nat_bindings.py)
+    bind  internal endpoint -> [pub IP hex, pub port, last_seen_ns, tcp_bits, remotes]
+    rev   public endpoint -> [internal IP hex, internal port]
+    frag  src + dst + proto + 4-byte IP id of a translated first fragment
+          -> [ts_ns, reason, "src"|"dst"|"", new address hex]; 30 s
+    Expiry is lazy. Forwards need no state. Keys are written on change only.
+
+Partitioning
+    key "custom" (flow-consistent): outbound by the internal endpoint,
+    inbound by the public endpoint (a forward's: by its inside endpoint),
+    ICMP errors by the endpoint of the quoted flow. Public ports are chosen
+    to land on their internal endpoint's partition. See docs/functions/nat.md.
+
+Metrics
+    counters: "in", "pass", "drop:<reason>", per batch.
+
+Example
+    - type: nat
+      inside: [10.0.0.0/8]
+      public_ips: [198.51.100.1, 198.51.100.2]
+      port_forwards: [{proto: tcp, public: "198.51.100.1:443", inside: "10.0.0.5:8443"}]
+      filtering: address-dependent
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from typing import ClassVar
+
+from snf.batch import PacketBatch
+from snf.flowkey import FRAG_TTL_NS
+from snf.function import FunctionConfig, KeyKind, NetworkFunction, Verdicts
+from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.rewrite import set_ipv4_addr, set_l4_port
+from snf.state import BatchState, TableView
+
+from ._nat_bindings import Bindings
+from ._nat_config import NatConfig, NatTimeouts, PortForward, compile_config
+from ._nat_icmp import ERROR_TYPES, quote_of, rewrite_quote
+from ._nat_ports import EndpointHasher
+
+__all__ = ["Nat", "NatConfig", "NatTimeouts", "PortForward"]
+
+_PASS, _OUT, _IN, _NO = 0, 1, 2, 3  # address classes of a packet
+# (reason, rewritten packet or None, rewritten field "src"/"dst"/"", new address)
+Outcome = tuple[str, bytearray | None, str, bytes]
+_PASSED: Outcome = ("", None, "", b"")
+
+
+def _drop(reason: str) -> Outcome:
+    return (reason, None, "", b"")
+
+
+class Nat(NetworkFunction):
+    """NAT44 core; see the module docstring."""
+
+    kind: ClassVar[str] = "nat"
+    ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
+    tables: ClassVar[tuple[str, ...]] = ("bind", "rev", "frag")
+    Config: ClassVar[type[FunctionConfig]] = NatConfig
+    key: KeyKind = "custom"
+    key_flow_consistent: bool = True
+
+    def __init__(self, config: NatConfig) -> None:
+        super().__init__(config)
+        self.config: NatConfig = config
+        self.c = compile_config(config)
+        self._public = frozenset(self.c.public_ips)
+        self._inside_cache: dict[bytes, bool] = {}
+        self._ep = EndpointHasher()
+        self.counters: Counter[str] = Counter()
+
+    # -- classification and keys ----------------------------------------------
+
+    def _is_inside(self, addr: bytes) -> bool:
+        found = self._inside_cache.get(addr)
+        if found is None:
+            value = int.from_bytes(addr, "big")
+            found = any(value & mask == net for net, mask in self.c.inside)
+            if len(self._inside_cache) >= 1 << 16:
+                self._inside_cache.clear()
+            self._inside_cache[addr] = found
+        return found
+
+    def _class(self, s: bytes, d: bytes) -> int:
+        if self._is_inside(s):
+            return _PASS if self._is_inside(d) else _OUT
+        if d in self._public:
+            return _IN
+        return _NO if self._is_inside(d) else _PASS
+
+    def _public_hash(self, p: int, ip: bytes, port: int) -> int:
+        """Key of a public endpoint: a forward's is its inside endpoint's."""
+        fwd = self.c.fwd_public.get((p, ip, port))
+        return self._ep(p, *fwd) if fwd is not None else self._ep(p, ip, port)
+
+    def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
+        out: list[int | None] = []
+        h = headers
+        for i in range(len(h)):
+            if h.kind[i] != KIND_IP or h.version[i] != 4 or h.frag[i] == FRAG_LATER:
+                out.append(None)
+                continue
+            try:
+                out.append(self._key(batch, h, i))
+            except Exception:  # damaged headers: no preference
+                out.append(None)
+        return out
+
+    def _key(self, batch: PacketBatch, h: Headers, i: int) -> int | None:
+        s, d, p, sp, dp = h.src[i], h.dst[i], h.proto[i], h.sport[i], h.dport[i]
+        cls = self._class(s, d)
+        if p == 1 and h.icmp_type[i] in ERROR_TYPES and cls in (_OUT, _IN):
+            q = quote_of(batch.packet(i), h.l3_off[i], h.l4_off[i])
+            if q is not None and q.sport >= 0:
+                if cls == _OUT:
+                    return self._ep(q.proto, q.dst, q.dport)
+                return self._public_hash(q.proto, q.src, q.sport)
+        if cls == _OUT:
+            return self._ep(p, s, sp)
+        if cls == _IN:
+            return self._public_hash(p, d, dp)
+        if cls == _NO:
+            return self._ep(p, d, dp)
+        return self._public_hash(p, s, sp) if s in self._public else None
+
+    # -- processing ------------------------------------------------------------
+
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+        n = len(headers)
+        ts = batch.records["ts_ns"].tolist()
+        b = Bindings(self.c, state.table("bind"), state.table("rev"), self.partitions, self._ep)
+        frag = state.table("frag")
+        ports: list[str] = []
+        reasons: list[str] = []
+        replaced: dict[int, bytes] = {}
+        for i in range(n):
+            try:
+                reason, pkt, _, _ = self._decide(batch, headers, i, ts[i], b, frag)
+            except Exception:  # crafted content broke an assumption: drop, never raise
+                reason, pkt = "malformed", None
+            ports.append("drop" if reason else "pass")
+            reasons.append(reason)
+            if pkt is not None and not reason:
+                replaced[i] = bytes(pkt)
+        counters = self.counters
+        counters["in"] += n
+        for reason, count in Counter(reasons).items():
+            counters["drop:" + reason if reason else "pass"] += count
+        return Verdicts(ports=ports, reasons=reasons, replaced=replaced)
+
+    def _decide(
+        self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView
+    ) -> Outcome:
+        kind = h.kind[i]
+        if kind != KIND_IP:
+            return _PASSED if kind == KIND_NON_IP else _drop("malformed")
+        if h.version[i] != 4:
+            return _PASSED
+        s, d = h.src[i], h.dst[i]
+        cls = self._class(s, d)
+        if cls == _PASS:
+            return _PASSED
+        if cls == _NO:
+            return _drop("no_binding")
+        if h.frag[i] == FRAG_LATER:
+            return self._later(batch, h, i, t, frag)
+        off = batch.offsets
+        if not 0 <= h.l3_off[i] < h.l4_off[i] <= off[i + 1] - off[i] - 4:
+            return _drop("malformed")  # headers inconsistent with the bytes
+        if h.proto[i] == 1 and h.icmp_type[i] in ERROR_TYPES:
+            outcome = self._error(batch, h, i, t, b, cls)
+        elif cls == _OUT:
+            outcome = self._outbound(batch, h, i, t, b)
+        else:
+            outcome = self._inbound(batch, h, i, t, b)
+        if h.frag[i] == FRAG_FIRST:
+            reason, _, which, addr = outcome
+            fkey = _frag_key(h, i)
+            value = [t, reason, which, addr.hex()]
+            if frag.get(fkey) != value:
+                frag.set(fkey, value)
+        return outcome
+
+    @staticmethod
+    def _translatable(h: Headers, i: int) -> bool:
+        p = h.proto[i]
+        return p == 6 or p == 17 or (p == 1 and h.icmp_type[i] in (0, 8))
+
+    def _outbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
+        if not self._translatable(h, i):
+            return _drop("unsupported")
+        p, s, sp = h.proto[i], h.src[i], h.sport[i]
+        mapped = self.c.fwd_inside.get((p, s, sp))
+        if mapped is None:
+            flags = h.tcp_flags[i] if p == 6 else 0
+            mapped = b.outbound(p, s, sp, h.dst[i], h.dport[i], flags, t)
+            if mapped is None:
+                return _drop("ports_exhausted")
+        return self._rewrite(batch, h, i, "src", *mapped)
+
+    def _inbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
+        if not self._translatable(h, i):
+            return _drop("no_binding")
+        p, d, dp = h.proto[i], h.dst[i], h.dport[i]
+        mapped = self.c.fwd_public.get((p, d, dp))
+        if mapped is None:
+            found = b.public(p, d, dp, t)
+            if found is None:
+                return _drop("no_binding")
+            key, entry = found
+            if not b.admits(entry, p, h.src[i], h.sport[i]):
+                return _drop("filtered")
+            b.inbound(key, entry, p, h.tcp_flags[i] if p == 6 else 0, t)
+            mapped = (key[1:5], int.from_bytes(key[5:7], "big"))
+        return self._rewrite(batch, h, i, "dst", *mapped)
+
+    @staticmethod
+    def _rewrite(
+        batch: PacketBatch, h: Headers, i: int, which: str, ip: bytes, port: int
+    ) -> Outcome:
+        pkt = bytearray(batch.packet(i))
+        l3, l4, p = h.l3_off[i], h.l4_off[i], h.proto[i]
+        set_ipv4_addr(pkt, l3, l4, p, which, ip)
+        set_l4_port(pkt, l4, p, which, port)
+        return ("", pkt, which, ip)
+
+    def _error(
+        self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, cls: int
+    ) -> Outcome:
+        """An ICMP error: translate it when its quote belongs to a live binding."""
+        l3, l4 = h.l3_off[i], h.l4_off[i]
+        pkt = bytearray(batch.packet(i))
+        q = quote_of(pkt, l3, l4)
+        if q is None:
+            return _drop("malformed")
+        if q.sport < 0:
+            return _drop("no_binding")
+        if cls == _IN:  # the quote is an outbound packet as we sent it: src is public
+            mapped = self.c.fwd_public.get((q.proto, q.src, q.sport))
+            if mapped is None:
+                found = b.public(q.proto, q.src, q.sport, t)
+                if found is None:
+                    return _drop("no_binding")
+                key, entry = found
+                if not b.admits(entry, q.proto, q.dst, q.dport):
+                    return _drop("filtered")
+                mapped = (key[1:5], int.from_bytes(key[5:7], "big"))
+            outer, inner = "dst", "src"
+        else:  # from inside, about an inbound packet: the quote's dst is internal
+            mapped = self.c.fwd_inside.get((q.proto, q.dst, q.dport))
+            if mapped is None:
+                mapped = b.internal(q.proto, q.dst, q.dport, t)
+                if mapped is None:
+                    return _drop("no_binding")
+            outer, inner = "src", "dst"
+        set_ipv4_addr(pkt, l3, l4, 1, outer, mapped[0])
+        rewrite_quote(pkt, l4, q, inner, *mapped)
+        return ("", pkt, outer, mapped[0])
+
+    @staticmethod
+    def _later(batch: PacketBatch, h: Headers, i: int, t: int, frag: TableView) -> Outcome:
+        """A non-first fragment of a datagram that needs translation."""
+        fkey = _frag_key(h, i)
+        entry = frag.get(fkey)
+        if entry is None or t - entry[0] > FRAG_TTL_NS:
+            if entry is not None:
+                frag.delete(fkey)
+            return _drop("fragment")
+        reason, which, addr = entry[1], entry[2], bytes.fromhex(entry[3])
+        if reason:
+            return _drop(reason)
+        pkt = bytearray(batch.packet(i))
+        set_ipv4_addr(pkt, h.l3_off[i], -1, h.proto[i], which, addr)
+        return ("", pkt, which, addr)
+
+
+def _frag_key(h: Headers, i: int) -> bytes:
+    """One datagram's fragments: src, dst, proto, IP id (4 bytes)."""
+    return h.src[i] + h.dst[i] + bytes((h.proto[i],)) + h.ip_id[i].to_bytes(4, "big")
