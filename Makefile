@@ -34,7 +34,7 @@ demo: setup kafka-jars
 		--out $(OUT)/monitoring.pcapng --events $(OUT)/monitoring-events
 
 test: setup kafka-jars
-	$(VENV)/bin/ruff check snf functions tests bench
+	$(VENV)/bin/ruff check snf functions tests bench pipelines
 	$(VENV)/bin/pytest -q tests/unit
 	$(VENV)/bin/pytest -q tests/integration
 
@@ -42,7 +42,7 @@ unit: setup
 	$(VENV)/bin/pytest -q tests/unit
 
 lint: setup
-	$(VENV)/bin/ruff check snf functions tests bench
+	$(VENV)/bin/ruff check snf functions tests bench pipelines
 	$(VENV)/bin/ruff format --check snf functions tests bench
 
 bench: setup kafka-jars

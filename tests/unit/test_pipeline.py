@@ -329,7 +329,7 @@ functions:
     function: fake
     config: {mode: c, limit: 0}
   - name: nat
-    function: nat
+    function: natx
 """
     found = problems(text, "pipelines/edge.yaml")
     assert [(p.line, p.path) for p in found] == [

@@ -268,7 +268,7 @@ def _rev(c: tuple[str, str, int, int]) -> tuple[str, str, int, int]:
 
 
 def _edge_traffic() -> list[tuple[float, bytes]]:
-    """Crafted traffic through perimeter.yaml's firewall, whose verdicts depend on state and time."""
+    """Crafted traffic through perimeter.yaml's firewall: verdicts depend on state and time."""
     web = ("10.0.0.1", "93.184.216.34", 40000, 80)
     dns = ("10.0.0.1", "8.8.8.8", 5353, 53)
     frags = fragments4("10.0.0.1", "8.8.8.8", 1234, 53, bytes(3000), ip_id=7)
