@@ -84,7 +84,7 @@ def chain_rate(name: str, loop: int, local: bool) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--packets", type=int, default=100_000)
-    ap.add_argument("--loop", type=int, default=30)
+    ap.add_argument("--loop", type=int, default=100)
     ap.add_argument("--kafka", action="store_true", help="also run the chains over Kafka")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "suite.json")
     args = ap.parse_args()

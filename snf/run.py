@@ -48,7 +48,14 @@ from snf.workers import (
     wait_assigned,
 )
 
-__all__ = ["RunError", "RunOptions", "RunResult", "run_pipeline", "summary_table"]
+__all__ = [
+    "RunError",
+    "RunOptions",
+    "RunResult",
+    "create_topics",
+    "run_pipeline",
+    "summary_table",
+]
 
 log = logging.getLogger("snf.run")
 
@@ -132,7 +139,7 @@ def _run_kafka(
     workers: list[WorkerProcess] = []
     succeeded = False
     try:
-        admin.ensure_topics(brokers, run.topics())
+        create_topics(brokers, run)
         for pf in run.functions:
             for i in range(pf.instances):
                 workers.append(
@@ -189,9 +196,15 @@ def _run_kafka(
         finally:
             sink.close()
         if not complete:
+            if collector.total < summary.packets:
+                raise RunError(
+                    f"only {collector.total} of {summary.packets} packets accounted "
+                    f"for after {opts.timeout:.0f}s without progress; logs in {rundir}"
+                )
             raise RunError(
-                f"only {collector.total} of {summary.packets} packets accounted "
-                f"for after {opts.timeout:.0f}s without progress; logs in {rundir}"
+                f"all {summary.packets} packets accounted for, but the end-of-input flush "
+                f"did not reach {', '.join(sink.unflushed())} within {opts.timeout:.0f}s; "
+                f"logs in {rundir}"
             )
         if collector.conflicts:
             raise RunError(f"{collector.conflicts} packets came out of two different ports")
@@ -212,6 +225,20 @@ def _run_kafka(
             cluster.down()
         if succeeded and opts.rundir is None and not opts.keep:
             shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
+
+
+def create_topics(brokers: str, pipeline: Pipeline) -> None:
+    """Every topic of a pipeline, changelogs included, before any worker starts.
+
+    Faust would create the changelogs itself, but a table first written late
+    (the control table, at the flush) can meet a changelog its client has no
+    metadata for yet and crash the agent (PartitionsMismatch). Created here,
+    compacted as Faust makes them, they exist before the first event.
+    """
+    admin.ensure_topics(brokers, pipeline.topics())
+    changelogs = pipeline.changelog_topics()
+    compact = {topic: {"cleanup.policy": "compact"} for topic in changelogs}
+    admin.ensure_topics(brokers, changelogs, configs=compact)
 
 
 def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> None:

@@ -57,6 +57,14 @@ class KafkaSink:
                     new += collector.add(where, msg)
         return new
 
+    def unflushed(self) -> list[str]:
+        """Record topics with partitions whose flush has not ended, for error messages."""
+        return sorted(
+            f"{t} ({len(self.ended[t])}/{self.partitions.get(t, 0)} partitions)"
+            for t in self.record_topics
+            if len(self.ended[t]) < self.partitions.get(t, 0)
+        )
+
     def flushed(self) -> bool:
         """Every partition of every record topic has sent its end-of-flush block."""
         return all(len(self.ended[t]) >= self.partitions.get(t, 0) for t in self.record_topics)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,20 @@ def create_app(
             for p in targets:
                 await outputs["pass"].send(value=wire.encode_flush(forward), partition=p)
 
+    async def on_event(msg: wire.PacketBatch | wire.Flush, partition: int) -> None:
+        if isinstance(msg, wire.Flush):
+            await on_flush(msg, partition)
+            return
+        out = engine.handle(msg, BatchState(stores))
+        for port, batch in out.packets.items():
+            if port == "pass" and router is not None:
+                for p, part in router.route(batch, partition, out.rewritten):
+                    await outputs[port].send(value=wire.encode(part), partition=p)
+            else:
+                await outputs[port].send(value=wire.encode(batch), partition=partition)
+        if out.records:
+            await send_records(out, partition)
+
     @app.agent(source, name=f"{pf.name}-agent")
     async def process(stream: Any) -> None:
         async for event in stream.events():
@@ -143,18 +158,16 @@ def create_app(
                     exc,
                 )
                 continue
-            if isinstance(msg, wire.Flush):
-                await on_flush(msg, partition)
-                continue
-            out = engine.handle(msg, BatchState(stores))
-            for port, batch in out.packets.items():
-                if port == "pass" and router is not None:
-                    for p, part in router.route(batch, partition, out.rewritten):
-                        await outputs[port].send(value=wire.encode(part), partition=p)
-                else:
-                    await outputs[port].send(value=wire.encode(batch), partition=partition)
-            if out.records:
-                await send_records(out, partition)
+            try:
+                await on_event(msg, partition)
+            except Exception:
+                # Core errors never get here (the engine turns them into drops):
+                # this is the shell failing (state, producer). Die at once, as
+                # crash-only software does: nothing is lost, since the offsets of
+                # this event are not committed and the changelog holds the state,
+                # so a restarted worker picks up exactly here.
+                log.critical("%s: unrecoverable error; exiting", pf.name, exc_info=True)
+                os._exit(70)  # EX_SOFTWARE; Faust would otherwise keep a dead agent
 
     @app.on_rebalance_complete.connect
     async def record_assignment(sender: Any, **_: Any) -> None:

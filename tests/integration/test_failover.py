@@ -15,6 +15,7 @@ from snf.kafka.publisher import KafkaPublisher
 from snf.pcapng import PcapngWriter
 from snf.pipeline import load_pipeline
 from snf.replay import ReplayOptions, replay
+from snf.run import create_topics
 from snf.sink import KafkaSink
 from snf.workers import start_worker, wait_all_stopped
 from tests.packets import tcp4
@@ -87,7 +88,7 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
     path = tmp_path / "failover.yaml"
     path.write_text(PIPELINE)
     run = load_pipeline(path).renamed(f"failover-{int(time.time()) % 100000}")
-    admin.ensure_topics(brokers, run.topics())
+    create_topics(brokers, run)
     quiet = ReplayOptions(progress=False)
 
     syns = [tcp4(c, SERVER, port, 443, flags="S") for c, port in CLIENTS]

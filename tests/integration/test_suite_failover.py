@@ -26,6 +26,7 @@ from snf.pcapng import PcapngWriter
 from snf.pipeline import Pipeline, load_pipeline
 from snf.replay import ReplayOptions, replay
 from snf.routing import chain
+from snf.run import create_topics
 from snf.sink import KafkaSink
 from snf.wire import Flush
 from snf.workers import start_worker, wait_all_stopped
@@ -169,7 +170,7 @@ def test_successor_restores_state_from_the_changelog(
     ref, part2, n1, n2 = _reference(pipeline, part1, part2_of, tmp_path)
 
     run = pipeline.renamed(f"fo-{kind[:6]}-{int(time.time() * 1000) % 10**8}")
-    admin.ensure_topics(brokers, run.topics())
+    create_topics(brokers, run)
     keyers = chain(run)[1][0].keyers
     fn = run.functions[0]
     workers = [start_worker(path, "f", 0, brokers, tmp_path / "a", name=run.name)]
