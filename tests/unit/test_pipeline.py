@@ -361,3 +361,23 @@ def test_non_string_key() -> None:
     p = only(chain("f1").replace("function: fake,", "function: fake, on: 1,"))
     assert (p.line, p.path) == (4, "functions[0]")
     assert p.message.startswith("keys must be strings")
+
+
+def test_relative_paths_in_a_config_are_relative_to_the_pipeline_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "local.rules").write_text(
+        '# site rules\nalert tcp any any -> any 80 (msg:"web"; content:"GET"; sid:1;)\n'
+    )
+    (folder / "p.yaml").write_text(
+        "name: p\nfunctions:\n  - {name: ids, function: ids, config: {rules_file: local.rules}}\n"
+    )
+    monkeypatch.chdir(tmp_path)  # not the pipeline's folder
+    pipeline = load_pipeline(folder / "p.yaml")
+    assert pipeline.functions[0].name == "ids"
+    (folder / "local.rules").write_text("alert tcp any any -> any 80 (msg:web; sid:1;\n")
+    with pytest.raises(PipelineError) as err:
+        load_pipeline(folder / "p.yaml")
+    assert "local.rules:1" in str(err.value) and "functions[0].config.rules_file" in str(err.value)
