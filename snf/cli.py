@@ -272,10 +272,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from snf.pipeline import load_pipeline
+    from snf.routing import chain
 
     p = load_pipeline(args.pipeline)
-    chain = " -> ".join(f"{f.name}({f.kind})" for f in p.functions)
-    console.print(f"{args.pipeline}: ok: pipeline {p.name}, {p.partitions} partitions: {chain}")
+    steps = " -> ".join(f"{f.name}({f.kind})" for f in p.functions)
+    console.print(f"{args.pipeline}: ok: pipeline {p.name}, {p.partitions} partitions: {steps}")
+    names = [f.name for f in p.functions]
+    for f, hop in zip(p.functions, chain(p)[1], strict=True):
+        console.print(f"  {f.name}: input {hop.describe(names)}", highlight=False)
     return 0
 
 

@@ -52,8 +52,8 @@ class Hop:
 
     def describe(self, names: Sequence[str]) -> str:
         if self.mode == "key":
-            return "by the key of " + ", then ".join(names[i] for i in self.indices)
-        return "unchanged" if self.mode == "keep" else "by flow"
+            return "partitioned by the key of " + ", then ".join(names[i] for i in self.indices)
+        return "keeps its partition (no re-split)" if self.mode == "keep" else "partitioned by flow"
 
 
 def _composite(functions: Sequence[NetworkFunction], j: int) -> list[int]:

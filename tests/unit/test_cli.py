@@ -37,6 +37,13 @@ def test_validate_prints_the_chain(capsys: pytest.CaptureFixture[str]) -> None:
     assert "pipeline perimeter, 4 partitions: fw(firewall)" in err
 
 
+def test_validate_shows_how_each_stage_is_partitioned(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(REPO / "pipelines" / "edge.yaml")]) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "  fw: input partitioned by the key of nat, then lb" in lines
+    assert "  flows: input keeps its partition (no re-split)" in lines
+
+
 def test_validate_bad_file_prints_one_unwrapped_line_per_problem(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
