@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--pipeline", required=True, help="pipeline file, or the name of a pipeline in ./pipelines/"
     )
+    rp.add_argument(
+        "--flush",
+        action="store_true",
+        help="after the capture, send an end-of-input marker (flow monitors export open flows)",
+    )
     _add_brokers(rp)
     _add_timing(rp, default_top=False)
 
@@ -190,14 +196,27 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.kafka.publisher import KafkaPublisher
     from snf.pipeline import load_pipeline
     from snf.replay import replay
+    from snf.routing import chain
+    from snf.wire import Flush
 
     pipeline = load_pipeline(_resolve_pipeline_file(args.pipeline))
     brokers = cluster.resolve_brokers(args.brokers)
     if brokers is None:
         raise SnfError("no Kafka cluster configured: run `snf kafka up`, or pass --brokers")
     publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
+    keyers = chain(pipeline)[1][0].keyers  # partition as the first stages need
     try:
-        s = replay(args.captures, pipeline.partitions, publisher, _replay_options(args), console)
+        s = replay(
+            args.captures,
+            pipeline.partitions,
+            publisher,
+            _replay_options(args),
+            console,
+            keyers=keyers,
+        )
+        if args.flush:
+            flush = Flush(f"replay-{s.source_id:x}-{time.time_ns()}", s.last_ts_ns)
+            publisher.flush_all(flush, pipeline.partitions)
     finally:
         publisher.close()
     console.print(

@@ -24,6 +24,7 @@ PIPELINE = "name: {name}\npartitions: 5\nfunctions:\n  - {{name: fw, function: f
 
 
 def _consume_all(brokers: str, topic: str) -> dict[int, list]:
+    """Every message per partition, in order: PacketBatches and flush markers."""
     consumer = KafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False)
     parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
     consumer.assign(parts)
@@ -32,7 +33,7 @@ def _consume_all(brokers: str, topic: str) -> dict[int, list]:
     batches: dict[int, list] = defaultdict(list)
     while any(consumer.position(tp) < end[tp] for tp in parts):
         for tp, records in consumer.poll(timeout_ms=500).items():
-            batches[tp.partition] += [wire.decode(r.value) for r in records]
+            batches[tp.partition] += [wire.decode_any(r.value) for r in records]
     consumer.close()
     return batches
 
@@ -69,6 +70,7 @@ def test_replay_truncated_capture_partitioned_by_flow(kafka_bootstrap: str, tmp_
                 "--batch",
                 "50",
                 "--no-progress",
+                "--flush",
             ],
             capture_output=True,
             text=True,
@@ -79,6 +81,14 @@ def test_replay_truncated_capture_partitioned_by_flow(kafka_bootstrap: str, tmp_
         assert f"sent {len(before_damage)} packets" in proc.stderr
 
         batches = _consume_all(kafka_bootstrap, pipeline.ingress_topic)
+        # --flush: every partition ends with one end-of-input marker, after its packets.
+        ends = set()
+        for in_order in batches.values():
+            assert isinstance(in_order[-1], wire.Flush)
+            assert not any(isinstance(m, wire.Flush) for m in in_order[:-1])
+            ends.add(in_order.pop().end_ts_ns)
+        last_ts = max(int(b.records["ts_ns"].max()) for bs in batches.values() for b in bs)
+        assert ends == {last_ts}  # "now" for the flush is the latest packet time
         flows_at: dict[bytes, set[int]] = defaultdict(set)
         seqs: list[int] = []
         for partition, in_order in batches.items():
