@@ -40,6 +40,7 @@ __all__ = [
     "decode_any",
     "encode",
     "encode_flush",
+    "encode_record_blocks",
     "encode_records",
 ]
 
@@ -157,6 +158,30 @@ def encode_flush(flush: Flush) -> bytes:
 
 def encode_records(records: list[dict[str, Any]], end: str = "") -> bytes:
     return RECORDS_MAGIC + json.dumps({"records": records, "end": end}).encode()
+
+
+def encode_record_blocks(
+    records: list[dict[str, Any]], end: str = "", max_bytes: int = 512 * 1024
+) -> list[bytes]:
+    """Records as messages of at most ~max_bytes each (a flush can hold many
+    thousands); `end` goes on the last one only. Always at least one message."""
+    messages: list[bytes] = []
+    chunk: list[str] = []
+    size = 0
+    for record in records:
+        text = json.dumps(record)
+        if chunk and size + len(text) > max_bytes:
+            messages.append(_block(chunk, ""))
+            chunk, size = [], 0
+        chunk.append(text)
+        size += len(text) + 1
+    messages.append(_block(chunk, end))
+    return messages
+
+
+def _block(texts: list[str], end: str) -> bytes:
+    body = '{"records": [' + ", ".join(texts) + "], " + '"end": ' + json.dumps(end) + "}"
+    return RECORDS_MAGIC + body.encode()
 
 
 def _json(message: bytes, what: str) -> dict[str, Any]:

@@ -112,8 +112,8 @@ def create_app(
     async def send_records(out: StageOutput, partition: int, end: str = "") -> None:
         ports = pf.cls.record_ports if end else out.records
         for port in ports:
-            message = wire.encode_records(out.records.get(port, []), end=end)
-            await outputs[port].send(value=message, partition=partition)
+            for message in wire.encode_record_blocks(out.records.get(port, []), end=end):
+                await outputs[port].send(value=message, partition=partition)
 
     async def on_flush(flush: wire.Flush, partition: int) -> None:
         out = engine.control(flush, partition, BatchState(stores))

@@ -221,3 +221,14 @@ def test_a_packet_follows_the_first_key_that_cares() -> None:
     router = StageRouter(Hop("key", (first, second), (0, 1)), 4)
     parts = router.route(_batch(3), 0)
     assert [(p, [s for _, s in b.packet_ids()]) for p, b in parts] == [(0, [2]), (1, [0]), (3, [1])]
+
+
+def test_many_records_are_cut_into_bounded_blocks_with_end_on_the_last() -> None:
+    records = [{"ts_ns": i, "pad": "x" * 100} for i in range(1000)]
+    blocks = [wire.decode_any(m) for m in wire.encode_record_blocks(records, "f", 10_000)]
+    assert len(blocks) > 5
+    assert all(isinstance(b, wire.RecordBlock) for b in blocks)
+    assert [b.end for b in blocks] == [""] * (len(blocks) - 1) + ["f"]
+    assert [r for b in blocks for r in b.records] == records  # type: ignore[union-attr]
+    (empty,) = [wire.decode_any(m) for m in wire.encode_record_blocks([], "f")]
+    assert empty == wire.RecordBlock([], "f")
