@@ -174,3 +174,21 @@ def _ip_length(frame: bytes, linktype: int) -> int | None:
     if isinstance(ip, dpkt.ip6.IP6):
         return ip.plen + 40
     return None
+
+
+def test_a_flush_of_many_flows_arrives_whole(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """20,000 open flows at the end: the flush spans many record blocks per partition."""
+    from snf.pcapng import PcapngWriter
+    from tests.packets import udp4
+
+    capture = tmp_path / "many.pcapng"
+    with PcapngWriter(capture) as w:
+        for i in range(20_000):
+            client = f"10.{i // 60000}.{(i // 250) % 240}.{i % 250 + 1}"
+            w.write(1, 1_700_000_000 * 10**9 + i * 1000, udp4(client, "192.0.2.1", 1024 + i, 53))
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("name: t-flush\nfunctions:\n  - {name: f, function: flowmon}\n")
+    _, files = run_both(pipeline, kafka_bootstrap, tmp_path, [capture])
+    records = files["f.flows.jsonl"].splitlines()
+    assert len(records) == 20_000
+    assert all(json.loads(r)["flowEndReason"] == "forced end" for r in records[:100])
