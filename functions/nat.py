@@ -67,7 +67,7 @@ from snf.batch import PacketBatch
 from snf.flowkey import FRAG_TTL_NS
 from snf.function import FunctionConfig, KeyKind, NetworkFunction, Verdicts
 from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
-from snf.rewrite import set_ipv4_addr, set_l4_port
+from snf.rewrite import set_ipv4_addr, set_ipv4_endpoint
 from snf.state import BatchState, TableView
 
 from ._nat_bindings import Bindings
@@ -257,8 +257,7 @@ class Nat(NetworkFunction):
     ) -> Outcome:
         pkt = bytearray(batch.packet(i))
         l3, l4, p = h.l3_off[i], h.l4_off[i], h.proto[i]
-        set_ipv4_addr(pkt, l3, l4, p, which, ip)
-        set_l4_port(pkt, l4, p, which, port)
+        set_ipv4_endpoint(pkt, l3, l4, p, which, ip, port)
         return ("", pkt, which, ip)
 
     def _error(

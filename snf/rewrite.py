@@ -24,6 +24,7 @@ __all__ = [
     "l4_checksum_ok",
     "set_dscp",
     "set_ipv4_addr",
+    "set_ipv4_endpoint",
     "set_l4_port",
     "set_u16",
 ]
@@ -115,6 +116,29 @@ def set_l4_port(pkt: bytearray, l4: int, proto: int, which: str, port: int) -> N
     if old == new:
         return
     pkt[off : off + 2] = new
+    _fix_l4(pkt, l4, proto, old, new)
+
+
+def set_ipv4_endpoint(
+    pkt: bytearray, l3: int, l4: int, proto: int, which: str, addr: bytes, port: int
+) -> None:
+    """set_ipv4_addr then set_l4_port, in one pass: one IPv4 header adjust and
+    one L4 adjust over the 6 changed bytes (address and port), which is what a
+    NAT does to every packet it translates."""
+    if proto not in _L4_CSUM_OFF or l4 < 0:
+        set_ipv4_addr(pkt, l3, l4, proto, which, addr)
+        set_l4_port(pkt, l4, proto, which, port)
+        return
+    aoff = l3 + (12 if which == "src" else 16)
+    poff = l4 + (0 if which == "src" else 2)
+    old = bytes(pkt[aoff : aoff + 4]) + bytes(pkt[poff : poff + 2])
+    new = addr + port.to_bytes(2, "big")
+    if old == new:
+        return
+    if old[:4] != addr:
+        pkt[aoff : aoff + 4] = addr
+        set_u16(pkt, l3 + 10, csum_adjust(_get16(pkt, l3 + 10), old[:4], addr))
+    pkt[poff : poff + 2] = new[4:]
     _fix_l4(pkt, l4, proto, old, new)
 
 

@@ -95,3 +95,30 @@ def test_dscp_keeps_ecn_and_the_header_checksum() -> None:
     set_dscp(v6, 0, 6, 10)
     again = dpkt.ip6.IP6(bytes(v6))
     assert (again.fc, again.flow) == ((10 << 2) | 0x03, 0xABCDE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    proto=st.sampled_from([6, 17, 1]),
+    payload=st.binary(max_size=40),
+    which=st.sampled_from(["src", "dst"]),
+    new_addr=addr,
+    new_port=port,
+    zero_udp=st.booleans(),
+)
+def test_endpoint_rewrite_equals_address_then_port(
+    proto: int, payload: bytes, which: str, new_addr: bytes, new_port: int, zero_udp: bool
+) -> None:
+    from snf.rewrite import set_ipv4_endpoint
+
+    one = _packet(proto, payload, zero_udp=zero_udp and proto == 17)
+    two = bytearray(one)
+    set_ipv4_endpoint(one, 0, 20, proto, which, new_addr, new_port)
+    set_ipv4_addr(two, 0, 20, proto, which, new_addr)
+    set_l4_port(two, 20, proto, which, new_port)
+    # Equal, except that one's-complement zero may come out as 0x0000 or 0xFFFF.
+    at = 20 + {6: 16, 17: 6, 1: 2}[proto]
+    assert one[:at] == two[:at] and one[at + 2 :] == two[at + 2 :]
+    sums = {bytes(one[at : at + 2]), bytes(two[at : at + 2])}
+    assert len(sums) == 1 or sums == {b"\x00\x00", b"\xff\xff"}
+    assert l4_checksum_ok(one, 0, 20) == l4_checksum_ok(two, 0, 20)
