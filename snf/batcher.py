@@ -13,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from snf.batch import PacketBatch, PacketRow
+import numpy as np
+
+from snf.batch import RECORD_DTYPE, PacketBatch, PacketRow
 from snf.capture import CapturedPacket
 from snf.flowkey import FlowRouter
 from snf.function import NetworkFunction
@@ -81,8 +83,11 @@ class Batcher:
         headers = parse_batch(linktype, datas)
         hashes = None
         if self.keyers:
-            rows = [(p.ts_ns, p.orig_len, p.data, 0, 0, "") for p in run]
-            batch = PacketBatch.from_rows(linktype, rows)
+            # Keys read packet bytes (and times) only: a bare batch is enough.
+            rec = np.zeros(len(run), dtype=RECORD_DTYPE)
+            rec["ts_ns"] = ts
+            rec["cap_len"] = [len(d) for d in datas]
+            batch = PacketBatch(linktype, rec, b"".join(datas))
             hashes = key_hashes(self.keyers, batch, headers)
         parts = self.router.route(headers, ts, self.partitions, hashes)
         ready = []

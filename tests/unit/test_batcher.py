@@ -208,3 +208,33 @@ def test_batch_ids_are_unique() -> None:
     ids = [b.batch_id for _, b in sent]
     assert len(ids) > 10
     assert len(set(ids)) == len(ids)
+
+
+def test_keyers_choose_the_partition_and_see_each_packet() -> None:
+    from snf.function import FunctionConfig, NetworkFunction, Verdicts
+
+    class ByDport(NetworkFunction):
+        kind = "bydport"
+        Config = FunctionConfig
+        key = "custom"
+
+        def process(self, batch, headers, state):  # type: ignore[no-untyped-def]
+            return Verdicts()
+
+        def key_hashes(self, batch, headers):  # type: ignore[no-untyped-def]
+            # Read the bytes themselves, as the NAT does for ICMP errors.
+            assert [len(p) for p in batch.packets()] == [len(p) for p in packets_data]
+            return [d if d != 53 else None for d in headers.dport]
+
+    packets = [
+        CapturedPacket(1000 + i, 60, udp4("10.0.0.1", "10.0.0.2", 4000 + i, 100 + i % 3), 1)
+        for i in range(9)
+    ] + [CapturedPacket(2000, 60, udp4("10.0.0.1", "10.0.0.2", 5353, 53), 1)]
+    packets_data = [p.data for p in packets]
+    batcher = Batcher(4, 1, keyers=[ByDport(FunctionConfig())])
+    got = batcher.add(packets) + batcher.flush()
+    placed = {seq: part for part, b in got for _, seq in b.packet_ids()}
+    for i in range(9):
+        assert placed[i] == (100 + i % 3) % 4
+    flow = [part for part, b in got for _, seq in b.packet_ids() if seq == 9]
+    assert len(flow) == 1  # no preference (None): the flow hash decides
