@@ -41,6 +41,7 @@ __all__ = [
     "sll2",
     "tcp4",
     "tcp6",
+    "truncated_tcp4",
     "udp4",
     "udp6",
 ]
@@ -438,3 +439,8 @@ def read_pcap(path: str | Path) -> tuple[int, list[tuple[int, bytes]]]:
         except dpkt.NeedData:
             warnings.warn(f"{path}: truncated record after {len(out)} packets", stacklevel=2)
         return reader.datalink(), out
+
+
+def truncated_tcp4(src: str = "10.0.0.1", dst: str = "10.0.0.2") -> bytes:
+    """IPv4 says TCP, but only 4 bytes of TCP header follow: malformed."""
+    return ether(ip4(src, dst, 6, b"\x13\x88\x01\xbb"))

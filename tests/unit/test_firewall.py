@@ -6,7 +6,6 @@ in-memory state persists across batches, and asserts (port, reason) per packet.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,8 @@ from snf.functions.firewall import Firewall, FirewallConfig
 from snf.headers import Headers
 from snf.linktypes import LINKTYPE_ETHERNET
 from snf.parse import parse_packet_batch
-from snf.state import BatchState, MemoryStore
+from snf.state import BatchState
+from tests.harness import JsonStore
 from tests.packets import (
     arp,
     ether,
@@ -33,6 +33,7 @@ from tests.packets import (
     read_pcap,
     tcp4,
     tcp6,
+    truncated_tcp4,
     udp4,
 )
 
@@ -64,29 +65,7 @@ def udp4_fragments(src: str, dst: str, sport: int, dport: int, ip_id: int = 99) 
     return fragments4(src, dst, sport, dport, bytes(40), ip_id=ip_id, frag_size=16)
 
 
-def truncated_tcp4(src: str, dst: str) -> bytes:
-    """IPv4 says TCP, but only 4 bytes of TCP header follow: malformed."""
-    return ether(ip4(src, dst, 6, b"\x13\x88\x01\xbb"))
-
-
 # -- harness ----------------------------------------------------------------
-
-
-class JsonStore(MemoryStore):
-    """MemoryStore that stores values as Faust's JSON would, and counts writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sets = 0
-        self.deletes = 0
-
-    def set(self, key: bytes, value: Any) -> None:
-        self.sets += 1
-        super().set(key, json.loads(json.dumps(value)))
-
-    def delete(self, key: bytes) -> None:
-        self.deletes += 1
-        super().delete(key)
 
 
 class Run:

@@ -25,9 +25,10 @@ from snf.functions.flowmon import FlowMonitor, FlowMonitorConfig
 from snf.headers import KIND_IP, KIND_MALFORMED, Headers
 from snf.linktypes import LINKTYPE_ETHERNET
 from snf.parse import parse_packet_batch
-from snf.state import BatchState, MemoryStore
+from snf.state import BatchState
 from tests.conftest import traffic_dir
 from tests.flowmon_model import FlowModel
+from tests.harness import JsonStore
 from tests.packets import (
     arp,
     ether,
@@ -55,22 +56,6 @@ Packets = list[tuple[int, bytes]]
 def at(seconds: float) -> int:
     return T0 + round(seconds * NS)
 
-
-class JsonStore(MemoryStore):
-    """MemoryStore that stores values as Faust's JSON would, and counts writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sets = 0
-        self.deletes = 0
-
-    def set(self, key: bytes, value: Any) -> None:
-        self.sets += 1
-        super().set(key, json.loads(json.dumps(value)))
-
-    def delete(self, key: bytes) -> None:
-        self.deletes += 1
-        super().delete(key)
 
 
 class Run:

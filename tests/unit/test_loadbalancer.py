@@ -10,7 +10,6 @@ reason and the packet that comes out. Rewritten packets are checked with dpkt
 from __future__ import annotations
 
 import ipaddress
-import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -31,7 +30,8 @@ from snf.parse import parse_packet_batch
 from snf.pipeline import parse_pipeline
 from snf.registry import get_function
 from snf.rewrite import ipv4_header_ok, l4_checksum_ok, set_ipv4_addr, set_l4_port
-from snf.state import BatchState, MemoryStore
+from snf.state import BatchState
+from tests.harness import JsonStore
 from tests.loadbalancer_model import LBModel, checksums_ok, endpoints, maglev_table
 from tests.packets import (
     arp,
@@ -79,22 +79,6 @@ def web(backends: Sequence[str] = B[:3], **extra: Any) -> dict[str, Any]:
 
 # -- harness ----------------------------------------------------------------
 
-
-class JsonStore(MemoryStore):
-    """MemoryStore that stores values as Faust's JSON would, and counts writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sets = 0
-        self.deletes = 0
-
-    def set(self, key: bytes, value: Any) -> None:
-        self.sets += 1
-        super().set(key, json.loads(json.dumps(value)))
-
-    def delete(self, key: bytes) -> None:
-        self.deletes += 1
-        super().delete(key)
 
 
 Out = tuple[str, str, bytes]  # port, reason, the packet as it leaves

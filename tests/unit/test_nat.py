@@ -8,7 +8,6 @@ checked packet by packet against the independent model in tests.nat_model.
 
 from __future__ import annotations
 
-import json
 import random
 import socket
 import struct
@@ -28,7 +27,8 @@ from snf.headers import Headers
 from snf.linktypes import LINKTYPE_ETHERNET
 from snf.parse import parse_packet_batch
 from snf.rewrite import ipv4_header_ok, l4_checksum_ok
-from snf.state import BatchState, MemoryStore
+from snf.state import BatchState
+from tests.harness import JsonStore
 from tests.nat_model import NatModel, View, decode
 from tests.packets import (
     arp,
@@ -63,17 +63,6 @@ def cfg(**fields: Any) -> dict[str, Any]:
 
 # -- harness ----------------------------------------------------------------
 
-
-class JsonStore(MemoryStore):
-    """MemoryStore that stores values as Faust's JSON would, and counts writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sets = 0
-
-    def set(self, key: bytes, value: Any) -> None:
-        self.sets += 1
-        super().set(key, json.loads(json.dumps(value)))
 
 
 class Cluster:

@@ -8,7 +8,6 @@ exact Fraction-based model written without the core's code.
 
 from __future__ import annotations
 
-import json
 import random
 import struct
 from collections.abc import Sequence
@@ -25,8 +24,20 @@ from snf.functions._ratelimit_rate import Rate, parse_rate
 from snf.functions.ratelimit import RateLimit, RateLimitConfig, address_hash
 from snf.linktypes import LINKTYPE_ETHERNET
 from snf.parse import parse_packet_batch
-from snf.state import BatchState, MemoryStore
-from tests.packets import arp, ether, fragments4, icmp4_echo, ip4, tcp4, tcp6, udp4, udp6
+from snf.state import BatchState
+from tests.harness import JsonStore
+from tests.packets import (
+    arp,
+    ether,
+    fragments4,
+    icmp4_echo,
+    ip4,
+    tcp4,
+    tcp6,
+    truncated_tcp4,
+    udp4,
+    udp6,
+)
 from tests.ratelimit_model import model_outcomes
 
 NS = 1_000_000_000
@@ -63,29 +74,7 @@ def with_tos(frame: bytes, tos: int) -> bytes:
     return bytes(out)
 
 
-def truncated_tcp4(src: str = A, dst: str = B) -> bytes:
-    """IPv4 says TCP, but only 4 bytes of TCP header follow: malformed."""
-    return ether(ip4(src, dst, 6, b"\x13\x88\x01\xbb"))
-
-
 # -- harness ----------------------------------------------------------------
-
-
-class JsonStore(MemoryStore):
-    """MemoryStore that stores values as Faust's JSON would, and counts writes."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sets = 0
-        self.deletes = 0
-
-    def set(self, key: bytes, value: Any) -> None:
-        self.sets += 1
-        super().set(key, json.loads(json.dumps(value)))
-
-    def delete(self, key: bytes) -> None:
-        self.deletes += 1
-        super().delete(key)
 
 
 class Run:
