@@ -28,19 +28,18 @@ Semantics modelled
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import dpkt
+
+from tests.model_l4 import read_l4
 
 __all__ = ["Packet", "decode", "model_verdicts"]
 
 NS = 1_000_000_000
 PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 # Protocols with ports (TCP, UDP, DCCP, SCTP, UDP-Lite) -> bytes of their fixed header.
-PORT_HEADER = {6: 20, 17: 8, 33: 12, 132: 12, 136: 8}
-ECHO = {(1, 0), (1, 8), (58, 128), (58, 129)}  # (proto, type) of echo request/reply
 TIMEOUTS = {"tcp": 3600, "tcp_closing": 10, "udp": 60, "icmp": 30, "other": 60, "fragment": 30}
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 IP_TYPES = (dpkt.ethernet.ETH_TYPE_IP, dpkt.ethernet.ETH_TYPE_IP6)
@@ -108,20 +107,12 @@ def _transport(
     proto: int, src: Address, dst: Address, payload: Any, datagram: Any, later: bool
 ) -> Packet | str:
     pkt = Packet(proto, src, dst, datagram=datagram, later=later)
-    if later or proto == 59:  # no L4 header here (59: IPv6 "no next header")
+    if later:  # no L4 header here
         return pkt
-    l4 = payload if isinstance(payload, bytes) else bytes(payload)
-    if proto in PORT_HEADER:
-        if len(l4) < PORT_HEADER[proto]:
-            return "malformed"
-        pkt.sport, pkt.dport = struct.unpack_from("!HH", l4)
-        pkt.flags = l4[13] if proto == 6 else 0
-    elif proto in (1, 58):
-        echo = len(l4) >= 1 and (proto, l4[0]) in ECHO
-        if len(l4) < (8 if echo else 4):
-            return "malformed"
-        if echo:
-            pkt.echo_id = l4[4] << 8 | l4[5]
+    l4 = read_l4(proto, payload)
+    if isinstance(l4, str):
+        return l4
+    pkt.sport, pkt.dport, pkt.flags, pkt.echo_id = l4
     return pkt
 
 

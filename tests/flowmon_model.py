@@ -27,17 +27,16 @@ Semantics modelled
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
 from typing import Any
 
 import dpkt
 
+from tests.model_l4 import read_l4
+
 __all__ = ["FlowModel", "Packet", "decode"]
 
 NS = 1_000_000_000
-PORT_HEADER = {6: 20, 17: 8, 33: 12, 132: 12, 136: 8}  # protocols with ports -> header bytes
-ECHO = {(1, 0), (1, 8), (58, 128), (58, 129)}  # (proto, type) of echo request/reply
 IP_TYPES = (dpkt.ethernet.ETH_TYPE_IP, dpkt.ethernet.ETH_TYPE_IP6)
 FIN, RST = 0x01, 0x04
 
@@ -88,20 +87,15 @@ def decode(frame: bytes) -> Packet | str:
 
 
 def _transport(pkt: Packet, payload: Any, later: bool) -> Packet | str:
-    if later or pkt.proto == 59:  # no L4 header here
+    if later:  # no L4 header here
         return pkt
-    l4 = payload if isinstance(payload, bytes) else bytes(payload)
-    if pkt.proto in PORT_HEADER:
-        if len(l4) < PORT_HEADER[pkt.proto]:
-            return "malformed"
-        pkt.sport, pkt.dport = struct.unpack_from("!HH", l4)
-        pkt.flags = l4[13] if pkt.proto == 6 else 0
-    elif pkt.proto in (1, 58):
-        echo = len(l4) >= 1 and (pkt.proto, l4[0]) in ECHO
-        if len(l4) < (8 if echo else 4):
-            return "malformed"
-        if echo:
-            pkt.sport = pkt.dport = l4[4] << 8 | l4[5]
+    l4 = read_l4(pkt.proto, payload)
+    if isinstance(l4, str):
+        return l4
+    if l4.sport is not None:
+        pkt.sport, pkt.dport, pkt.flags = l4.sport, l4.dport or 0, l4.flags
+    elif l4.echo_id is not None:
+        pkt.sport = pkt.dport = l4.echo_id
     return pkt
 
 

@@ -34,12 +34,12 @@ from typing import Any
 
 import dpkt
 
+from tests.model_l4 import read_l4
+
 __all__ = ["ModelPacket", "decode", "model_outcomes", "model_rate"]
 
 NS = 1_000_000_000
 FRAG_TTL = 30 * NS
-PORT_HEADER = {6: 20, 17: 8, 33: 12, 132: 12, 136: 8}  # protocols with ports -> header bytes
-ECHO = {(1, 0), (1, 8), (58, 128), (58, 129)}
 VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
 UNITS = {"pps": 1, "bps": 1, "kbps": 1000, "Kbps": 1000, "Mbps": 10**6, "Gbps": 10**9}
 
@@ -133,17 +133,13 @@ def decode(frame: bytes, off: int = 0) -> ModelPacket | str:
                 pkt.later = ext.frag_off > 0
     if pkt.later:
         return pkt
-    l4 = ip.data if isinstance(ip.data, bytes) else bytes(ip.data)
-    if pkt.proto in PORT_HEADER:
-        if len(l4) < PORT_HEADER[pkt.proto]:
-            return "malformed"
-        pkt.sport, pkt.dport = struct.unpack_from("!HH", l4)
-    elif pkt.proto in (1, 58):
-        echo = len(l4) >= 1 and (pkt.proto, l4[0]) in ECHO
-        if len(l4) < (8 if echo else 4):
-            return "malformed"
-        if echo:
-            pkt.sport = pkt.dport = l4[4] << 8 | l4[5]
+    l4 = read_l4(pkt.proto, ip.data)
+    if isinstance(l4, str):
+        return l4
+    if l4.sport is not None:
+        pkt.sport, pkt.dport = l4.sport, l4.dport or 0
+    elif l4.echo_id is not None:
+        pkt.sport = pkt.dport = l4.echo_id
     return pkt
 
 
