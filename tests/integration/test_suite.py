@@ -98,7 +98,7 @@ def _checksums_ok(ip: dpkt.ip.IP) -> bool:
     raw = bytes(ip)
     if not ipv4_header_ok(raw, 0):
         return False
-    if ip.off & 0x3FFF:  # a fragment: its L4 checksum covers the whole datagram
+    if ip.mf or ip.offset:  # a fragment: its L4 checksum covers the whole datagram
         return True
     return l4_checksum_ok(raw, 0, ip.hl * 4)
 
