@@ -122,3 +122,36 @@ def test_kafka_status_of_an_unknown_cluster(
     assert status["name"] == name
     assert status["running"] is False
     assert status["recorded"] is False
+
+
+def test_run_local_chain_reports_every_port_and_record(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pipeline = REPO / "pipelines" / "monitoring.yaml"
+    capture = REPO / "pipelines" / "captures" / "monitoring.pcapng"
+    events, summary = tmp_path / "events", tmp_path / "run.json"
+    argv = ["run", str(pipeline), str(capture), "--local", "--events", str(events)]
+    assert main([*argv, "--json", str(summary), "--no-progress"]) == 0
+    table = capsys.readouterr().err
+    assert "alerts: 47 records" in table and "exceed:rate=" in table
+
+    result = json.loads(summary.read_text())
+    functions = result["functions"]
+    assert functions["ids"]["alerts"] == {"records": 47}
+    assert functions["flows"]["flows"]["records"] > 0
+    dropped = sum(
+        n
+        for port in ("drop", "exceed")
+        for fn in functions.values()
+        for n in fn.get(port, {}).values()
+    )
+    assert result["egress"] + dropped == result["packets"]
+    files = sorted(p.name for p in events.iterdir())
+    assert files == [
+        "flows.flows.jsonl",
+        "ids.alerts.jsonl",
+        "ids.drop.jsonl",
+        "police.exceed.jsonl",
+    ]
+    alert = json.loads((events / "ids.alerts.jsonl").read_text().splitlines()[0])
+    assert {"ts", "packet_id", "sid", "rev", "msg", "action", "proto"} <= set(alert)
