@@ -25,7 +25,7 @@ from typing import Any
 from snf.state import TableView
 
 from ._nat_config import CompiledNat
-from ._nat_ports import EndpointHasher, candidates, pool_index, start_index
+from ._nat_ports import EndpointHasher, pool_index, probe, start_port
 
 __all__ = ["MAX_REMOTES", "Bindings", "ep_key"]
 
@@ -150,16 +150,11 @@ class Bindings:
         """(public IP, free port, expired binding to delete or None), or None."""
         c = self.c
         pub_ip = c.public_ips[pool_index(s, len(c.public_ips))]
-        lists = candidates(p, pub_ip, c.lo, c.hi, self.partitions)
-        ports = lists[self.ep(p, s, sp) % self.partitions]
-        n = len(ports)
-        if not n:
-            return None
-        start = start_index(p, s, sp, n)
+        target = self.ep(p, s, sp) % self.partitions
+        start = start_port(p, s, sp, c.hi - c.lo + 1)
         fwd, pub_hex = c.fwd_public, pub_ip.hex()
         rev_get, bind_get = self.rev.get, self.bind.get
-        for k in range(n):
-            port = ports[(start + k) % n]
+        for port in probe(p, pub_ip, c.lo, c.hi, self.partitions, target, start):
             if (p, pub_ip, port) in fwd:
                 continue
             owner = rev_get(ep_key(p, pub_ip, port))

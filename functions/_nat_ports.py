@@ -9,41 +9,51 @@ internal endpoint, wrote:
     endpoint_hash(proto, pub_ip, port) % partitions
         == endpoint_hash(proto, in_ip, in_port) % partitions
 
-`candidates()` gives, per (proto, public IP, port range, partitions), the
-sorted ports of the range that land on each partition (computed once per
-process and cached). The NAT probes that list from a start index derived
-from the internal endpoint, so a given endpoint tends to get the same port
-whatever the order in which endpoints arrive. Every hash is blake2b based
+`probe()` walks the range from a start port derived from the internal
+endpoint, wrapping around, and yields the ports that land on the endpoint's
+partition. So a given endpoint tends to get the same port whatever the order
+in which endpoints arrive, an allocation hashes about `partitions` ports, and
+only a full range (exhaustion) costs a walk over all of it. Each port's
+partition is remembered per process. Every hash is blake2b based
 (snf.flowkey), never Python's salted hash().
 """
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterator
+
 from snf.flowkey import endpoint_hash, flow_hash
 
-__all__ = ["EndpointHasher", "candidates", "pool_index", "start_index"]
+__all__ = ["EndpointHasher", "pool_index", "probe", "start_port"]
 
-_CANDIDATES: dict[tuple[int, bytes, int, int, int], tuple[tuple[int, ...], ...]] = {}
+# (proto, public IP, lo, hi, partitions) -> per port of lo..hi: its partition + 1 (0: not yet)
+_PARTITION_OF: dict[tuple[int, bytes, int, int, int], array[int]] = {}
 
 
-def candidates(
-    proto: int, pub_ip: bytes, lo: int, hi: int, partitions: int
-) -> tuple[tuple[int, ...], ...]:
-    """Per partition, the sorted ports of lo..hi whose public endpoint lands there."""
+def probe(
+    proto: int, pub_ip: bytes, lo: int, hi: int, partitions: int, target: int, start: int
+) -> Iterator[int]:
+    """Ports of lo..hi whose public endpoint lands on `target`, from lo + start, wrapping."""
+    size = hi - lo + 1
+    if partitions == 1:
+        for k in range(size):
+            yield lo + (start + k) % size
+        return
     key = (proto, pub_ip, lo, hi, partitions)
-    lists = _CANDIDATES.get(key)
-    if lists is None:
-        if partitions == 1:
-            lists = (tuple(range(lo, hi + 1)),)
-        else:
-            parts: list[list[int]] = [[] for _ in range(partitions)]
-            for port in range(lo, hi + 1):
-                parts[endpoint_hash(proto, pub_ip, port) % partitions].append(port)
-            lists = tuple(tuple(p) for p in parts)
-        if len(_CANDIDATES) >= 256:  # a process serves few (proto, ip, range) combinations
-            _CANDIDATES.clear()
-        lists = _CANDIDATES[key] = lists
-    return lists
+    known = _PARTITION_OF.get(key)
+    if known is None:
+        if len(_PARTITION_OF) >= 256:  # a process serves few (proto, ip, range) combinations
+            _PARTITION_OF.clear()
+        known = _PARTITION_OF[key] = array("H", bytes(2 * size))
+    want = target + 1
+    for k in range(size):
+        i = (start + k) % size
+        part = known[i]
+        if not part:
+            part = known[i] = endpoint_hash(proto, pub_ip, lo + i) % partitions + 1
+        if part == want:
+            yield lo + i
 
 
 def pool_index(in_ip: bytes, n: int) -> int:
@@ -51,9 +61,9 @@ def pool_index(in_ip: bytes, n: int) -> int:
     return flow_hash(b"NATPOOL" + in_ip) % n
 
 
-def start_index(proto: int, in_ip: bytes, in_port: int, n: int) -> int:
-    """Where an internal endpoint starts probing its list of n candidate ports."""
-    return flow_hash(b"NATPORT" + bytes((proto,)) + in_ip + in_port.to_bytes(2, "big")) % n
+def start_port(proto: int, in_ip: bytes, in_port: int, size: int) -> int:
+    """Where an internal endpoint starts probing a range of `size` ports (an offset)."""
+    return flow_hash(b"NATPORT" + bytes((proto,)) + in_ip + in_port.to_bytes(2, "big")) % size
 
 
 class EndpointHasher:
