@@ -200,9 +200,7 @@ class Matcher:
             candidates = self._contentless_other
         else:
             candidates = self._contentless.get(proto, self._contentless_other)
-        out = [
-            i for i in candidates if header(i, version, proto, src_int, dst_int, sport, dport)
-        ]
+        out = [i for i in candidates if header(i, version, proto, src_int, dst_int, sport, dport)]
         if payload and not later_fragment and self.scans(proto):
             hits = self._hits(payload, proto)
             anchored, checks = self._anchored, self._checks

@@ -107,7 +107,7 @@ def _unquote(value: str, name: str) -> str:
 
 def _content_bytes(value: str) -> bytes:
     if value.startswith("!"):
-        raise RuleError("negated content (content:!\"...\") is not supported")
+        raise RuleError('negated content (content:!"...") is not supported')
     parts = _unquote(value, "content").split("|")
     if len(parts) % 2 == 0:
         raise RuleError("unterminated |hex| block in content")

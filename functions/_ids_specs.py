@@ -37,7 +37,6 @@ class _VarLoop(RuleError):
     """Variables that expand into each other."""
 
 
-
 # -- interval sets -------------------------------------------------------------
 
 

@@ -181,9 +181,7 @@ class Pipeline:
 
     def record_topics(self) -> set[str]:
         """The terminal topics that carry JSON records rather than packets."""
-        return {
-            fn.port_topics[port] for fn in self.functions for port in fn.cls.record_ports
-        }
+        return {fn.port_topics[port] for fn in self.functions for port in fn.cls.record_ports}
 
     def sink_topics(self) -> dict[str, tuple[str, str]]:
         """Terminal topics -> (function, port): egress plus every side and record port."""
@@ -249,9 +247,7 @@ def _build(text: str, source: str, path: Path | None) -> Pipeline:
     raw = data.get("functions") if isinstance(data, dict) else None
     raw = raw if isinstance(raw, list) else []
     base_dir = path.parent if path is not None else Path.cwd()
-    steps = [
-        _check_function(report, i, item, len(raw), base_dir) for i, item in enumerate(raw)
-    ]
+    steps = [_check_function(report, i, item, len(raw), base_dir) for i, item in enumerate(raw)]
     if report.problems or spec is None:
         raise PipelineError(sorted(report.problems, key=lambda p: p.line))
 

@@ -86,8 +86,10 @@ def plan(functions: Sequence[NetworkFunction]) -> list[Hop]:
     hops: list[Hop] = []
     flow_consistent: bool | None = None  # None: nothing partitioned yet (ingress)
     for j, f in enumerate(functions):
-        if f.key != "custom" and flow_consistent is not None and (
-            f.key == "any" or flow_consistent
+        if (
+            f.key != "custom"
+            and flow_consistent is not None
+            and (f.key == "any" or flow_consistent)
         ):
             # Carry the keys the packets are partitioned by, for the next hop's check.
             hops.append(Hop("keep", hops[-1].keyers, hops[-1].indices))
@@ -136,13 +138,9 @@ class StageRouter:
             by_part.setdefault(p, []).append(i)
         return [(p, batch.select(idx)) for p, idx in sorted(by_part.items())]
 
-    def partitions_of(
-        self, batch: PacketBatch, headers: Headers, current: int | None
-    ) -> list[int]:
+    def partitions_of(self, batch: PacketBatch, headers: Headers, current: int | None) -> list[int]:
         hashes = key_hashes(self.hop.keyers, batch, headers) if self.hop.mode == "key" else None
-        return self.router.route(
-            headers, batch.records["ts_ns"], self.partitions, hashes, current
-        )
+        return self.router.route(headers, batch.records["ts_ns"], self.partitions, hashes, current)
 
 
 def key_hashes(

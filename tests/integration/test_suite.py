@@ -106,9 +106,7 @@ def _checksums_ok(ip: dpkt.ip.IP) -> bool:
 def test_nat(kafka_bootstrap: str, tmp_path: Path) -> None:
     result, _ = run_both(HERE / "pipelines" / "nat.yaml", kafka_bootstrap, tmp_path)
     public = ipaddress.ip_network("198.51.100.0/30")
-    translated = [
-        ip for ip in _ipv4_packets(result) if ipaddress.ip_address(ip.src) in public
-    ]
+    translated = [ip for ip in _ipv4_packets(result) if ipaddress.ip_address(ip.src) in public]
     assert len(translated) > 100
     assert all(_checksums_ok(ip) for ip in translated)
     reasons = result.collector.reasons(("nat", "drop"))

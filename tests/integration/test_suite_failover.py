@@ -62,8 +62,7 @@ def nat_parts() -> tuple[Frames, Callable[[Collector], Frames]]:
     def part2(col: Collector) -> Frames:
         public = {(ip.data.sport, ip.data.dport): ip for ip in _egress_ips(col)}
         replies = [
-            udp4(SERVER, "198.51.100.1", 443, ip.data.sport, payload=b"r")
-            for ip in public.values()
+            udp4(SERVER, "198.51.100.1", 443, ip.data.sport, payload=b"r") for ip in public.values()
         ]
         again = [udp4(c, SERVER, port, 443, payload=b"q2") for c, port in CLIENTS]
         stranger = [udp4(SERVER, "198.51.100.1", 443, 9, payload=b"x")]
@@ -184,8 +183,10 @@ def test_successor_restores_state_from_the_changelog(
         sink.ended = {t: {0, 1, 2, 3} for t in sink.ended}  # no flush yet: packets only
         assert sink.collect(got, n1, timeout=60)
         _wait(
-            lambda: sum(_changelog_keys(brokers, t) for t in fn.changelog_topics.values()) > 0
-            or not fn.cls.tables,
+            lambda: (
+                sum(_changelog_keys(brokers, t) for t in fn.changelog_topics.values()) > 0
+                or not fn.cls.tables
+            ),
             30,
             "state to reach the changelog",
         )

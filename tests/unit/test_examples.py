@@ -88,9 +88,7 @@ def test_edge_vip_traffic_reaches_backends_and_replies_come_from_the_vip(
     edge: LocalPipeline,
 ) -> None:
     out = _ips(edge)
-    to_backends = Counter(
-        ipaddress.ip_address(ip.dst) for ip in out if _in(ip.dst, "10.2.0.0/24")
-    )
+    to_backends = Counter(ipaddress.ip_address(ip.dst) for ip in out if _in(ip.dst, "10.2.0.0/24"))
     assert sum(to_backends.values()) > 100 and len(to_backends) == 3
     assert not [ip for ip in out if _in(ip.src, "10.2.0.0/24")]  # rewritten to the VIP
     from_vip = [ip for ip in out if ip.src == ipaddress.ip_address("203.0.113.10").packed]

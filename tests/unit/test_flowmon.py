@@ -57,7 +57,6 @@ def at(seconds: float) -> int:
     return T0 + round(seconds * NS)
 
 
-
 class Run:
     """One flow monitor with state that persists across batches."""
 

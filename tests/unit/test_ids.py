@@ -185,7 +185,7 @@ def test_registered() -> None:
 
 def test_every_syntax_element_compiles() -> None:
     text = (
-        'ALERT TCP [10.0.0.0/8, !10.1.0.0/16] [1024:, !8080] <> $HOME any '
+        "ALERT TCP [10.0.0.0/8, !10.1.0.0/16] [1024:, !8080] <> $HOME any "
         r'(msg:"a \"quoted\" \; msg \\"; content:"GET |20 2f|x|0d0A|"; nocase; offset:2; '
         'depth:40; content:"|00|"; sid:7; rev:3)'
     )
@@ -354,8 +354,12 @@ def test_vars_address_and_port_nested_negated() -> None:
     [
         ({"A": "nonsense"}, None, ("vars",), "$A: neither an address spec"),
         ({"A": "$B"}, None, ("vars",), "undefined variable $B"),
-        ({"A": "[$B]", "B": "!$A"}, None, ("vars",), "$A: variables refer to each other in a "
-         "loop: $A -> $B -> $A"),
+        (
+            {"A": "[$B]", "B": "!$A"},
+            None,
+            ("vars",),
+            "$A: variables refer to each other in a loop: $A -> $B -> $A",
+        ),
         ({"A": "$A"}, None, ("vars",), "in a loop: $A -> $A"),
         ({"bad-name": "any"}, None, ("vars",), "bad variable name 'bad-name'"),
         ({"1A": "any"}, None, ("vars",), "must not start with a digit"),
@@ -373,7 +377,7 @@ def test_var_errors(vars_: dict, rule_text: str | None, loc: tuple, problem: str
 
 def test_two_hundred_rules_compile_quickly() -> None:
     texts = [
-        f'alert tcp [10.{i % 250}.0.0/16, !10.{i % 250}.1.0/24] any -> any [{i}, 1024:] '
+        f"alert tcp [10.{i % 250}.0.0/16, !10.{i % 250}.1.0/24] any -> any [{i}, 1024:] "
         f'(msg:"rule {i}"; content:"pattern-{i}|00|"; nocase; offset:{i % 7}; '
         f'content:"x{i}y"; depth:{100 + i}; sid:{1000 + i};)'
         for i in range(200)
@@ -406,7 +410,7 @@ def test_two_hundred_rules_compile_quickly() -> None:
         (content(b"/index", depth=9), HTTP, False),
         (content(b"/index", depth=10), HTTP, True),
         (content(b"\x00\xff"), b"ab\x00\xffcd", True),
-        (content(b"\x00\xFF", nocase=True), b"ab\x00\xffcd", True),
+        (content(b"\x00\xff", nocase=True), b"ab\x00\xffcd", True),
         (content(b"A\x00b", nocase=True), b"xa\x00Bx", True),
         (content(b"a"), b"", False),
         (content(b"x", offset=9), b"0123456789", False),

@@ -80,7 +80,6 @@ def web(backends: Sequence[str] = B[:3], **extra: Any) -> dict[str, Any]:
 # -- harness ----------------------------------------------------------------
 
 
-
 Out = tuple[str, str, bytes]  # port, reason, the packet as it leaves
 
 

@@ -64,7 +64,6 @@ def cfg(**fields: Any) -> dict[str, Any]:
 # -- harness ----------------------------------------------------------------
 
 
-
 class Cluster:
     """`partitions` Nat cores, each with its own state, fed through a FlowRouter."""
 

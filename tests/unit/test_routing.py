@@ -85,9 +85,7 @@ def test_flush_markers_expected_per_partition() -> None:
 
 
 def _batch(n: int) -> PacketBatch:
-    rows = [
-        (i * 1000, 60, udp4("10.0.0.1", "10.0.0.2", 1000 + i, 53), 7, i, "") for i in range(n)
-    ]
+    rows = [(i * 1000, 60, udp4("10.0.0.1", "10.0.0.2", 1000 + i, 53), 7, i, "") for i in range(n)]
     return PacketBatch.from_rows(1, rows)
 
 
