@@ -43,7 +43,7 @@ unit: setup
 
 lint: setup
 	$(VENV)/bin/ruff check snf functions tests bench pipelines
-	$(VENV)/bin/ruff format --check snf functions tests bench
+	$(VENV)/bin/ruff format --check snf functions tests bench pipelines
 
 bench: setup kafka-jars
 	$(PY) bench/firewall_throughput.py --out bench/results/firewall.json
