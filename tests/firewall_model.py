@@ -33,7 +33,7 @@ from typing import Any
 
 import dpkt
 
-from tests.model_l4 import read_l4
+from tests.model_decode import ip_layer, read_l4
 
 __all__ = ["Packet", "decode", "model_verdicts"]
 
@@ -42,7 +42,6 @@ PROTO_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 # Protocols with ports (TCP, UDP, DCCP, SCTP, UDP-Lite) -> bytes of their fixed header.
 TIMEOUTS = {"tcp": 3600, "tcp_closing": 10, "udp": 60, "icmp": 30, "other": 60, "fragment": 30}
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
-IP_TYPES = (dpkt.ethernet.ETH_TYPE_IP, dpkt.ethernet.ETH_TYPE_IP6)
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -77,30 +76,19 @@ class Packet:
 
 def decode(frame: bytes) -> Packet | str:
     """An Ethernet frame's Packet, or "non_ip", or "malformed"."""
-    try:
-        eth = dpkt.ethernet.Ethernet(frame)
-    except dpkt.UnpackError:
-        return "malformed"
-    while isinstance(eth.data, dpkt.ethernet.Ethernet):  # Ethernet carried over MPLS
-        eth = eth.data
-    ip = eth.data
-    if isinstance(ip, dpkt.ip.IP) and ip.v == 4:
-        hl = ip.hl * 4
-        if len(ip.opts) != hl - 20 or ip.len < hl:
-            return "malformed"  # header cut short, or a total length shorter than it
-        src, dst = ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)
+    ip = ip_layer(frame)
+    if isinstance(ip, str):
+        return ip
+    src, dst = ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)
+    if ip.v == 4:
         datagram = (src, dst, ip.p, ip.id) if ip.mf or ip.offset else None
         return _transport(ip.p, src, dst, ip.data, datagram, ip.offset > 0)
-    if isinstance(ip, dpkt.ip6.IP6) and ip.v == 6:
-        # (dpkt reads ESP as an extension header; no capture here has IPv6 ESP.)
-        src, dst = ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)
-        datagram, later = None, False
-        for ext in ip.all_extension_headers:
-            if isinstance(ext, dpkt.ip6.IP6FragmentHeader) and (ext.frag_off or ext.m_flag):
-                datagram, later = (src, dst, ip.p, ext.id), ext.frag_off > 0
-        return _transport(ip.p, src, dst, ip.data, datagram, later)
-    # dpkt leaves the payload undecoded when an IP header is cut short.
-    return "malformed" if getattr(eth, "_next_type", eth.type) in IP_TYPES else "non_ip"
+    # (dpkt reads ESP as an extension header; no capture here has IPv6 ESP.)
+    datagram, later = None, False
+    for ext in ip.all_extension_headers:
+        if isinstance(ext, dpkt.ip6.IP6FragmentHeader) and (ext.frag_off or ext.m_flag):
+            datagram, later = (src, dst, ip.p, ext.id), ext.frag_off > 0
+    return _transport(ip.p, src, dst, ip.data, datagram, later)
 
 
 def _transport(

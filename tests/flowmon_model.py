@@ -32,12 +32,11 @@ from typing import Any
 
 import dpkt
 
-from tests.model_l4 import read_l4
+from tests.model_decode import ip_layer, read_l4
 
 __all__ = ["FlowModel", "Packet", "decode"]
 
 NS = 1_000_000_000
-IP_TYPES = (dpkt.ethernet.ETH_TYPE_IP, dpkt.ethernet.ETH_TYPE_IP6)
 FIN, RST = 0x01, 0x04
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -62,28 +61,17 @@ class Packet:
 
 def decode(frame: bytes) -> Packet | str:
     """An Ethernet frame's Packet, or "non_ip", or "malformed"."""
-    try:
-        eth = dpkt.ethernet.Ethernet(frame)
-    except dpkt.UnpackError:
-        return "malformed"
-    while isinstance(eth.data, dpkt.ethernet.Ethernet):  # Ethernet carried over MPLS
-        eth = eth.data
-    ip = eth.data
-    if isinstance(ip, dpkt.ip.IP) and ip.v == 4:
-        hl = ip.hl * 4
-        if len(ip.opts) != hl - 20 or ip.len < hl:
-            return "malformed"
-        pkt = Packet(ip.p, ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst), ip.len)
-        return _transport(pkt, ip.data, ip.offset > 0)
-    if isinstance(ip, dpkt.ip6.IP6) and ip.v == 6:
-        later = any(
-            isinstance(ext, dpkt.ip6.IP6FragmentHeader) and ext.frag_off > 0
-            for ext in ip.all_extension_headers
-        )
-        src, dst = ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)
-        return _transport(Packet(ip.p, src, dst, ip.plen + 40), ip.data, later)
-    # dpkt leaves the payload undecoded when an IP header is cut short.
-    return "malformed" if getattr(eth, "_next_type", eth.type) in IP_TYPES else "non_ip"
+    ip = ip_layer(frame)
+    if isinstance(ip, str):
+        return ip
+    src, dst = ipaddress.ip_address(ip.src), ipaddress.ip_address(ip.dst)
+    if ip.v == 4:
+        return _transport(Packet(ip.p, src, dst, ip.len), ip.data, ip.offset > 0)
+    later = any(
+        isinstance(ext, dpkt.ip6.IP6FragmentHeader) and ext.frag_off > 0
+        for ext in ip.all_extension_headers
+    )
+    return _transport(Packet(ip.p, src, dst, ip.plen + 40), ip.data, later)
 
 
 def _transport(pkt: Packet, payload: Any, later: bool) -> Packet | str:

@@ -34,7 +34,7 @@ from typing import Any
 
 import dpkt
 
-from tests.model_l4 import read_l4
+from tests.model_decode import read_l4
 
 __all__ = ["ModelPacket", "decode", "model_outcomes", "model_rate"]
 
