@@ -129,7 +129,10 @@ class StageRouter:
         if hop.mode == "keep" or (self.same_as_previous and not rewritten) or not len(batch):
             return [(partition, batch)]
         headers = parse_packet_batch(batch)
-        parts = self.partitions_of(batch, headers, partition)
+        hashes = key_hashes(hop.keyers, batch, headers) if hop.mode == "key" else None
+        parts = self.router.route(
+            headers, batch.records["ts_ns"], self.partitions, hashes, partition
+        )
         if all(p == partition for p in parts):
             return [(partition, batch)]
         self.split_batches += 1
@@ -137,10 +140,6 @@ class StageRouter:
         for i, p in enumerate(parts):
             by_part.setdefault(p, []).append(i)
         return [(p, batch.select(idx)) for p, idx in sorted(by_part.items())]
-
-    def partitions_of(self, batch: PacketBatch, headers: Headers, current: int | None) -> list[int]:
-        hashes = key_hashes(self.hop.keyers, batch, headers) if self.hop.mode == "key" else None
-        return self.router.route(headers, batch.records["ts_ns"], self.partitions, hashes, current)
 
 
 def key_hashes(

@@ -41,7 +41,6 @@ __all__ = [
     "encode",
     "encode_flush",
     "encode_record_blocks",
-    "encode_records",
 ]
 
 MAGIC = b"SNFB"
@@ -154,10 +153,6 @@ class RecordBlock:
 def encode_flush(flush: Flush) -> bytes:
     body = {"flush": flush.flush_id, "end_ts_ns": flush.end_ts_ns, "expected": flush.expected}
     return CONTROL_MAGIC + json.dumps(body).encode()
-
-
-def encode_records(records: list[dict[str, Any]], end: str = "") -> bytes:
-    return RECORDS_MAGIC + json.dumps({"records": records, "end": end}).encode()
 
 
 def encode_record_blocks(

@@ -152,7 +152,7 @@ def test_flow_hop_keeps_both_directions_of_a_flow_together() -> None:
 def test_flush_and_records_round_trip_and_packets_still_decode() -> None:
     flush = wire.Flush("run-1", 123, 4)
     assert wire.decode_any(wire.encode_flush(flush)) == flush
-    block = wire.decode_any(wire.encode_records([{"ts_ns": 1, "a": "b"}], end="run-1"))
+    block = wire.decode_any(wire.encode_record_blocks([{"ts_ns": 1, "a": "b"}], "run-1")[0])
     assert block == wire.RecordBlock([{"ts_ns": 1, "a": "b"}], "run-1")
     batch = _batch(2)
     decoded = wire.decode_any(wire.encode(batch))
