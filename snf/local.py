@@ -12,7 +12,7 @@ from snf.batch import PacketBatch
 from snf.collect import EGRESS, Collector
 from snf.engine import FunctionEngine, StageOutput
 from snf.pipeline import Pipeline
-from snf.routing import Hop, StageRouter, chain, stage_router
+from snf.routing import Hop, StageRouter, chain, deliveries, stage_router
 from snf.state import BatchState, MemoryStore
 from snf.wire import Flush
 
@@ -45,14 +45,14 @@ class LocalPipeline:
     def _stage(self, i: int, partition: int, batch: PacketBatch) -> None:
         out = self.engines[i].handle(batch, BatchState(self.stores[i][partition]))
         self._emit(i, out)
-        for port, b in out.packets.items():
+        last = self.routers[i] is None
+        for port, p, b in deliveries(out, partition, self.routers[i]):
             if port != "pass":
                 self.collector.add((self.names[i], port), b)
-            elif (router := self.routers[i]) is None:
+            elif last:
                 self.collector.add(EGRESS, b)
             else:
-                for p, part in router.route(b, partition, out.rewritten):
-                    self._stage(i + 1, p, part)
+                self._stage(i + 1, p, b)
 
     def _emit(self, i: int, out: StageOutput) -> None:
         for port, records in out.records.items():

@@ -19,11 +19,12 @@ an output batch: it splits the batch only when some packet must move.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from snf.batch import PacketBatch
+from snf.engine import StageOutput
 from snf.flowkey import FlowRouter
 from snf.function import NetworkFunction
 from snf.headers import Headers
@@ -34,6 +35,7 @@ __all__ = [
     "Hop",
     "StageRouter",
     "chain",
+    "deliveries",
     "flush_expected",
     "key_hashes",
     "plan",
@@ -140,6 +142,20 @@ class StageRouter:
         for i, p in enumerate(parts):
             by_part.setdefault(p, []).append(i)
         return [(p, batch.select(idx)) for p, idx in sorted(by_part.items())]
+
+
+def deliveries(
+    out: StageOutput, partition: int, router: StageRouter | None
+) -> Iterator[tuple[str, int, PacketBatch]]:
+    """(port, partition, batch) for each packet output of a stage, in both shells:
+    `pass` through the stage's router (when a stage follows), every other port on
+    the event's partition."""
+    for port, batch in out.packets.items():
+        if port == "pass" and router is not None:
+            for p, part in router.route(batch, partition, out.rewritten):
+                yield port, p, part
+        else:
+            yield port, partition, batch
 
 
 def key_hashes(

@@ -28,7 +28,7 @@ from faust.streams import current_event
 from snf import wire
 from snf.engine import FunctionEngine, StageOutput
 from snf.pipeline import Pipeline
-from snf.routing import chain, flush_expected, stage_router
+from snf.routing import chain, deliveries, flush_expected, stage_router
 from snf.state import BatchState
 
 __all__ = ["FaustTableStore", "create_app", "run_worker"]
@@ -131,12 +131,8 @@ def create_app(
             await on_flush(msg, partition)
             return
         out = engine.handle(msg, BatchState(stores))
-        for port, batch in out.packets.items():
-            if port == "pass" and router is not None:
-                for p, part in router.route(batch, partition, out.rewritten):
-                    await outputs[port].send(value=wire.encode(part), partition=p)
-            else:
-                await outputs[port].send(value=wire.encode(batch), partition=partition)
+        for port, p, batch in deliveries(out, partition, router):
+            await outputs[port].send(value=wire.encode(batch), partition=p)
         if out.records:
             await send_records(out, partition)
 
