@@ -1,0 +1,109 @@
+"""Liveness and readiness endpoints for a worker, on the worker's own event loop.
+
+    GET /livez   200 "ok" whenever the loop answers (a stuck loop fails the probe)
+    GET /readyz  200 "ready" when ready() is true, else 503 "not ready"
+    anything else: 404 (unknown path), 405 (method other than GET/HEAD), 400 (not HTTP)
+
+Stdlib only: probes need no framework, and a handler on the worker's loop is
+exactly what liveness should measure. Every answer is HTTP/1.1 with a
+Content-Length and `Connection: close`, so probes never hold a connection open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+__all__ = ["start_health_server"]
+
+log = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 5.0  # seconds to send the request head; a stalled client is dropped
+MAX_LINE = 8192  # bytes per request line or header line
+MAX_HEADERS = 100
+
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    503: "Service Unavailable",
+}
+
+
+async def start_health_server(
+    port: int, ready: Callable[[], bool], host: str = "0.0.0.0"
+) -> asyncio.AbstractServer:
+    """Serve /livez and /readyz on host:port (port 0 picks a free port) until closed."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT)
+            status, body, extra = _answer(head, ready)
+            method = head[0] if head else ""
+            writer.write(_response(status, body, extra, send_body=method != "HEAD"))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass  # the client went away or stalled: nothing to answer
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    return await asyncio.start_server(handle, host, port, limit=MAX_LINE)
+
+
+async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str] | None:
+    """(method, path) of the request, or None if it is not an HTTP/1.x request."""
+    try:
+        line = await reader.readline()
+        if not line:
+            raise asyncio.IncompleteReadError(b"", None)  # connected and closed: no answer
+        parts = line.decode("latin-1").split()
+        # Drain the headers so the client is not reset while still sending them.
+        for _ in range(MAX_HEADERS):
+            if (await reader.readline()).strip() == b"":
+                break
+        else:
+            return None
+    except ValueError:  # a line longer than MAX_LINE
+        return None
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return None
+    method, target, _ = parts
+    return method, target.split("?", 1)[0]
+
+
+def _answer(
+    head: tuple[str, str] | None, ready: Callable[[], bool]
+) -> tuple[int, str, dict[str, str]]:
+    if head is None:
+        return 400, "bad request\n", {}
+    method, path = head
+    if path not in ("/livez", "/readyz"):
+        return 404, "not found\n", {}
+    if method not in ("GET", "HEAD"):
+        return 405, "method not allowed\n", {"Allow": "GET, HEAD"}
+    if path == "/livez":
+        return 200, "ok\n", {}
+    try:
+        is_ready = bool(ready())
+    except Exception:  # a failing check means "not ready", never a dead probe server
+        log.exception("readiness check failed")
+        is_ready = False
+    return (200, "ready\n", {}) if is_ready else (503, "not ready\n", {})
+
+
+def _response(status: int, body: str, extra: dict[str, str], *, send_body: bool) -> bytes:
+    data = body.encode()
+    headers = {
+        "Content-Type": "text/plain; charset=utf-8",
+        "Content-Length": str(len(data)),  # HEAD announces the GET body's length
+        "Cache-Control": "no-store",
+        "Connection": "close",
+        **extra,
+    }
+    lines = [f"HTTP/1.1 {status} {_REASONS[status]}", *(f"{k}: {v}" for k, v in headers.items())]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (data if send_body else b"")

@@ -1,0 +1,162 @@
+"""The worker's probe server (snf.runtime.health) over real sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from snf.runtime.health import start_health_server
+
+Check = Callable[[int], Awaitable[None]]
+
+
+def serve(ready: Callable[[], bool], check: Check) -> None:
+    """Start the server on a free port, run check(port) against it, close it."""
+
+    async def main() -> None:
+        server = await start_health_server(0, ready, host="127.0.0.1")
+        port = server.sockets[0].getsockname()[1]
+        try:
+            await check(port)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+async def raw(port: int, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes, read until the server closes: (status line, headers, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request)
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), 5)  # EOF only because of Connection: close
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines)
+    return status, headers, body
+
+
+def get(path: str, method: str = "GET") -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: probe\r\nUser-Agent: kube-probe\r\n\r\n".encode()
+
+
+def test_livez_is_ok_with_http11_framing() -> None:
+    async def check(port: int) -> None:
+        status, headers, body = await raw(port, get("/livez"))
+        assert status == "HTTP/1.1 200 OK"
+        assert body == b"ok\n"
+        assert headers["Content-Length"] == str(len(body))
+        assert headers["Connection"] == "close"
+
+    serve(lambda: False, check)  # liveness does not depend on readiness
+
+
+def test_readyz_follows_the_ready_callable() -> None:
+    state = {"ready": False}
+
+    async def check(port: int) -> None:
+        status, _, body = await raw(port, get("/readyz"))
+        assert (status, body) == ("HTTP/1.1 503 Service Unavailable", b"not ready\n")
+        state["ready"] = True
+        status, _, body = await raw(port, get("/readyz"))
+        assert (status, body) == ("HTTP/1.1 200 OK", b"ready\n")
+        state["ready"] = False
+        status, _, _ = await raw(port, get("/readyz?verbose=1"))  # query strings are ignored
+        assert status == "HTTP/1.1 503 Service Unavailable"
+
+    serve(lambda: state["ready"], check)
+
+
+def test_a_failing_readiness_check_answers_503() -> None:
+    def broken() -> bool:
+        raise RuntimeError("consumer not assigned")
+
+    async def check(port: int) -> None:
+        status, _, _ = await raw(port, get("/readyz"))
+        assert status == "HTTP/1.1 503 Service Unavailable"
+        status, _, _ = await raw(port, get("/livez"))  # and the server keeps serving
+        assert status == "HTTP/1.1 200 OK"
+
+    serve(broken, check)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (get("/"), "HTTP/1.1 404 Not Found"),
+        (get("/metrics"), "HTTP/1.1 404 Not Found"),
+        (get("/livez", "POST"), "HTTP/1.1 405 Method Not Allowed"),
+        (b"hello\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"GET /livez SPDY/3\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+        (b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request"),
+    ],
+)
+def test_other_requests_are_refused(request_bytes: bytes, status: str) -> None:
+    async def check(port: int) -> None:
+        got, headers, body = await raw(port, request_bytes)
+        assert got == status
+        assert headers["Content-Length"] == str(len(body))
+        if got.startswith("HTTP/1.1 405"):
+            assert headers["Allow"] == "GET, HEAD"
+
+    serve(lambda: True, check)
+
+
+def test_head_sends_the_length_but_no_body() -> None:
+    async def check(port: int) -> None:
+        status, headers, body = await raw(port, get("/livez", "HEAD"))
+        assert status == "HTTP/1.1 200 OK"
+        assert headers["Content-Length"] == "3"
+        assert body == b""
+
+    serve(lambda: True, check)
+
+
+def test_a_standard_http_client_reads_the_answers() -> None:
+    def fetch(port: int, path: str) -> tuple[int, bytes, str | None]:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read(), resp.getheader("Connection")
+        finally:
+            conn.close()
+
+    async def check(port: int) -> None:
+        assert await asyncio.to_thread(fetch, port, "/livez") == (200, b"ok\n", "close")
+        assert await asyncio.to_thread(fetch, port, "/readyz") == (200, b"ready\n", "close")
+        assert (await asyncio.to_thread(fetch, port, "/nope"))[0] == 404
+
+    serve(lambda: True, check)
+
+
+def test_a_client_that_connects_and_leaves_does_not_stop_the_server() -> None:
+    async def check(port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.close()  # no request at all
+        await writer.wait_closed()
+        status, _, _ = await raw(port, get("/livez"))
+        assert status == "HTTP/1.1 200 OK"
+
+    serve(lambda: True, check)
+
+
+def test_probes_are_served_while_the_loop_is_busy_with_other_tasks() -> None:
+    async def check(port: int) -> None:
+        async def worker() -> None:  # a cooperative task sharing the loop, like Faust agents
+            while True:
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(worker())
+        try:
+            status, _, _ = await raw(port, get("/livez"))
+            assert status == "HTTP/1.1 200 OK"
+        finally:
+            task.cancel()
+
+    serve(lambda: True, check)
