@@ -26,7 +26,7 @@ from snf.capture import read_capture
 from snf.engine import FunctionEngine
 from snf.pipeline import load_pipeline
 from snf.replay import ReplayOptions
-from snf.routing import chain
+from snf.routing import plan_pipeline
 from snf.run import RunOptions, run_pipeline
 from snf.state import BatchState
 
@@ -41,13 +41,15 @@ def core_rates(target_packets: int) -> dict[str, dict]:
     out = {}
     for yaml in sorted(CORES.glob("*.yaml")):
         pipeline = load_pipeline(yaml)
-        functions, hops = chain(pipeline)
-        batcher = Batcher(pipeline.partitions, 1, max_packets=512, keyers=hops[0].keyers)
+        plan = plan_pipeline(pipeline)
+        keyers = plan.ingress_hop.keyers
+        batcher = Batcher(pipeline.partitions, 1, max_packets=512, keyers=keyers)
         batches = []
         for _ in range(loops):
             batches += batcher.add(packets)
         batches += batcher.flush()
-        pf, fn = pipeline.functions[0], functions[0]
+        pf = pipeline.functions[0]
+        fn = plan.cores[pf.name]
         engine = FunctionEngine(fn)
         stores = [BatchState.memory(pf.state_tables) for _ in range(pipeline.partitions)]
         t0 = time.perf_counter()

@@ -87,6 +87,9 @@ def _drop(reason: str) -> Outcome:
     return (reason, None, "", b"")
 
 
+MIN_ENDPOINTS_PER_PARTITION = 64
+
+
 class Nat(NetworkFunction):
     """NAT44 core; see the module docstring."""
 
@@ -105,6 +108,19 @@ class Nat(NetworkFunction):
         self._inside_cache: dict[bytes, bool] = {}
         self._ep = EndpointHasher()
         self.counters: Counter[str] = Counter()
+
+    def partition_problem(self, partitions: int) -> str | None:
+        # Each partition owns the public endpoints that hash to it (replies must
+        # land there), so every partition needs a fair share of them.
+        endpoints = (self.c.hi - self.c.lo + 1) * len(self.c.public_ips)
+        if endpoints < MIN_ENDPOINTS_PER_PARTITION * partitions:
+            most = max(1, endpoints // MIN_ENDPOINTS_PER_PARTITION)
+            return (
+                f"{endpoints} public endpoints (ports x public_ips) give each of {partitions} "
+                f"partitions fewer than {MIN_ENDPOINTS_PER_PARTITION}; use at most {most} "
+                "partitions or widen ports"
+            )
+        return None
 
     # -- classification and keys ----------------------------------------------
 

@@ -136,7 +136,15 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("function")
     wk.add_argument("--datadir", type=Path, required=True)
     wk.add_argument("--name", help="pipeline instance name (default: the file's)")
+    wk.add_argument(
+        "--private-topics",
+        action="store_true",
+        help="external topics (topic:NAME) get instance names too (one-shot runs)",
+    )
     wk.add_argument("--loglevel", default="info")
+    wk.add_argument(
+        "--health-port", type=int, help="serve GET /livez and /readyz on this port (probes)"
+    )
     _add_brokers(wk)
     return parser
 
@@ -196,7 +204,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.kafka.publisher import KafkaPublisher
     from snf.pipeline import load_pipeline
     from snf.replay import replay
-    from snf.routing import chain
+    from snf.routing import plan_pipeline
     from snf.wire import Flush
 
     pipeline = load_pipeline(_resolve_pipeline_file(args.pipeline))
@@ -204,7 +212,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if brokers is None:
         raise SnfError("no Kafka cluster configured: run `snf kafka up`, or pass --brokers")
     publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
-    keyers = chain(pipeline)[1][0].keyers  # partition as the first stages need
+    keyers = plan_pipeline(pipeline).ingress_hop.keyers  # as the first functions need
     try:
         s = replay(
             args.captures,
@@ -253,15 +261,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def result_json(result) -> dict:
     from snf.collect import EGRESS
+    from snf.run import port_counts
 
     col = result.collector
     functions = {}
+    counts = port_counts(result)
     for pf in result.pipeline.functions:
-        functions[pf.name] = {
-            port: dict(col.reasons((pf.name, port))) for port in pf.cls.ports if port != "pass"
-        }
+        entry: dict = {"in": counts[pf.name][0], "out": counts[pf.name][1]}
+        for port in pf.cls.ports:
+            key = pf.terminal_key(port, pf.routes[port][0].dest)
+            if port != "pass" and key is not None:
+                entry[port] = dict(col.reasons(key))
         for port in pf.cls.record_ports:
-            functions[pf.name][port] = {"records": len(col.records.get((pf.name, port), {}))}
+            key = pf.terminal_key(port, pf.routes[port][0].dest)
+            entry[port] = {"records": len(col.records.get(key, {})) if key else 0}
+        functions[pf.name] = entry
     return {
         "mode": result.mode,
         "packets": result.replay.packets,
@@ -280,25 +294,35 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from snf.runtime.faust_app import run_worker
 
     pipeline = load_pipeline(args.pipeline)
-    if args.name:
-        pipeline = pipeline.renamed(args.name)
+    if args.name or args.private_topics:
+        pipeline = pipeline.renamed(args.name or pipeline.name, private=args.private_topics)
     brokers = cluster.resolve_brokers(args.brokers)
     if brokers is None:
         raise SnfError("no Kafka cluster configured: pass --brokers or set SNF_BROKERS")
-    run_worker(pipeline, args.function, brokers, args.datadir, loglevel=args.loglevel)
+    run_worker(
+        pipeline,
+        args.function,
+        brokers,
+        args.datadir,
+        loglevel=args.loglevel,
+        health_port=args.health_port,
+    )
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     from snf.pipeline import load_pipeline
-    from snf.routing import chain
+    from snf.routing import plan_pipeline
 
     p = load_pipeline(args.pipeline)
-    steps = " -> ".join(f"{f.name}({f.kind})" for f in p.functions)
+    plan = plan_pipeline(p)
+    steps = " -> ".join(f"{f.name}({f.kind})" for f in p.ordered())
     console.print(f"{args.pipeline}: ok: pipeline {p.name}, {p.partitions} partitions: {steps}")
-    names = [f.name for f in p.functions]
-    for f, hop in zip(p.functions, chain(p)[1], strict=True):
-        console.print(f"  {f.name}: input {hop.describe(names)}", highlight=False)
+    for f in p.ordered():
+        console.print(f"  {f.name}: input {plan.describe(f.name)}", highlight=False)
+        for port, routes in f.routes.items():
+            dests = ", ".join(f"{r.dest} ({r.topic})" if r.topic else str(r.dest) for r in routes)
+            console.print(f"    {port} -> {dests}", highlight=False)
     return 0
 
 

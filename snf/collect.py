@@ -42,7 +42,7 @@ class Collector:
     seen: dict[tuple[int, int], PortKey] = field(default_factory=dict)
     packets: dict[PortKey, dict[tuple[int, int], _Packet]] = field(default_factory=dict)
     duplicates: int = 0
-    conflicts: int = 0  # same id seen on two different ports: a correctness bug
+    conflicts: int = 0  # same id on two terminals: fan-out, else a correctness bug
     # record port -> canonical JSON text -> (ts_ns, record)
     records: dict[PortKey, dict[str, tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     duplicate_records: int = 0
@@ -66,22 +66,27 @@ class Collector:
         return [bucket[t][1] for t in sorted(bucket, key=lambda t: (bucket[t][0], t))]
 
     def add(self, where: PortKey, batch: PacketBatch) -> int:
-        """Add a batch from a terminal port; return how many packets were new."""
+        """Add a batch from a terminal; return how many packets were new anywhere.
+
+        Deduplicated per terminal: with fan-out one id may reach several
+        terminals (`conflicts` counts those; without fan-out each is a bug).
+        """
         bucket = self.packets.setdefault(where, {})
         seen = self.seen
         new = 0
         lt = batch.linktype
         for ts, orig, data, sid, seq, reason in batch.rows():
             pid = (sid, seq)
-            prev = seen.get(pid)
-            if prev is not None:
+            if pid in bucket:
                 self.duplicates += 1
-                if prev != where:
-                    self.conflicts += 1
                 continue
-            seen[pid] = where
             bucket[pid] = _Packet(lt, ts, orig, bytes(data), reason)
-            new += 1
+            prev = seen.get(pid)
+            if prev is None:
+                seen[pid] = where
+                new += 1
+            else:
+                self.conflicts += 1
         return new
 
     @property
@@ -109,7 +114,8 @@ class Collector:
         return len(bucket)
 
     def write_events(self, directory: Path) -> list[Path]:
-        """One JSON Lines file per side port and record port: <function>.<port>.jsonl."""
+        """One JSON Lines file per terminal but egress: <function>.<port>.jsonl
+        (topic.<name>.jsonl for an external topic)."""
         directory.mkdir(parents=True, exist_ok=True)
         written = []
         for function, port in sorted(self.records):

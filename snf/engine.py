@@ -4,9 +4,10 @@ Both shells (snf.runtime.faust_app over Kafka, snf.local in-process) call
 `handle` and `control`, so a Kafka run and a --local run execute exactly the
 same code between "message in" and "batches and records per port out".
 
-Flush markers (snf.wire.Flush) end a replay: a partition counts the markers
-of one flush id in the control table (so a restarted worker keeps the
-count), and on the `expected`-th one calls the core's flush() once.
+Flush markers (snf.wire.Flush) end a replay: a partition records the
+origins of one flush id's markers in the control table (so a restarted
+worker keeps them), and on the `expected`-th distinct one calls the core's
+flush() once.
 """
 
 from __future__ import annotations
@@ -76,12 +77,17 @@ class FunctionEngine:
         return out
 
     def control(self, flush: Flush, partition: int, state: BatchState) -> StageOutput | None:
-        """Count a flush marker; on the last expected one, flush the core (else None)."""
+        """Count a flush marker's origin; when `expected` distinct origins are in,
+        flush the core once (else None). A repeated origin changes nothing."""
         view = state.table(CONTROL_TABLE)
         key = b"flush:" + flush.flush_id.encode()
-        seen = (view.get(key) or 0) + 1
+        seen: list[str] = list(view.get(key) or [])
+        origin = flush.origin or f"#{len(seen)}"  # anonymous markers each count
+        if origin in seen or len(seen) >= flush.expected:
+            return None  # a marker re-sent after a crash, or a flush already done
+        seen.append(origin)
         view.set(key, seen)
-        if seen != flush.expected:
+        if len(seen) != flush.expected:
             state.flush()
             return None
         ctx = FlushContext(partition, self.function.partitions, flush.end_ts_ns)

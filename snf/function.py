@@ -93,6 +93,10 @@ class NetworkFunction(ABC):
         """
         return headers.flow_hash
 
+    def partition_problem(self, partitions: int) -> str | None:
+        """Why this config cannot run on `partitions` partitions (None: it can)."""
+        return None
+
     def flush(self, state: BatchState, ctx: FlushContext) -> dict[str, list[Record]]:
         """End of input on ctx.partition: emit what is still pending (records only)."""
         return {}

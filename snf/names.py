@@ -2,9 +2,10 @@
 
 One pattern, documented in docs/ARCHITECTURE.md:
 
-    snf.<pipeline>.ingress                 capture agent -> first function
-    snf.<pipeline>.<function>.<port>       a function's output port
-    snf.<pipeline>.egress                  the last function's `pass` port
+    snf.<pipeline>.ingress                 capture agent -> the entry function
+    snf.<pipeline>.<function>.in           input of every other function
+    snf.<pipeline>.<function>.<port>       an output port wired to no function
+    snf.<pipeline>.egress                  the pipeline's output (`egress` links)
     snf.<pipeline>.<function>              consumer group and Faust app id
     snf.<pipeline>.<function>-<table>-changelog   (named by Faust from the app id)
 
@@ -22,7 +23,9 @@ __all__ = [
     "egress_topic",
     "group_id",
     "ingress_topic",
+    "input_topic",
     "port_topic",
+    "private_topic",
 ]
 
 NAME_PATTERN = r"^[a-z][a-z0-9-]{0,47}$"
@@ -42,6 +45,15 @@ def ingress_topic(pipeline: str) -> str:
 
 def egress_topic(pipeline: str) -> str:
     return f"{PREFIX}.{_check('pipeline', pipeline)}.egress"
+
+
+def input_topic(pipeline: str, function: str) -> str:
+    return f"{PREFIX}.{_check('pipeline', pipeline)}.{_check('function', function)}.in"
+
+
+def private_topic(pipeline: str, external: str) -> str:
+    # A one-shot run's stand-in for an external topic (topic:NAME), deleted with it.
+    return f"{PREFIX}.{_check('pipeline', pipeline)}.topic.{external}"
 
 
 def port_topic(pipeline: str, function: str, port: str) -> str:

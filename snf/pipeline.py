@@ -1,8 +1,11 @@
 """Pipeline files: load one, validate all of it, derive its Kafka wiring.
 
-A pipeline is a chain of functions. Packets enter on the ingress topic, each
-function's `pass` port feeds the next function, and the last `pass` port is
-the egress topic; every other port gets a topic of its own (see snf.names).
+A pipeline is a graph of functions (snf.topology): packets enter on the
+ingress topic, links connect output ports to functions, egress, discard or
+external topics, and every unlinked port gets a topic of its own. Without
+`wiring`, the functions form a chain. Per-function settings (instances,
+partitions, replication, standby replicas, processing guarantee) default to
+the pipeline's.
 
 Loading checks the YAML, the schema, every function type and every function
 config before it returns, and raises all problems together as one
@@ -14,14 +17,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from snf import names
-from snf.collect import EGRESS
+from snf.collect import EGRESS, PortKey
 from snf.errors import ConfigError
 from snf.function import FunctionConfig, NetworkFunction
 from snf.pipeline_errors import (
@@ -36,6 +39,7 @@ from snf.pipeline_errors import (
 )
 from snf.registry import get_function
 from snf.state import CONTROL_TABLE
+from snf.topology import INGRESS, Dest, Graph, Link, build_graph
 
 __all__ = [
     "FunctionSpec",
@@ -50,15 +54,48 @@ __all__ = [
 ]
 
 
+Guarantee = Literal["at_least_once", "exactly_once"]
+
+
+class Autoscale(BaseModel):
+    """`instances: {min, max}`: scaled on consumer lag (snf deploy --autoscale, KEDA)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(default=0, ge=0)  # 0: scale to zero when idle (the serverless shape)
+    max: int = Field(ge=1)  # at most the function's partitions
+    lag_threshold: int = Field(default=10, ge=1)  # messages of input lag per instance
+    cooldown: float = Field(default=60.0, gt=0)  # idle seconds before scaling to zero
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscale:
+        if self.min > self.max:
+            raise ValueError(f"min ({self.min}) must not exceed max ({self.max})")
+        return self
+
+
 class FunctionSpec(BaseModel):
-    """One step of the chain, as written in the file."""
+    """One function, as written in the file."""
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=names.NAME_PATTERN)  # unique in the pipeline; part of topic names
     function: str  # registry type name, e.g. "firewall"
-    instances: int = Field(default=1, ge=1)  # consumers in the group; at most `partitions`
+    instances: Annotated[int, Field(ge=1)] | Autoscale = 1  # consumers; at most partitions
+    partitions: int | None = Field(default=None, ge=1, le=1024)  # of its input (pipeline's)
+    replication: int | None = Field(default=None, ge=1, le=16)  # of its topics (pipeline's)
+    standby_replicas: int = Field(default=0, ge=0, le=8)  # warm table copies on other workers
+    processing_guarantee: Guarantee = "at_least_once"
     config: dict[str, Any] = Field(default_factory=dict)  # checked against the type's Config
+
+
+class LinkSpec(BaseModel):
+    """`from: FN.PORT` (or `ingress`, or `FN` for FN.pass) `to:` destinations."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    source: str = Field(alias="from")
+    to: str | list[str] = Field(min_length=1)  # FN, egress, discard or topic:NAME
 
 
 class PipelineSpec(BaseModel):
@@ -67,11 +104,13 @@ class PipelineSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=names.NAME_PATTERN)  # first part of every derived name
-    partitions: int = Field(default=4, ge=1, le=1024)  # of every topic the pipeline creates
-    functions: list[FunctionSpec] = Field(min_length=1)  # chained in list order
+    partitions: int = Field(default=4, ge=1, le=1024)  # default of every function
+    replication: int = Field(default=1, ge=1, le=16)  # topic replication factor (default)
+    functions: list[FunctionSpec] = Field(min_length=1)  # a chain unless `wiring` is given
+    wiring: list[LinkSpec] | None = Field(default=None, min_length=1)
 
     @model_validator(mode="after")
-    def _check_chain(self) -> PipelineSpec:
+    def _check_functions(self) -> PipelineSpec:
         conflicts = spec_conflicts(self)
         if conflicts:
             # One error can carry several exact locations; the loader unpacks them.
@@ -82,7 +121,7 @@ class PipelineSpec(BaseModel):
 
 
 def spec_conflicts(spec: PipelineSpec) -> list[tuple[Loc, str]]:
-    """Cross-field problems: duplicate function names, instances > partitions."""
+    """Cross-field problems: duplicate function names, instances above partitions."""
     found: list[tuple[Loc, str]] = []
     first: dict[str, int] = {}
     for i, fn in enumerate(spec.functions):
@@ -92,40 +131,156 @@ def spec_conflicts(spec: PipelineSpec) -> list[tuple[Loc, str]]:
             )
             found.append((("functions", i, "name"), msg))
         first.setdefault(fn.name, i)
-        if fn.instances > spec.partitions:
-            msg = f"instances ({fn.instances}) must not exceed partitions ({spec.partitions})"
+        n = fn.partitions or spec.partitions
+        if isinstance(fn.instances, Autoscale) and fn.instances.max > n:
+            msg = f"max ({fn.instances.max}) must not exceed partitions ({n})"
+            found.append((("functions", i, "instances", "max"), msg))
+        elif isinstance(fn.instances, int) and fn.instances > n:
+            msg = f"instances ({fn.instances}) must not exceed partitions ({n})"
             found.append((("functions", i, "instances"), msg))
     return found
 
 
 @dataclass(frozen=True)
+class TopicSpec:
+    partitions: int
+    replication: int
+    configs: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def topic_configs(replication: int, compact: bool = False) -> dict[str, str]:
+    """Kafka's usual durability pairing: with 3 replicas, a write needs 2."""
+    configs = {"min.insync.replicas": str(max(1, replication - 1))}
+    if compact:
+        configs["cleanup.policy"] = "compact"
+    return configs
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What every function needs to know about the others (name-independent)."""
+
+    entry: str
+    partitions: dict[str, int]  # function -> partitions of its input
+    egress_partitions: int
+    external: dict[str, int]  # topic:NAME destinations -> partitions
+    private: bool = False  # a one-shot run: topic:NAME becomes snf.<run>.topic.NAME
+
+
+@dataclass(frozen=True)
+class Route:
+    """One destination of one output port, resolved to a topic."""
+
+    dest: Dest
+    topic: str | None  # None: discard
+    partitions: int  # of that topic
+
+
+@dataclass(frozen=True)
 class PipelineFunction:
-    """A validated step with its class, its config model and its derived wiring."""
+    """A validated function with its class, its config model and its derived wiring."""
 
     pipeline: str
     name: str
     kind: str
-    instances: int
+    spec: FunctionSpec
     cls: type[NetworkFunction]
     config: FunctionConfig
-    upstream: str | None  # previous function's name; None means it reads ingress
-    last: bool  # its `pass` port is the egress topic
+    outputs: dict[str, tuple[Dest, ...]]  # port -> destinations
+    inputs: tuple[tuple[str, str], ...]  # upstream (function, port); () for the entry
+    layout: Layout
+    replication: int
+
+    @property
+    def partitions(self) -> int:
+        return self.layout.partitions[self.name]
+
+    @property
+    def autoscaled(self) -> bool:
+        return isinstance(self.spec.instances, Autoscale)
+
+    @property
+    def instances(self) -> int:
+        """Instances to start with: the fixed count, or max(min, 1) when autoscaled."""
+        s = self.spec.instances
+        return s if isinstance(s, int) else max(s.min, 1)
+
+    @property
+    def min_instances(self) -> int:
+        s = self.spec.instances
+        return s if isinstance(s, int) else s.min
+
+    @property
+    def max_instances(self) -> int:
+        s = self.spec.instances
+        return s if isinstance(s, int) else s.max
+
+    @property
+    def lag_threshold(self) -> int:
+        s = self.spec.instances
+        return 10 if isinstance(s, int) else s.lag_threshold
+
+    @property
+    def cooldown(self) -> float:
+        s = self.spec.instances
+        return 60.0 if isinstance(s, int) else s.cooldown
+
+    @property
+    def standby_replicas(self) -> int:
+        return self.spec.standby_replicas
+
+    @property
+    def processing_guarantee(self) -> str:
+        return self.spec.processing_guarantee
+
+    @property
+    def entry(self) -> bool:
+        return self.layout.entry == self.name
 
     @property
     def input_topic(self) -> str:
-        if self.upstream is None:
+        if self.entry:
             return names.ingress_topic(self.pipeline)
-        return names.port_topic(self.pipeline, self.upstream, "pass")
+        return names.input_topic(self.pipeline, self.name)
+
+    def route(self, port: str, dest: Dest) -> Route:
+        lay = self.layout
+        if dest.kind == "function":
+            topic = names.input_topic(self.pipeline, dest.target)
+            return Route(dest, topic, lay.partitions[dest.target])
+        if dest.kind == "egress":
+            return Route(dest, names.egress_topic(self.pipeline), lay.egress_partitions)
+        if dest.kind == "topic":
+            topic = names.private_topic(self.pipeline, dest.target) if lay.private else dest.target
+            return Route(dest, topic, lay.external[dest.target])
+        if dest.kind == "port":
+            return Route(dest, names.port_topic(self.pipeline, self.name, port), self.partitions)
+        return Route(dest, None, 0)
+
+    @property
+    def routes(self) -> dict[str, tuple[Route, ...]]:
+        """Output port -> resolved destinations: packet ports, then record ports."""
+        return {port: tuple(self.route(port, d) for d in ds) for port, ds in self.outputs.items()}
 
     @property
     def port_topics(self) -> dict[str, str]:
-        """Output port -> topic: packet ports in declared order, then record ports."""
-        return {
-            port: names.egress_topic(self.pipeline)
-            if self.last and port == "pass"
-            else names.port_topic(self.pipeline, self.name, port)
-            for port in (*self.cls.ports, *self.cls.record_ports)
-        }
+        """Port -> topic, for ports with exactly one destination topic (tests, docs)."""
+        out = {}
+        for port, routes in self.routes.items():
+            topics = [r.topic for r in routes if r.topic]
+            if len(topics) == 1:
+                out[port] = topics[0]
+        return out
+
+    def terminal_key(self, port: str, dest: Dest) -> PortKey | None:
+        """How the sink names what this port writes to a terminal (None: not a terminal)."""
+        if dest.kind == "egress":
+            return EGRESS
+        if dest.kind == "port":
+            return (self.name, port)
+        if dest.kind == "topic":
+            return ("topic", dest.target)
+        return None
 
     @property
     def state_tables(self) -> tuple[str, ...]:
@@ -138,12 +293,12 @@ class PipelineFunction:
 
     @property
     def changelog_topics(self) -> dict[str, str]:
-        """State table -> changelog topic (Faust creates these itself)."""
+        """State table -> changelog topic (created before the workers start)."""
         return {t: names.changelog_topic(self.pipeline, self.name, t) for t in self.state_tables}
 
-    def create(self, partitions: int) -> NetworkFunction:
+    def create(self, partitions: int | None = None) -> NetworkFunction:
         fn = self.cls(self.config)
-        fn.partitions = partitions
+        fn.partitions = partitions or self.partitions
         return fn
 
 
@@ -152,6 +307,7 @@ class Pipeline:
     spec: PipelineSpec
     path: Path | None
     functions: list[PipelineFunction]
+    graph: Graph
 
     @property
     def name(self) -> str:
@@ -159,7 +315,8 @@ class Pipeline:
 
     @property
     def partitions(self) -> int:
-        return self.spec.partitions
+        """Partitions of ingress (the entry function's)."""
+        return self.function(self.graph.entry).partitions
 
     def function(self, name: str) -> PipelineFunction:
         for fn in self.functions:
@@ -172,39 +329,101 @@ class Pipeline:
     def ingress_topic(self) -> str:
         return names.ingress_topic(self.name)
 
-    def renamed(self, name: str) -> Pipeline:
-        """The same pipeline under another instance name (e.g. one per `snf run`)."""
+    def ordered(self) -> list[PipelineFunction]:
+        """Functions in topological order (upstream first)."""
+        return [self.function(n) for n in self.graph.order]
+
+    def renamed(self, name: str, private: bool = False) -> Pipeline:
+        """The same pipeline under another instance name (e.g. one per `snf run`);
+        `private` also gives its external topics names of their own."""
         spec = self.spec.model_copy(update={"name": name})
-        return Pipeline(
-            spec, self.path, [dataclasses.replace(fn, pipeline=name) for fn in self.functions]
-        )
+        fns = [
+            dataclasses.replace(
+                fn,
+                pipeline=name,
+                layout=dataclasses.replace(fn.layout, private=private or fn.layout.private),
+            )
+            for fn in self.functions
+        ]
+        return Pipeline(spec, self.path, fns, self.graph)
 
-    def record_topics(self) -> set[str]:
-        """The terminal topics that carry JSON records rather than packets."""
-        return {fn.port_topics[port] for fn in self.functions for port in fn.cls.record_ports}
-
-    def sink_topics(self) -> dict[str, tuple[str, str]]:
-        """Terminal topics -> (function, port): egress plus every side and record port."""
-        out: dict[str, tuple[str, str]] = {names.egress_topic(self.name): EGRESS}
+    def terminals(self) -> dict[str, list[tuple[PipelineFunction, str, Route]]]:
+        """Terminal topic -> its writers (function, port, route), in declaration order."""
+        out: dict[str, list[tuple[PipelineFunction, str, Route]]] = {}
         for fn in self.functions:
-            for port, topic in fn.port_topics.items():
-                if port != "pass":
-                    out[topic] = (fn.name, port)
+            for port, routes in fn.routes.items():
+                for r in routes:
+                    if r.topic and r.dest.kind != "function":
+                        out.setdefault(r.topic, []).append((fn, port, r))
         return out
 
-    def topics(self) -> dict[str, int]:
-        """Every topic to create before starting, with its partition count."""
-        topics = {names.ingress_topic(self.name): self.partitions}
+    def sink_topics(self) -> dict[str, PortKey]:
+        """Terminal topics -> the name the sink files them under."""
+        out: dict[str, PortKey] = {}
+        for topic, writers in self.terminals().items():
+            fn, port, r = writers[0]
+            key = fn.terminal_key(port, r.dest)
+            assert key is not None
+            out[topic] = key
+        return out
+
+    def record_topics(self) -> set[str]:
+        """Terminal topics that carry JSON records rather than packets."""
+        return {
+            topic
+            for topic, writers in self.terminals().items()
+            if any(port in fn.cls.record_ports for fn, port, _ in writers)
+        }
+
+    def terminal_ends(self) -> dict[str, list[int]]:
+        """Terminal topic -> per partition, the distinct end markers of one flush.
+
+        Writer partition p ends partition p % T of a terminal topic with T
+        partitions, once per topic however many of its ports write there.
+        """
+        ends: dict[str, list[int]] = {}
+        for topic, writers in self.terminals().items():
+            t = writers[0][2].partitions
+            counts = [0] * t
+            for n in {fn.name: fn.partitions for fn, _, _ in writers}.values():
+                for p in range(n):
+                    counts[p % t] += 1
+            ends[topic] = counts
+        return ends
+
+    def topic_specs(self) -> dict[str, TopicSpec]:
+        """Every topic to create before starting, changelogs included."""
+        specs: dict[str, TopicSpec] = {}
+        rep = self.spec.replication
+        entry = self.function(self.graph.entry)
+        specs[self.ingress_topic] = TopicSpec(
+            entry.partitions, entry.replication, topic_configs(entry.replication)
+        )
         for fn in self.functions:
-            topics.update(dict.fromkeys(fn.port_topics.values(), self.partitions))
-        return topics
+            if not fn.entry:
+                specs[fn.input_topic] = TopicSpec(
+                    fn.partitions, fn.replication, topic_configs(fn.replication)
+                )
+            for routes in fn.routes.values():
+                for r in routes:
+                    if r.topic and r.topic not in specs:
+                        n = fn.replication if r.dest.kind == "port" else rep
+                        specs[r.topic] = TopicSpec(r.partitions, n, topic_configs(n))
+            for topic in fn.changelog_topics.values():
+                specs[topic] = TopicSpec(
+                    fn.partitions, fn.replication, topic_configs(fn.replication, compact=True)
+                )
+        return specs
+
+    def topics(self) -> dict[str, int]:
+        """Every data topic (not changelogs) with its partition count."""
+        changelogs = self.changelog_topics()
+        return {t: s.partitions for t, s in self.topic_specs().items() if t not in changelogs}
 
     def changelog_topics(self) -> dict[str, int]:
-        """Changelogs Faust will create, co-partitioned with the input topics."""
+        """Changelogs, co-partitioned with their function's input topic."""
         return {
-            topic: self.partitions
-            for fn in self.functions
-            for topic in fn.changelog_topics.values()
+            topic: fn.partitions for fn in self.functions for topic in fn.changelog_topics.values()
         }
 
 
@@ -247,26 +466,92 @@ def _build(text: str, source: str, path: Path | None) -> Pipeline:
     raw = data.get("functions") if isinstance(data, dict) else None
     raw = raw if isinstance(raw, list) else []
     base_dir = path.parent if path is not None else Path.cwd()
-    steps = [_check_function(report, i, item, len(raw), base_dir) for i, item in enumerate(raw)]
+    wired = isinstance(data, dict) and "wiring" in data
+    steps = [
+        _check_function(report, i, item, len(raw), base_dir, wired) for i, item in enumerate(raw)
+    ]
     if report.problems or spec is None:
         raise PipelineError(sorted(report.problems, key=lambda p: p.line))
 
+    classes = {fn.name: step[0] for fn, step in zip(spec.functions, steps, strict=True) if step}
+    conflicts: list[tuple[Loc, str]] = []
+    graph = build_graph(_links(spec, classes), _ports(classes), conflicts)
+    for loc, msg in conflicts:
+        report.add(loc, msg)
+    _check_partitions(report, spec, steps)
+    if report.problems or graph is None:
+        raise PipelineError(sorted(report.problems, key=lambda p: p.line))
+
+    parts = {fn.name: fn.partitions or spec.partitions for fn in spec.functions}
+    external: dict[str, int] = {}
+    for fn_name, by_port in graph.outputs.items():
+        for dests in by_port.values():
+            for d in dests:
+                if d.kind == "topic":
+                    external[d.target] = max(external.get(d.target, 0), parts[fn_name])
+    layout = Layout(graph.entry, parts, spec.partitions, external)
     functions = []
-    for i, (fn, step) in enumerate(zip(spec.functions, steps, strict=True)):
+    for fn, step in zip(spec.functions, steps, strict=True):
         assert step is not None  # any failure added a problem above
-        upstream = spec.functions[i - 1].name if i else None
-        last = i == len(spec.functions) - 1
         cls, config = step
         functions.append(
             PipelineFunction(
-                spec.name, fn.name, fn.function, fn.instances, cls, config, upstream, last
+                spec.name,
+                fn.name,
+                fn.function,
+                fn,
+                cls,
+                config,
+                graph.outputs[fn.name],
+                tuple(graph.inputs[fn.name]),
+                layout,
+                fn.replication or spec.replication,
             )
         )
-    return Pipeline(spec, path, functions)
+    return Pipeline(spec, path, functions, graph)
+
+
+def _ports(
+    classes: dict[str, type[NetworkFunction]],
+) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    return {name: (cls.ports, cls.record_ports) for name, cls in classes.items()}
+
+
+def _links(spec: PipelineSpec, classes: dict[str, type[NetworkFunction]]) -> list[Link]:
+    if spec.wiring is not None:
+        return [
+            Link(w.source, (w.to,) if isinstance(w.to, str) else tuple(w.to), ("wiring", i))
+            for i, w in enumerate(spec.wiring)
+        ]
+    # The chain shorthand: ingress -> first, each pass -> next, the last pass -> egress.
+    fns = [f.name for f in spec.functions]
+    links = [Link(INGRESS, (fns[0],), ("functions", 0, "name"))]
+    for i, name in enumerate(fns):
+        if name in classes and "pass" in classes[name].ports:
+            to = fns[i + 1] if i + 1 < len(fns) else "egress"
+            links.append(Link(f"{name}.pass", (to,), ("functions", i, "name")))
+    return links
+
+
+def _check_partitions(
+    report: Report,
+    spec: PipelineSpec,
+    steps: list[tuple[type[NetworkFunction], FunctionConfig] | None],
+) -> None:
+    """Partition counts each function's partitioning scheme accepts."""
+    for i, (fn, step) in enumerate(zip(spec.functions, steps, strict=True)):
+        if step is None:
+            continue
+        n = fn.partitions or spec.partitions
+        problem = step[0](step[1]).partition_problem(n)
+        if problem:
+            where = "partitions" if fn.partitions else None
+            loc: Loc = ("functions", i, where) if where else ("partitions",)
+            report.add(loc, f"{fn.name}: {problem}")
 
 
 def _check_function(
-    report: Report, i: int, item: Any, count: int, base_dir: Path
+    report: Report, i: int, item: Any, count: int, base_dir: Path, wired: bool
 ) -> tuple[type[NetworkFunction], FunctionConfig] | None:
     if not isinstance(item, dict) or not isinstance(item.get("function"), str):
         return None  # the schema errors already say why
@@ -284,8 +569,10 @@ def _check_function(
     problem = None
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         problem = f"{cls.__name__} has no pydantic Config model"
-    elif i < count - 1 and "pass" not in cls.ports:
+    elif i < count - 1 and "pass" not in cls.ports and not wired:
         problem = f"{kind!r} has no 'pass' port (ports: {', '.join(cls.ports)}), so it must be last"
+    elif "in" in (*cls.ports, *cls.record_ports):
+        problem = f"{kind!r} declares a port named 'in', which names input topics"
     if problem:
         report.add((*loc, "function"), problem)
         return None

@@ -29,17 +29,16 @@ from snf.flowkey import FlowRouter
 from snf.function import NetworkFunction
 from snf.headers import Headers
 from snf.parse import parse_packet_batch
-from snf.pipeline import Pipeline
+from snf.pipeline import Pipeline, PipelineFunction, Route
 
 __all__ = [
     "Hop",
+    "PipelinePlan",
     "StageRouter",
-    "chain",
     "deliveries",
-    "flush_expected",
     "key_hashes",
     "plan",
-    "stage_router",
+    "plan_pipeline",
 ]
 
 
@@ -145,17 +144,19 @@ class StageRouter:
 
 
 def deliveries(
-    out: StageOutput, partition: int, router: StageRouter | None
-) -> Iterator[tuple[str, int, PacketBatch]]:
-    """(port, partition, batch) for each packet output of a stage, in both shells:
-    `pass` through the stage's router (when a stage follows), every other port on
-    the event's partition."""
+    out: StageOutput, partition: int, fn: PipelineFunction, routers: dict[str, StageRouter]
+) -> Iterator[tuple[str, Route, int, PacketBatch]]:
+    """(port, route, partition, batch) for each packet output of a stage, in both
+    shells: links to functions through that function's router, terminals on the
+    event's partition (modulo the topic's count), discard nowhere."""
+    routes = fn.routes
     for port, batch in out.packets.items():
-        if port == "pass" and router is not None:
-            for p, part in router.route(batch, partition, out.rewritten):
-                yield port, p, part
-        else:
-            yield port, partition, batch
+        for r in routes[port]:
+            if r.dest.kind == "function":
+                for p, part in routers[r.dest.target].route(batch, partition, out.rewritten):
+                    yield port, r, p, part
+            elif r.topic is not None:
+                yield port, r, partition % r.partitions, batch
 
 
 def key_hashes(
@@ -173,19 +174,116 @@ def key_hashes(
     return merged
 
 
-def chain(pipeline: Pipeline) -> tuple[list[NetworkFunction], list[Hop]]:
-    """The pipeline's function cores (one instance each) and their hops."""
-    functions = [pf.create(pipeline.partitions) for pf in pipeline.functions]
-    return functions, plan(functions)
+@dataclass
+class PipelinePlan:
+    """The cores of a pipeline (one each), their input hops and edge routers."""
+
+    pipeline: Pipeline
+    cores: dict[str, NetworkFunction]
+    hops: dict[str, Hop]
+
+    @property
+    def ingress_hop(self) -> Hop:
+        return self.hops[self.pipeline.graph.entry]
+
+    def routers(self, name: str) -> dict[str, StageRouter]:
+        """Downstream function -> the router for this function's links to it."""
+        fn = self.pipeline.function(name)
+        out = {}
+        for down in self.pipeline.graph.downstream(name):
+            g = self.pipeline.function(down)
+            previous = self.hops[name] if g.partitions == fn.partitions else None
+            out[down] = StageRouter(self.hops[down], g.partitions, previous)
+        return out
+
+    def flush_expected(self, name: str) -> int:
+        """Distinct flush markers one partition of `name` waits for: one per
+        upstream partition that can send it packets."""
+        fn = self.pipeline.function(name)
+        if fn.entry:
+            return 1
+        keep = self.hops[name].mode == "keep"
+        ups = {u for u, _ in fn.inputs}
+        return sum(1 if keep else self.pipeline.function(u).partitions for u in ups)
+
+    def marker_targets(self, name: str, partition: int) -> list[tuple[str, list[int]]]:
+        """(topic, partitions) that a flushed partition of `name` sends its end marker to."""
+        fn = self.pipeline.function(name)
+        targets: dict[str, list[int]] = {}
+        for routes in fn.routes.values():
+            for r in routes:
+                if r.topic is None or r.topic in targets:
+                    continue
+                if r.dest.kind == "function" and self.hops[r.dest.target].mode != "keep":
+                    targets[r.topic] = list(range(r.partitions))
+                else:
+                    targets[r.topic] = [partition % r.partitions]
+        return list(targets.items())
+
+    def describe(self, name: str) -> str:
+        return self.hops[name].describe([f.name for f in self.pipeline.functions])
 
 
-def stage_router(hops: Sequence[Hop], stage: int, partitions: int) -> StageRouter | None:
-    """The router for the `pass` output of `stage` (None for the last stage)."""
-    if stage + 1 >= len(hops):
-        return None
-    return StageRouter(hops[stage + 1], partitions, hops[stage])
+def plan_pipeline(pipeline: Pipeline) -> PipelinePlan:
+    """Hops over the pipeline's graph (see the module docstring).
+
+    Along a linear stretch (each function feeding exactly one function that
+    has no other input, with the same partition count) this is plan() over
+    that stretch. Where inputs meet (fan-in), packets keep their partitions
+    only if every upstream is partitioned the same way; otherwise the
+    function's own key re-partitions every link into it.
+    """
+    graph = pipeline.graph
+    index = {f.name: i for i, f in enumerate(pipeline.functions)}
+    cores = {f.name: f.create() for f in pipeline.functions}
+    hops: dict[str, Hop] = {}
+    for name in graph.order:
+        fn = pipeline.function(name)
+        core = cores[name]
+        prev = None if fn.entry else _common(pipeline, hops, name)
+        if core.key != "custom" and prev is not None and (core.key == "any" or _consistent(prev)):
+            hops[name] = Hop("keep", prev.keyers, prev.indices)
+            continue
+        stretch = _stretch(pipeline, name)
+        ks = _composite([cores[n] for n in stretch], 0)
+        if ks:
+            chosen = [stretch[k] for k in ks]
+            hops[name] = Hop(
+                "key", tuple(cores[n] for n in chosen), tuple(index[n] for n in chosen)
+            )
+        else:
+            hops[name] = Hop("flow")
+    return PipelinePlan(pipeline, cores, hops)
 
 
-def flush_expected(hop: Hop, partitions: int) -> int:
-    """Markers a partition of the stage behind `hop` receives per flush."""
-    return 1 if hop.mode == "keep" else partitions
+def _consistent(hop: Hop) -> bool:
+    """Does this partitioning keep every flow on one partition?"""
+    return all(g.key_flow_consistent for g in hop.keyers)
+
+
+def _common(pipeline: Pipeline, hops: dict[str, Hop], name: str) -> Hop | None:
+    """The partitioning all of `name`'s upstreams share, at its partition count."""
+    fn = pipeline.function(name)
+    found: set[tuple[int, ...]] = set()
+    hop = None
+    for up, _ in fn.inputs:
+        if pipeline.function(up).partitions != fn.partitions:
+            return None
+        hop = hops[up]
+        found.add(hop.indices)
+    return hop if len(found) == 1 else None
+
+
+def _stretch(pipeline: Pipeline, name: str) -> list[str]:
+    """`name` and the functions after it while each feeds exactly one function
+    that reads nothing else and has the same partition count."""
+    out = [name]
+    graph = pipeline.graph
+    while True:
+        downs = graph.downstream(out[-1])
+        if len(downs) != 1:
+            return out
+        nxt = pipeline.function(downs[0])
+        if len(nxt.inputs) != 1 or nxt.partitions != pipeline.function(name).partitions:
+            return out
+        out.append(nxt.name)

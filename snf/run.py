@@ -38,7 +38,7 @@ from snf.kafka.publisher import KafkaPublisher
 from snf.local import LocalPipeline
 from snf.pipeline import Pipeline, load_pipeline
 from snf.replay import ReplayOptions, ReplaySummary, check_captures, replay
-from snf.routing import chain
+from snf.routing import plan_pipeline
 from snf.sink import KafkaSink
 from snf.wire import Flush
 from snf.workers import (
@@ -85,6 +85,8 @@ class RunResult:
     seconds: float
     mode: str
     processing_seconds: float = 0.0  # from the first packet sent to the last accounted for
+    # function -> port -> packets, when known exactly (--local counts in the engines)
+    port_totals: dict[str, dict[str, int]] | None = None
 
     @property
     def processing_pps(self) -> float:
@@ -111,7 +113,9 @@ def run_pipeline(
         )
         local.flush(pipeline.name, summary.last_ts_ns)
         elapsed = time.perf_counter() - started
-        result = RunResult(pipeline, summary, local.collector, elapsed, "local", elapsed)
+        result = RunResult(
+            pipeline, summary, local.collector, elapsed, "local", elapsed, local.port_totals()
+        )
     else:
         result = _run_kafka(pipeline_path, pipeline, captures, opts, console, started)
     _write_outputs(result, opts, console)
@@ -134,7 +138,7 @@ def _run_kafka(
         console.print("[bold]starting a local Kafka broker[/] (snf kafka up)")
         brokers = cluster.up().bootstrap
         started_cluster = True
-    run = pipeline.renamed(_run_name(pipeline.name))
+    run = pipeline.renamed(_run_name(pipeline.name), private=True)
     rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-{run.name}-"))
     workers: list[WorkerProcess] = []
     succeeded = False
@@ -151,6 +155,7 @@ def _run_kafka(
                         rundir,
                         name=run.name,
                         loglevel=opts.loglevel,
+                        private=True,
                     )
                 )
         console.print(
@@ -159,7 +164,7 @@ def _run_kafka(
         wait_assigned(workers, run.partitions)
         processing_started = time.perf_counter()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
-        keyers = chain(run)[1][0].keyers  # how ingress is partitioned (snf.routing)
+        keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
         try:
             summary = replay(
                 captures, run.partitions, publisher, opts.replay, console, keyers=keyers
@@ -168,7 +173,7 @@ def _run_kafka(
         finally:
             publisher.close()
         collector = Collector()
-        sink = KafkaSink(brokers, run.sink_topics(), run.record_topics())
+        sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
 
         def check() -> None:
             for w in workers:
@@ -188,26 +193,20 @@ def _run_kafka(
                 task = progress.add_task("sink", total=summary.packets)
                 complete = sink.collect(
                     collector,
-                    summary.packets,
                     opts.timeout,
-                    check,
+                    flush_id=run.name,
+                    check=check,
                     on_progress=lambda n: progress.update(task, completed=n),
                 )
         finally:
             sink.close()
         if not complete:
-            if collector.total < summary.packets:
-                raise RunError(
-                    f"only {collector.total} of {summary.packets} packets accounted "
-                    f"for after {opts.timeout:.0f}s without progress; logs in {rundir}"
-                )
             raise RunError(
-                f"all {summary.packets} packets accounted for, but the end-of-input flush "
-                f"did not reach {', '.join(sink.unflushed())} within {opts.timeout:.0f}s; "
-                f"logs in {rundir}"
+                f"{collector.total} of {summary.packets} packets accounted for, and the "
+                f"end-of-input flush did not reach {', '.join(sink.unflushed(run.name))} "
+                f"after {opts.timeout:.0f}s without progress; logs in {rundir}"
             )
-        if collector.conflicts:
-            raise RunError(f"{collector.conflicts} packets came out of two different ports")
+        check_accounting(run, summary.packets, collector)
         done = time.perf_counter()
         succeeded = True
         return RunResult(
@@ -227,7 +226,17 @@ def _run_kafka(
             shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
 
 
-def create_topics(brokers: str, pipeline: Pipeline) -> None:
+def check_accounting(pipeline: Pipeline, sent: int, collector: Collector) -> None:
+    """Every packet came out somewhere (or was discarded), and only once unless
+    the wiring fans out."""
+    graph = pipeline.graph
+    if collector.total > sent or (collector.total < sent and not graph.discards):
+        raise RunError(f"{collector.total} distinct packets came out, {sent} went in")
+    if collector.conflicts and not graph.fan_out:
+        raise RunError(f"{collector.conflicts} packets came out of two different ports")
+
+
+def create_topics(brokers: str, pipeline: Pipeline) -> list[str]:
     """Every topic of a pipeline, changelogs included, before any worker starts.
 
     Faust would create the changelogs itself, but a table first written late
@@ -235,10 +244,15 @@ def create_topics(brokers: str, pipeline: Pipeline) -> None:
     metadata for yet and crash the agent (PartitionsMismatch). Created here,
     compacted as Faust makes them, they exist before the first event.
     """
-    admin.ensure_topics(brokers, pipeline.topics())
-    changelogs = pipeline.changelog_topics()
-    compact = {topic: {"cleanup.policy": "compact"} for topic in changelogs}
-    admin.ensure_topics(brokers, changelogs, configs=compact)
+    created: list[str] = []
+    by_replication: dict[int, dict[str, int]] = {}
+    configs: dict[str, dict[str, str]] = {}
+    for topic, spec in pipeline.topic_specs().items():
+        by_replication.setdefault(spec.replication, {})[topic] = spec.partitions
+        configs[topic] = spec.configs
+    for replication, topics in sorted(by_replication.items()):
+        created += admin.ensure_topics(brokers, topics, replication, configs)
+    return created
 
 
 def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> None:
@@ -250,8 +264,43 @@ def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> Non
             console.print(f"wrote {path}")
 
 
+def port_counts(result: RunResult) -> dict[str, tuple[int | None, dict[str, int | None]]]:
+    """Per function: packets in and per packet port out (None where the sink
+    cannot tell, e.g. a port whose only destinations are functions or discard
+    next to another such port)."""
+    pipeline, col = result.pipeline, result.collector
+    terminals = pipeline.terminals()
+    inputs: dict[str, int | None] = {pipeline.graph.entry: result.replay.packets}
+    out: dict[str, tuple[int | None, dict[str, int | None]]] = {}
+    for name in pipeline.graph.order:
+        pf = pipeline.function(name)
+        n_in = inputs.get(name)
+        counts: dict[str, int | None] = {}
+        if result.port_totals is not None:
+            exact = result.port_totals[name]
+            out[name] = (exact.get("in", 0), {p: exact.get(p, 0) for p in pf.cls.ports})
+            continue
+        for port in pf.cls.ports:
+            counts[port] = None
+            for r in pf.routes[port]:
+                key = pf.terminal_key(port, r.dest)
+                if key is not None and r.topic and len(terminals[r.topic]) == 1:
+                    counts[port] = col.count(key)  # the topic's only writer
+        unknown = [p for p, c in counts.items() if c is None]
+        if len(unknown) == 1 and n_in is not None:
+            counts[unknown[0]] = n_in - sum(c or 0 for c in counts.values())
+        out[name] = (n_in, counts)
+        for port, c in counts.items():
+            for r in pf.routes[port]:
+                if r.dest.kind == "function":
+                    t = r.dest.target
+                    prev = inputs.get(t, 0)
+                    inputs[t] = None if c is None or prev is None else prev + c
+    return out
+
+
 def summary_table(result: RunResult) -> Table:
-    """Per function: packets in, passed, dropped by reason."""
+    """Per function: packets in, out per port (and where to), drop reasons, records."""
     col = result.collector
     s = result.replay
     table = Table(
@@ -259,19 +308,26 @@ def summary_table(result: RunResult) -> Table:
         f"{result.processing_seconds:.2f}s ({result.processing_pps:,.0f} pkt/s), "
         f"{result.seconds:.1f}s with start-up"
     )
-    for name in ("function", "in", "pass", "drop", "reasons"):
-        table.add_column(name, justify="left" if name in ("function", "reasons") else "right")
-    n_in = s.packets
-    for pf in result.pipeline.functions:
-        side = [p for p in pf.cls.ports if p != "pass"]
-        dropped = sum(col.count((pf.name, p)) for p in side)
-        reasons = []
-        for p in side:
-            for reason, n in sorted(col.reasons((pf.name, p)).items()):
-                reasons.append(f"{p}:{reason or '-'}={n}")
-        for p in pf.cls.record_ports:
-            reasons.append(f"[cyan]{p}: {len(col.records.get((pf.name, p), {}))} records[/]")
-        table.add_row(pf.name, str(n_in), str(n_in - dropped), str(dropped), " ".join(reasons))
-        n_in -= dropped
+    for name in ("function", "in", "out", "reasons", "records"):
+        table.add_column(name, justify="right" if name == "in" else "left")
+    counts = port_counts(result)
+    for pf in result.pipeline.ordered():
+        n_in, by_port = counts[pf.name]
+        outs, reasons, records = [], [], []
+        for port in pf.cls.ports:
+            dests = ",".join(str(r.dest) for r in pf.routes[port] if r.dest.kind != "port")
+            n = by_port[port]
+            arrow = f"→{dests}" if dests else ""
+            outs.append(f"{port}{arrow} {'?' if n is None else n}")
+            key = pf.terminal_key(port, pf.routes[port][0].dest)
+            if port != "pass" and key is not None:
+                for reason, k in sorted(col.reasons(key).items()):
+                    reasons.append(f"{port}:{reason or '-'}={k}")
+        for port in pf.cls.record_ports:
+            key = pf.terminal_key(port, pf.routes[port][0].dest)
+            n = len(col.records.get(key, {})) if key else 0
+            records.append(f"{port} {n}")
+        cells = ("\n".join(outs), "\n".join(reasons), "\n".join(records))
+        table.add_row(pf.name, "?" if n_in is None else str(n_in), *cells)
     table.add_row("[bold]egress[/]", "", str(col.count(EGRESS)), "", "")
     return table

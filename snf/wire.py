@@ -132,14 +132,17 @@ def decode(message: bytes) -> PacketBatch:
 class Flush:
     """End of input: flush what is pending, then pass the marker on.
 
-    A partition acts on the `expected`-th marker of one flush_id: one per
-    upstream partition that can send it packets (1 when batches keep their
-    partition, all N after a re-keying hop).
+    A partition acts once it has markers of one flush_id from `expected`
+    distinct origins: one per upstream partition that can send it packets
+    (1 when batches keep their partition, all N after a re-keying hop). The
+    origin ("<function>/<partition>", "" from a capture agent) makes a marker
+    re-sent after a crash count once.
     """
 
     flush_id: str
     end_ts_ns: int
     expected: int = 1
+    origin: str = ""
 
 
 @dataclass
@@ -148,15 +151,18 @@ class RecordBlock:
 
     records: list[dict[str, Any]] = field(default_factory=list)
     end: str = ""  # the flush id when this block is the partition's last after a flush
+    origin: str = ""  # "<function>/<partition>" on an end block
 
 
 def encode_flush(flush: Flush) -> bytes:
     body = {"flush": flush.flush_id, "end_ts_ns": flush.end_ts_ns, "expected": flush.expected}
+    if flush.origin:
+        body["origin"] = flush.origin
     return CONTROL_MAGIC + json.dumps(body).encode()
 
 
 def encode_record_blocks(
-    records: list[dict[str, Any]], end: str = "", max_bytes: int = 512 * 1024
+    records: list[dict[str, Any]], end: str = "", max_bytes: int = 512 * 1024, origin: str = ""
 ) -> list[bytes]:
     """Records as messages of at most ~max_bytes each (a flush can hold many
     thousands); `end` goes on the last one only. Always at least one message."""
@@ -166,16 +172,17 @@ def encode_record_blocks(
     for record in records:
         text = json.dumps(record)
         if chunk and size + len(text) > max_bytes:
-            messages.append(_block(chunk, ""))
+            messages.append(_block(chunk, "", ""))
             chunk, size = [], 0
         chunk.append(text)
         size += len(text) + 1
-    messages.append(_block(chunk, end))
+    messages.append(_block(chunk, end, origin))
     return messages
 
 
-def _block(texts: list[str], end: str) -> bytes:
-    body = '{"records": [' + ", ".join(texts) + "], " + '"end": ' + json.dumps(end) + "}"
+def _block(texts: list[str], end: str, origin: str) -> bytes:
+    tail = f', "origin": {json.dumps(origin)}' if origin else ""
+    body = '{"records": [' + ", ".join(texts) + '], "end": ' + json.dumps(end) + tail + "}"
     return RECORDS_MAGIC + body.encode()
 
 
@@ -195,7 +202,12 @@ def decode_any(message: bytes) -> PacketBatch | Flush | RecordBlock:
     if magic == CONTROL_MAGIC:
         body = _json(message, "control")
         try:
-            return Flush(str(body["flush"]), int(body["end_ts_ns"]), int(body["expected"]))
+            return Flush(
+                str(body["flush"]),
+                int(body["end_ts_ns"]),
+                int(body["expected"]),
+                str(body.get("origin", "")),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise WireError(f"bad control message: {exc!r}") from None
     if magic == RECORDS_MAGIC:
@@ -203,5 +215,5 @@ def decode_any(message: bytes) -> PacketBatch | Flush | RecordBlock:
         records = body.get("records")
         if not isinstance(records, list):
             raise WireError("records message without a records list")
-        return RecordBlock(records, str(body.get("end", "")))
+        return RecordBlock(records, str(body.get("end", "")), str(body.get("origin", "")))
     return decode(message)

@@ -64,6 +64,7 @@ def start_worker(
     *,
     name: str | None = None,
     loglevel: str = "info",
+    private: bool = False,
 ) -> WorkerProcess:
     """Start `snf worker` for one instance; its RocksDB lives in its own datadir."""
     datadir = rundir / f"{function}-{instance}"
@@ -85,6 +86,8 @@ def start_worker(
     ]
     if name:
         cmd += ["--name", name]
+    if private:
+        cmd.append("--private-topics")
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             cmd,

@@ -7,9 +7,12 @@ backed by the changelog topic "<app id>-<table>-changelog". A table write
 goes to the changelog partition of the event being processed, which is the
 partition the batch came from: that is why every input is partitioned by
 the function's key (docs/ARCHITECTURE.md, "Partitioning across functions").
-The `pass` output goes through the stage's StageRouter (snf.routing), which
-keeps the batch on its partition unless the next function's key moves some
-packets; side ports and record ports stay on the event's partition.
+Links to other functions go through that function's StageRouter
+(snf.routing), which keeps the batch on its partition unless the next
+function's key moves some packets; terminal ports stay on the event's
+partition. The worker writes assignment.json and stats.json into its
+datadir for the supervisor and `snf status`, and with --health-port serves
+/livez and /readyz for container probes.
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from faust.streams import current_event
 from snf import wire
 from snf.engine import FunctionEngine, StageOutput
 from snf.pipeline import Pipeline
-from snf.routing import chain, deliveries, flush_expected, stage_router
+from snf.routing import deliveries, plan_pipeline
+from snf.runtime.health import start_health_server
+from snf.runtime.stats import STATS_FILE, WorkerStats
 from snf.state import BatchState
 
 __all__ = ["FaustTableStore", "create_app", "run_worker"]
 
 log = logging.getLogger("snf.worker")
 ASSIGNMENT_FILE = "assignment.json"
+STATS_INTERVAL = 2.0  # seconds between stats.json snapshots (snf status reads them)
 
 
 class FaustTableStore:
@@ -71,21 +77,19 @@ def create_app(
     brokers: str,
     datadir: Path,
     *,
-    standby_replicas: int = 0,
-    replication: int = 1,
-    processing_guarantee: str = "at_least_once",
+    health_port: int | None = None,
 ) -> faust.App:
     pf = pipeline.function(function_name)
-    n = pipeline.partitions
+    n = pf.partitions
     app = faust.App(
         pf.group_id,
         broker=",".join(f"kafka://{b}" for b in brokers.split(",")),
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=n,
-        topic_replication_factor=replication,
-        table_standby_replicas=standby_replicas,
-        processing_guarantee=processing_guarantee,
+        topic_replication_factor=pf.replication,
+        table_standby_replicas=pf.standby_replicas,
+        processing_guarantee=pf.processing_guarantee,
         consumer_auto_offset_reset="earliest",
         web_enabled=False,
         # A killed worker's partitions move once its session expires: keep that short.
@@ -96,43 +100,64 @@ def create_app(
     )
     source = app.topic(pf.input_topic, key_serializer="raw", value_serializer="raw", partitions=n)
     outputs = {
-        port: app.topic(topic, key_serializer="raw", value_serializer="raw", partitions=n)
-        for port, topic in pf.port_topics.items()
+        r.topic: app.topic(
+            r.topic, key_serializer="raw", value_serializer="raw", partitions=r.partitions
+        )
+        for routes in pf.routes.values()
+        for r in routes
+        if r.topic is not None
     }
     tables = {
         name: app.Table(name, partitions=n, key_type=bytes, default=None)
         for name in pf.state_tables
     }
-    stage = pipeline.functions.index(pf)
-    functions, hops = chain(pipeline)
-    engine = FunctionEngine(functions[stage])
-    router = stage_router(hops, stage, n)
+    plan = plan_pipeline(pipeline)
+    engine = FunctionEngine(plan.cores[pf.name])
+    routers = plan.routers(pf.name)
+    expected = plan.flush_expected(pf.name)
     stores = {name: FaustTableStore(t) for name, t in tables.items()}
+    stats = WorkerStats(datadir / STATS_FILE, engine.counters)
 
     async def send_records(out: StageOutput, partition: int, end: str = "") -> None:
         ports = pf.cls.record_ports if end else out.records
+        origin = f"{pf.name}/{partition}" if end else ""
         for port in ports:
-            for message in wire.encode_record_blocks(out.records.get(port, []), end=end):
-                await outputs[port].send(value=message, partition=partition)
+            for route in pf.routes[port]:
+                if route.topic is None:
+                    continue
+                blocks = wire.encode_record_blocks(
+                    out.records.get(port, []), end=end, origin=origin
+                )
+                for message in blocks:
+                    await outputs[route.topic].send(
+                        value=message, partition=partition % route.partitions
+                    )
 
     async def on_flush(flush: wire.Flush, partition: int) -> None:
+        # The topology, not the sender, knows how many origins feed this partition.
+        flush = wire.Flush(flush.flush_id, flush.end_ts_ns, expected, flush.origin)
         out = engine.control(flush, partition, BatchState(stores))
         if out is None:
             return  # more markers to come from other upstream partitions
         await send_records(out, partition, end=flush.flush_id)
-        if router is not None:  # pass the marker on, after this partition's packets
-            forward = wire.Flush(flush.flush_id, flush.end_ts_ns, flush_expected(router.hop, n))
-            targets = [partition] if forward.expected == 1 else range(n)
+        # Pass the marker on, after this partition's packets, to every packet destination.
+        marker = wire.encode_flush(
+            wire.Flush(flush.flush_id, flush.end_ts_ns, 1, f"{pf.name}/{partition}")
+        )
+        for topic, targets in plan.marker_targets(pf.name, partition):
             for p in targets:
-                await outputs["pass"].send(value=wire.encode_flush(forward), partition=p)
+                await outputs[topic].send(value=marker, partition=p)
 
     async def on_event(msg: wire.PacketBatch | wire.Flush, partition: int) -> None:
         if isinstance(msg, wire.Flush):
             await on_flush(msg, partition)
             return
         out = engine.handle(msg, BatchState(stores))
-        for port, p, batch in deliveries(out, partition, router):
-            await outputs[port].send(value=wire.encode(batch), partition=p)
+        sent = 0
+        for _port, route, p, batch in deliveries(out, partition, pf, routers):
+            await outputs[route.topic].send(value=wire.encode(batch), partition=p)
+            sent += len(batch)
+        engine.counters["out"] += sent
         if out.records:
             await send_records(out, partition)
 
@@ -181,6 +206,24 @@ def create_app(
         if engine.counters:
             log.info("%s counters %s", pf.name, dict(engine.counters))
 
+    @app.timer(STATS_INTERVAL)
+    async def write_stats() -> None:
+        stats.write(
+            assigned=sorted(
+                tp.partition for tp in app.consumer.assignment() if tp.topic == pf.input_topic
+            )
+        )
+
+    if health_port is not None:
+
+        @app.task
+        async def serve_health() -> None:
+            # Ready once the first rebalance gave this worker its partitions.
+            def ready() -> bool:
+                return (datadir / ASSIGNMENT_FILE).exists() and not app.rebalancing
+
+            app._snf_health = await start_health_server(health_port, ready)  # kept alive
+
     return app
 
 
@@ -191,10 +234,11 @@ def run_worker(
     datadir: Path,
     *,
     loglevel: str = "info",
-    **settings: Any,
+    health_port: int | None = None,
 ) -> None:
     """Run one worker until SIGTERM/SIGINT (blocks)."""
     datadir.mkdir(parents=True, exist_ok=True)
-    app = create_app(pipeline, function_name, brokers, datadir, **settings)
+    (datadir / ASSIGNMENT_FILE).unlink(missing_ok=True)  # a restart is not ready yet
+    app = create_app(pipeline, function_name, brokers, datadir, health_port=health_port)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -16,11 +16,13 @@ pytestmark = pytest.mark.integration
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 
 
-@pytest.mark.parametrize("name", ["edge", "monitoring"])
+@pytest.mark.parametrize(
+    ("name", "capture"), [("edge", "edge"), ("monitoring", "monitoring"), ("tap", "monitoring")]
+)
 def test_example_pipeline_kafka_equals_local(
-    kafka_bootstrap: str, tmp_path: Path, name: str
+    kafka_bootstrap: str, tmp_path: Path, name: str, capture: str
 ) -> None:
-    capture = PIPELINES / "captures" / f"{name}.pcapng"
-    result, files = run_both(PIPELINES / f"{name}.yaml", kafka_bootstrap, tmp_path, [capture])
+    path = PIPELINES / "captures" / f"{capture}.pcapng"
+    result, files = run_both(PIPELINES / f"{name}.yaml", kafka_bootstrap, tmp_path, [path])
     assert result.replay.packets > 1000
     assert "flows.flows.jsonl" in files

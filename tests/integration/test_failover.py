@@ -113,7 +113,7 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
         publisher.close()
         collector = Collector()
         sink = KafkaSink(brokers, run.sink_topics())
-        assert sink.collect(collector, len(syns), timeout=60)
+        assert sink.collect(collector, 60, packets=len(syns))
         assert collector.count(EGRESS) == len(syns)  # the rule allows every SYN
 
         changelog = names.changelog_topic(run.name, "fw", "conn")
@@ -139,7 +139,7 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
         replay([part2], run.partitions, publisher, quiet)
         publisher.close()
         expected = len(syns) + len(synacks) + len(strangers)
-        assert sink.collect(collector, expected, timeout=90), collector.total
+        assert sink.collect(collector, 90, packets=expected), collector.total
         sink.close()
 
         passed = collector.packets[EGRESS]

@@ -25,7 +25,7 @@ from snf.local import LocalPipeline
 from snf.pcapng import PcapngWriter
 from snf.pipeline import Pipeline, load_pipeline
 from snf.replay import ReplayOptions, replay
-from snf.routing import chain
+from snf.routing import plan_pipeline
 from snf.run import create_topics
 from snf.sink import KafkaSink
 from snf.wire import Flush
@@ -170,18 +170,17 @@ def test_successor_restores_state_from_the_changelog(
 
     run = pipeline.renamed(f"fo-{kind[:6]}-{int(time.time() * 1000) % 10**8}")
     create_topics(brokers, run)
-    keyers = chain(run)[1][0].keyers
+    keyers = plan_pipeline(run).ingress_hop.keyers
     fn = run.functions[0]
     workers = [start_worker(path, "f", 0, brokers, tmp_path / "a", name=run.name)]
-    sink = KafkaSink(brokers, run.sink_topics(), run.record_topics())
+    sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
     try:
         got = Collector()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         opts1 = ReplayOptions(progress=False, source_id=1)
         s1 = replay([part1], run.partitions, publisher, opts1, keyers=keyers)
         publisher.close()
-        sink.ended = {t: {0, 1, 2, 3} for t in sink.ended}  # no flush yet: packets only
-        assert sink.collect(got, n1, timeout=60)
+        assert sink.collect(got, 60, packets=n1)
         _wait(
             lambda: (
                 sum(_changelog_keys(brokers, t) for t in fn.changelog_topics.values()) > 0
@@ -204,8 +203,7 @@ def test_successor_restores_state_from_the_changelog(
         s2 = replay([part2], run.partitions, publisher, opts2, keyers=keyers)
         publisher.flush_all(Flush("end", max(s1.last_ts_ns, s2.last_ts_ns)), run.partitions)
         publisher.close()
-        sink.ended = {t: set() for t in sink.ended}
-        assert sink.collect(got, n1 + n2, timeout=90), got.total
+        assert sink.collect(got, 90, packets=n1 + n2, flush_id="end"), got.total
         _same(got, ref)
         assert got.conflicts == 0
     finally:

@@ -133,7 +133,7 @@ def test_run_local_chain_reports_every_port_and_record(
     argv = ["run", str(pipeline), str(capture), "--local", "--events", str(events)]
     assert main([*argv, "--json", str(summary), "--no-progress"]) == 0
     table = capsys.readouterr().err
-    assert "alerts: 47 records" in table and "exceed:rate=" in table
+    assert "alerts 47" in table and "exceed:rate=" in table
 
     result = json.loads(summary.read_text())
     functions = result["functions"]

@@ -40,14 +40,15 @@ def test_duplicates_are_dropped_and_counted() -> None:
     assert (col.total, col.count(EGRESS), col.duplicates, col.conflicts) == (6, 6, 3, 0)
 
 
-def test_same_id_on_two_ports_is_a_conflict_and_first_port_wins() -> None:
+def test_same_id_on_two_terminals_is_a_conflict_kept_on_both() -> None:
+    # Fan-out legitimately sends one id to two terminals; each keeps its copy.
     col = Collector()
     col.add(EGRESS, _batch([_row(SRC_A, 1), _row(SRC_A, 2)]))
     col.add(DROP, _batch([_row(SRC_A, 2, "default"), _row(SRC_A, 3, "default")]))
     col.add(DROP, _batch([_row(SRC_A, 3, "default")]))  # a plain duplicate, same port
     assert col.conflicts == 1
-    assert col.duplicates == 2
-    assert col.count(EGRESS) == 2 and col.count(DROP) == 1
+    assert col.duplicates == 1
+    assert col.count(EGRESS) == 2 and col.count(DROP) == 2
     assert col.total == 3
 
 

@@ -64,7 +64,8 @@ def _in(addr: bytes, net: str) -> bool:
 def test_edge_batches_are_never_split_between_stages(edge: LocalPipeline) -> None:
     hops = [h.mode for h in edge.hops]
     assert hops == ["key", "key", "key", "keep"]
-    assert [r.split_batches for r in edge.routers if r is not None] == [0, 0, 0]
+    routers = [r for by_dest in edge.routers.values() for r in by_dest.values()]
+    assert [r.split_batches for r in routers] == [0, 0, 0]
 
 
 def test_edge_drops_only_what_it_should(edge: LocalPipeline) -> None:

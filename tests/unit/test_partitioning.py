@@ -40,7 +40,7 @@ def run(local: LocalPipeline, captures: list[Path]) -> LocalPipeline:
 def split_keys(local: LocalPipeline) -> list[tuple[str, str, bytes]]:
     """(function, table, key) found on more than one partition."""
     found = []
-    for name, stores in zip(local.names, local.stores, strict=True):
+    for name, stores in local.stores.items():
         for table in stores[0]:
             if table == CONTROL_TABLE:
                 continue  # one flush count per partition, by design
@@ -61,7 +61,7 @@ def test_example_chains_never_split_state(pipeline: str) -> None:
     capture = ROOT / "pipelines" / "captures" / f"{name}.pcapng"
     captures = [capture] if capture.exists() else sorted(traffic_dir().glob("*.pcap"))
     local = run(LocalPipeline(load_pipeline(ROOT / "pipelines" / pipeline)), captures)
-    assert sum(len(s[t].data) for stores in local.stores for s in stores for t in s) > 0
+    assert sum(len(s[t].data) for stores in local.stores.values() for s in stores for t in s) > 0
     assert split_keys(local) == []
 
 

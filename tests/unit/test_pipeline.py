@@ -167,11 +167,11 @@ def test_two_function_chain_wiring() -> None:
     f1, f2 = pipeline.functions
     assert f1.input_topic == "snf.p.ingress"
     assert f1.port_topics == {
-        "pass": "snf.p.f1.pass",
+        "pass": "snf.p.f2.in",  # the next function's input topic
         "drop": "snf.p.f1.drop",
         "alerts": "snf.p.f1.alerts",
     }
-    assert f2.input_topic == "snf.p.f1.pass"
+    assert f2.input_topic == "snf.p.f2.in" and f2.inputs == (("f1", "pass"),)
     assert f2.port_topics["pass"] == "snf.p.egress"
     assert f2.group_id == "snf.p.f2"
     assert f2.changelog_topics == {
@@ -184,17 +184,17 @@ def test_three_function_chain_topics() -> None:
     pipeline = parse_pipeline(chain("f1", "f2", "f3", partitions=8))
     assert [f.input_topic for f in pipeline.functions] == [
         "snf.p.ingress",
-        "snf.p.f1.pass",
-        "snf.p.f2.pass",
+        "snf.p.f2.in",
+        "snf.p.f3.in",
     ]
     topics = pipeline.topics()
     assert set(topics.values()) == {8}
     assert set(topics) == {
         "snf.p.ingress",
         "snf.p.egress",
-        *(f"snf.p.{f}.{port}" for f in ("f1", "f2") for port in ("pass", "drop", "alerts")),
-        "snf.p.f3.drop",
-        "snf.p.f3.alerts",
+        "snf.p.f2.in",
+        "snf.p.f3.in",
+        *(f"snf.p.{f}.{port}" for f in ("f1", "f2", "f3") for port in ("drop", "alerts")),
     }
     assert pipeline.changelog_topics() == {
         f"snf.p.{f}-{t}-changelog": 8 for f in ("f1", "f2", "f3") for t in ("flows", "control")
@@ -203,7 +203,7 @@ def test_three_function_chain_topics() -> None:
 
 def test_function_lookup() -> None:
     pipeline: Pipeline = parse_pipeline(chain("f1", "f2"))
-    assert pipeline.function("f2").upstream == "f1"
+    assert pipeline.function("f2").inputs == (("f1", "pass"),)
     with pytest.raises(ConfigError, match="no function 'f9'"):
         pipeline.function("f9")
 
@@ -234,7 +234,8 @@ def test_message_starts_with_file_name() -> None:
 def test_unknown_top_level_field() -> None:
     p = only(chain("f1") + "partition: 3\n")
     assert (p.line, p.path) == (5, "partition")
-    assert p.message.startswith("unknown field (allowed: name, partitions, functions)")
+    allowed = "name, partitions, replication, functions, wiring"
+    assert p.message.startswith(f"unknown field (allowed: {allowed})")
     assert "did you mean 'partitions'?" in p.message
 
 

@@ -17,7 +17,7 @@ from snf.collect import Collector
 from snf.engine import FunctionEngine
 from snf.function import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
 from snf.headers import Headers
-from snf.routing import Hop, StageRouter, flush_expected, plan
+from snf.routing import Hop, StageRouter, plan
 from snf.state import CONTROL_TABLE, BatchState
 from tests.packets import tcp4, udp4
 
@@ -77,11 +77,6 @@ def test_plan(chain: list[str], expected: list[str]) -> None:
         Fake("custom" if k.startswith("custom") else k, consistent=k != "custom") for k in chain
     ]
     assert modes(plan(functions), functions) == expected
-
-
-def test_flush_markers_expected_per_partition() -> None:
-    assert flush_expected(Hop("keep"), 8) == 1  # only the same partition upstream sends
-    assert flush_expected(Hop("flow"), 8) == 8  # every upstream partition may send
 
 
 def _batch(n: int) -> PacketBatch:
@@ -209,7 +204,7 @@ def test_engine_flushes_once_on_the_last_expected_marker() -> None:
     out = engine.control(marker, 1, BatchState(stores))
     assert out is not None and out.records == {"flows": [{"ts_ns": 99, "partition": 1}]}
     # The count is state (a restarted worker keeps it): a replayed marker does not flush again.
-    assert stores[CONTROL_TABLE].data == {b"flush:run": 3}
+    assert stores[CONTROL_TABLE].data == {b"flush:run": ["#0", "#1", "#2"]}
     assert engine.control(marker, 1, BatchState(stores)) is None
 
 
