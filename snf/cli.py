@@ -99,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("replay", help="publish a capture to a pipeline's ingress topic")
     rp.add_argument("captures", type=Path, nargs="+")
     rp.add_argument(
-        "--pipeline", required=True, help="pipeline file, or the name of a pipeline in ./pipelines/"
+        "--pipeline",
+        required=True,
+        help="pipeline file, a deployed pipeline's name, or a name in ./pipelines/",
     )
     rp.add_argument(
         "--flush",
@@ -137,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     wk.add_argument("--datadir", type=Path, required=True)
     wk.add_argument("--name", help="pipeline instance name (default: the file's)")
     wk.add_argument(
+        "--base-dir", type=Path, help="resolve relative paths in configs here (default: the file's)"
+    )
+    wk.add_argument(
         "--private-topics",
         action="store_true",
         help="external topics (topic:NAME) get instance names too (one-shot runs)",
@@ -146,6 +151,9 @@ def _parser() -> argparse.ArgumentParser:
         "--health-port", type=int, help="serve GET /livez and /readyz on this port (probes)"
     )
     _add_brokers(wk)
+    from snf.cli_deploy import add_parsers
+
+    add_parsers(sub, _add_brokers)
     return parser
 
 
@@ -189,17 +197,8 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
-def _resolve_pipeline_file(ref: str) -> Path:
-    path = Path(ref)
-    if path.exists():
-        return path
-    candidate = Path("pipelines") / f"{ref}.yaml"
-    if candidate.exists():
-        return candidate
-    raise ConfigError(f"no pipeline file {ref!r} (nor pipelines/{ref}.yaml)")
-
-
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from snf.cli_deploy import pipeline_file
     from snf.kafka import cluster
     from snf.kafka.publisher import KafkaPublisher
     from snf.pipeline import load_pipeline
@@ -207,7 +206,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.routing import plan_pipeline
     from snf.wire import Flush
 
-    pipeline = load_pipeline(_resolve_pipeline_file(args.pipeline))
+    pipeline = load_pipeline(pipeline_file(args.pipeline))
     brokers = cluster.resolve_brokers(args.brokers)
     if brokers is None:
         raise SnfError("no Kafka cluster configured: run `snf kafka up`, or pass --brokers")
@@ -293,7 +292,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     from snf.pipeline import load_pipeline
     from snf.runtime.faust_app import run_worker
 
-    pipeline = load_pipeline(args.pipeline)
+    pipeline = load_pipeline(args.pipeline, base_dir=args.base_dir)
     if args.name or args.private_topics:
         pipeline = pipeline.renamed(args.name or pipeline.name, private=args.private_topics)
     brokers = cluster.resolve_brokers(args.brokers)
@@ -336,6 +335,9 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from snf.cli_deploy import COMMANDS as DEPLOY_COMMANDS
+
+    COMMANDS.update(DEPLOY_COMMANDS)
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,

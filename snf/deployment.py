@@ -84,6 +84,8 @@ class Deployment:
     autoscale: bool = False
     functions: dict[str, FunctionTarget] = field(default_factory=dict)
     generation: int = 1  # bumped by every redeploy
+    base_dir: str = ""  # where the original file was: its relative paths (rules_file) resolve here
+    private: bool = False  # a one-shot run: topic:NAME gets a name of the run's own
 
 
 @dataclass

@@ -427,20 +427,22 @@ class Pipeline:
         }
 
 
-def load_pipeline(path: str | Path) -> Pipeline:
+def load_pipeline(path: str | Path, base_dir: Path | None = None) -> Pipeline:
+    """Load and validate a file; relative paths in configs resolve against
+    `base_dir` (default: the file's directory)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
-    return _build(text, str(path), path)
+    return _build(text, str(path), path, base_dir)
 
 
 def parse_pipeline(text: str, source: str = "<string>") -> Pipeline:
     return _build(text, source, None)
 
 
-def _build(text: str, source: str, path: Path | None) -> Pipeline:
+def _build(text: str, source: str, path: Path | None, base_dir: Path | None = None) -> Pipeline:
     loader = YamlLoader(text)
     try:
         root = loader.get_single_node()
@@ -465,7 +467,8 @@ def _build(text: str, source: str, path: Path | None) -> Pipeline:
     # Check each function on the raw data too, so its problems show even if the spec fails.
     raw = data.get("functions") if isinstance(data, dict) else None
     raw = raw if isinstance(raw, list) else []
-    base_dir = path.parent if path is not None else Path.cwd()
+    if base_dir is None:
+        base_dir = path.parent if path is not None else Path.cwd()
     wired = isinstance(data, dict) and "wiring" in data
     steps = [
         _check_function(report, i, item, len(raw), base_dir, wired) for i, item in enumerate(raw)

@@ -45,7 +45,16 @@ class Timings:
 
 
 def default_starter(dep: Deployment, target: FunctionTarget, i: int, rundir: Path) -> WorkerProcess:
-    return start_worker(dep.pipeline_file, target.name, i, dep.brokers, rundir, name=dep.pipeline)
+    return start_worker(
+        dep.pipeline_file,
+        target.name,
+        i,
+        dep.brokers,
+        rundir,
+        name=dep.pipeline,
+        private=dep.private,
+        base_dir=Path(dep.base_dir) if dep.base_dir else None,
+    )
 
 
 class Supervisor:

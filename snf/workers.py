@@ -65,6 +65,7 @@ def start_worker(
     name: str | None = None,
     loglevel: str = "info",
     private: bool = False,
+    base_dir: Path | None = None,
 ) -> WorkerProcess:
     """Start `snf worker` for one instance; its RocksDB lives in its own datadir."""
     datadir = rundir / f"{function}-{instance}"
@@ -88,6 +89,8 @@ def start_worker(
         cmd += ["--name", name]
     if private:
         cmd.append("--private-topics")
+    if base_dir is not None:
+        cmd += ["--base-dir", str(base_dir)]
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
             cmd,

@@ -17,10 +17,12 @@ datadir for the supervisor and `snf status`, and with --health-port serves
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -161,10 +163,23 @@ def create_app(
         if out.records:
             await send_records(out, partition)
 
+    busy = asyncio.Event()  # set while an event is being processed
+    done: dict[int, int] = {}  # input partition -> last offset this process handled
+
     @app.agent(source, name=f"{pf.name}-agent")
     async def process(stream: Any) -> None:
         async for event in stream.events():
-            partition = event.message.partition
+            busy.set()
+            partition, offset = event.message.partition, event.message.offset
+            if offset <= done.get(partition, -1):
+                # Delivered again to the process that handled it: after a rebalance
+                # Faust seeks kept partitions back to the last commit, and a fetch
+                # in flight across that seek delivers twice. Handling it again
+                # would apply its state effects twice and re-emit its outputs.
+                engine.counters["redelivered"] += 1
+                event.ack()
+                busy.clear()
+                continue
             try:
                 msg = wire.decode_any(event.value)
                 if isinstance(msg, wire.RecordBlock):
@@ -189,6 +204,52 @@ def create_app(
                 # so a restarted worker picks up exactly here.
                 log.critical("%s: unrecoverable error; exiting", pf.name, exc_info=True)
                 os._exit(70)  # EX_SOFTWARE; Faust would otherwise keep a dead agent
+            # Acked now, not when the next event arrives: a drain commits it.
+            done[partition] = offset
+            event.ack()
+            busy.clear()
+
+    async def drain(timeout: float = 15.0) -> None:
+        """A planned stop (scale-in, undeploy, rolling restart, pod eviction): finish
+        the event in hand, take no other, commit, and only then leave the group.
+        Faust's own stop commits only what was acked before it cancels the agent,
+        so the successor would redo (and re-emit) the last events."""
+        consumer = app.consumer
+        consumer.stop_flow()
+        app.flow_control.suspend()
+        consumer.pause_partitions(consumer.assignment())
+        deadline = time.monotonic() + timeout
+        while busy.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await commit_everything()
+        log.info("%s drained and committed; stopping", pf.name)
+
+    async def commit_everything() -> None:
+        # Consumer.commit() returns without committing when a periodic commit is
+        # in flight, and that one may predate the latest acks: wait for it, then
+        # commit what is acked now.
+        consumer = app.consumer
+        await consumer.maybe_wait_for_commit_to_finish()
+        await consumer.force_commit()
+
+    @app.on_partitions_revoked.connect
+    async def commit_on_revoke(sender: Any, revoked: Any, **_: Any) -> None:
+        # After a rebalance Faust seeks every assigned partition, kept ones too, to
+        # its committed offset: anything processed but not committed would run twice.
+        await commit_everything()
+
+    @app.task
+    async def graceful_stop() -> None:
+        # Runs after Faust's worker installed its handlers, so this one wins.
+        loop = asyncio.get_running_loop()
+
+        async def stop() -> None:
+            try:
+                await drain()
+            finally:
+                os.kill(os.getpid(), signal.SIGINT)  # then Faust's own shutdown
+
+        loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(stop()))
 
     @app.on_rebalance_complete.connect
     async def record_assignment(sender: Any, **_: Any) -> None:
