@@ -116,9 +116,9 @@ def test_deployed_pipeline_scales_restarts_and_matches_local(
         while True:
             fw = _status(name, capsys)["functions"]["fw"]
             inst = fw["instances"][0]
-            if inst["pid"] not in (None, victim) and inst["state"] == "running":
-                if inst["partitions"] == [0, 1, 2, 3]:
-                    break
+            restarted = inst["pid"] not in (None, victim) and inst["state"] == "running"
+            if restarted and inst["partitions"] == [0, 1, 2, 3]:
+                break
             assert time.monotonic() < deadline, fw
             time.sleep(0.5)
         assert fw["restarts"] == 1
