@@ -106,6 +106,12 @@ def add_parsers(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
     sv = sub.add_parser("supervise", help="(internal) run a deployment's supervisor")
     sv.add_argument("directory", type=Path)
 
+    sm = sub.add_parser("schema", help="print the JSON Schema of pipeline files")
+    sm.add_argument("--out", type=Path, help="write it here instead")
+    sm.add_argument(
+        "--builtin", action="store_true", help="built-in function types only (the shipped file)"
+    )
+
     rd = sub.add_parser("render", help="write manifests for other platforms")
     rsub = rd.add_subparsers(dest="render_target", required=True)
     k8s = rsub.add_parser("k8s", help="Kubernetes: Deployments, ConfigMap, Job, KEDA")
@@ -262,6 +268,18 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
     return supervise(args.directory)
 
 
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from snf.schema import builtin_types, pipeline_schema, schema_json, write_schema
+
+    types = builtin_types() if args.builtin else None  # None: plugins too
+    if args.out:
+        write_schema(args.out, types)
+        console.print(f"wrote {args.out}")
+    else:
+        print(schema_json(pipeline_schema(types)), end="")
+    return 0
+
+
 def _cmd_render(args: argparse.Namespace) -> int:
     from snf import k8s
     from snf.pipeline import load_pipeline
@@ -292,4 +310,5 @@ COMMANDS = {
     "sink": _cmd_sink,
     "supervise": _cmd_supervise,
     "render": _cmd_render,
+    "schema": _cmd_schema,
 }

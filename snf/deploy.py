@@ -168,7 +168,13 @@ _DEFAULTS = {"cleanup.policy": "delete", "min.insync.replicas": "1"}
 
 
 def apply_topics(p: Plan) -> list[str]:
-    """Create the missing topics; refuse partition changes; return the names created."""
+    """Create the missing topics; refuse partition changes; return the names created.
+
+    Changelogs too: Faust would create them itself, but a table first written
+    late (the control table, at a flush) can meet a changelog its client has
+    no metadata for yet and crash the agent (PartitionsMismatch). Created
+    here, compacted as Faust makes them, they exist before the first event.
+    """
     if p.refused:
         lines = "\n".join(f"  {t.topic}: {', '.join(t.differences)}" for t in p.refused)
         raise DeployError(
@@ -340,7 +346,9 @@ def scale(dep_dir: Path, function: str, n: int, wait: float | None = 120.0) -> D
     return dep
 
 
-def undeploy(dep_dir: Path, delete_topics: bool = False, timeout: float = 60.0) -> list[str]:
+def undeploy(
+    dep_dir: Path, delete_topics: bool = False, timeout: float = 60.0, keep_directory: bool = False
+) -> list[str]:
     """Stop the supervisor (it stops the workers); delete topics only when asked."""
     dep = dp.load(dep_dir)
     pid = dp.read_pid(dep_dir)
@@ -357,7 +365,8 @@ def undeploy(dep_dir: Path, delete_topics: bool = False, timeout: float = 60.0) 
         topics = [t for t, s in pipeline.topic_specs().items() if _owned(pipeline, t)]
         leaders = [names.leader_topic(pipeline.name, f.name) for f in pipeline.functions]
         deleted = admin.delete_topics(dep.brokers, [*topics, *leaders])
-    shutil.rmtree(dep_dir, ignore_errors=True)
+    if not keep_directory:
+        shutil.rmtree(dep_dir, ignore_errors=True)
     return deleted
 
 

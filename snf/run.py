@@ -30,10 +30,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from snf import names
+from snf import deployment as dp
 from snf.collect import EGRESS, Collector
+from snf.deploy import apply_topics, deploy, plan, undeploy, wait_assigned
 from snf.errors import SnfError
-from snf.kafka import admin, cluster
+from snf.kafka import cluster
 from snf.kafka.publisher import KafkaPublisher
 from snf.local import LocalPipeline
 from snf.pipeline import Pipeline, load_pipeline
@@ -41,12 +42,7 @@ from snf.replay import ReplayOptions, ReplaySummary, check_captures, replay
 from snf.routing import plan_pipeline
 from snf.sink import KafkaSink
 from snf.wire import Flush
-from snf.workers import (
-    WorkerProcess,
-    start_worker,
-    wait_all_stopped,
-    wait_assigned,
-)
+from snf.workers import log_tail
 
 __all__ = [
     "RunError",
@@ -140,28 +136,15 @@ def _run_kafka(
         started_cluster = True
     run = pipeline.renamed(_run_name(pipeline.name), private=True)
     rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-{run.name}-"))
-    workers: list[WorkerProcess] = []
+    deployed = False
     succeeded = False
     try:
-        create_topics(brokers, run)
-        for pf in run.functions:
-            for i in range(pf.instances):
-                workers.append(
-                    start_worker(
-                        pipeline_path,
-                        pf.name,
-                        i,
-                        brokers,
-                        rundir,
-                        name=run.name,
-                        loglevel=opts.loglevel,
-                        private=True,
-                    )
-                )
-        console.print(
-            f"run [bold]{run.name}[/] on {brokers}: {len(workers)} worker(s), logs in {rundir}"
-        )
-        wait_assigned(workers, run.partitions)
+        # A run is a deployment of its own: same topics, supervisor and workers.
+        deploy(pipeline_path, brokers, name=run.name, private=True, directory=rundir, wait=None)
+        deployed = True
+        n = sum(pf.instances for pf in run.functions)
+        console.print(f"run [bold]{run.name}[/] on {brokers}: {n} worker(s), logs in {rundir}")
+        wait_assigned(rundir, run, 90.0)
         processing_started = time.perf_counter()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
@@ -176,8 +159,7 @@ def _run_kafka(
         sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
 
         def check() -> None:
-            for w in workers:
-                w.check()
+            crashing(rundir)
 
         progress = Progress(
             TextColumn("sink  "),
@@ -213,17 +195,28 @@ def _run_kafka(
             run, summary, collector, done - started, "kafka", done - processing_started
         )
     finally:
-        wait_all_stopped(workers)
-        if not opts.keep:
+        if deployed:
             try:
-                internal = [names.leader_topic(run.name, f.name) for f in run.functions]
-                admin.delete_topics(brokers, [*run.topics(), *run.changelog_topics(), *internal])
+                undeploy(rundir, delete_topics=not opts.keep, keep_directory=True)
             except SnfError as exc:
                 log.warning("could not delete the run's topics: %s", exc)
         if started_cluster and not opts.keep:
             cluster.down()
         if succeeded and opts.rundir is None and not opts.keep:
             shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
+
+
+def crashing(rundir: Path, restarts: int = 3) -> None:
+    """Raise RunError, with its log's tail, for a worker the supervisor keeps restarting."""
+    state = dp.read_state(rundir) or {}
+    for name, fn in (state.get("functions") or {}).items():
+        for inst in fn.get("instances", []):
+            if inst.get("restarts", 0) >= restarts:
+                log_path = dp.workers_dir(rundir) / f"{name}-{inst['instance']}.log"
+                raise RunError(
+                    f"worker {name}/{inst['instance']} crashed {inst['restarts']} times "
+                    f"(last exit {inst.get('last_exit')}):\n{log_tail(log_path)}"
+                )
 
 
 def check_accounting(pipeline: Pipeline, sent: int, collector: Collector) -> None:
@@ -237,22 +230,8 @@ def check_accounting(pipeline: Pipeline, sent: int, collector: Collector) -> Non
 
 
 def create_topics(brokers: str, pipeline: Pipeline) -> list[str]:
-    """Every topic of a pipeline, changelogs included, before any worker starts.
-
-    Faust would create the changelogs itself, but a table first written late
-    (the control table, at the flush) can meet a changelog its client has no
-    metadata for yet and crash the agent (PartitionsMismatch). Created here,
-    compacted as Faust makes them, they exist before the first event.
-    """
-    created: list[str] = []
-    by_replication: dict[int, dict[str, int]] = {}
-    configs: dict[str, dict[str, str]] = {}
-    for topic, spec in pipeline.topic_specs().items():
-        by_replication.setdefault(spec.replication, {})[topic] = spec.partitions
-        configs[topic] = spec.configs
-    for replication, topics in sorted(by_replication.items()):
-        created += admin.ensure_topics(brokers, topics, replication, configs)
-    return created
+    """Every topic of a pipeline, changelogs included (snf.deploy.apply_topics)."""
+    return apply_topics(plan(pipeline, brokers))
 
 
 def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from snf.errors import SnfError
 
-__all__ = ["WorkerError", "WorkerProcess", "log_tail", "start_worker", "wait_assigned"]
+__all__ = ["WorkerError", "WorkerProcess", "log_tail", "start_worker", "wait_all_stopped"]
 
 
 class WorkerError(SnfError):
@@ -121,27 +121,3 @@ def wait_all_stopped(workers: list[WorkerProcess], timeout: float = 20.0) -> Non
         except subprocess.TimeoutExpired:
             w.proc.kill()
             w.proc.wait(5)
-
-
-def wait_assigned(workers: list[WorkerProcess], partitions: int, timeout: float = 90.0) -> None:
-    """Block until, per function, the instances together own every input partition."""
-    functions = {w.function for w in workers}
-    deadline = time.monotonic() + timeout
-    while True:
-        missing = []
-        for fn in sorted(functions):
-            owned: set[int] = set()
-            for w in workers:
-                if w.function != fn:
-                    continue
-                w.check()
-                owned.update(w.assignment() or ())
-            if len(owned) < partitions:
-                missing.append(fn)
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise WorkerError(
-                f"functions {missing} own no complete partition assignment after {timeout:.0f}s"
-            )
-        time.sleep(0.2)

@@ -155,3 +155,31 @@ def test_run_local_chain_reports_every_port_and_record(
     ]
     alert = json.loads((events / "ids.alerts.jsonl").read_text().splitlines()[0])
     assert {"ts", "packet_id", "sid", "rev", "msg", "action", "proto"} <= set(alert)
+
+
+def test_schema_prints_the_shipped_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--builtin"]) == 0
+    out = capsys.readouterr().out
+    assert out == (REPO / "schemas" / "pipeline.schema.json").read_text()
+    assert json.loads(out)["properties"]["wiring"]
+
+
+def test_render_k8s_writes_one_manifest_per_object(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tap = REPO / "pipelines" / "tap.yaml"
+    assert main(["render", "k8s", str(tap), "--out", str(tmp_path), "--brokers", "k:9092"]) == 0
+    kinds = sorted(p.name.split("-")[1] for p in tmp_path.glob("*.yaml"))
+    # ConfigMap, topics Job, five Deployments, and KEDA for the autoscaled firewall
+    assert kinds.count("deployment") == 5 and kinds.count("scaledobject") == 1
+    assert {"configmap", "job"} <= set(kinds)
+    assert main(["render", "k8s", str(tap)]) == 0
+    assert capsys.readouterr().out.count("\n---\n") >= 7  # one YAML stream on stdout
+
+
+def test_validate_prints_every_link_of_a_graph(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(REPO / "pipelines" / "tap.yaml")]) == 0
+    err = capsys.readouterr().err
+    assert "pass -> egress (snf.tap.egress), flows (snf.tap.flows.in)" in err
+    assert "alerts -> topic:tap-alerts (tap-alerts)" in err
+    assert "blocked: input keeps its partition" in err

@@ -91,14 +91,19 @@ def keda() -> jsonschema.Validator:
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
-def test_bundled_pipelines_render_valid_kubernetes_objects(path: Path) -> None:
+def test_bundled_pipelines_render_valid_kubernetes_objects(
+    path: Path, keda: jsonschema.Validator
+) -> None:
     text = path.read_text(encoding="utf-8")
-    objs = render_k8s(
-        load_pipeline(path), image=IMAGE, namespace="net", brokers=BROKERS, pipeline_text=text
-    )
+    pipeline = load_pipeline(path)
+    objs = render_k8s(pipeline, image=IMAGE, namespace="net", brokers=BROKERS, pipeline_text=text)
+    scaled = {f"snf-{pipeline.name}-{f.name}" for f in pipeline.functions if f.autoscaled}
+    assert {o["metadata"]["name"] for o in objs if o["kind"] == "ScaledObject"} == scaled
     for obj in objs:
-        assert obj["kind"] != "ScaledObject"  # the bundled pipelines use fixed counts
-        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+        if obj["kind"] == "ScaledObject":
+            keda.validate(obj)
+        else:
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
 
 
 def test_every_core_object_validates_against_the_kubernetes_schema() -> None:
