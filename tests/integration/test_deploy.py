@@ -143,3 +143,144 @@ def test_deployed_pipeline_scales_restarts_and_matches_local(
     assert not dep_dir.exists()
     left = [t for t in admin.topic_partitions(kafka_bootstrap) if t.startswith(f"snf.{name}.")]
     assert left == []
+
+
+STATEFUL = """\
+name: {name}
+partitions: 4
+functions:
+  - name: fw
+    function: firewall
+    instances: 2
+    config:
+      default: drop
+      rules: [{{action: allow, proto: tcp, src: 10.0.0.0/8, dport: 443}}]
+      timeouts: {{tcp: {timeout}}}
+"""
+
+
+def _wait_generation(name: str, generation: int, capsys: pytest.CaptureFixture[str]) -> dict:
+    """Until the supervisor runs `generation` everywhere, every instance ready."""
+    deadline = time.monotonic() + 120
+    while True:
+        status = _status(name, capsys)
+        fw = status["functions"]["fw"]
+        target = json.loads((dp.directory(name) / "deployment.json").read_text())
+        want = target["functions"]["fw"]["config_hash"]
+        ready = all(
+            i["config_hash"] == want and i["state"] == "running" and i["partitions"]
+            for i in fw["instances"]
+        )
+        if status["generation"] == generation and ready and fw["running"] == 2:
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(0.5)
+
+
+def test_redeploy_rolls_instances_and_keeps_state(
+    kafka_bootstrap: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from tests.integration.test_suite_failover import CLIENTS, SERVER, _write
+    from tests.packets import tcp4
+
+    monkeypatch.setenv("SNF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SNF_BROKERS", kafka_bootstrap)
+    name = f"roll-t{os.getpid() % 100000}"
+    path = tmp_path / "p.yaml"
+    path.write_text(STATEFUL.format(name=name, timeout=3600))
+    syns = [tcp4(c, SERVER, port, 443, flags="S") for c, port in CLIENTS]
+    replies = [tcp4(SERVER, c, 443, port, flags="SA") for c, port in CLIENTS]
+    part1 = _write(tmp_path / "part1.pcapng", syns, 10**18)
+    part2 = _write(tmp_path / "part2.pcapng", replies, 10**18 + 10**9)
+    assert main(["deploy", str(path)]) == 0
+    try:
+        before = _status(name, capsys)["functions"]["fw"]["instances"]
+        pipeline = load_pipeline(path)
+        publisher = KafkaPublisher(kafka_bootstrap, pipeline.ingress_topic)
+        _replay(pipeline, publisher, part1, None)
+        publisher.producer.flush(timeout=30)
+        deadline = time.monotonic() + 30
+        while _status(name, capsys)["functions"]["fw"]["lag"] != 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.3)
+
+        # A changed config: the same deploy command rolls fw, one instance at a time.
+        path.write_text(STATEFUL.format(name=name, timeout=7200))
+        assert main(["deploy", str(path)]) == 0
+        after = _wait_generation(name, 2, capsys)["functions"]["fw"]["instances"]
+        assert {i["pid"] for i in after}.isdisjoint({i["pid"] for i in before})
+        assert all(i["restarts"] == 0 for i in after)  # replaced, not crashed
+
+        # The replies pass only if the connections from part 1 survived the roll.
+        _replay(pipeline, publisher, part2, None)
+        publisher.flush_all(Flush("end", 10**18 + 2 * 10**9), pipeline.partitions)
+        publisher.close()
+        sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
+        got = Collector()
+        assert sink.collect(got, 60, flush_id="end"), sink.unflushed("end")
+        sink.close()
+        assert got.count(("", "egress")) == 2 * len(CLIENTS)
+        assert got.count(("fw", "drop")) == 0
+    finally:
+        assert main(["undeploy", name, "--delete-topics"]) == 0
+
+
+def test_worker_serves_liveness_and_readiness(kafka_bootstrap: str, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from snf.kafka.config import free_ports
+    from snf.run import create_topics
+
+    name = f"probe-t{os.getpid() % 100000}"
+    path = tmp_path / "p.yaml"
+    path.write_text(STATEFUL.format(name=name, timeout=60).replace("instances: 2", "instances: 1"))
+    pipeline = load_pipeline(path)
+    create_topics(kafka_bootstrap, pipeline)
+    port = free_ports(1)[0]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snf",
+        "worker",
+        str(path),
+        "fw",
+        "--brokers",
+        kafka_bootstrap,
+        "--datadir",
+        str(tmp_path / "d"),
+        "--health-port",
+        str(port),
+    ]
+    log = (tmp_path / "worker.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+
+    def get(path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+        except OSError:
+            return 0  # not listening yet
+
+    try:
+        deadline = time.monotonic() + 60
+        while get("/readyz") != 200:
+            assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, "never ready"
+            time.sleep(0.2)
+        assert get("/livez") == 200
+        assert get("/nope") == 404
+        proc.send_signal(signal.SIGTERM)  # a drain, then Faust's own shutdown
+        assert proc.wait(30) == 0
+        assert "drained and committed" in (tmp_path / "worker.log").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        admin.delete_topics(kafka_bootstrap, list(pipeline.topic_specs()))
