@@ -224,6 +224,7 @@ def test_redeploy_rolls_instances_and_keeps_state(
         sink.close()
         assert got.count(("", "egress")) == 2 * len(CLIENTS)
         assert got.count(("fw", "drop")) == 0
+        _sink_follow_survives_ctrl_c(name, tmp_path, 2 * len(CLIENTS))
     finally:
         assert main(["undeploy", name, "--delete-topics"]) == 0
 
@@ -284,3 +285,31 @@ def test_worker_serves_liveness_and_readiness(kafka_bootstrap: str, tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
         admin.delete_topics(kafka_bootstrap, list(pipeline.topic_specs()))
+
+
+def _sink_follow_survives_ctrl_c(name: str, tmp_path: Path, expected: int) -> None:
+    """`snf sink --follow` streams until Ctrl-C and leaves a complete, valid pcapng."""
+    import subprocess
+    import sys
+
+    from snf.capture import CaptureError, read_capture
+
+    def count() -> int:
+        try:
+            return len(list(read_capture(out)))
+        except (CaptureError, OSError):
+            return 0  # not created, or its header not written yet
+
+    out = tmp_path / "follow.pcapng"
+    cmd = [sys.executable, "-m", "snf", "sink", "--pipeline", name, "--out", str(out), "--follow"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    # Until everything is in: a pcapng EPB is written (and flushed) whole per packet.
+    while count() < expected:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert f"{expected} packets at egress" in err.decode()
+    assert count() == expected

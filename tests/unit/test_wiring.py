@@ -266,3 +266,17 @@ def test_local_graph_run(tmp_path: Path) -> None:
     assert col.conflicts == 0  # the mirror's copies were discarded
     assert len(col.records[("topic", "flow-records")]) == 4  # one per TCP flow
     assert split_keys(local) == []
+
+
+def test_pipelines_on_one_cluster_share_no_name() -> None:
+    from snf.pipeline import load_pipeline
+
+    seen: dict[str, str] = {}
+    for path in sorted((REPO / "pipelines").glob("*.yaml")):
+        p = load_pipeline(path)
+        own = {*p.topic_specs(), *(f.group_id for f in p.functions)}
+        own -= {t for t in own if not t.startswith("snf.")}  # topic:NAME is shared on purpose
+        for name in own:
+            assert name not in seen, f"{name} of {p.name} is also {seen[name]}'s"
+            seen[name] = p.name
+    assert len(seen) > 50
