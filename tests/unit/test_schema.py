@@ -190,7 +190,7 @@ GOOD: dict[str, str] = {
     "one function": pipeline(FW),
     "chain with overrides": pipeline(
         "{name: fw, function: firewall, instances: 2, partitions: 8, replication: 1,"
-        " standby_replicas: 1, processing_guarantee: exactly_once}",
+        " standby_replicas: 1, processing_guarantee: at_least_once}",
         FLOWS,
     ),
     "autoscale": pipeline(

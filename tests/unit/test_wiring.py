@@ -193,12 +193,12 @@ functions:
     partitions: 8
     replication: 2
     standby_replicas: 1
-    processing_guarantee: exactly_once
+    processing_guarantee: at_least_once
     instances: {min: 0, max: 6, lag_threshold: 50, cooldown: 20}
 """
     fw = parse_pipeline(text).function("fw")
     assert (fw.partitions, fw.replication, fw.standby_replicas) == (8, 2, 1)
-    assert fw.processing_guarantee == "exactly_once" and fw.autoscaled
+    assert fw.processing_guarantee == "at_least_once" and fw.autoscaled
     assert (fw.instances, fw.min_instances, fw.max_instances) == (1, 0, 6)
     specs = parse_pipeline(text).topic_specs()
     assert specs["snf.s.ingress"].partitions == 8
@@ -216,8 +216,10 @@ functions:
     )
     p = only(text.replace("min: 0", "min: 7"))
     assert p.path == "functions[0].instances" and "min (7) must not exceed max (6)" in p.message
-    p = only(text.replace("exactly_once", "twice"))
+    p = only(text.replace("at_least_once", "twice"))
     assert p.path == "functions[0].processing_guarantee"
+    p = only(text.replace("at_least_once", "exactly_once"))
+    assert p.path == "functions[0].processing_guarantee" and "not supported yet" in p.message
 
 
 def test_nat_rejects_partitions_that_leave_it_too_few_ports() -> None:
