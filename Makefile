@@ -48,6 +48,7 @@ lint: setup
 bench: setup kafka-jars
 	$(PY) bench/firewall_throughput.py --out bench/results/firewall.json
 	$(PY) bench/suite_throughput.py --kafka --out bench/results/suite.json
+	$(PY) bench/deploy_lifecycle.py --out bench/results/deploy.json
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

@@ -286,7 +286,15 @@ def assignment(dep_dir: Path, function: str) -> tuple[set[int], int, int]:
     """
     state = dp.read_state(dep_dir) or {}
     fn = (state.get("functions") or {}).get(function) or {}
-    running = [i for i in fn.get("instances", []) if i.get("state") == "running"]
+    try:  # instances of an older config do not count: a roll is under way
+        want = dp.load(dep_dir).functions[function].config_hash
+    except (dp.DeploymentError, KeyError):
+        want = None
+    running = [
+        i
+        for i in fn.get("instances", [])
+        if i.get("state") == "running" and (want is None or i.get("config_hash") == want)
+    ]
     newest = max((i.get("started") or 0 for i in running), default=0)
     claims: list[int] = []
     for inst in running:
