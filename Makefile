@@ -24,14 +24,17 @@ kafka-jars: setup
 
 # The main job: the bundled edge capture through the four-function edge chain
 # (firewall -> nat -> loadbalancer -> flowmon) on a local broker, then the
-# monitoring chain (ids -> ratelimit -> flowmon). Writes out/<name>.pcapng
-# (open it in Wireshark) and out/<name>-events/ (drops, alerts, flow records).
+# monitoring chain (ids -> ratelimit -> flowmon), then the tap graph (branches,
+# fan-out, fan-in). Writes out/<name>.pcapng (open it in Wireshark) and
+# out/<name>-events/ (drops, alerts, flow records).
 demo: setup kafka-jars
 	mkdir -p $(OUT)
 	$(SNF) run pipelines/edge.yaml pipelines/captures/edge.pcapng \
 		--out $(OUT)/edge.pcapng --events $(OUT)/edge-events
 	$(SNF) run pipelines/monitoring.yaml pipelines/captures/monitoring.pcapng \
 		--out $(OUT)/monitoring.pcapng --events $(OUT)/monitoring-events
+	$(SNF) run pipelines/tap.yaml pipelines/captures/monitoring.pcapng \
+		--out $(OUT)/tap.pcapng --events $(OUT)/tap-events
 
 test: setup kafka-jars
 	$(VENV)/bin/ruff check snf functions tests bench pipelines
