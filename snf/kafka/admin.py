@@ -203,19 +203,26 @@ def delete_topics(
     """Delete those of `names` that exist; return them once metadata no longer lists them."""
 
     def action(admin: KafkaAdminClient) -> list[str]:
-        present = sorted(set(names) & set(admin.list_topics()))
-        if present:
-            for topic in admin.delete_topics(present, raise_errors=False)["topics"]:
+        # Ask for every name: one broker's metadata may not list a topic yet that
+        # another just created. Unknown ones are reported as such, not deleted.
+        present = []
+        if names:
+            for topic in admin.delete_topics(sorted(set(names)), raise_errors=False)["topics"]:
                 error = kerrors.for_code(topic["error_code"])
-                if error not in (kerrors.NoError, kerrors.UnknownTopicOrPartitionError):
+                if error is kerrors.NoError:
+                    present.append(topic["name"])
+                elif error is not kerrors.UnknownTopicOrPartitionError:
                     raise KafkaError(f"deleting topic {topic['name']!r} failed: {error.__name__}")
-        # Deletion finishes asynchronously; re-creating a topic too early fails.
-        deadline = time.monotonic() + timeout
-        while set(present) & set(admin.list_topics()):
+        # Deletion finishes asynchronously, and brokers learn of it at different
+        # times; re-creating a topic too early fails. Each query may go to another
+        # broker, so wait for several clean answers in a row.
+        deadline, clean = time.monotonic() + timeout, 0
+        while clean < 3:
+            clean = 0 if set(present) & set(admin.list_topics()) else clean + 1
             if time.monotonic() > deadline:
                 raise KafkaError(f"topics {present} still listed {timeout:.0f}s after delete")
             time.sleep(0.1)
-        return present
+        return sorted(present)
 
     return _retrying(bootstrap, retries, action)
 
