@@ -65,7 +65,9 @@ def main() -> None:
         out["deploy_s"] = _timed(lambda: deploy(path, brokers))
         out["scale_out_1_to_3_s"] = _timed(lambda: scale(d, "fw", 3))
         out["scale_in_3_to_1_s"] = _timed(lambda: scale(d, "fw", 1))
-        changed = text.replace("      default: drop\n", "      default: drop\n      non_ip: allow\n", 1)
+        changed = text.replace(
+            "      default: drop\n", "      default: drop\n      non_ip: allow\n", 1
+        )
         assert changed != text
         path.write_text(changed)
 
