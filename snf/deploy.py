@@ -152,8 +152,9 @@ def plan(pipeline: Pipeline, brokers: str) -> Plan:
         if have["replication"] != want.replication:
             diffs.append(f"replication {have['replication']} -> {want.replication}")
         for key, value in want.configs.items():
-            if have["configs"].get(key, _DEFAULTS.get(key)) != value:
-                diffs.append(f"{key} {have['configs'].get(key, 'default')} -> {value}")
+            current = have["configs"].get(key, _DEFAULTS.get(key, "default"))
+            if current != value:
+                diffs.append(f"{key} {current} -> {value}")
         action = "differs" if diffs else "ok"
         changes.append(TopicChange(topic, kind, want, action, have, tuple(diffs), refused))
     states = []
