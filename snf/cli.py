@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -106,7 +105,25 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--flush",
         action="store_true",
-        help="after the capture, send an end-of-input marker (flow monitors export open flows)",
+        help="after the capture, send an end-of-input marker (flow monitors export open "
+        "flows); only once the whole capture is sent: never by a killed agent, so after a "
+        "kill at the end of --resume",
+    )
+    rp.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed replay from its checkpoint: skip every packet Kafka "
+        "acknowledged, send the rest with the same packet ids. Packets published but not "
+        "acknowledged at the kill are sent again (at-least-once; same ids, so the sink's "
+        "dedup by packet id removes them). Timing (-x/-p) restarts at the first packet sent",
+    )
+    rp.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="record acknowledged progress here (default: "
+        "$SNF_HOME/replay/<pipeline>-<source id>.json)",
     )
     _add_brokers(rp)
     _add_timing(rp, default_top=False)
@@ -202,7 +219,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.kafka import cluster
     from snf.kafka.publisher import KafkaPublisher
     from snf.pipeline import load_pipeline
-    from snf.replay import replay
+    from snf.replay import check_captures, replay, source_id_for
+    from snf.replay_checkpoint import (
+        CheckpointSession,
+        ReplayIdentity,
+        default_path,
+        sigterm_as_interrupt,
+    )
     from snf.routing import plan_pipeline
     from snf.wire import Flush
 
@@ -210,25 +233,54 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     brokers = cluster.resolve_brokers(args.brokers)
     if brokers is None:
         raise SnfError("no Kafka cluster configured: run `snf kafka up`, or pass --brokers")
-    publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
-    keyers = plan_pipeline(pipeline).ingress_hop.keyers  # as the first functions need
-    try:
-        s = replay(
-            args.captures,
-            pipeline.partitions,
-            publisher,
-            _replay_options(args),
-            console,
-            keyers=keyers,
+    opts = _replay_options(args)
+    check_captures(args.captures)
+    opts.source_id = source_id_for(args.captures)
+    plan = plan_pipeline(pipeline)
+    identity = ReplayIdentity.of(
+        args.captures,
+        source_id=opts.source_id,
+        loop=opts.loop,
+        limit=opts.limit,
+        pipeline=pipeline.name,
+        topic=pipeline.ingress_topic,
+        partitions=pipeline.partitions,
+        routing=plan.describe(pipeline.graph.entry),
+    )
+    path = args.checkpoint or default_path(pipeline.name, opts.source_id)
+    with sigterm_as_interrupt(), CheckpointSession(path, identity, resume=args.resume) as session:
+        for note in session.notes:
+            console.print(note, highlight=False)
+        done = session.checkpoint
+        if done.complete and (done.flushed or not args.flush):
+            console.print(
+                f"replay already complete ({done.acked_seq + 1} packets): nothing to send"
+            )
+            return 0
+        opts.skip = session.resume_at
+        publisher = KafkaPublisher(
+            brokers, pipeline.ingress_topic, on_delivered=session.tracker.acked
         )
-        if args.flush:
-            flush = Flush(f"replay-{s.source_id:x}-{time.time_ns()}", s.last_ts_ns)
-            publisher.flush_all(flush, pipeline.partitions)
-    finally:
-        publisher.close()
+        try:
+            s = replay(
+                args.captures,
+                pipeline.partitions,
+                publisher,
+                opts,
+                console,
+                keyers=plan.ingress_hop.keyers,
+            )
+            if args.flush:
+                # Named after the checkpoint's run: sent again after a kill, it counts once.
+                flush = Flush(session.flush_id, s.last_ts_ns)
+                publisher.flush_all(flush, pipeline.partitions)
+        finally:
+            publisher.close()  # raises if a batch failed; the checkpoint keeps the acked prefix
+        session.finish(flushed=args.flush)
+    resumed = f", resumed after {s.skipped} acknowledged packets" if s.skipped else ""
     console.print(
         f"sent {s.packets} packets, {s.bytes} bytes in {s.batches} batches to "
-        f"{pipeline.ingress_topic} in {s.seconds:.2f}s ({s.pps:,.0f} pkt/s)"
+        f"{pipeline.ingress_topic} in {s.seconds:.2f}s ({s.pps:,.0f} pkt/s{resumed})"
     )
     return 0
 

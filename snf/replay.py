@@ -3,11 +3,17 @@
 Timing follows tcpreplay: captured timing scaled by `speed` (tcpreplay's
 --multiplier), a fixed packet rate (`pps`), or top speed. Whatever the speed,
 functions only ever see packet time, so results do not depend on it.
+
+Resuming (`ReplayOptions.skip`, snf/replay_checkpoint.py): the first `skip`
+packets of the stream are routed but not published, so the rest keep their
+ids (seq = position in the stream) and their partitions, and the pacing
+clock starts again at the first packet sent.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +49,9 @@ class ReplayOptions:
     max_bytes: int = 512 * 1024
     source_id: int | None = None
     progress: bool = True
+    # Resume: packets with seq < skip were acknowledged by an earlier run; they
+    # are routed (fragment memory) but not published.
+    skip: int = 0
 
 
 @dataclass
@@ -53,7 +62,8 @@ class ReplaySummary:
     seconds: float = 0.0
     source_id: int = 0
     per_partition: dict[int, int] = field(default_factory=dict)
-    last_ts_ns: int = 0  # the latest packet time replayed (flushes use it as "now")
+    last_ts_ns: int = 0  # the latest packet time of the stream (flushes use it as "now")
+    skipped: int = 0  # packets not published: acknowledged by an earlier run (resume)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -120,6 +130,7 @@ def replay(
         summary.source_id,
         max_packets=opts.max_packets,
         max_bytes=opts.max_bytes,
+        first_seq=opts.skip,  # resumed packets keep their ids: seq = position in the stream
         keyers=keyers,
     )
     total = sum(p.stat().st_size for p in captures) * opts.loop
@@ -151,6 +162,9 @@ def replay(
             progress.update(task, completed=seen[0], pkts=batcher.stats.packets)
 
         stream = _packets(captures, opts, warn, advance)
+        skipped_ts = 0
+        if opts.skip > 0:
+            summary.skipped, skipped_ts = _route_only(stream, opts.skip, batcher, keyers)
         if opts.speed is None and opts.pps is None:
             chunk: list[CapturedPacket] = []
             for _, pkt in stream:
@@ -168,8 +182,32 @@ def replay(
     summary.bytes = batcher.stats.bytes
     summary.batches = batcher.stats.batches
     summary.per_partition = dict(batcher.stats.per_partition)
-    summary.last_ts_ns = batcher.stats.last_ts_ns
+    summary.last_ts_ns = max(batcher.stats.last_ts_ns, skipped_ts)
     return summary
+
+
+def _route_only(
+    stream: Iterator[tuple[int, CapturedPacket]],
+    skip: int,
+    batcher: Batcher,
+    keyers: Sequence[NetworkFunction],
+) -> tuple[int, int]:
+    """Consume the first `skip` packets without publishing: (count, latest packet time).
+
+    They go through a throw-away Batcher whose FlowRouter then replaces
+    `batcher`'s: a later fragment whose first fragment was skipped still
+    follows it, so every packet sent lands where one uninterrupted run puts it.
+    """
+    warm = Batcher(batcher.partitions, batcher.source_id, keyers=keyers)
+    count = 0
+    while count < skip:
+        chunk = [pkt for _, pkt in itertools.islice(stream, min(CHUNK, skip - count))]
+        if not chunk:
+            break  # the stream is shorter than the checkpoint: nothing left to send
+        warm.add(chunk)
+        count += len(chunk)
+    batcher.router = warm.router
+    return count, warm.stats.last_ts_ns
 
 
 def _timed(

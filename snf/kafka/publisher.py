@@ -1,14 +1,22 @@
-"""KafkaPublisher: send PacketBatches to one topic, one message per batch."""
+"""KafkaPublisher: send PacketBatches to one topic, one message per batch.
+
+`on_delivered` hears of every batch the brokers acknowledged (acks=all), with
+its packets' seqs, from the producer's I/O thread and in any order across
+partitions: the replay checkpoint (snf/replay_checkpoint.py) is built on it.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from kafka import KafkaProducer
 from kafka.errors import KafkaError as ClientError
 from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureRecordMetadata
 
 from snf import wire
 from snf.batch import PacketBatch
@@ -52,8 +60,14 @@ def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProd
 class KafkaPublisher:
     """Callable(partition, batch). Ordered per partition: one request in flight."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        on_delivered: Callable[[np.ndarray], None] | None = None,
+    ) -> None:
         self.topic = topic
+        self.on_delivered = on_delivered  # called with the seqs of each acknowledged batch
         self.errors: list[str] = []
         self.sent = 0
         self.producer = connect_producer(
@@ -67,12 +81,20 @@ class KafkaPublisher:
         )
 
     def __call__(self, partition: int, batch: PacketBatch) -> None:
-        self.send_raw(partition, wire.encode(batch))
+        future = self.send_raw(partition, wire.encode(batch))
+        if self.on_delivered is not None:
+            # Only a copy of the seqs waits for the ack, not the whole batch.
+            future.add_callback(self._delivered, batch.records["seq"].copy())
 
-    def send_raw(self, partition: int, message: bytes) -> None:
+    def send_raw(self, partition: int, message: bytes) -> FutureRecordMetadata:
         future = self.producer.send(self.topic, value=message, partition=partition)
         future.add_errback(self._failed)
         self.sent += 1
+        return future
+
+    def _delivered(self, seqs: np.ndarray, _metadata: object) -> None:
+        assert self.on_delivered is not None
+        self.on_delivered(seqs)
 
     def flush_all(self, flush: wire.Flush, partitions: int) -> None:
         """End of input: one flush marker to every partition, after its last batch."""

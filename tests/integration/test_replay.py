@@ -1,9 +1,13 @@
-"""The capture agent over the real broker: ids, partitioning by flow, damage, a down broker."""
+"""The capture agent over the real broker: ids, partitioning by flow, damage, a down broker,
+and a SIGKILL mid-replay followed by --resume."""
 
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -12,9 +16,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from snf import wire
+from snf.batch import PacketBatch
+from snf.capture import read_capture
+from snf.collect import Collector
 from snf.kafka import admin
 from snf.parse import parse_packet_batch
 from snf.pipeline import load_pipeline
+from snf.replay import source_id_for
 from tests.conftest import traffic_dir
 from tests.packets import read_pcap
 
@@ -133,3 +141,125 @@ def test_replay_to_a_down_broker_is_retried_and_reported(tmp_path: Path) -> None
     )
     assert proc.returncode == 1
     assert "no Kafka broker answers at 127.0.0.1:9 after 4 tries" in proc.stderr
+
+
+# -- killed mid-replay, resumed -----------------------------------------------------
+
+RESUME_CAPTURE = (
+    Path(__file__).resolve().parents[2] / "pipelines" / "captures" / "monitoring.pcapng"
+)
+LOOPS = 3  # 3 x 2200 packets: 3.3 s at 2000 pps, so the kill lands mid-replay
+PPS = 2000
+
+
+def _messages(brokers: str, topic: str) -> list[tuple[int, int, object]]:
+    """(partition, offset, decoded message) of every message of the topic."""
+    consumer = KafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False)
+    parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    end = consumer.end_offsets(parts)
+    out = []
+    while any(consumer.position(tp) < end[tp] for tp in parts):
+        for tp, records in consumer.poll(timeout_ms=500).items():
+            out += [(tp.partition, r.offset, wire.decode_any(r.value)) for r in records]
+    consumer.close()
+    return out
+
+
+def _end_offsets(brokers: str, topic: str) -> dict[int, int]:
+    consumer = KafkaConsumer(bootstrap_servers=brokers, group_id=None)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    ends = {tp.partition: off for tp, off in consumer.end_offsets(parts).items()}
+    consumer.close()
+    return ends
+
+
+def _acked_seq(checkpoint: Path) -> int:
+    try:
+        return json.loads(checkpoint.read_text())["acked_seq"]  # replaced by rename: never torn
+    except FileNotFoundError:
+        return -1
+
+
+def test_replay_killed_and_resumed_loses_nothing_and_resends_only_the_kill_window(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    expected = [(p.ts_ns, p.data) for p in read_capture(RESUME_CAPTURE)] * LOOPS
+    total, source_id = len(expected), source_id_for([RESUME_CAPTURE])
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE.format(name=f"resume-{uuid.uuid4().hex[:8]}"))
+    pipeline = load_pipeline(path)
+    topic = pipeline.ingress_topic
+    checkpoint = tmp_path / "replay.json"
+    cmd = [
+        *(sys.executable, "-m", "snf", "replay", str(RESUME_CAPTURE), "--pipeline", str(path)),
+        *("--brokers", kafka_bootstrap, "-p", str(PPS), "-l", str(LOOPS)),
+        *("--flush", "--no-progress", "--checkpoint", str(checkpoint)),
+    ]
+    admin.ensure_topics(kafka_bootstrap, pipeline.topics())
+    try:
+        agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # SIGKILL ~1 s in: 0.3 s after the first checkpoint write that shows
+        # acknowledged packets, so between two writes (every 0.5 s), with
+        # batches published and acknowledged since the last one, and in flight.
+        deadline = time.monotonic() + 20
+        while _acked_seq(checkpoint) < 0:
+            assert agent.poll() is None, agent.stderr.read() if agent.stderr else ""
+            assert time.monotonic() < deadline, "no packet acknowledged within 20 s"
+            time.sleep(0.02)
+        time.sleep(0.3)
+        agent.send_signal(signal.SIGKILL)
+        agent.communicate()
+        at_kill = json.loads(checkpoint.read_text())
+        k = at_kill["acked_seq"]
+        assert not at_kill["complete"] and 0 <= k < total - 1  # killed mid-replay
+        boundary = _end_offsets(kafka_bootstrap, topic)  # what the dead agent got into the log
+
+        resumed = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=60)
+        assert resumed.returncode == 0, resumed.stderr
+        assert f"packets 0..{k} were acknowledged" in resumed.stderr
+        assert f"sent {total - k - 1} packets" in resumed.stderr
+        assert f"resumed after {k + 1} acknowledged packets" in resumed.stderr
+        done = json.loads(checkpoint.read_text())
+        assert (done["acked_seq"], done["complete"], done["flushed"]) == (total - 1, True, True)
+
+        first: dict[int, int] = {}  # seq -> partition, published by the killed agent
+        second: dict[int, int] = {}  # ... by the resumed one
+        flushes: dict[int, list[wire.Flush]] = defaultdict(list)
+        collector = Collector()  # the sink's dedup by packet id
+        for part, offset, msg in _messages(kafka_bootstrap, topic):
+            if isinstance(msg, wire.Flush):
+                assert offset >= boundary[part]  # the killed agent never flushed
+                flushes[part].append(msg)
+                continue
+            assert isinstance(msg, PacketBatch) and not flushes[part]  # flush comes last
+            collector.add(("", "ingress"), msg)
+            run = first if offset < boundary[part] else second
+            for i, (sid, seq) in enumerate(msg.packet_ids()):
+                assert sid == source_id and 0 <= seq < total  # no new ids
+                assert (int(msg.records["ts_ns"][i]), msg.packet(i)) == expected[seq]
+                assert seq not in run  # each agent sends a packet once
+                run[seq] = part
+        assert set(first) >= set(range(k + 1))  # the acknowledged prefix is in the log
+        assert sorted(second) == list(range(k + 1, total))  # resumed: exactly the rest
+        assert set(first) | set(second) == set(range(total))  # nothing lost
+        resent = set(first) & set(second)
+        assert all(k < seq <= max(first) for seq in resent)  # only the kill's window
+        assert all(first[seq] == second[seq] for seq in resent)  # same partition too
+        assert len(resent) <= PPS  # the checkpoint lags by at most ~0.5 s plus in-flight
+        assert (collector.total, collector.duplicates, collector.conflicts) == (
+            total,
+            len(resent),
+            0,
+        )
+        last_ts = max(ts for ts, _ in expected)
+        assert {p: [f.end_ts_ns for f in fs] for p, fs in flushes.items()} == {
+            p: [last_ts] for p in range(pipeline.partitions)
+        }
+        print(
+            f"killed at {len(first)} published, {k + 1} acknowledged in the checkpoint; "
+            f"resent {len(resent)} of {total} (same ids)"
+        )
+    finally:
+        admin.delete_topics(kafka_bootstrap, list(pipeline.topics()))

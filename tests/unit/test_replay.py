@@ -1,26 +1,41 @@
-"""The capture agent without a broker: counts, ids, loop/limit, damage, timing, verdicts."""
+"""The capture agent without a broker: counts, ids, loop/limit, damage, timing, verdicts, resume."""
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import random
 import shutil
 import struct
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rich.console import Console
 
 import snf.replay
 from snf.batch import PacketBatch
+from snf.cli import main
 from snf.collect import Collector
 from snf.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from snf.local import LocalPipeline
 from snf.pcapng import PcapngWriter
 from snf.pipeline import load_pipeline
 from snf.replay import ReplayOptions, ReplaySummary, replay, source_id_for
+from snf.replay_checkpoint import (
+    AckTracker,
+    Checkpoint,
+    CheckpointError,
+    CheckpointSession,
+    ReplayIdentity,
+    load,
+    save,
+)
 from tests.conftest import traffic_dir
 from tests.packets import arp, fragments4, icmp4_echo, read_pcap, tcp4, udp4
 
@@ -354,3 +369,317 @@ def test_verdicts_do_not_depend_on_replay_speed_across_link_types(
     slow, _ = _local_run(path, monkeypatch, 1.0)
     assert slow.collector.count(("", "egress")) == 2  # timed: SYN first, then the reply
     assert _contents(fast.collector) == _contents(slow.collector)
+
+
+# -- resume from a checkpoint (snf/replay_checkpoint.py) -------------------------
+
+RESUME_CAPTURE = "zeek-http-bro.org.pcap"  # 751 packets, replayed 3 times below
+
+
+class Died(Exception):
+    """The capture agent's death, mid-replay."""
+
+
+class OutOfOrderAcker:
+    """A publisher whose broker acknowledges batches in a random order, then dies.
+
+    At most `window` batches are in flight; each new one makes the broker ack
+    a random in-flight batch, so partitions are acknowledged out of order.
+    After `die_after` batches the agent dies with batches still unacked.
+    """
+
+    def __init__(self, on_delivered: Callable, die_after: int, window: int = 8) -> None:
+        self.on_delivered = on_delivered
+        self.die_after = die_after
+        self.window = window
+        self.rng = random.Random(die_after)
+        self.sent: list[tuple[int, PacketBatch]] = []
+        self.in_flight: list[PacketBatch] = []
+        self.acked: set[int] = set()
+
+    def __call__(self, partition: int, batch: PacketBatch) -> None:
+        if len(self.sent) == self.die_after:
+            raise Died
+        self.sent.append((partition, batch))
+        self.in_flight.append(batch)
+        while len(self.in_flight) > self.window:
+            done = self.in_flight.pop(self.rng.randrange(len(self.in_flight)))
+            self.acked.update(done.records["seq"].tolist())
+            self.on_delivered(done.records["seq"])
+
+    def prefix(self) -> int:
+        """The highest seq with every seq up to it acknowledged (-1: none)."""
+        n = 0
+        while n in self.acked:
+            n += 1
+        return n - 1
+
+
+def _identity(captures: list[Path], **changes: object) -> ReplayIdentity:
+    fields: dict = {
+        "source_id": source_id_for(captures),
+        "loop": 3,
+        "limit": None,
+        "pipeline": "edge",
+        "topic": "snf.edge.ingress",
+        "partitions": 4,
+        "routing": "partitioned by flow",
+    }
+    return ReplayIdentity.of(captures, **{**fields, **changes})
+
+
+def _session_run(
+    path: Path, captures: list[Path], publish_for: Callable, *, resume: bool, **opts: object
+) -> tuple[CheckpointSession, object, ReplaySummary | None]:
+    """One replay under a checkpoint session, as `snf replay` runs it.
+
+    publish_for(on_delivered) makes the publisher; a Died publisher ends the run."""
+    with CheckpointSession(path, _identity(captures), resume=resume) as session:
+        publish = publish_for(session.tracker.acked)
+        o = ReplayOptions(progress=False, loop=3, max_packets=50, skip=session.resume_at, **opts)
+        try:
+            summary = replay(captures, 4, publish, o, console=_quiet())
+        except Died:
+            return session, publish, None
+        session.finish(flushed=False)
+    return session, publish, summary
+
+
+class AckAll(Recorder):
+    """A Recorder whose broker acknowledges every batch at once."""
+
+    def __init__(self, on_delivered: Callable) -> None:
+        super().__init__()
+        self.on_delivered = on_delivered
+
+    def __call__(self, partition: int, batch: PacketBatch) -> None:
+        super().__call__(partition, batch)
+        self.on_delivered(batch.records["seq"])
+
+
+def _partitions(rec: Recorder) -> dict[int, int]:
+    return {seq: part for part, batch in rec.sent for _, seq in batch.packet_ids()}
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_ack_tracker_keeps_the_contiguous_acked_prefix(seed: int) -> None:
+    rng = random.Random(seed)
+    n = rng.randrange(1, 600)
+    by_part: dict[int, list[int]] = {}
+    for seq in range(n):  # packets spread over 4 partitions, as the batcher does
+        by_part.setdefault(rng.randrange(4), []).append(seq)
+    batches = []
+    for seqs in by_part.values():
+        while seqs:
+            size = rng.randrange(1, 40)
+            batches.append(seqs[:size])
+            seqs = seqs[size:]
+    rng.shuffle(batches)  # the brokers acknowledge them in any order
+    tracker, acked = AckTracker(), set()
+    for batch in batches:
+        tracker.acked(np.array(batch, dtype="<u8"))
+        acked.update(batch)
+        # Never the max acked: the lowest unacknowledged seq holds it back.
+        assert tracker.last == min(set(range(n + 1)) - acked) - 1
+    assert tracker.last == n - 1
+
+
+def test_checkpoint_holds_the_contiguous_acked_prefix_when_the_agent_dies(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    captures = [traffic(RESUME_CAPTURE)]
+    path = tmp_path / "ckpt.json"
+    _, dead, _ = _session_run(
+        path, captures, lambda ack: OutOfOrderAcker(ack, die_after=25), resume=False
+    )
+    assert isinstance(dead, OutOfOrderAcker)
+    saved = json.loads(path.read_text())
+    assert 0 < saved["acked_seq"] == dead.prefix() < max(dead.acked)  # out of order: not the max
+    assert saved["complete"] is False and saved["flushed"] is False
+    assert saved["source_id"] == f"{source_id_for(captures):016x}"
+    assert saved["captures"] == [
+        {"path": str(captures[0].resolve()), "size": captures[0].stat().st_size,
+         "mtime_ns": captures[0].stat().st_mtime_ns}
+    ]  # fmt: skip
+    assert (saved["pipeline"], saved["partitions"], saved["loop"]) == ("edge", 4, 3)
+    assert list(tmp_path.glob(".*.tmp")) == []  # written by rename, nothing left behind
+
+
+def test_resume_skips_exactly_the_acked_prefix_and_keeps_ids_and_partitions(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    captures = [traffic(RESUME_CAPTURE)]
+    path = tmp_path / "ckpt.json"
+    whole = Recorder()  # one uninterrupted run: the reference
+    s_whole = replay(
+        captures, 4, whole, ReplayOptions(progress=False, loop=3, max_packets=50), _quiet()
+    )
+    _, dead, _ = _session_run(
+        path, captures, lambda ack: OutOfOrderAcker(ack, die_after=20), resume=False
+    )
+    assert isinstance(dead, OutOfOrderAcker)
+    k = dead.prefix()
+    session, rec, s = _session_run(path, captures, AckAll, resume=True)
+    assert isinstance(rec, AckAll) and s is not None
+    assert session.notes == [f"resuming from {path}: packets 0..{k} were acknowledged"]
+
+    total = 3 * 751
+    resent = rec.by_seq()
+    assert sorted(resent) == list(range(k + 1, total))  # exactly the rest, each once
+    assert s.skipped == k + 1 and s.packets == total - k - 1
+    reference = whole.by_seq()
+    assert all(resent[seq] == reference[seq] for seq in resent)  # same id, bytes, time
+    assert all(_partitions(whole)[seq] == part for seq, part in _partitions(rec).items())
+    assert s.last_ts_ns == s_whole.last_ts_ns  # a flush after a resume still ends the capture
+
+    # Nothing lost; duplicates only between the prefix and what the dead agent published.
+    first = {seq for _, batch in dead.sent for _, seq in batch.packet_ids()}
+    assert first | set(resent) == set(range(total))
+    duplicates = first & set(resent)
+    assert duplicates and min(duplicates) > k and max(duplicates) <= max(first)
+
+    saved = json.loads(path.read_text())
+    assert (saved["acked_seq"], saved["complete"]) == (total - 1, True)
+    _, again, s3 = _session_run(path, captures, AckAll, resume=True)
+    assert s3 is not None and s3.packets == 0 and again.sent == []  # complete: nothing resent
+
+
+def test_resumed_fragments_follow_their_first_fragment(tmp_path: Path) -> None:
+    frames, later = [], []
+    for i in range(16):  # sixteen datagrams, cut into three fragments each
+        first, *rest = fragments4("10.0.0.1", "10.9.0.2", 2000 + i, 53, bytes(3000), ip_id=i)
+        frames.append(first)
+        later += rest
+    timed = [(T0 + i * S // 100, f) for i, f in enumerate(frames + later)]
+    path = _write(tmp_path / "frags.pcapng", timed)
+    whole, resumed, alone = Recorder(), Recorder(), Recorder()
+    _run([path], whole)
+    _run([path], resumed, skip=16)  # killed after the first fragments were acknowledged
+    _run([_write(tmp_path / "later.pcapng", [(T0, f) for f in later])], alone)
+    want = {seq: part for seq, part in _partitions(whole).items() if seq >= 16}
+    assert _partitions(resumed) == want
+    # Without the skipped first fragments routed, some would land elsewhere.
+    assert [p for _, p in sorted(_partitions(alone).items())] != [
+        p for _, p in sorted(want.items())
+    ]
+
+
+@pytest.mark.parametrize(
+    ("opts", "due"),
+    [({"speed": 1.0}, [0.0, 1.0, 3.0]), ({"pps": 10.0}, [0.0, 0.1, 0.2])],
+)
+def test_resumed_timing_restarts_at_the_first_packet_sent(
+    clock: FakeClock, five: Path, opts: dict, due: list[float]
+) -> None:
+    rec = Recorder(clock)
+    s = _run([five], rec, skip=2, **opts)
+    assert (s.skipped, s.packets) == (2, 3)
+    start = rec.sent_at[2]
+    assert [rec.sent_at[i] - start for i in (2, 3, 4)] == pytest.approx(due, abs=0.003)
+    assert sum(clock.sleeps) == pytest.approx(due[-1], abs=0.003)  # no wait for skipped packets
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"partitions": 5}, "partitions 4 -> 5"),
+        ({"pipeline": "edge-r1a2b3c"}, "pipeline 'edge' -> 'edge-r1a2b3c'"),
+        ({"loop": 2}, "loop 3 -> 2"),
+        ({"routing": "partitioned by the key of nat"}, "routing 'partitioned by flow' ->"),
+        ({"topic": "snf.other.ingress"}, "topic 'snf.edge.ingress' -> 'snf.other.ingress'"),
+        ("touch", "captures ["),
+        ("other file", "source_id"),
+    ],
+)
+def test_a_checkpoint_of_another_replay_is_refused(
+    traffic: Traffic, tmp_path: Path, change: object, message: str
+) -> None:
+    capture = tmp_path / RESUME_CAPTURE
+    shutil.copyfile(traffic(RESUME_CAPTURE), capture)
+    path = tmp_path / "ckpt.json"
+    save(path, Checkpoint(_identity([capture]), acked_seq=99))
+    if change == "touch":
+        os.utime(capture, ns=(0, capture.stat().st_mtime_ns + S))
+        identity = _identity([capture])
+    elif change == "other file":
+        shutil.copyfile(traffic("zeek-wikipedia.pcap"), capture)
+        identity = _identity([capture])
+    else:
+        assert isinstance(change, dict)
+        identity = _identity([capture], **change)
+    refused = pytest.raises(CheckpointError, match="is for another replay")
+    with refused as err, CheckpointSession(path, identity, resume=True):
+        pass
+    assert message in str(err.value)
+    assert json.loads(path.read_text())["acked_seq"] == 99  # refused: left as it was
+    # Without --resume the replay starts over and replaces it, and says so.
+    with CheckpointSession(path, identity, resume=False) as session:
+        assert session.resume_at == 0
+        assert "replacing the unfinished replay checkpoint" in session.notes[0]
+    assert load(path).identity == identity
+
+
+def test_cli_refuses_a_mismatching_checkpoint_before_connecting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capture = Path(__file__).resolve().parents[2] / "pipelines" / "captures" / "edge.pcapng"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(
+        "name: edge\npartitions: 5\nfunctions:\n  - {name: fw, function: firewall}\n"
+    )
+    path = tmp_path / "ckpt.json"
+    save(path, Checkpoint(_identity([capture], loop=1), acked_seq=7))  # 4 partitions
+    argv = ["replay", str(capture), "--pipeline", str(pipeline), "--brokers", "127.0.0.1:9"]
+    assert main([*argv, "--resume", "--checkpoint", str(path), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert f"error: replay checkpoint {path} is for another replay" in err
+    assert "partitions 4 -> 5" in err and "loop" not in err  # only what differs
+
+
+def test_checkpoint_is_written_during_the_replay_atomically(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    captures = [traffic(RESUME_CAPTURE)]
+    path = tmp_path / "ckpt.json"
+    seen: list[int] = []
+
+    def slow_ack(ack: Callable) -> Callable[[int, PacketBatch], None]:
+        def publish(part: int, batch: PacketBatch) -> None:
+            ack(batch.records["seq"])
+            time.sleep(0.002)
+            seen.append(json.loads(path.read_text())["acked_seq"])  # never a torn file
+
+        return publish
+
+    with CheckpointSession(path, _identity(captures), resume=False, interval=0.01) as session:
+        opts = ReplayOptions(progress=False, loop=3, max_packets=50)
+        replay(captures, 4, slow_ack(session.tracker.acked), opts, console=_quiet())
+        assert session.checkpoint.complete is False
+    assert seen == sorted(seen) and len(set(seen)) > 3  # advanced while the replay ran
+    assert load(path).acked_seq == 3 * 751 - 1
+
+
+def test_one_checkpoint_one_agent(tmp_path: Path, traffic: Traffic) -> None:
+    identity = _identity([traffic(RESUME_CAPTURE)])
+    path = tmp_path / "ckpt.json"
+    with CheckpointSession(path, identity, resume=False) as first:
+        in_use = pytest.raises(CheckpointError, match="in use by another snf replay")
+        with in_use, CheckpointSession(path, identity, resume=True):
+            pass
+        first.finish(flushed=True)
+    with CheckpointSession(path, identity, resume=True) as again:  # released at exit
+        assert again.checkpoint.flushed and again.flush_id == first.flush_id
+
+
+def test_no_checkpoint_to_resume_starts_from_the_first_packet(
+    tmp_path: Path, traffic: Traffic
+) -> None:
+    path = tmp_path / "none" / "ckpt.json"
+    with CheckpointSession(path, _identity([traffic(RESUME_CAPTURE)]), resume=True) as s:
+        assert s.resume_at == 0 and s.notes == [
+            f"no replay checkpoint at {path}: starting from packet 0"
+        ]
+    path.write_text("{not json")
+    unreadable = pytest.raises(CheckpointError, match="cannot read replay checkpoint")
+    with unreadable, CheckpointSession(path, _identity([traffic(RESUME_CAPTURE)]), resume=True):
+        pass
