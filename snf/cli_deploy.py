@@ -1,9 +1,10 @@
 """The deployment commands of `snf`: plan, deploy, scale, status, undeploy, logs,
-sink, supervise and render. snf.cli registers them; the work is in snf.deploy."""
+sink, supervise, chaos and render. snf.cli registers them; the work is in snf.deploy."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import time
@@ -112,6 +113,8 @@ def add_parsers(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
         "--builtin", action="store_true", help="built-in function types only (the shipped file)"
     )
 
+    _add_chaos_parser(sub, add_brokers)
+
     rd = sub.add_parser("render", help="write manifests for other platforms")
     rsub = rd.add_subparsers(dest="render_target", required=True)
     k8s = rsub.add_parser("k8s", help="Kubernetes: Deployments, ConfigMap, Job, KEDA")
@@ -120,6 +123,39 @@ def add_parsers(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
     k8s.add_argument("--image", default=None)
     k8s.add_argument("--namespace", default=None)
     k8s.add_argument("--brokers", default="kafka:9092", help="as the pods reach Kafka")
+
+
+def _add_chaos_parser(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
+    from snf.cli import _add_timing
+
+    ch = sub.add_parser(
+        "chaos",
+        help="run a pipeline over Kafka, inject faults mid-stream, compare with --local",
+        description="Runs like `snf run`, kills or stops workers once a share of the capture "
+        "is published, then compares every terminal with the --local reference. Exit 0 only "
+        "when nothing is lost, extra, duplicated (at the sink, before dedup), reordered or "
+        "divergent; 1 otherwise. Replays at -p 5000 unless -t, -x or -p says otherwise.",
+    )
+    ch.add_argument("pipeline", type=Path)
+    ch.add_argument("captures", type=Path, nargs="+")
+    g = ch.add_argument_group("faults (--at and --for apply to the --kill or --stop before them)")
+    for flag, meta, what in (
+        ("kill", "FUNCTION[:INSTANCE]", "SIGKILL the instance's worker (default: seeded pick)"),
+        ("stop", "FUNCTION[:INSTANCE]", "SIGSTOP the worker, SIGCONT it --for later"),
+        ("at", "SHARE", "when that share of the capture is published, e.g. 40%%"),
+        ("for", "DURATION", "how long a --stop lasts, e.g. 15s or 500ms"),
+    ):
+        tag = functools.partial(lambda t, v: (t, v), flag)  # keeps the flags' order
+        g.add_argument(
+            f"--{flag}", dest="faults", action="append", type=tag, metavar=meta, help=what
+        )
+    ch.add_argument("--seed", type=int, help="picks instances left open (default: random, shown)")
+    ch.add_argument("--json", type=Path, help="also write the report (JSON) here")
+    ch.add_argument("--timeout", type=float, default=60.0, help="sink: fail after this long idle")
+    ch.add_argument("--keep", action="store_true", help="keep topics and the run directory")
+    ch.add_argument("--rundir", type=Path, help="worker logs and state (default: a temp dir)")
+    add_brokers(ch)
+    _add_timing(ch, default_top=False)  # default -p 5000 (_cmd_chaos): faults land mid-stream
 
 
 def _plan_table(p) -> Table:
@@ -262,6 +298,29 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_chaos(args: argparse.Namespace) -> int:
+    from snf.chaos import DEFAULT_PPS, parse_faults, run_chaos
+    from snf.cli import _replay_options
+    from snf.run import RunOptions
+
+    faults = parse_faults(args.faults or [])
+    if args.pps is None and args.speed is None and not args.topspeed:
+        args.pps = DEFAULT_PPS
+    opts = RunOptions(brokers=args.brokers, replay=_replay_options(args), timeout=args.timeout)
+    opts.keep, opts.rundir = args.keep, args.rundir
+    report = run_chaos(args.pipeline, args.captures, faults, opts, console, args.seed)
+    for line in report.lines():
+        console.print(line, highlight=False)
+    if report.run_error:
+        console.print(f"[red]run: {report.run_error}[/]", highlight=False)
+    console.print(report.verdict.table(f"{report.pipeline} under chaos vs --local"))
+    text = json.dumps(report.to_json(), indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0 if report.verdict.clean and report.run_error is None else 1
+
+
 def _cmd_supervise(args: argparse.Namespace) -> int:
     from snf.supervisor import supervise
 
@@ -309,6 +368,7 @@ COMMANDS = {
     "logs": _cmd_logs,
     "sink": _cmd_sink,
     "supervise": _cmd_supervise,
+    "chaos": _cmd_chaos,
     "render": _cmd_render,
     "schema": _cmd_schema,
 }

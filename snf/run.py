@@ -16,7 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from snf import deployment as dp
+from snf.batch import PacketBatch
 from snf.collect import EGRESS, Collector
 from snf.deploy import apply_topics, deploy, plan, undeploy, wait_assigned
 from snf.errors import SnfError
@@ -71,6 +72,13 @@ class RunOptions:
     keep: bool = False  # keep topics and the run directory
     rundir: Path | None = None
     loglevel: str = "info"
+    # Hooks for `snf chaos` (snf.chaos). The sink fills `collector` when given, so the
+    # caller still holds what arrived when the run fails (lost packets are a verdict
+    # there, not only an error); `on_published(n)` is called after each ingress batch
+    # is handed to the producer, with the packets published so far (faults fire at a
+    # fraction of the capture).
+    collector: Collector | None = None
+    on_published: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -148,14 +156,13 @@ def _run_kafka(
         processing_started = time.perf_counter()
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
+        publish = _counting(publisher, opts.on_published) if opts.on_published else publisher
         try:
-            summary = replay(
-                captures, run.partitions, publisher, opts.replay, console, keyers=keyers
-            )
+            summary = replay(captures, run.partitions, publish, opts.replay, console, keyers=keyers)
             publisher.flush_all(Flush(run.name, summary.last_ts_ns), run.partitions)
         finally:
             publisher.close()
-        collector = Collector()
+        collector = opts.collector if opts.collector is not None else Collector()
         sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
 
         def check() -> None:
@@ -204,6 +211,21 @@ def _run_kafka(
             cluster.down()
         if succeeded and opts.rundir is None and not opts.keep:
             shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
+
+
+def _counting(
+    publish: Callable[[int, PacketBatch], None], on_published: Callable[[int], None]
+) -> Callable[[int, PacketBatch], None]:
+    """`publish`, then report the running count of packets published."""
+    sent = 0
+
+    def counted(partition: int, batch: PacketBatch) -> None:
+        nonlocal sent
+        publish(partition, batch)
+        sent += len(batch)
+        on_published(sent)
+
+    return counted
 
 
 def crashing(rundir: Path, restarts: int = 3) -> None:
