@@ -103,10 +103,6 @@ class KafkaSink:
         """Every partition of every terminal topic has all its ends of this flush."""
         return not self._missing(flush_id)
 
-    def complete_flushes(self) -> set[str]:
-        ids = {f for parts in self.ended.values() for ids in parts.values() for f in ids}
-        return {f for f in ids if self.flushed(f)}
-
     def collect(
         self,
         collector: Collector,
