@@ -425,7 +425,7 @@ def log_events(w: WorkerProcess, since: float) -> dict[str, Any]:
             cells = [c.strip() for c in re.split(r"[│|┃]", line) if c.strip()]
             if len(cells) == 3 and cells[1].isdigit():
                 topic = topic if cells[0] == "〃" else cells[0]
-                if topic.endswith("-conn-changelog"):
+                if topic.endswith("-state-changelog"):
                     table[(topic, int(cells[1]))] = int(cells[2])
     replayed = sum(max(0, v - starts.get(k, -1)) for k, v in highs.items())
     return {"events": events, "replayed_records": replayed if highs else None}
@@ -445,7 +445,7 @@ class Bench:
             self.paths[standby] = p
         self.pipeline = load_pipeline(self.paths[0])
         self.fn = self.pipeline.function("fw")
-        self.changelog = names.changelog_topic(self.name, "fw", "conn")
+        self.changelog = names.changelog_topic(self.name, "fw", "state")
         self.probes = Probes(brokers, self.pipeline)
         create_topics(brokers, self.pipeline)
         self.egress = Egress(brokers, names.egress_topic(self.name), PARTITIONS)

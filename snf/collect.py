@@ -41,7 +41,8 @@ class _Packet:
 class Collector:
     seen: dict[tuple[int, int], PortKey] = field(default_factory=dict)
     packets: dict[PortKey, dict[tuple[int, int], _Packet]] = field(default_factory=dict)
-    duplicates: int = 0
+    duplicates: int = 0  # an id delivered again in a message of new lineage: a real repeat
+    redelivered: int = 0  # messages skipped by lineage: a redo's copies (snf.journal)
     conflicts: int = 0  # same id on two terminals: fan-out, else a correctness bug
     # record port -> canonical JSON text -> (ts_ns, record)
     records: dict[PortKey, dict[str, tuple[int, dict[str, Any]]]] = field(default_factory=dict)

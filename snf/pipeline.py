@@ -38,7 +38,7 @@ from snf.pipeline_errors import (
     yaml_problem,
 )
 from snf.registry import get_function
-from snf.state import CONTROL_TABLE
+from snf.state import CONTROL_TABLE, STATE_TABLE
 from snf.topology import INGRESS, Dest, Graph, Link, build_graph
 
 __all__ = [
@@ -85,7 +85,9 @@ class FunctionSpec(BaseModel):
     partitions: int | None = Field(default=None, ge=1, le=1024)  # of its input (pipeline's)
     replication: int | None = Field(default=None, ge=1, le=16)  # of its topics (pipeline's)
     standby_replicas: int = Field(default=0, ge=0, le=8)  # warm table copies on other workers
-    processing_guarantee: Guarantee = "at_least_once"
+    # exactly_once: snf's journal and lineage dedup (docs/FAULT-TOLERANCE.md), not
+    # Faust's transactions; at_least_once: without them (redo after a crash).
+    processing_guarantee: Guarantee = "exactly_once"
     config: dict[str, Any] = Field(default_factory=dict)  # checked against the type's Config
 
 
@@ -138,15 +140,6 @@ def spec_conflicts(spec: PipelineSpec) -> list[tuple[Loc, str]]:
         elif isinstance(fn.instances, int) and fn.instances > n:
             msg = f"instances ({fn.instances}) must not exceed partitions ({n})"
             found.append((("functions", i, "instances"), msg))
-        if fn.processing_guarantee == "exactly_once":
-            # Faust's transactional mode leaves a partition's last outputs
-            # unpublished here (the end-of-input flush never arrives); until the
-            # fault-tolerance work proves a mechanism, refuse it rather than hang.
-            msg = (
-                "exactly_once is not supported yet (Faust's transactional mode loses a "
-                "partition's last outputs; see docs/DEPLOY.md); use at_least_once"
-            )
-            found.append((("functions", i, "processing_guarantee"), msg))
     return found
 
 
@@ -243,6 +236,11 @@ class PipelineFunction:
         return self.spec.processing_guarantee
 
     @property
+    def journaled(self) -> bool:
+        """Whether its worker journals events and dedups by lineage (snf.journal)."""
+        return self.spec.processing_guarantee == "exactly_once"
+
+    @property
     def entry(self) -> bool:
         return self.layout.entry == self.name
 
@@ -302,8 +300,9 @@ class PipelineFunction:
 
     @property
     def changelog_topics(self) -> dict[str, str]:
-        """State table -> changelog topic (created before the workers start)."""
-        return {t: names.changelog_topic(self.pipeline, self.name, t) for t in self.state_tables}
+        """Faust table -> changelog topic (created before the workers start). All the
+        core's tables share one Faust table, so that one changelog orders them."""
+        return {STATE_TABLE: names.changelog_topic(self.pipeline, self.name, STATE_TABLE)}
 
     def create(self, partitions: int | None = None) -> NetworkFunction:
         fn = self.cls(self.config)

@@ -81,8 +81,9 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "(default: the pipeline's).",
         "standby_replicas": "Warm copies of this function's state tables kept on other "
         "workers, for a faster takeover.",
-        "processing_guarantee": "Kafka delivery semantics of this function's workers "
-        "(Faust processing_guarantee).",
+        "processing_guarantee": "exactly_once: a crash neither loses nor repeats an "
+        "effect (snf's journal and lineage dedup, docs/FAULT-TOLERANCE.md); "
+        "at_least_once: faster, but work since the last commit is redone after a crash.",
         "config": "Settings of the function type, checked against its Config model "
         "(docs/functions/<type>.md).",
     },

@@ -19,6 +19,7 @@ from kafka import KafkaConsumer, TopicPartition
 from snf import wire
 from snf.batch import format_packet_id
 from snf.collect import Collector, PortKey
+from snf.journal import Lineage, Watermarks
 from snf.pcapng import PcapngWriter
 
 __all__ = ["KafkaSink", "follow"]
@@ -38,6 +39,9 @@ class KafkaSink:
         # topic -> partition -> flush id -> origins whose end arrived
         self.ended: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
         self.partitions: dict[str, int] = {}
+        # per terminal partition, the highest lineage read per origin (snf.journal):
+        # a message at or below it is an output sent again by a redo after a crash
+        self.marks: dict[tuple[str, int], Watermarks] = {}
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap.split(","),
             group_id=None,
@@ -67,7 +71,13 @@ class KafkaSink:
         new = 0
         for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items():
             where = self.topics[tp.topic]
+            marks = self.marks.setdefault((tp.topic, tp.partition), Watermarks())
             for record in records:
+                lineage = Lineage.from_headers(record.headers)
+                if not marks.is_new(lineage):
+                    collector.redelivered += 1
+                    continue
+                marks.advance(lineage)
                 msg = wire.decode_any(record.value)
                 if isinstance(msg, wire.RecordBlock):
                     new += collector.add_records(where, msg.records)

@@ -12,11 +12,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, Protocol
 
-__all__ = ["CONTROL_TABLE", "BatchState", "MemoryStore", "Store", "TableView"]
+__all__ = ["CONTROL_TABLE", "STATE_TABLE", "BatchState", "MemoryStore", "Store", "TableView"]
 
 # Every function has this table besides its own: the engine's flush-marker
 # counts (snf.engine), so a restarted worker still knows where a flush stands.
 CONTROL_TABLE = "control"
+# Over Kafka, all tables of a function are one Faust table of this name (keys
+# prefixed by the table's): one changelog keeps every write in order.
+STATE_TABLE = "state"
 
 _MISSING = object()
 _DELETED = object()
@@ -58,12 +61,13 @@ class MemoryStore:
 class TableView:
     """Read-through, write-back view of one Store for the length of a batch."""
 
-    __slots__ = ("_cache", "_dirty", "_store")
+    __slots__ = ("_cache", "_deferred", "_dirty", "_store")
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, deferred: bool = False) -> None:
         self._store = store
         self._cache: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
+        self._deferred = deferred
 
     def get(self, key: bytes) -> Any | None:
         value = self._cache.get(key, _MISSING)
@@ -97,7 +101,20 @@ class TableView:
         self._cache.clear()
 
     def flush(self) -> int:
-        """Write every changed key once; return the number of writes."""
+        """Write every changed key once; return the number of writes.
+
+        A deferred view only counts them: its shell writes them later (`apply`),
+        after journaling their before-images (snf.journal)."""
+        if self._deferred:
+            return len(self._dirty)
+        return self.apply()
+
+    def pending(self) -> list[tuple[bytes, Any]]:
+        """The changed keys and their new values (None: deleted), not yet written."""
+        return [(k, None if self._cache[k] is _DELETED else self._cache[k]) for k in self._dirty]
+
+    def apply(self) -> int:
+        """Write every changed key once, whether deferred or not."""
         store = self._store
         for key in self._dirty:
             value = self._cache[key]
@@ -114,8 +131,8 @@ class TableView:
 class BatchState:
     """The tables of one function on one partition, for one batch."""
 
-    def __init__(self, stores: dict[str, Store]) -> None:
-        self._views = {name: TableView(store) for name, store in stores.items()}
+    def __init__(self, stores: dict[str, Store], *, deferred: bool = False) -> None:
+        self._views = {name: TableView(store, deferred=deferred) for name, store in stores.items()}
 
     def table(self, name: str) -> TableView:
         return self._views[name]
@@ -126,6 +143,13 @@ class BatchState:
     def discard(self) -> None:
         for v in self._views.values():
             v.discard()
+
+    def pending(self) -> dict[str, list[tuple[bytes, Any]]]:
+        """Per table, the writes a deferred state holds (see TableView.pending)."""
+        return {name: w for name, v in self._views.items() if (w := v.pending())}
+
+    def apply(self) -> int:
+        return sum(v.apply() for v in self._views.values())
 
     @staticmethod
     def memory(tables: Iterable[str]) -> dict[str, MemoryStore]:

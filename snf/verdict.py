@@ -4,7 +4,9 @@ Pure comparison of two Collectors, no broker. Per terminal (egress, side ports, 
 
 - lost: packet ids in the reference, not in the output; extra: the reverse;
 - duplicated: deliveries of an id (or identical record) the terminal already had,
-  counted at the sink *before* its dedup hides them (SinkRecorder);
+  counted at the sink *before* its dedup hides them (SinkRecorder). Messages a
+  redo sent again carry the lineage of the first copy and are skipped by it
+  first (snf.journal); they are reported as `redelivered`, not as duplicates;
 - reordered: packets that arrived after a later packet (in capture order, i.e. id
   order) of their flow; a Collector's dict per terminal keeps first-arrival order;
 - divergent: ids whose bytes, drop reason or port differ (state divergence made
@@ -34,7 +36,10 @@ __all__ = ["PacketVerdict", "RecordVerdict", "SinkRecorder", "Verdict", "compare
 
 PacketId = tuple[int, int]
 EXAMPLES = 5  # ids (or records) listed per count in the JSON
-DUPLICATES_NOTE = "duplicated: repeated deliveries of an id (or record), at the sink before dedup"
+DUPLICATES_NOTE = (
+    "duplicated: repeated deliveries of an id (or record) at the sink, before its dedup by "
+    "packet id but after its dedup by lineage (redelivered: messages a redo sent again)"
+)
 TABLE_NOTE = (
     f"dup*: {DUPLICATES_NOTE}. reordered: packets that arrived after a later packet of "
     "their flow (flows). Record ports: lost/extra count records (a change is one of each)."
@@ -107,6 +112,7 @@ class RecordVerdict:
 class Verdict:
     packets: list[PacketVerdict]
     records: list[RecordVerdict]
+    redelivered: int = 0  # messages the sink skipped by lineage (informational)
 
     def totals(self) -> dict[str, int]:
         out = Counter[str]()
@@ -126,6 +132,7 @@ class Verdict:
     def to_json(self) -> dict[str, Any]:
         terminals = {v.terminal: v.to_json() for v in [*self.packets, *self.records]}
         head = {"clean": self.clean, "totals": self.totals(), "note": DUPLICATES_NOTE}
+        head["redelivered"] = self.redelivered
         return head | {"terminals": terminals}
 
     def table(self, title: str) -> Table:
@@ -168,7 +175,8 @@ def compare(
     order = sorted(pkeys, key=lambda k: (k != EGRESS, k))
     found = {k: _packets(ref, got, k) for k in order}
     _moved(found, got)
-    return Verdict(list(found.values()), [_records(ref, got, k) for k in sorted(rkeys)])
+    records = [_records(ref, got, k) for k in sorted(rkeys)]
+    return Verdict(list(found.values()), records, got.redelivered)
 
 
 def _moved(found: dict[PortKey, PacketVerdict], got: Collector) -> None:

@@ -10,6 +10,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from snf import names
 from snf.collect import EGRESS, Collector
+from snf.journal import table_key
 from snf.kafka import admin
 from snf.kafka.publisher import KafkaPublisher
 from snf.pcapng import PcapngWriter
@@ -44,7 +45,8 @@ def _write(path: Path, frames: list[bytes], t0: int) -> Path:
     return path
 
 
-def _changelog_keys(brokers: str, topic: str) -> int:
+def _changelog_keys(brokers: str, topic: str, prefix: bytes = b"") -> int:
+    """Distinct live keys starting with `prefix` (a core table's: b"conn\\0")."""
     consumer = KafkaConsumer(bootstrap_servers=brokers, group_id=None, enable_auto_commit=False)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
@@ -56,7 +58,9 @@ def _changelog_keys(brokers: str, topic: str) -> int:
         keys: set[bytes] = set()
         while any(consumer.position(tp) < end[tp] for tp in parts):
             for records in consumer.poll(timeout_ms=500).values():
-                keys.update(r.key for r in records if r.value is not None)
+                keys.update(
+                    r.key for r in records if r.value is not None and r.key.startswith(prefix)
+                )
         return len(keys)
     finally:
         consumer.close()
@@ -116,9 +120,9 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
         assert sink.collect(collector, 60, packets=len(syns))
         assert collector.count(EGRESS) == len(syns)  # the rule allows every SYN
 
-        changelog = names.changelog_topic(run.name, "fw", "conn")
+        changelog = names.changelog_topic(run.name, "fw", "state")  # all its tables
         _wait(
-            lambda: _changelog_keys(brokers, changelog) >= len(CLIENTS),
+            lambda: _changelog_keys(brokers, changelog, table_key("conn", b"")) >= len(CLIENTS),
             30,
             "the connections to reach the changelog",
         )

@@ -28,7 +28,7 @@ def test_plan_on_an_empty_cluster_creates_everything(monkeypatch: pytest.MonkeyP
     assert {t.action for t in p.topics} == {"create"}
     kinds = {t.topic: t.kind for t in p.topics}
     assert kinds["snf.tap.ingress"] == "ingress" and kinds["snf.tap.fw.in"] == "input"
-    assert kinds["snf.tap.fw-conn-changelog"] == "changelog"
+    assert kinds["snf.tap.fw-state-changelog"] == "changelog"
     assert kinds["tap-alerts"] == kinds["snf.tap.egress"] == "terminal"
     assert [g.exists for g in p.groups] == [True, False, False, False, False]  # ids exists
     assert p.to_json()["topics"][0]["configs"]["min.insync.replicas"] == "1"
@@ -42,14 +42,14 @@ def test_plan_diff_and_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
         for t, s in specs.items()
     }
     existing["snf.tap.fw.in"]["partitions"] = 8
-    existing["snf.tap.fw-conn-changelog"]["configs"] = {}  # not compacted
+    existing["snf.tap.fw-state-changelog"]["configs"] = {}  # not compacted
     _fake_cluster(monkeypatch, existing)
     p = dep.plan(pipeline, "b:9092")
     by = {t.topic: t for t in p.topics}
     assert by["snf.tap.ingress"].action == "ok"
     assert by["snf.tap.fw.in"].differences == ("partitions 8 -> 4",) and by["snf.tap.fw.in"].refused
-    assert by["snf.tap.fw-conn-changelog"].differences == ("cleanup.policy delete -> compact",)
-    assert not by["snf.tap.fw-conn-changelog"].refused  # reported, not refused
+    assert by["snf.tap.fw-state-changelog"].differences == ("cleanup.policy delete -> compact",)
+    assert not by["snf.tap.fw-state-changelog"].refused  # reported, not refused
     with pytest.raises(dep.DeployError, match=r"(?s)refusing.*snf.tap.fw.in: partitions 8 -> 4"):
         dep.apply_topics(p)
 

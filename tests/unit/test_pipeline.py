@@ -174,10 +174,8 @@ def test_two_function_chain_wiring() -> None:
     assert f2.input_topic == "snf.p.f2.in" and f2.inputs == (("f1", "pass"),)
     assert f2.port_topics["pass"] == "snf.p.egress"
     assert f2.group_id == "snf.p.f2"
-    assert f2.changelog_topics == {
-        "flows": "snf.p.f2-flows-changelog",
-        "control": "snf.p.f2-control-changelog",  # the engine's flush-marker counts
-    }
+    # One Faust table holds the core's tables and the engine's control table.
+    assert f2.changelog_topics == {"state": "snf.p.f2-state-changelog"}
 
 
 def test_three_function_chain_topics() -> None:
@@ -197,7 +195,7 @@ def test_three_function_chain_topics() -> None:
         *(f"snf.p.{f}.{port}" for f in ("f1", "f2", "f3") for port in ("drop", "alerts")),
     }
     assert pipeline.changelog_topics() == {
-        f"snf.p.{f}-{t}-changelog": 8 for f in ("f1", "f2", "f3") for t in ("flows", "control")
+        f"snf.p.{f}-state-changelog": 8 for f in ("f1", "f2", "f3")
     }
 
 

@@ -213,7 +213,7 @@ def test_the_table_names_every_terminal() -> None:
     console.print(compare(ref, got).table("chaos"))
     console.print(compare(local.collector, _copy(local.collector), *terminals).table("again"))
     text = console.export_text()
-    assert "NOT CLEAN" in text and "CLEAN" in text and "before dedup" in text
+    assert "NOT CLEAN" in text and "CLEAN" in text and "before its dedup by" in text
     for name in ("egress", "ids.drop", "police.exceed", "ids.alerts", "flows.flows"):
         assert name in text
 

@@ -202,7 +202,7 @@ functions:
     assert (fw.instances, fw.min_instances, fw.max_instances) == (1, 0, 6)
     specs = parse_pipeline(text).topic_specs()
     assert specs["snf.s.ingress"].partitions == 8
-    assert specs["snf.s.fw-conn-changelog"].configs == {
+    assert specs["snf.s.fw-state-changelog"].configs == {
         "min.insync.replicas": "1",
         "cleanup.policy": "compact",
     }
@@ -218,8 +218,7 @@ functions:
     assert p.path == "functions[0].instances" and "min (7) must not exceed max (6)" in p.message
     p = only(text.replace("at_least_once", "twice"))
     assert p.path == "functions[0].processing_guarantee"
-    p = only(text.replace("at_least_once", "exactly_once"))
-    assert p.path == "functions[0].processing_guarantee" and "not supported yet" in p.message
+    assert parse_pipeline(text.replace("at_least_once", "exactly_once")).functions[0].journaled
 
 
 def test_nat_rejects_partitions_that_leave_it_too_few_ports() -> None:
