@@ -259,7 +259,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             return 0
         opts.skip = session.resume_at
         publisher = KafkaPublisher(
-            brokers, pipeline.ingress_topic, on_delivered=session.tracker.acked
+            brokers,
+            pipeline.ingress_topic,
+            on_delivered=session.tracker.acked,
+            session=session.flush_id,  # kept by --resume: resent packets are recognised
         )
         try:
             s = replay(

@@ -154,7 +154,7 @@ def _run_kafka(
         console.print(f"run [bold]{run.name}[/] on {brokers}: {n} worker(s), logs in {rundir}")
         wait_assigned(rundir, run, 90.0)
         processing_started = time.perf_counter()
-        publisher = KafkaPublisher(brokers, run.ingress_topic)
+        publisher = KafkaPublisher(brokers, run.ingress_topic, session=run.name)
         keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
         publish = _counting(publisher, opts.on_published) if opts.on_published else publisher
         try:

@@ -21,6 +21,7 @@ from kafka.producer.future import FutureRecordMetadata
 from snf import wire
 from snf.batch import PacketBatch
 from snf.errors import SnfError
+from snf.journal import CAPTURE_ORIGIN, Lineage
 
 __all__ = ["KafkaPublisher", "PublishError", "connect_producer"]
 
@@ -65,8 +66,12 @@ class KafkaPublisher:
         bootstrap: str,
         topic: str,
         on_delivered: Callable[[np.ndarray], None] | None = None,
+        session: str | None = None,
     ) -> None:
         self.topic = topic
+        # Each batch's lineage (snf.journal) names the replay session, so the first
+        # function drops packets a resumed replay sends again (same ids, seq order).
+        self.session = session
         self.on_delivered = on_delivered  # called with the seqs of each acknowledged batch
         self.errors: list[str] = []
         self.sent = 0
@@ -81,13 +86,19 @@ class KafkaPublisher:
         )
 
     def __call__(self, partition: int, batch: PacketBatch) -> None:
-        future = self.send_raw(partition, wire.encode(batch))
+        headers = None
+        if self.session is not None and len(batch):
+            last = int(batch.records["seq"].max())
+            headers = [Lineage(f"{CAPTURE_ORIGIN}{self.session}/{partition}", last, 0).header()]
+        future = self.send_raw(partition, wire.encode(batch), headers)
         if self.on_delivered is not None:
             # Only a copy of the seqs waits for the ack, not the whole batch.
             future.add_callback(self._delivered, batch.records["seq"].copy())
 
-    def send_raw(self, partition: int, message: bytes) -> FutureRecordMetadata:
-        future = self.producer.send(self.topic, value=message, partition=partition)
+    def send_raw(
+        self, partition: int, message: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> FutureRecordMetadata:
+        future = self.producer.send(self.topic, value=message, partition=partition, headers=headers)
         future.add_errback(self._failed)
         self.sent += 1
         return future
