@@ -27,8 +27,9 @@ from rich.console import Console
 
 from snf import deployment as dp
 from snf.errors import ConfigError
+from snf.kafka import admin, cluster
 from snf.local import LocalPipeline
-from snf.pipeline import load_pipeline
+from snf.pipeline import Pipeline, load_pipeline
 from snf.replay import check_captures, replay
 from snf.run import RunError, RunOptions, run_pipeline
 from snf.verdict import SinkRecorder, Verdict, compare
@@ -40,11 +41,11 @@ DEFAULT_PPS = 5000.0  # not top speed: a fault must land while packets still flo
 
 @dataclass
 class Fault:
-    kind: str  # kill | stop
-    function: str
-    instance: int | None  # None: chosen with the seed
+    kind: str  # kill | stop | kill-broker
+    function: str  # kill-broker: "" for a node id, else whose input's leader to kill
+    instance: int | None  # None: chosen with the seed; kill-broker: the node id
     at: float | None = None  # fraction of the capture's packets published
-    duration: float = 0.0  # stop: seconds until SIGCONT
+    duration: float = 0.0  # stop: seconds until SIGCONT; kill-broker: until its restart
     due: int = 0  # packets published when it is due (from `at` and the capture)
     sent: int | None = None  # packets published when it fired
     pid: int | None = None
@@ -73,12 +74,17 @@ def parse_faults(items: Sequence[tuple[str, str]]) -> list[Fault]:
     --at/--for that follow belong to it."""
     faults: list[Fault] = []
     for flag, value in items:
-        if flag in ("kill", "stop"):
+        if flag == "kill-broker":
+            what, _, fn = value.partition(":")
+            if not (value.isdigit() or (what == "leader" and fn)):
+                raise ConfigError(f"--kill-broker {value}: expected a node id or leader:FUNCTION")
+            faults.append(Fault(flag, fn, int(value) if value.isdigit() else None))
+        elif flag in ("kill", "stop"):
             function, _, inst = value.partition(":")
             if not function or (inst and not inst.isdigit()):
                 raise ConfigError(f"--{flag} {value}: expected FUNCTION or FUNCTION:INSTANCE")
             faults.append(Fault(flag, function, int(inst) if inst else None))
-        elif not faults or (flag == "for" and faults[-1].kind != "stop"):
+        elif not faults or (flag == "for" and faults[-1].kind == "kill"):
             raise ConfigError(f"--{flag} {value} must follow a --{'stop' if faults else 'kill'}")
         elif flag == "at":
             faults[-1].at = _value(flag, value)
@@ -102,8 +108,10 @@ def _proc_state(pid: int) -> str:  # the kernel's letter: R, S, T (stopped), Z..
 class Injector:
     """Fires the faults as packets are published; called by the replay (on_published)."""
 
-    def __init__(self, rundir: Path, faults: list[Fault], total: int) -> None:
-        self.rundir, self.total = rundir, total
+    def __init__(
+        self, rundir: Path, faults: list[Fault], total: int, brokers: Brokers | None = None
+    ) -> None:
+        self.rundir, self.total, self.brokers = rundir, total, brokers
         self.pending = sorted(faults, key=lambda f: f.due)
         self.timers: list[tuple[threading.Timer, Fault]] = []
 
@@ -113,6 +121,10 @@ class Injector:
         deadline = time.monotonic() + 30.0
         while self.pending and self.pending[0].due <= sent:
             fault = self.pending[0]
+            if fault.kind == "kill-broker":
+                self.pending.pop(0)
+                self._kill_broker(fault, sent)
+                continue
             pid = self._pid(fault)
             if pid is None and sent < self.total:
                 return
@@ -150,7 +162,41 @@ class Injector:
         if _proc_state(pid) in want:  # seen by the kernel, not just sent
             fault.observed = "killed" if fault.kind == "kill" else "stopped"
 
+    def _kill_broker(self, fault: Fault, sent: int) -> None:
+        brokers = self.brokers
+        if brokers is None:
+            fault.error = "broker faults need a cluster started by `snf kafka up`"
+            return
+        if fault.instance is None:  # leader:FUNCTION, looked up now
+            run = dp.load(self.rundir)  # the run's private name names its topics
+            topic = brokers.input_topic(run.pipeline, fault.function)
+            fault.instance = brokers.leader(topic)
+        fault.sent, fault.fired_at = sent, time.time()
+        fault.pid = brokers.info.node(fault.instance).pid
+        if not cluster.kill_node(brokers.info, fault.instance):
+            fault.error = f"broker {fault.instance} was not running"
+            return
+        deadline = time.monotonic() + 2.0
+        while _proc_state(fault.pid) not in ("", "Z") and time.monotonic() < deadline:
+            time.sleep(0.01)
+        fault.observed = "killed" if _proc_state(fault.pid) in ("", "Z") else ""
+        if fault.duration:
+            timer = threading.Timer(fault.duration, self._restart_broker, (fault,))
+            self.timers.append((timer, fault))
+            timer.start()
+
+    def _restart_broker(self, fault: Fault) -> None:
+        if fault.continued_at is None and self.brokers is not None and fault.instance is not None:
+            fault.continued_at = time.time()
+            try:
+                cluster.start_node(self.brokers.info, fault.instance)
+            except Exception as exc:  # reported in the verdict's fault list
+                fault.error = f"restart failed: {exc}"
+
     def _resume(self, fault: Fault) -> None:
+        if fault.kind == "kill-broker":
+            self._restart_broker(fault)
+            return
         if fault.continued_at is None and fault.pid is not None:
             fault.continued_at = time.time()
             try:
@@ -165,6 +211,25 @@ class Injector:
             self._resume(fault)
         for fault in self.pending:
             fault.error = fault.error or "never due: the replay ended first"
+
+
+@dataclass
+class Brokers:
+    """The cluster a broker fault hits: one `snf kafka up` started (its pids are known)."""
+
+    info: cluster.ClusterInfo
+    bootstrap: str
+    pipeline: Pipeline
+
+    def input_topic(self, run_name: str, function: str) -> str:
+        return self.pipeline.renamed(run_name, private=True).function(function).input_topic
+
+    def leader(self, topic: str) -> int:
+        """The node leading partition 0 of `topic`."""
+        with admin.admin_client(self.bootstrap) as client:
+            (described,) = client.describe_topics([topic])
+        parts = {p["partition"]: p["leader"] for p in described["partitions"]}
+        return int(parts[0])
 
 
 @dataclass
@@ -188,7 +253,10 @@ class ChaosReport:
         out = []
         for f in self.faults:
             sent = f" ({f.sent}/{self.packets} packets published)" if f.sent else ""
-            what = f"{f.kind} {f.function}:{f.instance} pid {f.pid}"
+            who = (
+                f"broker {f.instance}" if f.kind == "kill-broker" else f"{f.function}:{f.instance}"
+            )
+            what = f"{f.kind} {who} pid {f.pid}"
             line = f"{what} at {f.at:.0%}{sent}: {f.observed or '-'}"
             if f.continued_at and f.fired_at:
                 line += f", resumed {f.continued_at - f.fired_at:.1f}s later"
@@ -204,6 +272,7 @@ def run_chaos(
     opts: RunOptions,
     console: Console,
     seed: int | None = None,
+    cluster_name: str = "default",
 ) -> ChaosReport:
     """`opts` as for `snf run` (brokers, replay timing, timeout, keep, rundir)."""
     pipeline = load_pipeline(pipeline_path)
@@ -212,8 +281,12 @@ def run_chaos(
     seed = seed if seed is not None else secrets.randbelow(2**31)  # reported: reproducible
     rng, known = random.Random(seed), {pf.name: pf.instances for pf in pipeline.functions}
     for f in faults:  # check the targets; the seed picks the instances left open
+        if f.kind == "kill-broker" and (f.instance is not None or not f.function):
+            continue  # a node id: checked when the cluster is known
         if f.function not in known:
             raise ConfigError(f"{pipeline.name} has no function {f.function!r}: {', '.join(known)}")
+        if f.kind == "kill-broker":
+            continue
         if f.instance is None:
             f.instance = rng.randrange(max(1, known[f.function]))
         elif f.instance >= known[f.function]:
@@ -229,7 +302,9 @@ def run_chaos(
     for f in faults:
         f.due = max(1, math.ceil((f.at or 0) * summary.packets))
     rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-chaos-{pipeline.name}-"))
-    injector, recorder = Injector(rundir, faults, summary.packets), SinkRecorder()
+    brokers = _brokers(pipeline, faults, opts, cluster_name)
+    injector = Injector(rundir, faults, summary.packets, brokers)
+    recorder = SinkRecorder()
     run_opts = replace(opts, local=False, rundir=rundir, collector=recorder, on_published=injector)
     error = None
     try:
@@ -247,3 +322,28 @@ def run_chaos(
     record_ports = [k for t, k in sinks.items() if t in records]
     verdict = compare(local.collector, recorder, packet_ports, record_ports)
     return ChaosReport(pipeline.name, summary.packets, seed, faults, restarts, verdict, error)
+
+
+def _brokers(
+    pipeline: Pipeline, faults: list[Fault], opts: RunOptions, name: str
+) -> Brokers | None:
+    """The cluster `name` for broker faults, checked against the run's bootstrap."""
+    if not any(f.kind == "kill-broker" for f in faults):
+        return None
+    info = cluster.recorded(name)
+    if info is None:
+        raise ConfigError(f"--kill-broker: no cluster {name!r} started by `snf kafka up` here")
+    ids = {n.node_id for n in info.nodes}
+    for f in faults:
+        if f.kind == "kill-broker" and f.instance is not None and f.instance not in ids:
+            raise ConfigError(
+                f"--kill-broker {f.instance}: cluster {name!r} has nodes {sorted(ids)}"
+            )
+    for f in faults:
+        if (
+            f.kind == "kill-broker"
+            and f.instance is None
+            and f.function not in {pf.name for pf in pipeline.functions}
+        ):
+            raise ConfigError(f"--kill-broker leader:{f.function}: no such function")
+    return Brokers(info, opts.brokers or info.bootstrap, pipeline)

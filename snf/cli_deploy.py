@@ -131,8 +131,9 @@ def _add_chaos_parser(sub: argparse._SubParsersAction, add_brokers: Callable) ->
     ch = sub.add_parser(
         "chaos",
         help="run a pipeline over Kafka, inject faults mid-stream, compare with --local",
-        description="Runs like `snf run`, kills or stops workers once a share of the capture "
-        "is published, then compares every terminal with the --local reference. Exit 0 only "
+        description="Runs like `snf run`, kills or stops workers (or kills a broker) once a "
+        "share of the capture is published, then compares every terminal with the --local "
+        "reference. Exit 0 only "
         "when nothing is lost, extra, duplicated (at the sink, before dedup), reordered or "
         "divergent; 1 otherwise. Replays at -p 5000 unless -t, -x or -p says otherwise.",
     )
@@ -142,14 +143,23 @@ def _add_chaos_parser(sub: argparse._SubParsersAction, add_brokers: Callable) ->
     for flag, meta, what in (
         ("kill", "FUNCTION[:INSTANCE]", "SIGKILL the instance's worker (default: seeded pick)"),
         ("stop", "FUNCTION[:INSTANCE]", "SIGSTOP the worker, SIGCONT it --for later"),
+        (
+            "kill-broker",
+            "NODE|leader:FUNCTION",
+            "SIGKILL a broker of the cluster `snf kafka up` started (--cluster), or the "
+            "leader of partition 0 of the function's input; restarted --for later if given",
+        ),
         ("at", "SHARE", "when that share of the capture is published, e.g. 40%%"),
-        ("for", "DURATION", "how long a --stop lasts, e.g. 15s or 500ms"),
+        ("for", "DURATION", "how long a --stop (or a broker's outage) lasts, e.g. 15s"),
     ):
         tag = functools.partial(lambda t, v: (t, v), flag)  # keeps the flags' order
         g.add_argument(
             f"--{flag}", dest="faults", action="append", type=tag, metavar=meta, help=what
         )
     ch.add_argument("--seed", type=int, help="picks instances left open (default: random, shown)")
+    ch.add_argument(
+        "--cluster", default="default", help="for --kill-broker: the `snf kafka up --name`"
+    )
     ch.add_argument("--json", type=Path, help="also write the report (JSON) here")
     ch.add_argument("--timeout", type=float, default=60.0, help="sink: fail after this long idle")
     ch.add_argument("--keep", action="store_true", help="keep topics and the run directory")
@@ -308,7 +318,9 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
         args.pps = DEFAULT_PPS
     opts = RunOptions(brokers=args.brokers, replay=_replay_options(args), timeout=args.timeout)
     opts.keep, opts.rundir = args.keep, args.rundir
-    report = run_chaos(args.pipeline, args.captures, faults, opts, console, args.seed)
+    report = run_chaos(
+        args.pipeline, args.captures, faults, opts, console, args.seed, cluster_name=args.cluster
+    )
     for line in report.lines():
         console.print(line, highlight=False)
     if report.run_error:

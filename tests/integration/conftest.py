@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from snf.cli import main
 from snf.kafka import cluster
 
 KAFKA_IMAGE = "apache/kafka:3.9.1"
@@ -71,3 +72,23 @@ def brokers_env(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """Point every snf command of the test at the session broker."""
     monkeypatch.setenv("SNF_BROKERS", kafka_bootstrap)
     return kafka_bootstrap
+
+
+@pytest.fixture(scope="session")
+def three_brokers() -> Iterator[cluster.ClusterInfo]:
+    """A fresh 3-node KRaft cluster of its own, started like a user would (shared by
+    the three-broker and fault-tolerance tests)."""
+    if os.environ.get("SNF_TEST_BROKERS") or os.environ.get("SNF_TEST_KAFKA", "local") != "local":
+        pytest.skip(reason="the three-broker test starts the project's own cluster")
+    name = f"pytest3-{os.getpid()}"
+    try:
+        assert main(["kafka", "up", "--nodes", "3", "--name", name]) == 0
+        info = cluster.recorded(name)
+        assert info is not None and len(info.nodes) == 3
+        yield info
+    finally:
+        cluster.down(name=name)
+        # A per-session name: remove its logs too, or every session leaves a folder.
+        clusters = cluster.snf_home() / "clusters"
+        shutil.rmtree(clusters / name, ignore_errors=True)
+        (clusters / f"{name}.lock").unlink(missing_ok=True)

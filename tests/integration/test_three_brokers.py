@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dpkt
@@ -33,25 +31,6 @@ from tests.integration.test_suite_failover import _same
 pytestmark = pytest.mark.integration
 
 FUNCTIONS = ["ids", "police", "flows"]
-
-
-@pytest.fixture(scope="module")
-def three_brokers() -> Iterator[cluster.ClusterInfo]:
-    """A fresh 3-node KRaft cluster of its own, started like a user would."""
-    if os.environ.get("SNF_TEST_BROKERS") or os.environ.get("SNF_TEST_KAFKA", "local") != "local":
-        pytest.skip(reason="the three-broker test starts the project's own cluster")
-    name = f"pytest3-{os.getpid()}"
-    try:
-        assert main(["kafka", "up", "--nodes", "3", "--name", name]) == 0
-        info = cluster.recorded(name)
-        assert info is not None and len(info.nodes) == 3
-        yield info
-    finally:
-        cluster.down(name=name)
-        # A per-session name: remove its logs too, or every session leaves a folder.
-        clusters = cluster.snf_home() / "clusters"
-        shutil.rmtree(clusters / name, ignore_errors=True)
-        (clusters / f"{name}.lock").unlink(missing_ok=True)
 
 
 def _plan(path: Path, brokers: str, capsys: pytest.CaptureFixture[str]) -> dict:
