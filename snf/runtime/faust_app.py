@@ -309,10 +309,15 @@ def create_app(
             await emit_packets(out, partition, emit)
         if part is not None and emit.futures:
             part.inflight.append((offset, emit.futures))
+        if emit.futures and partition not in first_output:
+            # What bench/chaos_suite.py measures a takeover by (kill -> first output).
+            first_output.add(partition)
+            log.info("%s: first output of partition %d at %.6f", pf.name, partition, time.time())
 
     busy = asyncio.Event()  # set while an event is being processed
     done: dict[int, int] = {}  # input partition -> last offset this process handled
     parts: dict[int, PartitionState] = {}  # input partition -> journal state (journaled)
+    first_output: set[int] = set()  # partitions that produced output since assignment
 
     async def expected_offset(tp: Any) -> int:
         """The offset the next record of `tp` must have."""
@@ -643,6 +648,7 @@ def create_app(
             del done[p]
         for p in set(parts) - set(mine):
             del parts[p]  # read its journal again if it comes back
+        first_output.intersection_update(mine)
         log.info("%s assigned partitions %s", pf.name, mine)
 
     @app.timer(10.0)
