@@ -24,6 +24,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 import weakref
 from collections import deque
@@ -64,7 +65,9 @@ CLEAN_STOP_FILE = "clean-stop"  # written by a drain: the local tables match the
 # A worker stopped (SIGSTOP) this long may have been fenced out of its group:
 # on SIGCONT it exits before sending anything more, and restarts clean.
 STALL_LIMIT = 4.0
-STALL_AFTER = 3.0  # seconds a partition may have records waiting without progress
+COMMIT_INTERVAL = 1.0  # seconds; also Faust's broker_commit_interval
+STALL_AFTER = 2.0  # seconds a partition may have records waiting without progress
+CATCH_UP_CHUNK = 32  # records read directly per partition in turn
 STATS_INTERVAL = 2.0  # seconds between stats.json snapshots (snf status reads them)
 
 
@@ -112,28 +115,50 @@ class SideEvent:
         self.message = SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset)
 
 
-def read_range(brokers: str, topic: str, partition: int, start: int, end: int) -> list[Any]:
-    """Records [start, end) of one partition, read directly (no group)."""
-    from kafka import KafkaConsumer, TopicPartition  # only on this rare path
+class SideReader:
+    """A plain consumer (no group) for records Faust's fetcher skips or withholds,
+    and for end offsets without queueing behind Faust's fetch long-poll."""
 
-    tp = TopicPartition(topic, partition)
-    consumer = KafkaConsumer(
-        bootstrap_servers=brokers.split(","),
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=16 << 20,
-    )
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        out: list[Any] = []
-        deadline = time.monotonic() + 60.0
-        while consumer.position(tp) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic}/{partition} [{start}, {end})")
-            out += [r for r in consumer.poll(timeout_ms=500).get(tp, []) if r.offset < end]
-        return out
-    finally:
-        consumer.close()
+    def __init__(self, brokers: str) -> None:
+        self.brokers = brokers
+        self.consumer: Any = None
+        self.lock = threading.Lock()  # kafka-python's consumer is not thread-safe
+
+    def _client(self) -> Any:
+        if self.consumer is None:
+            from kafka import KafkaConsumer  # only on these rare paths
+
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=self.brokers.split(","),
+                enable_auto_commit=False,
+                max_partition_fetch_bytes=16 << 20,
+            )
+        return self.consumer
+
+    def offsets(self, topic: str, partitions: list[int], *, end: bool) -> dict[int, int]:
+        from kafka import TopicPartition
+
+        with self.lock:
+            tps = [TopicPartition(topic, p) for p in partitions]
+            c = self._client()
+            found = c.end_offsets(tps) if end else c.beginning_offsets(tps)
+            return {tp.partition: o for tp, o in found.items()}
+
+    def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """Records [start, end) of one partition."""
+        from kafka import TopicPartition
+
+        with self.lock:
+            tp, c = TopicPartition(topic, partition), self._client()
+            c.assign([tp])
+            c.seek(tp, start)
+            out: list[Any] = []
+            deadline = time.monotonic() + 60.0
+            while c.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic}/{partition} [{start}, {end})")
+                out += [r for r in c.poll(timeout_ms=500).get(tp, []) if r.offset < end]
+            return out
 
 
 @dataclass
@@ -194,7 +219,7 @@ def create_app(
         # A killed worker's partitions move once its session expires: keep that short.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=1.0,
-        broker_commit_interval=1.0,
+        broker_commit_interval=COMMIT_INTERVAL,
         producer_max_request_size=4 * 1024 * 1024,
     )
     source = app.topic(pf.input_topic, key_serializer="raw", value_serializer="raw", partitions=n)
@@ -327,7 +352,9 @@ def create_app(
         committed = app.consumer._committed_offset.get(tp)
         if committed is not None:
             return committed
-        return (await app.consumer.earliest_offsets(tp))[tp]  # auto.offset.reset earliest
+        # Nothing committed: auto.offset.reset earliest.
+        begins = await asyncio.to_thread(side.offsets, tp.topic, [tp.partition], end=False)
+        return begins[tp.partition]
 
     def begin(partition: int, offset: int) -> PartitionState:
         """On first sight of a partition since its assignment, plan its recovery
@@ -412,7 +439,7 @@ def create_app(
         fetched again after it). Input offsets here are contiguous, so a jump is
         such a drop: the missing records are read with a side consumer and
         handled in order, inside the current event (same partition)."""
-        log.warning(
+        log.info(
             "%s: Faust skipped or withheld offsets %d..%d of partition %d; reading them directly",
             pf.name,
             start,
@@ -420,10 +447,11 @@ def create_app(
             tp.partition,
         )
         engine.counters["read_directly"] += end - start
-        records = await asyncio.to_thread(read_range, brokers, tp.topic, tp.partition, start, end)
+        records = await asyncio.to_thread(side.read, tp.topic, tp.partition, start, end)
         for r in records:
             await handle(tp.topic, tp.partition, r.offset, r.value, r.headers)
 
+    side = SideReader(brokers)
     lock = asyncio.Lock()  # one record at a time, from the agent or from catch_up
     draining = asyncio.Event()
 
@@ -460,36 +488,42 @@ def create_app(
         tps = [tp for tp in app.consumer.assignment() if tp.topic == pf.input_topic]
         if not tps:
             return
-        highs = await app.consumer.highwaters(*tps)
+        ends = await asyncio.to_thread(
+            side.offsets, pf.input_topic, [tp.partition for tp in tps], end=True
+        )
         now = time.monotonic()
+        due = []
         for tp in tps:
-            expected = await expected_offset(tp)
-            high = highs.get(tp)
+            expected, high = await expected_offset(tp), ends.get(tp.partition)
             if high is None or high <= expected:
                 stalled.pop(tp, None)
                 continue
             since = stalled.get(tp)
             if since is None or since[0] != expected:
                 stalled[tp] = (expected, now)
-                continue
-            if now - since[1] < STALL_AFTER or draining.is_set():
-                continue
-            async with lock:
-                expected = await expected_offset(tp)
-                if expected >= high or tp not in app.consumer.assignment():
-                    continue
-                side = SideEvent(tp, expected)  # held: the context keeps a weak reference
-                token = _current_event.set(weakref.ref(side))  # type: ignore[arg-type]
-                busy.set()
-                try:
-                    await fill_gap(tp, expected, high)
-                except Exception:
-                    log.critical("%s: cannot catch up; exiting", pf.name, exc_info=True)
-                    os._exit(70)
-                finally:
-                    busy.clear()
-                    _current_event.reset(token)
-            stalled.pop(tp, None)
+            elif now - since[1] >= STALL_AFTER:
+                due.append(tp)
+        # Round robin in chunks: every stalled partition gets going again soon,
+        # and the agent gets the lock between chunks.
+        while due and not draining.is_set():
+            for tp in list(due):
+                async with lock:
+                    expected, high = await expected_offset(tp), ends[tp.partition]
+                    if expected >= high or tp not in app.consumer.assignment():
+                        due.remove(tp)
+                        stalled.pop(tp, None)
+                        continue
+                    held = SideEvent(tp, expected)  # the context keeps a weak reference
+                    token = _current_event.set(weakref.ref(held))  # type: ignore[arg-type]
+                    busy.set()
+                    try:
+                        await fill_gap(tp, expected, min(high, expected + CATCH_UP_CHUNK))
+                    except Exception:
+                        log.critical("%s: cannot catch up; exiting", pf.name, exc_info=True)
+                        os._exit(70)
+                    finally:
+                        busy.clear()
+                        _current_event.reset(token)
 
     async def drain(timeout: float = 15.0) -> None:
         """A planned stop (scale-in, undeploy, rolling restart, pod eviction): finish
@@ -551,7 +585,20 @@ def create_app(
                 wrote = True
         return wrote
 
+    commit_lock = asyncio.Lock()
+
+    @app.timer(COMMIT_INTERVAL)
+    async def periodic_commit() -> None:
+        # Faust commits only partitions with acks newer than its last commit, and
+        # records read directly (fill_gap) are never Faust-acked: commit ourselves.
+        if not draining.is_set() and not app.rebalancing:
+            await commit_settled(app.consumer.assignment())
+
     async def commit_settled(tps: Any, *, with_checkpoint: bool = True) -> bool:
+        async with commit_lock:
+            return await _commit_settled(tps, with_checkpoint)
+
+    async def _commit_settled(tps: Any, with_checkpoint: bool) -> bool:
         """Commit, for `tps`, the offset after the last event this process handled,
         once everything it sent (outputs, state, journal) is acknowledged.
 

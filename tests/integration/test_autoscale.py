@@ -117,10 +117,10 @@ def _first_assignment(dep_dir: Path, function: str, since: float, timeout: float
 class _Publisher(KafkaPublisher):
     first: float | None = None  # wall time of the first batch published
 
-    def send_raw(self, partition: int, message: bytes) -> None:
+    def send_raw(self, partition: int, message: bytes, headers: Any = None) -> Any:
         if self.first is None:
             self.first = time.time()
-        super().send_raw(partition, message)
+        return super().send_raw(partition, message, headers)
 
 
 def test_autoscaled_function_scales_to_zero_and_cold_starts_without_loss(
