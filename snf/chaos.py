@@ -228,7 +228,7 @@ class Brokers:
         """The node leading partition 0 of `topic`."""
         with admin.admin_client(self.bootstrap) as client:
             (described,) = client.describe_topics([topic])
-        parts = {p["partition"]: p["leader"] for p in described["partitions"]}
+        parts = {p["partition_index"]: p["leader_id"] for p in described["partitions"]}
         return int(parts[0])
 
 
