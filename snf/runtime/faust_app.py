@@ -66,7 +66,7 @@ CLEAN_STOP_FILE = "clean-stop"  # written by a drain: the local tables match the
 # on SIGCONT it exits before sending anything more, and restarts clean.
 STALL_LIMIT = 4.0
 COMMIT_INTERVAL = 1.0  # seconds; also Faust's broker_commit_interval
-STALL_AFTER = 2.0  # seconds a partition may have records waiting without progress
+STALL_AFTER = 1.0  # seconds a partition may have records waiting without progress
 CATCH_UP_CHUNK = 32  # records read directly per partition in turn
 STATS_INTERVAL = 2.0  # seconds between stats.json snapshots (snf status reads them)
 
@@ -477,7 +477,7 @@ def create_app(
 
     stalled: dict[Any, tuple[int, float]] = {}  # tp -> (expected offset, since when)
 
-    @app.timer(1.0)
+    @app.timer(0.5)
     async def catch_up() -> None:
         """Handle records Faust's fetcher withholds. After some recoveries it never
         delivers a partition's records (observed: three of four partitions silent
@@ -688,7 +688,16 @@ def create_app(
             tp.partition for tp in app.consumer.assignment() if tp.topic == pf.input_topic
         )
         tmp = datadir / "assignment.json.tmp"
-        tmp.write_text(json.dumps({"partitions": mine, "time": time.time()}))
+        # The member id lets the supervisor evict this worker from the group the
+        # moment it dies, rather than after its session timeout.
+        member = app.consumer._thread._ensure_consumer()._coordinator.member_id
+        record = {
+            "partitions": mine,
+            "time": time.time(),
+            "group": pf.group_id,
+            "member_id": member,
+        }
+        tmp.write_text(json.dumps(record))
         tmp.replace(datadir / ASSIGNMENT_FILE)
         for p in set(done) - set(mine):
             # Gone elsewhere: if it comes back, its new owner will have moved on.
