@@ -28,6 +28,12 @@ import json, pathlib, signal, sys, time
 datadir, mode, delay = pathlib.Path(sys.argv[1]), sys.argv[2], float(sys.argv[3])
 if mode == "crash":
     sys.exit(3)
+if mode.startswith("member-"):  # assigned as a real worker records it
+    member = "m-" + datadir.name
+    record = {"partitions": [0], "time": time.time(), "group": "g", "member_id": member}
+    (datadir / "assignment.json").write_text(json.dumps(record))
+    time.sleep(delay if mode == "member-crash" else 60)
+    sys.exit(3)
 if mode == "stubborn":
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 time.sleep(delay)
@@ -177,6 +183,25 @@ def test_crash_restarts_with_exponential_backoff(
     assert len(dummies.started) == 5
     record = dp.read_state(tmp_path)["functions"]["fw"]["instances"][0]  # type: ignore[index]
     assert record["restarts"] == 4 and record["last_exit"] == 3
+
+
+def test_a_crashed_worker_is_evicted_from_its_group_a_stopped_one_is_not(
+    tmp_path: Path, make: Callable, dummies: Dummies
+) -> None:
+    # The group would otherwise hold its partitions until its session expires.
+    write_deployment(tmp_path, fw=1, nat=1)
+    dummies.mode.update(fw="member-crash", nat="member-sleep")
+    dummies.delay = 0.2
+    evicted: list[tuple[str, str, str]] = []
+    sup = make(evict=lambda *args: evicted.append(args))
+    sup.reconcile()
+    pump(sup, lambda: sup.instances["fw"][0].state == "backoff")
+    pump(sup, lambda: bool(evicted))
+    assert evicted[0] == ("127.0.0.1:1", "g", "m-fw-0")
+    write_deployment(tmp_path, fw=1, nat=0)  # a planned stop: it leaves the group itself
+    pump(sup, lambda: not sup.instances.get("nat"))
+    time.sleep(0.1)
+    assert {e[2] for e in evicted} == {"m-fw-0"}
 
 
 def test_backoff_is_capped_and_reset_after_healthy_running(tmp_path: Path, make: Callable) -> None:
