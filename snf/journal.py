@@ -28,6 +28,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+from snf.batch import PacketBatch
+
 __all__ = [
     "CAPTURE_ORIGIN",
     "JOURNAL_PREFIX",
@@ -37,6 +41,7 @@ __all__ = [
     "Lineage",
     "Recovery",
     "Watermarks",
+    "drop_replayed",
     "journal_key",
     "journal_keys",
     "table_key",
@@ -209,3 +214,15 @@ class Recovery:
                 undo.setdefault(k, v)
         marks = redo[0].marks.copy() if redo else entries[-1].marks_after()
         return cls(start, undo, marks, len(redo))
+
+
+def drop_replayed(batch: PacketBatch, lineage: Lineage | None, marks: Watermarks) -> PacketBatch:
+    """A capture agent's batch without the packets its session already delivered to
+    this partition (seq at or below the mark): what a resumed replay sends again."""
+    if lineage is None or not lineage.origin.startswith(CAPTURE_ORIGIN):
+        return batch
+    mark = marks.marks.get(lineage.origin)
+    if mark is None:
+        return batch
+    keep = np.flatnonzero(batch.records["seq"] > mark[0])
+    return batch if len(keep) == len(batch) else batch.select(keep.tolist())

@@ -34,19 +34,17 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
-import numpy as np
 from faust.streams import _current_event, current_event
 
 from snf import wire
-from snf.batch import PacketBatch
 from snf.engine import FunctionEngine, StageOutput
 from snf.journal import (
-    CAPTURE_ORIGIN,
     JOURNAL_SLOTS,
     JournalEntry,
     Lineage,
     Recovery,
     Watermarks,
+    drop_replayed,
     journal_key,
     journal_keys,
     table_key,
@@ -179,18 +177,6 @@ class PartitionState:
                 f.result()  # a failed send raises here: the worker dies, nothing commits
         return inflight[0][0] if inflight else offset
 
-    def new_packets(self, batch: PacketBatch, lineage: Lineage, counters: Any) -> PacketBatch:
-        """A capture agent's batch without the packets a resumed replay sent again
-        (seqs at or below the session's mark on this partition)."""
-        mark = self.marks.marks.get(lineage.origin)
-        if mark is None or not lineage.origin.startswith(CAPTURE_ORIGIN):
-            return batch
-        keep = np.flatnonzero(batch.records["seq"] > mark[0])
-        if len(keep) == len(batch):
-            return batch
-        counters["duplicate_in_packets"] += len(batch) - len(keep)
-        return batch.select(keep.tolist())
-
     async def wait_oldest(self) -> None:
         await asyncio.gather(*self.inflight[0][1])
 
@@ -304,8 +290,11 @@ def create_app(
         msg: wire.PacketBatch | wire.Flush, partition: int, offset: int, lineage: Lineage | None
     ) -> None:
         part = parts.get(partition)
-        if part is not None and lineage is not None and isinstance(msg, wire.PacketBatch):
-            msg = part.new_packets(msg, lineage, engine.counters)
+        if part is not None and isinstance(msg, wire.PacketBatch):
+            n = len(msg)
+            msg = drop_replayed(msg, lineage, part.marks)  # a resumed replay's repeats
+            if len(msg) < n:
+                engine.counters["duplicate_in_packets"] += n - len(msg)
         state = BatchState(stores, deferred=journaled)
         if isinstance(msg, wire.Flush):
             out = on_flush(msg, partition, state)

@@ -27,6 +27,7 @@ from snf.journal import (
     untable_key,
 )
 from snf.state import BatchState, MemoryStore
+from tests.packets import tcp4
 
 # --- a deterministic toy core: counts per key, emits (offset, key, count) -------------
 
@@ -223,3 +224,22 @@ def test_a_deferred_batch_state_writes_only_on_apply() -> None:
     assert view.get(b"b") == 3 and view.get(b"a") is None  # the batch sees its writes
     assert dict(state.pending()["t"]) == {b"a": None, b"b": 3}
     assert state.apply() == 2 and store.data == {b"b": 3}
+
+
+def test_a_resumed_replay_s_repeats_are_dropped_packet_by_packet() -> None:
+    from snf.batch import PacketBatch
+    from snf.journal import CAPTURE_ORIGIN, drop_replayed
+
+    frames = [tcp4("10.0.0.1", "10.0.0.2", 1000 + i, 80) for i in range(6)]
+    batch = PacketBatch.from_rows(1, [(i, len(f), f, 7, i, "") for i, f in enumerate(frames)])
+    origin = f"{CAPTURE_ORIGIN}run-1/0"
+    lin = Lineage(origin, 5, 0)
+    marks = Watermarks()
+    assert drop_replayed(batch, lin, marks) is batch  # nothing delivered yet
+    marks.advance(Lineage(origin, 2, 0))  # seqs 0..2 went through before the kill
+    kept = drop_replayed(batch, lin, marks)
+    assert [seq for _, seq in kept.packet_ids()] == [3, 4, 5]
+    assert not marks.is_new(Lineage(origin, 2, 0))  # a batch of only repeats: skipped whole
+    other = Watermarks({f"{CAPTURE_ORIGIN}run-2/0": (9, 0)})  # another replay: no dedup
+    assert drop_replayed(batch, lin, other) is batch
+    assert drop_replayed(batch, Lineage("fw/0", 9, 0), marks) is batch  # a function's output
