@@ -63,14 +63,20 @@ FIRST_OUTPUT = re.compile(
 )
 
 
-def pipeline_copy(replication: int | None, tmp: Path) -> Path:
-    """edge.yaml, with `replication: N` after `partitions:` when asked (comments kept)."""
-    if replication is None:
+def pipeline_copy(replication: int | None, tmp: Path, warm: bool = False) -> Path:
+    """edge.yaml, with `replication: N` after `partitions:` when asked, and with
+    --warm two instances and one standby replica per function (comments kept)."""
+    if replication is None and not warm:
         return PIPELINE
-    line = re.compile(r"^(partitions: \d+\n)", re.M)
-    text, n = line.subn(rf"\1replication: {replication}\n", PIPELINE.read_text(), count=1)
-    assert n == 1, "no top-level `partitions:` line to put replication after"
-    path = tmp / f"edge-r{replication}.yaml"
+    text = PIPELINE.read_text()
+    if replication is not None:
+        line = re.compile(r"^(partitions: \d+\n)", re.M)
+        text, n = line.subn(rf"\1replication: {replication}\n", text, count=1)
+        assert n == 1, "no top-level `partitions:` line to put replication after"
+    if warm:  # a survivor with a caught-up copy takes over: no restart, no restore
+        fn = re.compile(r"^(    function: \w+\n)", re.M)
+        text = fn.sub(r"\1    instances: 2\n    standby_replicas: 1\n", text)
+    path = tmp / f"edge-r{replication}{'-warm' if warm else ''}.yaml"
     path.write_text(text)
     return path
 
@@ -89,7 +95,7 @@ def plan(functions: list[str], kills: int, broker_kills: int, seed: int) -> list
 def chaos_args(
     run: dict[str, Any], pipeline: Path, brokers: str, cluster_name: str | None
 ) -> list[str]:
-    fault = ["--kill", run["function"]]
+    fault = ["--kill", f"{run['function']}:0"]
     if run["kind"] == "kill-broker":
         fault = ["--kill-broker", f"leader:{run['function']}"]
     fault += ["--at", f"{run['at_pct']}%"]
@@ -267,6 +273,9 @@ def main() -> None:
     ap.add_argument("--broker-kills", type=int, default=0, help="runs with one broker kill")
     ap.add_argument("--cluster", default=None, help="`snf kafka up --name` (broker kills)")
     ap.add_argument("--replication", type=int, default=None, help="default 3 with broker kills")
+    ap.add_argument(
+        "--warm", action="store_true", help="2 instances + 1 standby per function; kill :0"
+    )
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", type=Path, default=None, help="run dirs (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 kills")
@@ -286,7 +295,7 @@ def main() -> None:
         brokers = cluster.resolve_brokers(args.brokers) or cluster.up().bootstrap
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="snf-bench-chaos-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    pipeline = pipeline_copy(replication, workdir)
+    pipeline = pipeline_copy(replication, workdir, args.warm)
     functions = [f["name"] for f in yaml.safe_load(PIPELINE.read_text())["functions"]]
     runs = plan(functions, args.kills, args.broker_kills, args.seed)
     report: dict[str, Any] = {
@@ -295,6 +304,7 @@ def main() -> None:
         "brokers": brokers,
         "cluster": args.cluster,
         "replication": replication,
+        "warm": args.warm,
         "seed": args.seed,
         "workdir": str(workdir),
         "settings": settings(),

@@ -14,13 +14,27 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from snf import deployment as dp
+from snf.batch import PacketBatch
 from snf.cli import main
+from snf.collect import Collector
 from snf.kafka import cluster
+from snf.local import LocalPipeline
+from snf.pipeline import load_pipeline
+from snf.replay import ReplayOptions, replay, source_id_for
+from snf.sink import KafkaSink
+from tests.integration.test_replay import _acked_seq, _messages
+from tests.integration.test_suite_failover import _same
 
 pytestmark = pytest.mark.integration
 
@@ -136,3 +150,90 @@ def test_kill_the_broker_leading_an_input_then_restart_it(
     (fault,) = report["faults"]
     assert fault["kind"] == "kill-broker" and fault["continued_at"]  # restarted
     cluster.wait_ready(cluster.recorded(three_brokers.name))  # all three back for the next test
+
+
+def test_scaling_and_a_resumed_capture_agent_on_a_deployment(
+    three_brokers: cluster.ClusterInfo,
+    edge3: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A deployed chain while traffic flows: nat scales 1 -> 2 -> 1, and the capture
+    agent is killed mid-replay and resumed. The firewall drops the packets the resumed
+    agent sends again (counted), so no stage sees one twice, and the output is --local's."""
+    monkeypatch.setenv("SNF_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SNF_BROKERS", three_brokers.bootstrap)
+    name = f"ft{uuid.uuid4().hex[:6]}"
+    path = tmp_path / "edge.yaml"
+    path.write_text(edge3.read_text().replace("name: edge\n", f"name: {name}\n", 1))
+    pipeline = load_pipeline(path)
+    checkpoint = tmp_path / "replay.json"
+    cmd = [
+        *(sys.executable, "-m", "snf", "replay", str(CAPTURE), "--pipeline", name),
+        *("-p", "1000", "-l", "5", "--flush", "--no-progress", "--checkpoint", str(checkpoint)),
+    ]
+    assert main(["deploy", str(path)]) == 0
+    try:
+        agent = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        up = _in_thread(lambda: main(["scale", name, "nat", "2"]))  # while traffic flows
+        deadline = time.monotonic() + 20
+        while _acked_seq(checkpoint) < 2500:
+            assert time.monotonic() < deadline and agent.poll() is None
+            time.sleep(0.02)
+        agent.kill()  # mid-replay: packets sent that the checkpoint does not have yet
+        agent.wait()
+        resumed = subprocess.Popen([*cmd, "--resume"], stderr=subprocess.PIPE, text=True)
+        up.join(60)
+        down = _in_thread(lambda: main(["scale", name, "nat", "1"]))
+        assert resumed.wait(120) == 0, resumed.stderr.read() if resumed.stderr else ""
+        down.join(60)
+        flush_id = (
+            f"replay-{source_id_for([CAPTURE]):x}-{json.loads(checkpoint.read_text())['run_id']}"
+        )
+
+        sink = KafkaSink(three_brokers.bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
+        got = Collector()
+        assert sink.collect(got, 90, flush_id=flush_id), sink.unflushed(flush_id)
+        sink.close()
+        resent = _resent(three_brokers.bootstrap, pipeline.ingress_topic)
+        stats = dp.workers_dir(dp.directory(name)) / "fw-0" / "stats.json"
+        dropped = -1
+        deadline = time.monotonic() + 10  # stats.json is rewritten every 2 s
+        while dropped != resent and time.monotonic() < deadline:
+            dropped = json.loads(stats.read_text())["counters"].get("duplicate_in_packets", 0)
+            time.sleep(0.5)
+        assert resent > 0 and dropped == resent  # the firewall dropped exactly the repeats
+        assert got.duplicates == 0  # so nothing downstream saw a packet twice
+
+        local = LocalPipeline(pipeline)
+        keyers = local.ingress_hop.keyers
+        summary = replay(
+            [CAPTURE],
+            pipeline.partitions,
+            local,
+            ReplayOptions(progress=False, loop=5),
+            keyers=keyers,
+        )
+        local.flush(flush_id, summary.last_ts_ns)
+        _same(got, local.collector)
+    finally:
+        assert main(["undeploy", name, "--delete-topics"]) == 0
+
+
+def _in_thread(action: Any) -> threading.Thread:
+    t = threading.Thread(target=action)
+    t.start()
+    return t
+
+
+def _resent(brokers: str, topic: str) -> int:
+    """Packets the ingress log holds twice: those the resumed agent sent again."""
+    seen: set[tuple[int, int]] = set()
+    twice = 0
+    for _part, _offset, msg in _messages(brokers, topic):
+        if isinstance(msg, PacketBatch):
+            for pid in msg.packet_ids():
+                twice += pid in seen
+                seen.add(pid)
+    return twice
