@@ -126,6 +126,21 @@ def run_chaos(args: list[str], rundir: Path) -> tuple[dict[str, Any] | None, int
     return (json.loads(report.read_text()) if report.exists() else None), code, seconds
 
 
+ASSIGNED = re.compile(
+    r"^\[[^\]]*\] \[(\d+)\] \[\w+\] (\S+) assigned partitions \[([\d, ]*)\]", re.M
+)
+
+
+def killed_partitions(rundir: Path, function: str, pid: int | None) -> set[int]:
+    """The partitions the killed worker owned: its last 'assigned partitions' line."""
+    owned: set[int] = set()
+    for log in sorted((rundir / "workers").glob(f"{function}-*.log")):
+        for m in ASSIGNED.finditer(log.read_text(errors="replace")):
+            if int(m[1]) == pid:
+                owned = {int(p) for p in m[3].split(",") if p.strip()}
+    return owned
+
+
 def first_outputs(rundir: Path) -> list[tuple[str, int, int, float]]:
     """(function, pid, partition, time) of every 'first output' line of the run."""
     events = []
@@ -160,7 +175,15 @@ def record(run: dict[str, Any], report: dict[str, Any] | None, rundir: Path) -> 
         firsts.setdefault(fn, {}).setdefault(part, round(t - fired, 3))
     out["first_output_after_fault_s"] = firsts  # function -> partition -> seconds
     mine = firsts.get(run["function"], {})
-    out["recovery_s"] = min(mine.values()) if run["kind"] == "kill" and mine else None
+    if run["kind"] == "kill":
+        # The killed worker's partitions only: with several instances, a survivor
+        # also logs first outputs of partitions it never lost (after any rebalance).
+        owned = killed_partitions(rundir, run["function"], fault.get("pid"))
+        mine = {p: t for p, t in mine.items() if p in owned} if owned else mine
+        out["killed_partitions"] = sorted(owned)
+    # recovery: every partition of the killed worker producing again; first: the earliest
+    out["recovery_s"] = max(mine.values()) if run["kind"] == "kill" and mine else None
+    out["recovery_first_s"] = min(mine.values()) if run["kind"] == "kill" and mine else None
     return out
 
 
@@ -180,6 +203,11 @@ def summarize(records: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     timed = [r for r in runs if r.get("recovery_s") is not None]
     rec = [r["recovery_s"] for r in timed]
     if kind == "kill" and rec:
+        firsts = [r["recovery_first_s"] for r in timed]
+        out["recovery_first_s"] = {
+            k: round(float(v), 3)
+            for k, v in zip(("p50", "p90", "p99"), np.percentile(firsts, [50, 90, 99]), strict=True)
+        } | {"min": min(firsts), "max": max(firsts)}
         p50, p90, p99 = np.percentile(rec, [50, 90, 99])
         out["recovery_s"] = {
             "samples": len(rec),
@@ -280,7 +308,13 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, default=None, help="run dirs (default: a temp dir)")
     ap.add_argument("--quick", action="store_true", help="smoke test: 2 kills")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "chaos.json")
+    ap.add_argument(
+        "--reparse", action="store_true", help="recompute --out from its run logs (no runs)"
+    )
     args = ap.parse_args()
+    if args.reparse:
+        reparse(args.out)
+        return
     if args.quick:
         args.kills, args.broker_kills = 2, min(args.broker_kills, 1)
     if args.broker_kills and not args.cluster:
@@ -342,6 +376,22 @@ def main() -> None:
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     show(console, report["runs"], report["summary"])
     console.print(f"wrote {args.out}; run logs in {workdir}")
+
+
+def reparse(out: Path) -> None:
+    """Recompute the records and summary of a finished run from its kept logs."""
+    report = json.loads(out.read_text())
+    workdir = Path(report["workdir"])
+    for i, row in enumerate(report["runs"], 1):
+        rundir = workdir / f"run-{i:02d}"
+        got = json.loads(rundir.with_suffix(".json").read_text())
+        keep = {k: row[k] for k in ("exit_code", "seconds") if k in row}
+        run = {k: row[k] for k in ("kind", "function", "at_pct", "seed")}
+        report["runs"][i - 1] = record(run, got, rundir) | keep
+    kinds = [k for k in ("kill", "kill-broker") if any(r["kind"] == k for r in report["runs"])]
+    report["summary"] = {k: summarize(report["runs"], k) for k in kinds}
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    show(Console(stderr=True), report["runs"], report["summary"])
 
 
 if __name__ == "__main__":
