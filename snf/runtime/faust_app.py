@@ -40,6 +40,7 @@ from faust.streams import _current_event, current_event
 from snf import wire
 from snf.engine import FunctionEngine, StageOutput
 from snf.journal import (
+    CAPTURE_ORIGIN,
     JOURNAL_SLOTS,
     JournalEntry,
     Lineage,
@@ -421,6 +422,10 @@ def create_app(
                 # Done before a takeover (skip), or a copy sent again by an
                 # upstream redo: its effects are in already.
                 engine.counters["skipped" if skip else "duplicate_in"] += 1
+                if not skip and lineage is not None and lineage.origin.startswith(CAPTURE_ORIGIN):
+                    # A resumed replay's batch of repeats only: count its packets too.
+                    with contextlib.suppress(wire.WireError):
+                        engine.counters["duplicate_in_packets"] += len(wire.decode_any(value))
                 done[partition] = offset
                 return
         try:
