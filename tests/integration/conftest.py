@@ -30,6 +30,14 @@ def docker_available() -> bool:
         return False
 
 
+def _remove_cluster(name: str) -> None:
+    cluster.down(name=name)
+    # A per-session name: remove its logs too, or every session leaves a folder.
+    clusters = cluster.snf_home() / "clusters"
+    shutil.rmtree(clusters / name, ignore_errors=True)
+    (clusters / f"{name}.lock").unlink(missing_ok=True)
+
+
 @pytest.fixture(scope="session")
 def kafka_cluster() -> Iterator[cluster.ClusterInfo | None]:
     """The project's own broker for this session (None when the tests use another one).
@@ -44,11 +52,7 @@ def kafka_cluster() -> Iterator[cluster.ClusterInfo | None]:
     try:
         yield info
     finally:
-        cluster.down(name=name)
-        # A per-session name: remove its logs too, or every session leaves a folder.
-        clusters = cluster.snf_home() / "clusters"
-        shutil.rmtree(clusters / name, ignore_errors=True)
-        (clusters / f"{name}.lock").unlink(missing_ok=True)
+        _remove_cluster(name)
 
 
 @pytest.fixture(scope="session")
@@ -87,8 +91,4 @@ def three_brokers() -> Iterator[cluster.ClusterInfo]:
         assert info is not None and len(info.nodes) == 3
         yield info
     finally:
-        cluster.down(name=name)
-        # A per-session name: remove its logs too, or every session leaves a folder.
-        clusters = cluster.snf_home() / "clusters"
-        shutil.rmtree(clusters / name, ignore_errors=True)
-        (clusters / f"{name}.lock").unlink(missing_ok=True)
+        _remove_cluster(name)
