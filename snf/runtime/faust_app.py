@@ -24,13 +24,9 @@ import logging
 import os
 import shutil
 import signal
-import threading
 import time
 import weakref
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -45,7 +41,6 @@ from snf.journal import (
     JournalEntry,
     Lineage,
     Recovery,
-    Watermarks,
     drop_replayed,
     journal_key,
     journal_keys,
@@ -55,6 +50,7 @@ from snf.pipeline import Pipeline
 from snf.routing import deliveries, plan_pipeline
 from snf.runtime.health import start_health_server
 from snf.runtime.stats import STATS_FILE, WorkerStats
+from snf.runtime.takeover import PartitionState, SideEvent, SideReader
 from snf.state import STATE_TABLE, BatchState
 
 __all__ = ["FaustTableStore", "create_app", "run_worker"]
@@ -107,60 +103,6 @@ class FaustTableStore:
                 yield key[n:], store._decode_value(value)
 
 
-class SideEvent:
-    """Stands in for a Faust event while the worker handles a record it read
-    itself: Faust's tables take the partition from the current event."""
-
-    def __init__(self, tp: Any, offset: int) -> None:
-        self.message = SimpleNamespace(tp=tp, topic=tp.topic, partition=tp.partition, offset=offset)
-
-
-class SideReader:
-    """A plain consumer (no group) for records Faust's fetcher skips or withholds,
-    and for end offsets without queueing behind Faust's fetch long-poll."""
-
-    def __init__(self, brokers: str) -> None:
-        self.brokers = brokers
-        self.consumer: Any = None
-        self.lock = threading.Lock()  # kafka-python's consumer is not thread-safe
-
-    def _client(self) -> Any:
-        if self.consumer is None:
-            from kafka import KafkaConsumer  # only on these rare paths
-
-            self.consumer = KafkaConsumer(
-                bootstrap_servers=self.brokers.split(","),
-                enable_auto_commit=False,
-                max_partition_fetch_bytes=16 << 20,
-            )
-        return self.consumer
-
-    def offsets(self, topic: str, partitions: list[int], *, end: bool) -> dict[int, int]:
-        from kafka import TopicPartition
-
-        with self.lock:
-            tps = [TopicPartition(topic, p) for p in partitions]
-            c = self._client()
-            found = c.end_offsets(tps) if end else c.beginning_offsets(tps)
-            return {tp.partition: o for tp, o in found.items()}
-
-    def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        """Records [start, end) of one partition."""
-        from kafka import TopicPartition
-
-        with self.lock:
-            tp, c = TopicPartition(topic, partition), self._client()
-            c.assign([tp])
-            c.seek(tp, start)
-            out: list[Any] = []
-            deadline = time.monotonic() + 60.0
-            while c.position(tp) < end:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {topic}/{partition} [{start}, {end})")
-                out += [r for r in c.poll(timeout_ms=500).get(tp, []) if r.offset < end]
-            return out
-
-
 FETCH_MAX_WAIT_MS = 200
 
 
@@ -181,28 +123,6 @@ def _shorter_fetch_wait() -> None:
 
     thread_cls._create_worker_consumer = create_worker_consumer
     thread_cls._snf_fetch_wait = True
-
-
-@dataclass
-class PartitionState:
-    """What this process knows of one input partition it owns (journaled mode)."""
-
-    start: int  # events before it were done by an earlier owner (Recovery.start)
-    marks: Watermarks  # input watermarks (snf.journal)
-    # events whose outputs are not all acknowledged yet: (offset, send futures)
-    inflight: deque[tuple[int, list[Any]]] = field(default_factory=deque)
-    committable: int | None = None  # the settled point of the newest entry written
-
-    def settled(self, offset: int) -> int:
-        """The offset before which every event's outputs are acknowledged."""
-        inflight = self.inflight
-        while inflight and all(f.done() for f in inflight[0][1]):
-            for f in inflight.popleft()[1]:
-                f.result()  # a failed send raises here: the worker dies, nothing commits
-        return inflight[0][0] if inflight else offset
-
-    async def wait_oldest(self) -> None:
-        await asyncio.gather(*self.inflight[0][1])
 
 
 def create_app(
