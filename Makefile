@@ -52,6 +52,9 @@ bench: setup kafka-jars
 	$(PY) bench/firewall_throughput.py --out bench/results/firewall.json
 	$(PY) bench/suite_throughput.py --kafka --out bench/results/suite.json
 	$(PY) bench/deploy_lifecycle.py --out bench/results/deploy.json
+	$(PY) bench/guarantee_cost.py --captures pipelines/captures/edge.pcapng --loop 100 --out bench/results/guarantee.json
+	$(PY) bench/chaos_suite.py --kills 20 --out bench/results/chaos.json
+	$(PY) bench/chaos_suite.py --kills 20 --warm --out bench/results/chaos_warm.json
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info
