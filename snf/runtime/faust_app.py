@@ -26,6 +26,7 @@ import shutil
 import signal
 import time
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +124,18 @@ def _shorter_fetch_wait() -> None:
 
     thread_cls._create_worker_consumer = create_worker_consumer
     thread_cls._snf_fetch_wait = True
+
+
+@contextlib.contextmanager
+def as_current_event(tp: Any, offset: int) -> Iterator[None]:
+    """Table access outside the agent (a record read directly, a checkpoint): Faust's
+    tables take the partition from the current event, so stand one in."""
+    held = SideEvent(tp, offset)  # referenced here: the context keeps a weak reference
+    token = _current_event.set(weakref.ref(held))  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
 
 
 def create_app(
@@ -451,17 +464,15 @@ def create_app(
                         due.remove(tp)
                         stalled.pop(tp, None)
                         continue
-                    held = SideEvent(tp, expected)  # the context keeps a weak reference
-                    token = _current_event.set(weakref.ref(held))  # type: ignore[arg-type]
                     busy.set()
                     try:
-                        await fill_gap(tp, expected, min(high, expected + CATCH_UP_CHUNK))
+                        with as_current_event(tp, expected):
+                            await fill_gap(tp, expected, min(high, expected + CATCH_UP_CHUNK))
                     except Exception:
                         log.critical("%s: cannot catch up; exiting", pf.name, exc_info=True)
                         os._exit(70)
                     finally:
                         busy.clear()
-                        _current_event.reset(token)
 
     async def drain(timeout: float = 15.0) -> None:
         """A planned stop (scale-in, undeploy, rolling restart, pod eviction): finish
@@ -512,13 +523,9 @@ def create_app(
             async with lock:
                 if done.get(tp.partition) != last:
                     continue  # the agent moved on meanwhile: its entry says enough
-                side = SideEvent(tp, last + 1)  # held: the context keeps a weak reference
-                token = _current_event.set(weakref.ref(side))  # type: ignore[arg-type]
-                try:
+                with as_current_event(tp, last + 1):
                     entry = JournalEntry(last + 1, {}, part.marks.copy(), None, last + 1)
                     table[journal_key(last + 1)] = entry.encode()
-                finally:
-                    _current_event.reset(token)
                 part.committable = last + 1
                 wrote = True
         return wrote
