@@ -230,9 +230,9 @@ def summarize(records: list[dict[str, Any]], kind: str) -> dict[str, Any]:
 
 def settings() -> dict[str, Any]:
     """What shapes recovery, read from the code the workers run."""
-    from snf.pipeline import load_pipeline
-    from snf.runtime.faust_app import create_app
-    from snf.supervisor import Timings
+    from snf.ops.supervisor import Timings
+    from snf.pipeline.loader import load_pipeline
+    from snf.runtime.worker.app import create_app
 
     tmp = Path(tempfile.mkdtemp(prefix="snf-bench-chaos-conf-"))
     try:
@@ -245,7 +245,7 @@ def settings() -> dict[str, Any]:
         "heartbeat_interval_s": conf.broker_heartbeat_interval,
         "commit_interval_s": conf.broker_commit_interval,
         "rebalance_timeout_s": conf.broker_rebalance_timeout,
-        "supervisor_interval_s": t.interval,  # snf.supervisor.Timings
+        "supervisor_interval_s": t.interval,  # snf.ops.supervisor.Timings
         "restart_backoff_first_s": t.backoff_base,
         "capture": f"{CAPTURE.relative_to(ROOT)} x{LOOP}",
         "replay": "snf chaos default: 5000 pkt/s",

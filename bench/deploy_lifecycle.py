@@ -24,15 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from snf import deployment as dp
-from snf.collect import Collector
-from snf.deploy import deploy, scale, undeploy, wait_assigned
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
+from snf.ingress.replay import ReplayOptions, replay
 from snf.kafka import cluster
 from snf.kafka.publisher import KafkaPublisher
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.routing import plan_pipeline
-from snf.sink import KafkaSink
+from snf.ops import deployment_dir as dp
+from snf.ops.deploy import deploy, scale, undeploy, wait_assigned
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.routing import plan_pipeline
 from snf.wire import Flush
 
 ROOT = Path(__file__).resolve().parents[1]

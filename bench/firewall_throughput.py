@@ -18,9 +18,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from snf.collect import EGRESS
-from snf.replay import ReplayOptions
-from snf.run import RunOptions, run_pipeline
+from snf.harness.oneshot import RunOptions, run_pipeline
+from snf.ingress.replay import ReplayOptions
+from snf.pipeline.model import EGRESS
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTURE = ROOT.parent / "shared" / "traffic" / "zeek-http-bro.org.pcap"

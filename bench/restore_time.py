@@ -72,16 +72,18 @@ from typing import Any
 import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
-from snf import names, wire
-from snf.batcher import Batcher
-from snf.capture import CapturedPacket
+from snf import wire
+from snf.harness.oneshot import create_topics
+from snf.ingress.accumulator import Batcher
 from snf.kafka import admin, cluster
-from snf.kafka.config import ClusterInfo
+from snf.kafka.kraft_config import ClusterInfo
 from snf.kafka.publisher import KafkaPublisher
-from snf.pipeline import Pipeline, load_pipeline
-from snf.routing import plan_pipeline
-from snf.run import create_topics
-from snf.workers import WorkerProcess, start_worker
+from snf.ops.worker_process import WorkerProcess, start_worker
+from snf.packet.capture_file import CapturedPacket
+from snf.pipeline import names
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import Pipeline
+from snf.pipeline.routing import plan_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -690,7 +692,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 
 def settings() -> dict[str, Any]:
     """The Faust settings the workers run with (read from the app the runtime builds)."""
-    from snf.runtime.faust_app import create_app
+    from snf.runtime.worker.app import create_app
 
     tmp = Path(tempfile.mkdtemp(prefix="snf-bench-restore-conf-"))
     try:

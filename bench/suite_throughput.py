@@ -21,14 +21,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from snf.batcher import Batcher
-from snf.capture import read_capture
-from snf.engine import FunctionEngine
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions
-from snf.routing import plan_pipeline
-from snf.run import RunOptions, run_pipeline
-from snf.state import BatchState
+from snf.core.engine import FunctionEngine
+from snf.core.tables import BatchState
+from snf.harness.oneshot import RunOptions, run_pipeline
+from snf.ingress.accumulator import Batcher
+from snf.ingress.replay import ReplayOptions
+from snf.packet.capture_file import read_capture
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.routing import plan_pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAFFIC = ROOT.parent / "shared" / "traffic"

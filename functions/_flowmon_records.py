@@ -7,7 +7,7 @@ Private helper of functions/flowmon.py. A state entry is the list
 
 where `initiator` is the Headers.direction of the flow's first packet (0: the
 flow key's low end sent it, 1: the high end). The flow key layout is
-snf.flowkey's: version:u8 proto:u8 lo_addr hi_addr lo_port:u16 hi_port:u16.
+snf.packet.flowkey's: version:u8 proto:u8 lo_addr hi_addr lo_port:u16 hi_port:u16.
 """
 
 from __future__ import annotations

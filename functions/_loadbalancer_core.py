@@ -10,11 +10,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from snf.batch import PacketBatch
-from snf.flowkey import FRAG_TTL_NS, endpoint_hash
-from snf.function import Verdicts
-from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
-from snf.state import BatchState
+from snf.core.contract import Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.flowkey import endpoint_hash
+from snf.packet.fragments import FRAG_TTL_NS
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
 
 from ._loadbalancer_net import conn_key, nat_rewrite, set_addr, side_key
 from ._maglev import flow5_hash

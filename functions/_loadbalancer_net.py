@@ -7,9 +7,9 @@ Rewriting uses incremental checksum updates (RFC 1624):
 * nat_rewrite (every rewritten packet): address and TCP/UDP port of one end
   in one go, with the checksum deltas of each (old, new) endpoint pair
   computed once and cached; IPv4 and IPv6 (no IPv6 header checksum, only the
-  TCP/UDP pseudo-header covers the addresses). Same bytes as snf.rewrite.
+  TCP/UDP pseudo-header covers the addresses). Same bytes as snf.packet.rewrite.
 * set_addr (non-first fragments: no L4 header): the address only, IPv4
-  through snf.rewrite.set_ipv4_addr, IPv6 here.
+  through snf.packet.rewrite.set_ipv4_addr, IPv6 here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import ipaddress
 import struct
 from typing import Any
 
-from snf.rewrite import csum_adjust, set_ipv4_addr, set_u16
+from snf.packet.rewrite import csum_adjust, set_ipv4_addr, set_u16
 
 __all__ = ["Endpoint", "conn_key", "nat_rewrite", "parse_endpoint", "set_addr", "side_key"]
 
@@ -134,7 +134,7 @@ def nat_rewrite(
     """`frame` with its source or destination address and TCP/UDP port set to
     addr:port, IPv4 header and TCP/UDP checksums updated incrementally.
 
-    Same result as snf.rewrite's set_ipv4_addr + set_l4_port (a test checks
+    Same result as snf.packet.rewrite's set_ipv4_addr + set_l4_port (a test checks
     it), with the checksum deltas computed once per (old, new) endpoint pair.
     """
     pkt = bytearray(frame)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snf.state import TableView
+from snf.core.tables import TableView
 
 from ._nat_config import CompiledNat
 from ._nat_ports import EndpointHasher, pool_index, probe, start_port

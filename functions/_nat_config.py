@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from snf.function import FunctionConfig
+from snf.core.contract import FunctionConfig
 
 from ._firewall_rules import parse_cidrs
 

@@ -15,7 +15,7 @@ cover it, incrementally (RFC 1624):
 * the outer ICMP checksum, which covers the whole ICMP message: every change
   above, the quoted checksums included.
 
-The outer IP address is changed with snf.rewrite.set_ipv4_addr (IP header
+The outer IP address is changed with snf.packet.rewrite.set_ipv4_addr (IP header
 checksum only: ICMP has no pseudo-header).
 """
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from snf.rewrite import csum_adjust
+from snf.packet.rewrite import csum_adjust
 
 __all__ = ["ERROR_TYPES", "Quote", "quote_of", "rewrite_quote"]
 

@@ -15,7 +15,7 @@ partition. So a given endpoint tends to get the same port whatever the order
 in which endpoints arrive, an allocation hashes about `partitions` ports, and
 only a full range (exhaustion) costs a walk over all of it. Each port's
 partition is remembered per process. Every hash is blake2b based
-(snf.flowkey), never Python's salted hash().
+(snf.packet.flowkey), never Python's salted hash().
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Iterator
 
-from snf.flowkey import endpoint_hash, flow_hash
+from snf.packet.flowkey import endpoint_hash, flow_hash
 
 __all__ = ["EndpointHasher", "pool_index", "probe", "start_port"]
 

@@ -59,11 +59,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from snf.batch import PacketBatch
-from snf.flowkey import FRAG_TTL_NS
-from snf.function import FunctionConfig, NetworkFunction, Verdicts
-from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
-from snf.state import BatchState
+from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.fragments import FRAG_TTL_NS
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
 
 from ._firewall_rules import (
     CompiledRule,
@@ -148,7 +148,7 @@ class FirewallTimeouts(BaseModel, extra="forbid"):
         le=FRAG_TTL_NS / _NS,
         description="How long a first fragment's verdict is remembered for the later "
         "fragments of its datagram. At most 30 s: the capture agent keeps a datagram's "
-        "fragments on one partition for 30 s of packet time (snf.flowkey.FRAG_TTL_NS).",
+        "fragments on one partition for 30 s of packet time (snf.packet.flowkey.FRAG_TTL_NS).",
     )
 
 

@@ -58,10 +58,10 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from snf.batch import PacketBatch
-from snf.function import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
-from snf.headers import KIND_IP, KIND_NON_IP, Headers
-from snf.state import BatchState
+from snf.core.contract import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import KIND_IP, KIND_NON_IP, Headers
 
 from ._flowmon_records import ACTIVE, END, FORCED, IDLE, flow_record, new_entry
 

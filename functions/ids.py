@@ -14,7 +14,7 @@ Summary
 Ports
     pass     packets no drop rule matched (or a pass rule matched); non-IP frames
     drop     reason "sid:<sid>" (the lowest sid among the matching drop rules),
-             "malformed" (snf.parse says so, or a TCP data offset < 20 bytes or
+             "malformed" (snf.packet.parse says so, or a TCP data offset < 20 bytes or
              past the segment)
     alerts   (record port) one JSON object per matching alert/drop rule, EVE-like:
              ts, ts_ns, packet_id, sid, rev, msg, action, proto, src, sport,
@@ -62,10 +62,10 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from snf.batch import PacketBatch, format_packet_id
-from snf.function import FunctionConfig, NetworkFunction, Record, Verdicts
-from snf.headers import FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
-from snf.state import BatchState
+from snf.core.contract import FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch, format_packet_id
+from snf.packet.headers import FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
 
 from ._ids_match import Matcher, payload_span
 from ._ids_rules import Rule, RuleError, compile_rules

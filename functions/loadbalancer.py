@@ -75,10 +75,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from snf.batch import PacketBatch
-from snf.function import FunctionConfig, NetworkFunction, Verdicts
-from snf.headers import Headers
-from snf.state import BatchState
+from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
 
 from ._loadbalancer_core import Service, key_hashes, process_batch
 from ._loadbalancer_net import PROTOS, parse_endpoint

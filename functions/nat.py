@@ -9,7 +9,7 @@ Summary
     endpoint when `filtering` admits their remote. Port forwards are static
     bindings. ICMP echo identifiers are mapped like ports; ICMP errors about
     a translated flow are translated, quote included. Checksums are updated
-    incrementally (RFC 1624, snf.rewrite). Time is packet time.
+    incrementally (RFC 1624, snf.packet.rewrite). Time is packet time.
 
 Ports
     pass    translated packets, and untouched ones: IPv6, non-IP, traffic
@@ -63,12 +63,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
-from snf.batch import PacketBatch
-from snf.flowkey import FRAG_TTL_NS
-from snf.function import FunctionConfig, KeyKind, NetworkFunction, Verdicts
-from snf.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
-from snf.rewrite import set_ipv4_addr, set_ipv4_endpoint
-from snf.state import BatchState, TableView
+from snf.core.contract import FunctionConfig, KeyKind, NetworkFunction, Verdicts
+from snf.core.tables import BatchState, TableView
+from snf.packet.batch import PacketBatch
+from snf.packet.fragments import FRAG_TTL_NS
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.rewrite import set_ipv4_addr, set_ipv4_endpoint
 
 from ._nat_bindings import Bindings
 from ._nat_config import NatConfig, NatTimeouts, PortForward, compile_config

@@ -39,7 +39,7 @@ State
     frag    (key flow only) key: version + src + dst + proto + 4-byte IP id
             value: [first_fragment_ts_ns, flow key hex]; lets a datagram's
             later fragments (no ports) use their flow's bucket for 30 s
-            (snf.flowkey.FRAG_TTL_NS, as the router); expiry: lazy
+            (snf.packet.flowkey.FRAG_TTL_NS, as the router); expiry: lazy
     Each batch reads a key once, works on a local copy and writes it once at
     the end, and only when its value changed.
 
@@ -63,12 +63,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from snf.batch import PacketBatch
-from snf.flowkey import FRAG_TTL_NS, flow_hash
-from snf.function import FunctionConfig, NetworkFunction, Verdicts
-from snf.headers import FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_IP, KIND_NON_IP, Headers
-from snf.rewrite import set_dscp
-from snf.state import BatchState
+from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.flowkey import flow_hash
+from snf.packet.fragments import FRAG_TTL_NS
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.rewrite import set_dscp
 
 from ._ratelimit_rate import RATE_FORMS, parse_rate
 

@@ -1,3 +1,3 @@
-from snf.cli import main
+from snf.cli.main import main
 
 raise SystemExit(main())

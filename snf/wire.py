@@ -12,7 +12,7 @@ np.frombuffer: it never looks inside a packet.
 
 Two more message kinds share the topics (docs/WIRE-FORMAT.md):
 
-    "SNFC" + JSON   a control message: Flush (end of input, see snf.engine)
+    "SNFC" + JSON   a control message: Flush (end of input, see snf.core.engine)
     "SNFR" + JSON   records of a record port ({"records": [...], "end": id})
 """
 
@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from snf.batch import RECORD_DTYPE, PacketBatch
 from snf.errors import SnfError
+from snf.packet.batch import RECORD_DTYPE, PacketBatch
 
 __all__ = [
     "CONTROL_MAGIC",

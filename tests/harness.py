@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from snf.state import MemoryStore
+from snf.core.tables import MemoryStore
 
 __all__ = ["JsonStore"]
 

@@ -1,6 +1,6 @@
 """Frame decoding shared by the independent models (firewall, flowmon, ratelimit).
 
-Written from the protocol specs, not from snf.parse: the models must not
+Written from the protocol specs, not from snf.packet.parse: the models must not
 inherit the parser's mistakes.
 """
 

@@ -11,7 +11,7 @@ the input must verify in the output, and a zero UDP checksum must stay zero.
 
 It decodes with dpkt and its own offsets, keeps one global state in packet
 order (no partitions, no batches, no lazy deletion) and imports nothing from
-the core; `snf.flowkey.endpoint_hash`, the pipeline's partitioning contract,
+the core; `snf.packet.flowkey.endpoint_hash`, the pipeline's partitioning contract,
 is used only to check where a chosen port lands.
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import dpkt
 
-from snf.flowkey import endpoint_hash
+from snf.packet.flowkey import endpoint_hash
 
 __all__ = ["NatModel", "View", "decode"]
 

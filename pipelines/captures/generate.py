@@ -15,7 +15,7 @@ monitoring.pcapng  traffic to and from a web server (10.5.0.10), for
 The edge capture holds both sides of every conversation as the edge sees
 them: replies go to the NAT's public endpoints and come from the backends the
 load balancer chose. The generator learns those by running each packet
-through the edge pipeline in-process (snf.local), so after a change to the
+through the edge pipeline in-process (snf.runtime.local), so after a change to the
 NAT's port choice or the Maglev table, run it again.
 """
 
@@ -31,13 +31,13 @@ from pathlib import Path
 
 import dpkt
 
-from snf.batcher import Batcher
-from snf.capture import CapturedPacket
-from snf.collect import EGRESS
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.local import LocalPipeline
-from snf.pcapng import PcapngWriter
-from snf.pipeline import load_pipeline
+from snf.ingress.accumulator import Batcher
+from snf.packet.capture_file import CapturedPacket
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.pcapng_writer import PcapngWriter
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import EGRESS
+from snf.runtime.local import LocalPipeline
 
 HERE = Path(__file__).resolve().parent
 T0 = 1_767_225_600 * 10**9  # 2026-01-01 00:00:00 UTC

@@ -2,7 +2,7 @@
 
 Every call here works on any broker (ours from `snf.kafka.cluster` or one named by
 SNF_BROKERS). A broker that does not answer is retried with backoff and then
-reported as a KafkaError that says where and how often we tried.
+reported as a BrokerError that says where and how often we tried.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from kafka import KafkaAdminClient
 from kafka.admin import MemberToRemove
 from kafka.net.compat import KafkaNetClient
 
-from snf.kafka.cluster import KafkaError
-from snf.kafka.config import HOST
+from snf.kafka.errors import BrokerError
+from snf.kafka.kraft_config import HOST
 
 __all__ = [
     "admin_client",
@@ -34,7 +34,7 @@ __all__ = [
 
 T = TypeVar("T")
 # Errors that mean "nobody answers (yet)", as opposed to "the broker said no".
-_UNREACHABLE = (
+UNREACHABLE = (
     OSError,
     kerrors.KafkaConnectionError,
     kerrors.KafkaTimeoutError,
@@ -103,7 +103,7 @@ def broker_count(bootstrap: str, timeout: float = 5.0) -> int:
         return sum(not b.get("is_fenced", False) for b in admin.describe_cluster()["brokers"])
 
 
-def _retrying(bootstrap: str, retries: int, action: Callable[[KafkaAdminClient], T]) -> T:
+def retrying(bootstrap: str, retries: int, action: Callable[[KafkaAdminClient], T]) -> T:
     """Run `action` on a fresh client; retry while nobody answers, with doubling backoff."""
     started, delay = time.monotonic(), 0.5
     last: Exception | None = None
@@ -116,16 +116,16 @@ def _retrying(bootstrap: str, retries: int, action: Callable[[KafkaAdminClient],
                 with quiet():  # only the connecting; warnings of the action itself stay
                     admin = stack.enter_context(admin_client(bootstrap))
                 return action(admin)
-        except _UNREACHABLE as exc:
+        except UNREACHABLE as exc:
             last = exc
         except kerrors.KafkaError as exc:
             if not exc.retriable:
-                raise KafkaError(f"Kafka at {bootstrap} refused: {exc}") from exc
+                raise BrokerError(f"Kafka at {bootstrap} refused: {exc}") from exc
             last = exc
         if attempt < retries:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
-    raise KafkaError(
+    raise BrokerError(
         f"no Kafka broker answers at {bootstrap} after {retries} tries"
         f" ({time.monotonic() - started:.0f}s; last error: {last}); start one with"
         " `snf kafka up` or point SNF_BROKERS at a running broker"
@@ -178,21 +178,21 @@ def ensure_topics(
                 created.append(topic["name"])
             elif error is not kerrors.TopicAlreadyExistsError:  # lost a race: fine
                 message = topic.get("error_message") or error.__name__
-                raise KafkaError(f"creating topic {topic['name']!r} failed: {message}")
+                raise BrokerError(f"creating topic {topic['name']!r} failed: {message}")
         try:
             admin.wait_for_topics(list(missing), timeout_ms=int(timeout * 1000))
         except kerrors.KafkaTimeoutError as exc:
-            raise KafkaError(f"new topics at {bootstrap} have no leader yet: {exc}") from exc
+            raise BrokerError(f"new topics at {bootstrap} have no leader yet: {exc}") from exc
         _check_counts(topics, _partitions(admin))  # whoever won a race used our counts?
         return sorted(created)
 
-    return _retrying(bootstrap, retries, action)
+    return retrying(bootstrap, retries, action)
 
 
 def _check_counts(wanted: dict[str, int], existing: dict[str, int]) -> None:
     for name, n in wanted.items():
         if name in existing and existing[name] != n:
-            raise KafkaError(
+            raise BrokerError(
                 f"topic {name!r} exists with {existing[name]} partitions,"
                 f" but {n} were asked for; delete it or use {existing[name]}"
             )
@@ -213,7 +213,7 @@ def delete_topics(
                 if error is kerrors.NoError:
                     present.append(topic["name"])
                 elif error is not kerrors.UnknownTopicOrPartitionError:
-                    raise KafkaError(f"deleting topic {topic['name']!r} failed: {error.__name__}")
+                    raise BrokerError(f"deleting topic {topic['name']!r} failed: {error.__name__}")
         # Deletion finishes asynchronously, and brokers learn of it at different
         # times; re-creating a topic too early fails. Each query may go to another
         # broker, so wait for several clean answers in a row.
@@ -221,16 +221,16 @@ def delete_topics(
         while clean < 3:
             clean = 0 if set(present) & set(admin.list_topics()) else clean + 1
             if time.monotonic() > deadline:
-                raise KafkaError(f"topics {present} still listed {timeout:.0f}s after delete")
+                raise BrokerError(f"topics {present} still listed {timeout:.0f}s after delete")
             time.sleep(0.1)
         return sorted(present)
 
-    return _retrying(bootstrap, retries, action)
+    return retrying(bootstrap, retries, action)
 
 
 def topic_partitions(bootstrap: str, retries: int = 5) -> dict[str, int]:
     """Partition count of every non-internal topic."""
-    return _retrying(bootstrap, retries, lambda admin: _partitions(admin, internal=False))
+    return retrying(bootstrap, retries, lambda admin: _partitions(admin, internal=False))
 
 
 def evict_member(bootstrap: str, group: str, member_id: str, reason: str = "") -> bool:

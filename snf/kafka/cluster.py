@@ -21,14 +21,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from snf.errors import SnfError
-from snf.kafka import config
-from snf.kafka.config import ClusterInfo, NodeInfo
+from snf.kafka import kraft_config as config
+from snf.kafka.admin import broker_count, quiet, tcp_open
+from snf.kafka.errors import BrokerError
+from snf.kafka.kraft_config import ClusterInfo, NodeInfo
+from snf.kafka.settings import brokers_from_env, snf_home
 
 __all__ = [
     "KAFKA_VERSION",
     "ClusterInfo",
-    "KafkaError",
     "NodeInfo",
     "down",
     "ensure_jars",
@@ -36,7 +37,6 @@ __all__ = [
     "kill_node",
     "recorded",
     "resolve_brokers",
-    "snf_home",
     "start_node",
     "status",
     "up",
@@ -46,14 +46,6 @@ __all__ = [
 KAFKA_VERSION = "3.9.1"
 DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
-
-
-class KafkaError(SnfError):
-    """The broker cannot be fetched, started, reached or asked to do something."""
-
-
-def snf_home() -> Path:
-    return Path(os.environ.get("SNF_HOME") or Path.home() / ".cache" / "snf")
 
 
 def _cluster_dir(name: str) -> Path:
@@ -71,7 +63,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 def _tool(name: str) -> str:
     if not (found := shutil.which(name)):
-        raise KafkaError(f"`{name}` is not on PATH; the local Kafka broker needs JDK 17 and Maven")
+        raise BrokerError(f"`{name}` is not on PATH; the local Kafka broker needs JDK 17 and Maven")
     return found
 
 
@@ -97,15 +89,13 @@ def ensure_jars(progress: Callable[[str], None] | None = None) -> Path:
         if done.returncode != 0:
             out = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # colours despite -B
             tail = "\n".join(out.splitlines()[-20:])
-            raise KafkaError(f"mvn could not fetch the Kafka {KAFKA_VERSION} jars:\n{tail}")
+            raise BrokerError(f"mvn could not fetch the Kafka {KAFKA_VERSION} jars:\n{tail}")
         stamp.write_text(want)
         return libs
 
 
 def is_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
     """Whether a broker at `bootstrap` answers a metadata request within about `timeout`."""
-    from snf.kafka.admin import broker_count, quiet, tcp_open  # late: admin imports us
-
     if not tcp_open(bootstrap, min(timeout, 2.0)):
         return False
     try:
@@ -157,16 +147,14 @@ def recorded(name: str = "default") -> ClusterInfo | None:
 
 
 def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
-    """Block until every node is registered and unfenced; KafkaError if a node dies."""
-    from snf.kafka.admin import broker_count, quiet, tcp_open  # late: admin imports us
-
+    """Block until every node is registered and unfenced; BrokerError if a node dies."""
     deadline = time.monotonic() + timeout
     while True:
         for node in info.nodes:
             if not _alive(node):  # its log exists: _spawn opened it before starting it
                 lines = Path(node.log_file).read_text(errors="replace").splitlines()
                 tail = [ln for ln in lines if not ln.lstrip().startswith(("at ", "... "))][-12:]
-                raise KafkaError(
+                raise BrokerError(
                     f"Kafka node {node.node_id} of cluster {info.name!r} is not running;"
                     f" last lines of {node.log_file}:\n" + "\n".join(tail)
                 )
@@ -177,7 +165,7 @@ def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
             if all(tcp_open(a) and broker_count(a) >= len(addresses) for a in addresses):
                 return
         if time.monotonic() > deadline:
-            raise KafkaError(f"Kafka cluster {info.name!r} not ready after {timeout:.0f}s")
+            raise BrokerError(f"Kafka cluster {info.name!r} not ready after {timeout:.0f}s")
         time.sleep(0.25)
 
 
@@ -196,19 +184,19 @@ def _create(name: str, nodes: int, libs: Path) -> ClusterInfo:
     for node, proc in zip(info.nodes, formats, strict=True):
         out = proc.communicate(timeout=120)[0].decode(errors="replace")
         if proc.returncode != 0:
-            raise KafkaError(f"formatting storage of Kafka node {node.node_id} failed:\n{out}")
+            raise BrokerError(f"formatting storage of Kafka node {node.node_id} failed:\n{out}")
     return info
 
 
 def up(nodes: int = 1, name: str = "default", wait_timeout: float = 90.0) -> ClusterInfo:
     """Start a fresh `nodes`-broker cluster, or return cluster `name` if it already runs."""
     if nodes < 1:
-        raise KafkaError(f"a Kafka cluster needs at least one node, not {nodes}")
+        raise BrokerError(f"a Kafka cluster needs at least one node, not {nodes}")
     with _locked(_cluster_dir(name).parent / f"{name}.lock"):
         current = recorded(name)
         if current and all(map(_alive, current.nodes)) and is_reachable(current.bootstrap):
             if len(current.nodes) != nodes:
-                raise KafkaError(
+                raise BrokerError(
                     f"Kafka cluster {name!r} already runs with {len(current.nodes)} nodes,"
                     f" not {nodes}; run down({name!r}) first"
                 )
@@ -272,7 +260,7 @@ def resolve_brokers(explicit: str | None = None) -> str | None:
     """explicit > $SNF_BROKERS > the recorded default cluster, if a node of it lives > None."""
     if explicit:
         return explicit
-    if env := os.environ.get("SNF_BROKERS"):
+    if env := brokers_from_env():
         return env
     info = recorded("default")
     return info.bootstrap if info and any(map(_alive, info.nodes)) else None
@@ -290,7 +278,7 @@ def start_node(info: ClusterInfo, node_id: int) -> ClusterInfo:
     """Restart a stopped node on its existing storage and record its new pid."""
     node = info.node(node_id)
     if _alive(node):
-        raise KafkaError(f"node {node_id} of Kafka cluster {info.name!r} is already running")
+        raise BrokerError(f"node {node_id} of Kafka cluster {info.name!r} is already running")
     node.pid = _spawn(node, ensure_jars())
     info.save()
     return info

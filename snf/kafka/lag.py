@@ -20,8 +20,8 @@ import kafka.errors as kerrors
 from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 
-from snf.kafka.admin import _UNREACHABLE, _retrying, admin_client, quiet
-from snf.kafka.cluster import KafkaError
+from snf.kafka.admin import UNREACHABLE, admin_client, quiet, retrying
+from snf.kafka.errors import BrokerError
 
 __all__ = ["LagInfo", "LagProbe", "PartitionLag", "group_lag"]
 
@@ -61,7 +61,7 @@ def _partition_ids(admin: KafkaAdminClient, topic: str) -> list[int]:
     (described,) = admin.describe_topics([topic])
     error = kerrors.for_code(described["error_code"])
     if error is not kerrors.NoError:
-        raise KafkaError(f"topic {topic!r}: {error.__name__}")
+        raise BrokerError(f"topic {topic!r}: {error.__name__}")
     return sorted(p["partition_index"] for p in described["partitions"])
 
 
@@ -83,13 +83,13 @@ def _lag(admin: KafkaAdminClient, group: str, topic: str, partitions: list[int])
 
 def group_lag(bootstrap: str, group: str, topic: str, retries: int = 3) -> LagInfo:
     """One-off lag of `group` on `topic` (a fresh client; retried while nobody answers)."""
-    return _retrying(bootstrap, retries, lambda a: _lag(a, group, topic, _partition_ids(a, topic)))
+    return retrying(bootstrap, retries, lambda a: _lag(a, group, topic, _partition_ids(a, topic)))
 
 
 class LagProbe:
     """Keeps one admin client open for repeated lag queries; reconnects after an error.
 
-    Errors are raised as KafkaError and never retried here: the caller asks again
+    Errors are raised as BrokerError and never retried here: the caller asks again
     at its next tick anyway.
     """
 
@@ -119,13 +119,13 @@ class LagProbe:
         try:
             admin = self._client()
             return _lag(admin, group, topic, self._ids(admin, topic))
-        except KafkaError:
+        except BrokerError:
             self._partitions.pop(topic, None)
             raise
-        except (*_UNREACHABLE, kerrors.KafkaError) as exc:
+        except (*UNREACHABLE, kerrors.KafkaError) as exc:
             # The client may be wedged (broker restarted, coordinator moved): start over.
             self.close()
-            raise KafkaError(f"lag of {group} on {topic} at {self.bootstrap}: {exc}") from exc
+            raise BrokerError(f"lag of {group} on {topic} at {self.bootstrap}: {exc}") from exc
 
     def close(self) -> None:
         self._partitions.clear()

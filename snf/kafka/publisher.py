@@ -2,7 +2,7 @@
 
 `on_delivered` hears of every batch the brokers acknowledged (acks=all), with
 its packets' seqs, from the producer's I/O thread and in any order across
-partitions: the replay checkpoint (snf/replay_checkpoint.py) is built on it.
+partitions: the replay checkpoint (snf/ingress/checkpoint.py) is built on it.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from kafka.errors import KafkaTimeoutError
 from kafka.producer.future import FutureRecordMetadata
 
 from snf import wire
-from snf.batch import PacketBatch
 from snf.errors import SnfError
-from snf.journal import CAPTURE_ORIGIN, Lineage
+from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage
+from snf.packet.batch import PacketBatch
 
 __all__ = ["KafkaPublisher", "PublishError", "connect_producer"]
 
@@ -69,7 +69,7 @@ class KafkaPublisher:
         session: str | None = None,
     ) -> None:
         self.topic = topic
-        # Each batch's lineage (snf.journal) names the replay session, so the first
+        # Each batch's lineage (snf.guarantee.journal) names the replay session, so the first
         # function drops packets a resumed replay sends again (same ids, seq order).
         self.session = session
         self.on_delivered = on_delivered  # called with the seqs of each acknowledged batch

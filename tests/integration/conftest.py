@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from snf.cli import main
+from snf.cli.main import main
 from snf.kafka import cluster
 
 KAFKA_IMAGE = "apache/kafka:3.9.1"

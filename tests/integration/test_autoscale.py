@@ -22,18 +22,19 @@ from typing import Any
 import dpkt
 import pytest
 
-from snf import deployment as dp
-from snf.capture import read_capture
-from snf.cli import main
-from snf.collect import EGRESS, Collector
+from snf.cli.main import main
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
+from snf.ingress.replay import ReplayOptions, ReplaySummary, replay
 from snf.kafka import admin
 from snf.kafka.publisher import KafkaPublisher
-from snf.local import LocalPipeline
-from snf.pcapng import PcapngWriter
-from snf.pipeline import Pipeline, load_pipeline
-from snf.replay import ReplayOptions, ReplaySummary, replay
-from snf.routing import plan_pipeline
-from snf.sink import KafkaSink
+from snf.ops import deployment_dir as dp
+from snf.packet.capture_file import read_capture
+from snf.packet.pcapng_writer import PcapngWriter
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import EGRESS, Pipeline
+from snf.pipeline.routing import plan_pipeline
+from snf.runtime.local import LocalPipeline
 from snf.wire import Flush
 from tests.integration.test_suite_failover import _same
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from snf.cli import main
+from snf.cli.main import main
 
 pytestmark = pytest.mark.integration
 

@@ -14,16 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from snf import deployment as dp
-from snf.cli import main
-from snf.collect import Collector
+from snf.cli.main import main
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
+from snf.ingress.replay import ReplayOptions, ReplaySummary, replay
 from snf.kafka import admin
 from snf.kafka.publisher import KafkaPublisher
-from snf.local import LocalPipeline
-from snf.pipeline import Pipeline, load_pipeline
-from snf.replay import ReplayOptions, ReplaySummary, replay
-from snf.routing import plan_pipeline
-from snf.sink import KafkaSink
+from snf.ops import deployment_dir as dp
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import Pipeline
+from snf.pipeline.routing import plan_pipeline
+from snf.runtime.local import LocalPipeline
 from snf.wire import Flush
 from tests.integration.test_suite_failover import _same
 
@@ -235,8 +236,8 @@ def test_worker_serves_liveness_and_readiness(kafka_bootstrap: str, tmp_path: Pa
     import urllib.error
     import urllib.request
 
-    from snf.kafka.config import free_ports
-    from snf.run import create_topics
+    from snf.harness.oneshot import create_topics
+    from snf.kafka.kraft_config import free_ports
 
     name = f"probe-t{os.getpid() % 100000}"
     path = tmp_path / "p.yaml"
@@ -292,7 +293,7 @@ def _sink_follow_survives_ctrl_c(name: str, tmp_path: Path, expected: int) -> No
     import subprocess
     import sys
 
-    from snf.capture import CaptureError, read_capture
+    from snf.packet.capture_file import CaptureError, read_capture
 
     def count() -> int:
         try:

@@ -8,17 +8,18 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from snf import names
-from snf.collect import EGRESS, Collector
-from snf.journal import table_key
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
+from snf.guarantee.journal import table_key
+from snf.harness.oneshot import create_topics
+from snf.ingress.replay import ReplayOptions, replay
 from snf.kafka import admin
 from snf.kafka.publisher import KafkaPublisher
-from snf.pcapng import PcapngWriter
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.run import create_topics
-from snf.sink import KafkaSink
-from snf.workers import start_worker, wait_all_stopped
+from snf.ops.worker_process import start_worker, wait_all_stopped
+from snf.packet.pcapng_writer import PcapngWriter
+from snf.pipeline import names
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import EGRESS
 from tests.packets import tcp4
 
 pytestmark = pytest.mark.integration

@@ -24,15 +24,15 @@ from typing import Any
 
 import pytest
 
-from snf import deployment as dp
-from snf.batch import PacketBatch
-from snf.cli import main
-from snf.collect import Collector
+from snf.cli.main import main
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
+from snf.ingress.replay import ReplayOptions, replay, source_id_for
 from snf.kafka import cluster
-from snf.local import LocalPipeline
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions, replay, source_id_for
-from snf.sink import KafkaSink
+from snf.ops import deployment_dir as dp
+from snf.packet.batch import PacketBatch
+from snf.pipeline.loader import load_pipeline
+from snf.runtime.local import LocalPipeline
 from tests.integration.test_replay import _acked_seq, _messages
 from tests.integration.test_suite_failover import _same
 

@@ -13,8 +13,8 @@ import pytest
 
 from snf.kafka.admin import delete_topics, ensure_topics, topic_partitions
 from snf.kafka.cluster import (
+    BrokerError,
     ClusterInfo,
-    KafkaError,
     down,
     is_reachable,
     recorded,
@@ -22,7 +22,7 @@ from snf.kafka.cluster import (
     status,
     up,
 )
-from snf.kafka.config import free_ports
+from snf.kafka.kraft_config import free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def test_up_is_idempotent(broker: ClusterInfo) -> None:
 
 
 def test_up_refuses_another_size_for_a_running_cluster(broker: ClusterInfo) -> None:
-    with pytest.raises(KafkaError, match="already runs with 1 nodes"):
+    with pytest.raises(BrokerError, match="already runs with 1 nodes"):
         up(nodes=3, name=broker.name)
 
 
@@ -78,7 +78,7 @@ def test_partition_mismatch_names_topic_and_both_counts(
 ) -> None:
     name = topic_names[0]
     ensure_topics(broker.bootstrap, {name: 2})
-    with pytest.raises(KafkaError, match=rf"{name}.* 2 partitions.* 3 were asked"):
+    with pytest.raises(BrokerError, match=rf"{name}.* 2 partitions.* 3 were asked"):
         ensure_topics(broker.bootstrap, {name: 3})
 
 
@@ -86,14 +86,14 @@ def test_ensure_topics_applies_topic_configs(broker: ClusterInfo, topic_names: l
     name = topic_names[0]
     configs = {name: {"cleanup.policy": "compact"}}
     assert ensure_topics(broker.bootstrap, {name: 1}, configs=configs) == [name]
-    with pytest.raises(KafkaError, match="failed"):  # the broker's own refusal is reported
+    with pytest.raises(BrokerError, match="failed"):  # the broker's own refusal is reported
         ensure_topics(broker.bootstrap, {topic_names[1]: 1}, replication=5)
 
 
 def test_ensure_topics_reports_a_missing_broker_clearly() -> None:
     bootstrap = _closed_port()
     started = time.monotonic()
-    with pytest.raises(KafkaError, match=rf"no Kafka broker answers at {bootstrap} after 2 tries"):
+    with pytest.raises(BrokerError, match=rf"no Kafka broker answers at {bootstrap} after 2 tries"):
         ensure_topics(bootstrap, {"x": 1}, retries=2)
     assert time.monotonic() - started < 5
 

@@ -16,13 +16,13 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 
 from snf import wire
-from snf.batch import PacketBatch
-from snf.capture import read_capture
-from snf.collect import Collector
+from snf.egress.collector import Collector
+from snf.ingress.replay import source_id_for
 from snf.kafka import admin
-from snf.parse import parse_packet_batch
-from snf.pipeline import load_pipeline
-from snf.replay import source_id_for
+from snf.packet.batch import PacketBatch
+from snf.packet.capture_file import read_capture
+from snf.packet.parse import parse_packet_batch
+from snf.pipeline.loader import load_pipeline
 from tests.conftest import traffic_dir
 from tests.packets import read_pcap
 

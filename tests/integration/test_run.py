@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from snf.collect import EGRESS, Collector
+from snf.egress.collector import Collector
+from snf.harness.oneshot import RunOptions, run_pipeline
+from snf.ingress.replay import ReplayOptions
 from snf.kafka import admin
-from snf.parse import parse_batch
-from snf.replay import ReplayOptions
-from snf.run import RunOptions, run_pipeline
+from snf.packet.parse import parse_batch
+from snf.pipeline.model import EGRESS
 from tests.conftest import traffic_dir
 
 pytestmark = pytest.mark.integration

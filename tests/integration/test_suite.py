@@ -16,10 +16,10 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from snf.collect import EGRESS
-from snf.replay import ReplayOptions
-from snf.rewrite import ipv4_header_ok, l4_checksum_ok
-from snf.run import RunOptions, RunResult, run_pipeline
+from snf.harness.oneshot import RunOptions, RunResult, run_pipeline
+from snf.ingress.replay import ReplayOptions
+from snf.packet.rewrite import ipv4_header_ok, l4_checksum_ok
+from snf.pipeline.model import EGRESS
 from tests.conftest import traffic_dir
 
 pytestmark = pytest.mark.integration
@@ -179,7 +179,7 @@ def _ip_length(frame: bytes, linktype: int) -> int | None:
 
 def test_a_flush_of_many_flows_arrives_whole(kafka_bootstrap: str, tmp_path: Path) -> None:
     """20,000 open flows at the end: the flush spans many record blocks per partition."""
-    from snf.pcapng import PcapngWriter
+    from snf.packet.pcapng_writer import PcapngWriter
     from tests.packets import udp4
 
     capture = tmp_path / "many.pcapng"

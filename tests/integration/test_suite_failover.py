@@ -18,18 +18,19 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from snf.collect import EGRESS, Collector
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
+from snf.harness.oneshot import create_topics
+from snf.ingress.replay import ReplayOptions, replay
 from snf.kafka import admin
 from snf.kafka.publisher import KafkaPublisher
-from snf.local import LocalPipeline
-from snf.pcapng import PcapngWriter
-from snf.pipeline import Pipeline, load_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.routing import plan_pipeline
-from snf.run import create_topics
-from snf.sink import KafkaSink
+from snf.ops.worker_process import start_worker, wait_all_stopped
+from snf.packet.pcapng_writer import PcapngWriter
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import EGRESS, Pipeline
+from snf.pipeline.routing import plan_pipeline
+from snf.runtime.local import LocalPipeline
 from snf.wire import Flush
-from snf.workers import start_worker, wait_all_stopped
 from tests.integration.test_failover import _changelog_keys, _fully_committed, _wait
 from tests.packets import tcp4, udp4
 

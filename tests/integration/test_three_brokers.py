@@ -14,16 +14,16 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from snf import deployment as dp
-from snf import names
-from snf.cli import main
-from snf.collect import Collector
-from snf.deploy import undeploy
+from snf.cli.main import main
+from snf.egress.collector import Collector
+from snf.egress.sink import KafkaSink
 from snf.kafka import admin, cluster
 from snf.kafka.publisher import KafkaPublisher
-from snf.local import LocalPipeline
-from snf.pipeline import load_pipeline
-from snf.sink import KafkaSink
+from snf.ops import deployment_dir as dp
+from snf.ops.deploy import undeploy
+from snf.pipeline import names
+from snf.pipeline.loader import load_pipeline
+from snf.runtime.local import LocalPipeline
 from snf.wire import Flush
 from tests.integration.test_deploy import ROOT, A, _replay, _status
 from tests.integration.test_suite_failover import _same

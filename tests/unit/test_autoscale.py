@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from snf.autoscale import Autoscaler, Policy, ScaleState, decide, policy_of
-from snf.deployment import FunctionTarget
+from snf.ops.autoscale import Autoscaler, Policy, ScaleState, decide, policy_of
+from snf.ops.deployment_dir import FunctionTarget
 
 POLICY = Policy(min_instances=1, max_instances=4, lag_threshold=100, cooldown=30.0)
 ELASTIC = Policy(min_instances=0, max_instances=4, lag_threshold=100, cooldown=30.0)

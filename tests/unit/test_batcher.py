@@ -6,10 +6,10 @@ from collections import Counter, defaultdict
 
 import pytest
 
-from snf.batch import PacketBatch
-from snf.batcher import Batcher
-from snf.capture import CapturedPacket
-from snf.linktypes import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
+from snf.ingress.accumulator import Batcher
+from snf.packet.batch import PacketBatch
+from snf.packet.capture_file import CapturedPacket
+from snf.packet.linktypes import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_RAW
 from tests.packets import sll, tcp4, tcp6, udp4
 
 SOURCE = 0x5EED_0000_0001
@@ -211,7 +211,7 @@ def test_batch_ids_are_unique() -> None:
 
 
 def test_keyers_choose_the_partition_and_see_each_packet() -> None:
-    from snf.function import FunctionConfig, NetworkFunction, Verdicts
+    from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
 
     class ByDport(NetworkFunction):
         kind = "bydport"

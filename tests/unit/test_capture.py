@@ -11,9 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snf.capture import CapturedPacket, CaptureError, CaptureWarning, capture_info, read_capture
-from snf.linktypes import LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_RAW
-from snf.pcapng import PcapngWriter
+from snf.packet.capture_file import (
+    CapturedPacket,
+    CaptureError,
+    CaptureWarning,
+    capture_info,
+    read_capture,
+)
+from snf.packet.linktypes import LINKTYPE_ETHERNET, LINKTYPE_IPV4, LINKTYPE_RAW
+from snf.packet.pcapng_writer import PcapngWriter
 
 # Packet counts stated in ../shared/traffic/README.md
 EXPECTED = {

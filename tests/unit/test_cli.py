@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from snf.capture import read_capture
-from snf.cli import main
+from snf.cli.main import main
+from snf.packet.capture_file import read_capture
 from tests.packets import read_pcap
 
 REPO = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import json
 import struct
 from pathlib import Path
 
-from snf.batch import PacketBatch
-from snf.capture import read_capture
-from snf.collect import Collector
-from snf.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
+from snf.egress.collector import Collector
+from snf.packet.batch import PacketBatch
+from snf.packet.capture_file import read_capture
+from snf.packet.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
 from tests.packets import tcp4, udp4
 
 EGRESS = ("", "egress")

@@ -1,4 +1,4 @@
-"""snf.deploy without a broker: the plan's diff, config hashes, readiness from files."""
+"""snf.ops.deploy without a broker: the plan's diff, config hashes, readiness from files."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from snf import deploy as dep
-from snf import deployment as dp
-from snf.deployment import Deployment
-from snf.pipeline import load_pipeline, parse_pipeline
+from snf.ops import deploy as dep
+from snf.ops import deployment_dir as dp
+from snf.ops.deployment_dir import Deployment
+from snf.pipeline.loader import load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 TAP = REPO / "pipelines" / "tap.yaml"

@@ -27,10 +27,10 @@ from typing import Any
 import pytest
 import yaml
 
-from snf.cli import _parser
+from snf.cli.main import _parser
 from snf.kafka.cluster import KAFKA_VERSION
-from snf.kafka.config import NodeSpec, node_properties
-from snf.pipeline import load_pipeline
+from snf.kafka.kraft_config import NodeSpec, node_properties
+from snf.pipeline.loader import load_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "docker" / "Dockerfile"

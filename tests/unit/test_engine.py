@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from snf.batch import PacketBatch
-from snf.engine import FunctionEngine
-from snf.function import FunctionConfig, NetworkFunction, Verdicts
-from snf.headers import Headers
-from snf.state import BatchState, MemoryStore
+from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.engine import FunctionEngine
+from snf.core.tables import BatchState, MemoryStore
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
 from tests.packets import tcp4
 
 

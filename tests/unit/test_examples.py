@@ -12,11 +12,11 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from snf.collect import EGRESS
-from snf.local import LocalPipeline
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.rewrite import ipv4_header_ok, l4_checksum_ok
+from snf.ingress.replay import ReplayOptions, replay
+from snf.packet.rewrite import ipv4_header_ok, l4_checksum_ok
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import EGRESS
+from snf.runtime.local import LocalPipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 PIPELINES = ROOT / "pipelines"

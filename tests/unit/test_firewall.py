@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from snf.batch import PacketBatch
+from snf.core.tables import BatchState
 from snf.functions.firewall import Firewall, FirewallConfig
-from snf.headers import Headers
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_packet_batch
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_packet_batch
 from tests.harness import JsonStore
 from tests.packets import (
     arp,
@@ -750,7 +750,7 @@ def test_config_defaults_and_round_trip() -> None:
 
 
 def test_registered() -> None:
-    from snf.registry import get_function
+    from snf.core.registry import get_function
 
     assert get_function("firewall") is Firewall
 

@@ -23,14 +23,16 @@ from typing import Any
 
 import pytest
 
-from snf.batch import PacketBatch
-from snf.capture import read_capture
-from snf.collect import EGRESS, Collector, PortKey
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.local import LocalPipeline
-from snf.pcapng import PcapngWriter
-from snf.pipeline import PipelineError, parse_pipeline
-from snf.replay import ReplayOptions, replay
+from snf.egress.collector import Collector
+from snf.ingress.replay import ReplayOptions, replay
+from snf.packet.batch import PacketBatch
+from snf.packet.capture_file import read_capture
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.pcapng_writer import PcapngWriter
+from snf.pipeline.errors import PipelineError
+from snf.pipeline.loader import parse_pipeline
+from snf.pipeline.model import EGRESS, PortKey
+from snf.runtime.local import LocalPipeline
 from tests.conftest import traffic_dir
 from tests.firewall_model import Packet, decode, model_verdicts
 from tests.packets import ether, fragments4, icmp4_echo, icmp4_error, ip4, tcp4

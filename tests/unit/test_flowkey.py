@@ -1,4 +1,4 @@
-"""snf.flowkey: symmetric keys, stable hashes, partitions, and the fragment-aware router."""
+"""snf.packet.flowkey: symmetric keys, stable hashes, partitions, and the fragment-aware router."""
 
 from __future__ import annotations
 
@@ -13,19 +13,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snf.flowkey import (
-    FRAG_TTL_NS,
+from snf.packet.flowkey import (
     MALFORMED_KEY,
-    FlowRouter,
     cached_flow_hashes,
     flow_hash,
     flow_key,
     non_ip_key,
     partition_for,
 )
-from snf.headers import FRAG_FIRST, FRAG_LATER, Headers
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_batch
+from snf.packet.fragments import FRAG_TTL_NS, FlowRouter
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, Headers
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_batch
 from tests.packets import arp, fragments4, fragments6, tcp4, tcp6, udp4, udp6
 
 NS = 1_000_000_000
@@ -133,7 +132,8 @@ def test_known_hash_values() -> None:
 def test_hash_does_not_depend_on_pythonhashseed() -> None:
     keys = list(KNOWN)
     code = (
-        f"from snf.flowkey import flow_hash as h; print(*(h(bytes.fromhex(k)) for k in {keys!r}))"
+        "from snf.packet.flowkey import flow_hash as h; "
+        f"print(*(h(bytes.fromhex(k)) for k in {keys!r}))"
     )
     for seed in ("0", "1", "12345"):
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(REPO)}

@@ -19,13 +19,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from snf.batch import PacketBatch
-from snf.function import FlushContext
+from snf.core.contract import FlushContext
+from snf.core.tables import BatchState
 from snf.functions.flowmon import FlowMonitor, FlowMonitorConfig
-from snf.headers import KIND_IP, KIND_MALFORMED, Headers
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_packet_batch
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import KIND_IP, KIND_MALFORMED, Headers
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_packet_batch
 from tests.conftest import traffic_dir
 from tests.flowmon_model import FlowModel
 from tests.harness import JsonStore
@@ -111,7 +111,7 @@ def counts(record: dict[str, Any]) -> tuple[int, int, int, int]:
 
 
 def test_class_contract_and_registry() -> None:
-    from snf.registry import get_function
+    from snf.core.registry import get_function
 
     assert get_function("flowmon") is FlowMonitor
     assert FlowMonitor.kind == "flowmon"

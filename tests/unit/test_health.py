@@ -1,4 +1,4 @@
-"""The worker's probe server (snf.runtime.health) over real sockets on 127.0.0.1."""
+"""The worker's probe server (snf.runtime.worker.health) over real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from snf.runtime.health import start_health_server
+from snf.runtime.worker.health import start_health_server
 
 Check = Callable[[int], Awaitable[None]]
 

@@ -16,13 +16,13 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from snf.batch import PacketBatch
+from snf.core.tables import BatchState
 from snf.functions._ids_match import Matcher
 from snf.functions.ids import Ids, IdsConfig
-from snf.headers import Headers
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_packet_batch
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_packet_batch
 from tests.ids_model import model_run
 from tests.packets import (
     arp,
@@ -178,7 +178,7 @@ def test_class_contract() -> None:
 
 
 def test_registered() -> None:
-    from snf.registry import get_function
+    from snf.core.registry import get_function
 
     assert get_function("ids") is Ids
 
@@ -796,8 +796,8 @@ def test_inconsistent_headers_give_malformed_not_an_exception(damage: dict[str, 
 
 
 def test_a_bad_rule_fails_the_pipeline_load_on_its_line() -> None:
-    from snf.pipeline import parse_pipeline
-    from snf.pipeline_errors import PipelineError
+    from snf.pipeline.errors import PipelineError
+    from snf.pipeline.loader import parse_pipeline
 
     text = """name: t
 functions:

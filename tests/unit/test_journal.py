@@ -1,6 +1,6 @@
-"""snf.journal: the recovery plan after a crash at any point, lineage and watermarks.
+"""snf.guarantee.journal: the recovery plan after a crash at any point, lineage and watermarks.
 
-The simulation below is the shell's protocol in miniature (snf.runtime.faust_app):
+The simulation below is the shell's protocol in miniature (snf.runtime.worker.app):
 per event, a journal entry with before-images and the settled point, then the
 state writes, then the outputs; the changelog is one ordered log, and a crash
 keeps any prefix of it. Whatever the prefix, undo + skip + redo must end in the
@@ -14,19 +14,18 @@ from typing import Any
 
 import pytest
 
-from snf.journal import (
+from snf.core.tables import BatchState, MemoryStore
+from snf.guarantee.journal import (
     JOURNAL_PREFIX,
     JOURNAL_SLOTS,
     JournalEntry,
-    Lineage,
     Recovery,
-    Watermarks,
     journal_key,
     journal_keys,
     table_key,
     untable_key,
 )
-from snf.state import BatchState, MemoryStore
+from snf.guarantee.lineage import Lineage, Watermarks
 from tests.packets import tcp4
 
 # --- a deterministic toy core: counts per key, emits (offset, key, count) -------------
@@ -227,8 +226,8 @@ def test_a_deferred_batch_state_writes_only_on_apply() -> None:
 
 
 def test_a_resumed_replay_s_repeats_are_dropped_packet_by_packet() -> None:
-    from snf.batch import PacketBatch
-    from snf.journal import CAPTURE_ORIGIN, drop_replayed
+    from snf.guarantee.lineage import CAPTURE_ORIGIN, drop_replayed
+    from snf.packet.batch import PacketBatch
 
     frames = [tcp4("10.0.0.1", "10.0.0.2", 1000 + i, 80) for i in range(6)]
     batch = PacketBatch.from_rows(1, [(i, len(f), f, 7, i, "") for i, f in enumerate(frames)])

@@ -1,4 +1,4 @@
-"""`snf render k8s` (snf.k8s): manifests checked against the Kubernetes and KEDA schemas.
+"""`snf render k8s` (snf.ops.k8s): manifests checked against the Kubernetes and KEDA schemas.
 
 Core objects are validated with kubernetes-validate (the API's JSON schemas, strict:
 unknown fields fail), the ScaledObject with jsonschema against KEDA's CRD schema
@@ -17,9 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from snf.cli import _parser
-from snf.k8s import DATA_DIR, HEALTH_PORT, render_k8s, write_manifests
-from snf.pipeline import load_pipeline, parse_pipeline
+from snf.cli.main import _parser
+from snf.ops.k8s import DATA_DIR, HEALTH_PORT, render_k8s, write_manifests
+from snf.pipeline.loader import load_pipeline, parse_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 KEDA_CRD = REPO / "tests" / "data" / "keda" / "scaledobjects.keda.sh.yaml"
@@ -197,7 +197,7 @@ def test_a_fixed_function_gets_no_scaled_object() -> None:
 
 @dataclass
 class StandInFunction:
-    """The attributes snf.k8s reads, free of the loader's checks (which forbid max > partitions)."""
+    """The attributes snf.ops.k8s reads, free of the loader's checks (which forbid max > partitions)."""
 
     name: str
     kind: str = "flowmon"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from snf.kafka.cluster import DEPLOY_DIR, KAFKA_VERSION
-from snf.kafka.config import (
+from snf.kafka.kraft_config import (
     ClusterInfo,
     free_ports,
     new_cluster_id,

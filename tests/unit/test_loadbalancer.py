@@ -20,17 +20,18 @@ import dpkt
 import pytest
 from pydantic import ValidationError
 
-from snf.batch import PacketBatch
-from snf.flowkey import FlowRouter, endpoint_hash
+from snf.core.registry import get_function
+from snf.core.tables import BatchState
 from snf.functions._loadbalancer_net import nat_rewrite, set_addr
 from snf.functions._maglev import build_table, flow5_hash, is_prime
 from snf.functions.loadbalancer import LoadBalancer, LoadBalancerConfig
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_packet_batch
-from snf.pipeline import parse_pipeline
-from snf.registry import get_function
-from snf.rewrite import ipv4_header_ok, l4_checksum_ok, set_ipv4_addr, set_l4_port
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.flowkey import endpoint_hash
+from snf.packet.fragments import FlowRouter
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_packet_batch
+from snf.packet.rewrite import ipv4_header_ok, l4_checksum_ok, set_ipv4_addr, set_l4_port
+from snf.pipeline.loader import parse_pipeline
 from tests.harness import JsonStore
 from tests.loadbalancer_model import LBModel, checksums_ok, endpoints, maglev_table
 from tests.packets import (
@@ -503,7 +504,7 @@ def test_bare_syn_on_a_closed_flow_is_a_new_flow() -> None:
 
 
 def test_nat_rewrite_matches_snf_rewrite() -> None:
-    """The cached-delta rewrite gives the bytes of snf.rewrite's setters (RFC 1624)."""
+    """The cached-delta rewrite gives the bytes of snf.packet.rewrite's setters (RFC 1624)."""
     rng = random.Random(5)
     for n in range(400):
         v6 = n % 4 == 3

@@ -20,14 +20,15 @@ import dpkt
 import pytest
 from pydantic import ValidationError
 
-from snf.batch import PacketBatch
-from snf.flowkey import FlowRouter, endpoint_hash
+from snf.core.tables import BatchState
 from snf.functions.nat import Nat, NatConfig
-from snf.headers import Headers
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_packet_batch
-from snf.rewrite import ipv4_header_ok, l4_checksum_ok
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.flowkey import endpoint_hash
+from snf.packet.fragments import FlowRouter
+from snf.packet.headers import Headers
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_packet_batch
+from snf.packet.rewrite import ipv4_header_ok, l4_checksum_ok
 from tests.harness import JsonStore
 from tests.nat_model import NatModel, View, decode
 from tests.packets import (
@@ -940,7 +941,7 @@ def test_config_defaults() -> None:
 
 
 def test_registered() -> None:
-    from snf.registry import get_function
+    from snf.core.registry import get_function
 
     assert get_function("nat") is Nat
     assert (Nat.key, Nat.key_flow_consistent, Nat.tables) == (

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 
 import snf.functions
-from snf.registry import BUILTIN, get_function
+from snf.core.registry import BUILTIN, get_function
 
 ROOT = Path(__file__).resolve().parents[2]
 

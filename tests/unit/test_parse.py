@@ -1,4 +1,4 @@
-"""snf.parse: every link type, tags and labels, IP and L4 cases, malformed input,
+"""snf.packet.parse: every link type, tags and labels, IP and L4 cases, malformed input,
 agreement with dpkt on the real captures, and the numpy path == the scalar path."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from snf import fastparse
-from snf.batch import PacketBatch
-from snf.flowkey import MALFORMED_KEY, flow_hash, flow_key, non_ip_key
-from snf.headers import (
+from snf.packet import vectorised as fastparse
+from snf.packet.batch import PacketBatch
+from snf.packet.flowkey import MALFORMED_KEY, flow_hash, flow_key, non_ip_key
+from snf.packet.headers import (
     FRAG_FIRST,
     FRAG_LATER,
     FRAG_NONE,
@@ -24,7 +24,7 @@ from snf.headers import (
     KIND_NON_IP,
     Headers,
 )
-from snf.linktypes import (
+from snf.packet.linktypes import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -34,7 +34,8 @@ from snf.linktypes import (
     LINKTYPE_NULL,
     LINKTYPE_RAW,
 )
-from snf.parse import ROW_FIELDS, parse_batch, parse_packet_batch, parse_scalar
+from snf.packet.parse import parse_batch, parse_packet_batch
+from snf.packet.scalar import ROW_FIELDS, parse_scalar
 from tests.packets import (
     arp,
     ether,

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from snf.local import LocalPipeline
-from snf.pipeline import load_pipeline, parse_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.state import CONTROL_TABLE
+from snf.core.tables import CONTROL_TABLE
+from snf.ingress.replay import ReplayOptions, replay
+from snf.pipeline.loader import load_pipeline, parse_pipeline
+from snf.runtime.local import LocalPipeline
 from tests.conftest import traffic_dir
 from tests.packets import tcp4, udp4
 
@@ -87,7 +87,7 @@ functions:
 
 def test_flow_keyed_chain_results_do_not_depend_on_the_partition_count(tmp_path: Path) -> None:
     rng = random.Random(7)
-    from snf.pcapng import PcapngWriter
+    from snf.packet.pcapng_writer import PcapngWriter
 
     capture = tmp_path / "t.pcapng"
     t = 1_700_000_000 * NS

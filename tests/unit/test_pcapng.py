@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snf.capture import read_capture
-from snf.linktypes import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
-from snf.pcapng import PcapngWriter
+from snf.packet.capture_file import read_capture
+from snf.packet.linktypes import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
+from snf.packet.pcapng_writer import PcapngWriter
 
 LINKTYPES = [0, 1, 101, 108, 113, 228, 229, 276]
 

@@ -8,20 +8,16 @@ from typing import ClassVar, Literal
 import pytest
 from pydantic import Field
 
-from snf.batch import PacketBatch
+from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.registry import BUILTIN
+from snf.core.tables import BatchState
 from snf.errors import ConfigError
-from snf.function import FunctionConfig, NetworkFunction, Verdicts
-from snf.headers import Headers
-from snf.pipeline import (
-    Pipeline,
-    PipelineError,
-    PipelineSpec,
-    Problem,
-    load_pipeline,
-    parse_pipeline,
-)
-from snf.registry import BUILTIN
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
+from snf.pipeline.errors import PipelineError, Problem
+from snf.pipeline.loader import load_pipeline, parse_pipeline
+from snf.pipeline.model import Pipeline
+from snf.pipeline.spec import PipelineSpec
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import dpkt
 from jsonschema import Draft202012Validator
 
-from snf.registry import available
+from snf.core.registry import available
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "tests" / "data" / "plugin"
@@ -105,7 +105,8 @@ def test_run_local_drops_udp(tmp_path: Path, traffic: Callable[[str], Path]) -> 
 
 def test_schema_includes_the_plugin_type(tmp_path: Path) -> None:
     code = (
-        "import json; from snf.schema import pipeline_schema; print(json.dumps(pipeline_schema()))"
+        "import json; from snf.pipeline.schema import pipeline_schema; "
+        "print(json.dumps(pipeline_schema()))"
     )
     done = snf("-c", code, cwd=tmp_path)
     assert done.returncode == 0, done.stderr

@@ -18,13 +18,13 @@ import dpkt
 import pytest
 from pydantic import ValidationError
 
-from snf.batch import PacketBatch
-from snf.flowkey import flow_hash
+from snf.core.tables import BatchState
 from snf.functions._ratelimit_rate import Rate, parse_rate
 from snf.functions.ratelimit import RateLimit, RateLimitConfig, address_hash
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.parse import parse_packet_batch
-from snf.state import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.flowkey import flow_hash
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.parse import parse_packet_batch
 from tests.harness import JsonStore
 from tests.packets import (
     arp,

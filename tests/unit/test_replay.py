@@ -18,16 +18,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-import snf.replay
-from snf.batch import PacketBatch
-from snf.cli import main
-from snf.collect import Collector
-from snf.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
-from snf.local import LocalPipeline
-from snf.pcapng import PcapngWriter
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions, ReplaySummary, replay, source_id_for
-from snf.replay_checkpoint import (
+import snf.ingress.replay
+from snf.cli.main import main
+from snf.egress.collector import Collector
+from snf.ingress.checkpoint import (
     AckTracker,
     Checkpoint,
     CheckpointError,
@@ -36,6 +30,12 @@ from snf.replay_checkpoint import (
     load,
     save,
 )
+from snf.ingress.replay import ReplayOptions, ReplaySummary, replay, source_id_for
+from snf.packet.batch import PacketBatch
+from snf.packet.linktypes import LINKTYPE_ETHERNET, LINKTYPE_RAW
+from snf.packet.pcapng_writer import PcapngWriter
+from snf.pipeline.loader import load_pipeline
+from snf.runtime.local import LocalPipeline
 from tests.conftest import traffic_dir
 from tests.packets import arp, fragments4, icmp4_echo, read_pcap, tcp4, udp4
 
@@ -210,8 +210,8 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock(tick=0.0005)
-    monkeypatch.setattr(snf.replay.time, "perf_counter", fake.perf_counter)
-    monkeypatch.setattr(snf.replay.time, "sleep", fake.sleep)
+    monkeypatch.setattr(snf.ingress.replay.time, "perf_counter", fake.perf_counter)
+    monkeypatch.setattr(snf.ingress.replay.time, "sleep", fake.sleep)
     return fake
 
 
@@ -323,8 +323,8 @@ def _local_run(
     path: Path, monkeypatch: pytest.MonkeyPatch, speed: float | None
 ) -> tuple[LocalPipeline, list[list[tuple[int, int]]]]:
     fake = FakeClock(tick=0.0001)
-    monkeypatch.setattr(snf.replay.time, "perf_counter", fake.perf_counter)
-    monkeypatch.setattr(snf.replay.time, "sleep", fake.sleep)
+    monkeypatch.setattr(snf.ingress.replay.time, "perf_counter", fake.perf_counter)
+    monkeypatch.setattr(snf.ingress.replay.time, "sleep", fake.sleep)
     local = LocalPipeline(load_pipeline(EDGE))
     batches: list[list[tuple[int, int]]] = []
 
@@ -371,7 +371,7 @@ def test_verdicts_do_not_depend_on_replay_speed_across_link_types(
     assert _contents(fast.collector) == _contents(slow.collector)
 
 
-# -- resume from a checkpoint (snf/replay_checkpoint.py) -------------------------
+# -- resume from a checkpoint (snf/ingress/checkpoint.py) -------------------------
 
 RESUME_CAPTURE = "zeek-http-bro.org.pcap"  # 751 packets, replayed 3 times below
 

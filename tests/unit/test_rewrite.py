@@ -1,4 +1,4 @@
-"""snf.rewrite: incremental checksum updates equal a full recomputation."""
+"""snf.packet.rewrite: incremental checksum updates equal a full recomputation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import dpkt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snf.rewrite import (
+from snf.packet.rewrite import (
     checksum,
     csum_adjust,
     ipv4_header_ok,
@@ -109,7 +109,7 @@ def test_dscp_keeps_ecn_and_the_header_checksum() -> None:
 def test_endpoint_rewrite_equals_address_then_port(
     proto: int, payload: bytes, which: str, new_addr: bytes, new_port: int, zero_udp: bool
 ) -> None:
-    from snf.rewrite import set_ipv4_endpoint
+    from snf.packet.rewrite import set_ipv4_endpoint
 
     one = _packet(proto, payload, zero_udp=zero_udp and proto == 17)
     two = bytearray(one)

@@ -1,4 +1,4 @@
-"""snf.routing: which hop each stage gets, and how a StageRouter splits batches."""
+"""snf.pipeline.routing: which hop each stage gets, and how a StageRouter splits batches."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snf import wire
-from snf.batch import PacketBatch
-from snf.collect import Collector
-from snf.engine import FunctionEngine
-from snf.function import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
-from snf.headers import Headers
-from snf.routing import Hop, StageRouter, plan
-from snf.state import CONTROL_TABLE, BatchState
+from snf.core.contract import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.engine import FunctionEngine
+from snf.core.tables import CONTROL_TABLE, BatchState
+from snf.egress.collector import Collector
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
+from snf.pipeline.routing import Hop, StageRouter, plan
 from tests.packets import tcp4, udp4
 
 

@@ -1,4 +1,4 @@
-"""The JSON Schema of pipeline files (snf.schema) against the shipped file,
+"""The JSON Schema of pipeline files (snf.pipeline.schema) against the shipped file,
 the example pipelines and the loader."""
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator, Draft202012Validator
 
-from snf.pipeline import PipelineError, parse_pipeline
-from snf.registry import BUILTIN
-from snf.schema import (
+from snf.core.registry import BUILTIN
+from snf.pipeline.errors import PipelineError
+from snf.pipeline.loader import parse_pipeline
+from snf.pipeline.schema import (
     DESCRIPTIONS,
     SCHEMA_DIALECT,
     builtin_types,
@@ -69,7 +70,7 @@ def test_shipped_schema_is_current() -> None:
     shipped = SHIPPED.read_text(encoding="utf-8") if SHIPPED.is_file() else ""
     assert shipped == fresh, (
         f"{SHIPPED.relative_to(ROOT)} is stale (a pipeline model or a function Config "
-        "changed); regenerate it with: .venv/bin/python -m snf.schema "
+        "changed); regenerate it with: .venv/bin/python -m snf.pipeline.schema "
         "schemas/pipeline.schema.json"
     )
 

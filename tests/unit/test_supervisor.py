@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from snf import deployment as dp
-from snf.deployment import Deployment, FunctionTarget
-from snf.supervisor import Supervisor, Timings, supervise
-from snf.workers import WorkerProcess
+from snf.ops import deployment_dir as dp
+from snf.ops.deployment_dir import Deployment, FunctionTarget
+from snf.ops.supervisor import Supervisor, Timings, supervise
+from snf.ops.worker_process import WorkerProcess
 
 DUMMY = """\
 import json, pathlib, signal, sys, time
@@ -365,7 +365,7 @@ def test_deployment_round_trip(tmp_path: Path) -> None:
 
 def test_supervise_runs_until_sigterm(tmp_path: Path) -> None:
     write_deployment(tmp_path)  # no functions: nothing to start, no broker asked
-    code = "import sys, pathlib; from snf.supervisor import supervise;"
+    code = "import sys, pathlib; from snf.ops.supervisor import supervise;"
     code += " sys.exit(supervise(pathlib.Path(sys.argv[1])))"
     proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)])
     try:

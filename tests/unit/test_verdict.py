@@ -1,8 +1,8 @@
-"""snf.verdict: a chaos run's output judged against the --local reference, without a broker.
+"""snf.harness.verdict: a chaos run's output judged against the --local reference, without a broker.
 
 Collectors are built by hand (crafted packets) and by LocalPipeline on the bundled
 examples; each fault a crash can cause is planted once and must be the only thing
-the verdict reports. Also `snf chaos`'s fault flags (snf.chaos.parse_faults).
+the verdict reports. Also `snf chaos`'s fault flags (snf.harness.chaos.parse_faults).
 """
 
 from __future__ import annotations
@@ -13,15 +13,16 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from snf.batch import PacketBatch
-from snf.chaos import parse_faults
-from snf.collect import EGRESS, Collector, PortKey
+from snf.egress.collector import Collector
 from snf.errors import ConfigError
-from snf.linktypes import LINKTYPE_ETHERNET
-from snf.local import LocalPipeline
-from snf.pipeline import load_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.verdict import SinkRecorder, Verdict, compare
+from snf.harness.chaos import parse_faults
+from snf.harness.verdict import SinkRecorder, Verdict, compare
+from snf.ingress.replay import ReplayOptions, replay
+from snf.packet.batch import PacketBatch
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.pipeline.loader import load_pipeline
+from snf.pipeline.model import EGRESS, PortKey
+from snf.runtime.local import LocalPipeline
 from tests.packets import icmp4_error, tcp4
 
 ROOT = Path(__file__).resolve().parents[2]

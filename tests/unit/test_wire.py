@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snf import wire
-from snf.batch import PacketBatch, format_packet_id
+from snf.packet.batch import PacketBatch, format_packet_id
 
 rows = st.lists(
     st.tuples(

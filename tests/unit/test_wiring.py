@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from snf.collect import EGRESS
-from snf.local import LocalPipeline
-from snf.pipeline import PipelineError, Problem, parse_pipeline
-from snf.replay import ReplayOptions, replay
-from snf.routing import plan_pipeline
+from snf.ingress.replay import ReplayOptions, replay
+from snf.pipeline.errors import PipelineError, Problem
+from snf.pipeline.loader import parse_pipeline
+from snf.pipeline.model import EGRESS
+from snf.pipeline.routing import plan_pipeline
+from snf.runtime.local import LocalPipeline
 from tests.packets import tcp4, udp4
 from tests.unit.test_partitioning import split_keys
 
@@ -270,7 +271,7 @@ def test_local_graph_run(tmp_path: Path) -> None:
 
 
 def test_pipelines_on_one_cluster_share_no_name() -> None:
-    from snf.pipeline import load_pipeline
+    from snf.pipeline.loader import load_pipeline
 
     seen: dict[str, str] = {}
     for path in sorted((REPO / "pipelines").glob("*.yaml")):

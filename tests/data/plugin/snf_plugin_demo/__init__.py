@@ -27,10 +27,10 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from snf.batch import PacketBatch
-from snf.function import FunctionConfig, KeyKind, NetworkFunction, Verdicts
-from snf.headers import KIND_IP, Headers
-from snf.state import BatchState
+from snf.core.contract import FunctionConfig, KeyKind, NetworkFunction, Verdicts
+from snf.core.tables import BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import KIND_IP, Headers
 
 __all__ = ["Tagger", "TaggerConfig"]
 

@@ -1,0 +1,1 @@
+"""The `snf` command line (entry point: snf.cli.main:main)."""

@@ -1,0 +1,113 @@
+"""FunctionEngine: one function core applied to one batch, shell-agnostic.
+
+Both shells (snf.runtime.worker.app over Kafka, snf.runtime.local in-process) call
+`handle` and `control`, so a Kafka run and a --local run execute exactly the
+same code between "message in" and "batches and records per port out".
+
+Flush markers (snf.wire.Flush) end a replay: a partition records the
+origins of one flush id's markers in the control table (so a restarted
+worker keeps them), and on the `expected`-th distinct one calls the core's
+flush() once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from snf.core.contract import FlushContext, NetworkFunction, Record, Verdicts
+from snf.core.tables import CONTROL_TABLE, BatchState
+from snf.packet.batch import PacketBatch
+from snf.packet.parse import parse_packet_batch
+from snf.wire import Flush
+
+__all__ = ["FunctionEngine", "StageOutput"]
+
+log = logging.getLogger("snf.core.engine")
+
+
+@dataclass
+class StageOutput:
+    packets: dict[str, PacketBatch] = field(default_factory=dict)  # non-empty packet ports
+    records: dict[str, list[Record]] = field(default_factory=dict)  # non-empty record ports
+    rewritten: bool = False  # some packet's bytes changed
+
+
+class FunctionEngine:
+    def __init__(self, function: NetworkFunction) -> None:
+        self.function = function
+        self.ports = function.ports
+        self.record_ports = function.record_ports
+        self.counters: Counter[str] = Counter()
+
+    def handle(self, batch: PacketBatch, state: BatchState) -> StageOutput:
+        """Decide a batch, flush its state writes, return the output per port."""
+        try:
+            headers = parse_packet_batch(batch)
+            verdicts = self.function.process(batch, headers, state)
+        except Exception:  # a core bug must not kill the worker or lose packets
+            log.exception(
+                "%s failed on batch %d; dropping it whole", self.function.kind, batch.batch_id
+            )
+            state.discard()
+            port = "drop" if "drop" in self.ports else self.ports[-1]
+            verdicts = Verdicts([port] * len(batch), ["error"] * len(batch))
+        state.flush()
+        by_port: dict[str, list[int]] = {}
+        reasons_by_port: dict[str, list[str]] = {}
+        for i, (port, reason) in enumerate(zip(verdicts.ports, verdicts.reasons, strict=True)):
+            idx = by_port.get(port)
+            if idx is None:
+                idx = by_port[port] = []
+                reasons_by_port[port] = []
+            idx.append(i)
+            reasons_by_port[port].append(reason)
+        counters = self.counters
+        counters["in"] += len(batch)
+        out = StageOutput(rewritten=bool(verdicts.replaced))
+        for port, idx in by_port.items():
+            if port not in self.ports:
+                raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
+            reasons = reasons_by_port[port]
+            for reason, n in Counter(reasons).items():
+                counters[f"{port}:{reason}" if reason else port] += n
+            out.packets[port] = batch.select(idx, reasons=reasons, replaced=verdicts.replaced)
+        out.records = self._checked_records(verdicts.records)
+        return out
+
+    def control(self, flush: Flush, partition: int, state: BatchState) -> StageOutput | None:
+        """Count a flush marker's origin; when `expected` distinct origins are in,
+        flush the core once (else None). A repeated origin changes nothing."""
+        view = state.table(CONTROL_TABLE)
+        key = b"flush:" + flush.flush_id.encode()
+        seen: list[str] = list(view.get(key) or [])
+        origin = flush.origin or f"#{len(seen)}"  # anonymous markers each count
+        if origin in seen or len(seen) >= flush.expected:
+            return None  # a marker re-sent after a crash, or a flush already done
+        seen.append(origin)
+        view.set(key, seen)
+        if len(seen) != flush.expected:
+            state.flush()
+            return None
+        ctx = FlushContext(partition, self.function.partitions, flush.end_ts_ns)
+        try:
+            records = self.function.flush(state, ctx)
+        except Exception:
+            log.exception("%s failed to flush partition %d", self.function.kind, partition)
+            state.discard()
+            view.set(key, seen)
+            records = {}
+        state.flush()
+        self.counters["flushes"] += 1
+        return StageOutput(records=self._checked_records(records))
+
+    def _checked_records(self, records: dict[str, list[Record]]) -> dict[str, list[Record]]:
+        out = {}
+        for port, items in records.items():
+            if port not in self.record_ports:
+                raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
+            if items:
+                out[port] = items
+                self.counters[port] += len(items)
+        return out

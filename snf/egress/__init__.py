@@ -1,0 +1,5 @@
+"""What comes out of a pipeline.
+
+sink        reads the terminal topics until every end marker of a run is in
+collector   dedups by packet id, orders by id, writes pcapng and JSON Lines
+"""

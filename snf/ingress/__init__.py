@@ -1,0 +1,7 @@
+"""The capture agent: captures in, batches per partition out to the ingress topic.
+
+replay        read captures, pace them as tcpreplay does, publish
+accumulator   route packets to partitions and cut batches
+publisher     one Kafka message per batch, with the session's lineage
+checkpoint    what Kafka acknowledged, so a killed replay can --resume
+"""

@@ -1,0 +1,35 @@
+"""parse_batch: the parsed headers of a batch, by the fastest parser that applies.
+
+Large Ethernet batches go through the vectorised Ethernet/IPv4/TCP/UDP path
+(snf.packet.vectorised); everything else through the scalar parser
+(snf.packet.scalar), which understands every link type. Both give identical
+Headers (tests/unit/test_parse.py checks this on every capture).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import Headers
+from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.scalar import SUPPORTED_LINKTYPES, parse_packet, parse_scalar
+from snf.packet.vectorised import MIN_BATCH, parse_ethernet_ipv4
+
+__all__ = ["SUPPORTED_LINKTYPES", "parse_batch", "parse_packet", "parse_packet_batch"]
+
+
+def parse_batch(linktype: int, packets: Sequence[bytes], *, vectorise: bool = True) -> Headers:
+    """Parse every packet of a batch into one Headers (parallel lists).
+
+    `vectorise` lets the numpy path take the Ethernet/IPv4 TCP/UDP packets of
+    large batches; results are identical either way.
+    """
+    if vectorise and linktype == LINKTYPE_ETHERNET and len(packets) >= MIN_BATCH:
+        return parse_ethernet_ipv4(packets)
+    return parse_scalar(linktype, packets)
+
+
+def parse_packet_batch(batch: PacketBatch, *, vectorise: bool = True) -> Headers:
+    """parse_batch over a PacketBatch's packets and link type."""
+    return parse_batch(batch.linktype, batch.packets(), vectorise=vectorise)
