@@ -33,7 +33,7 @@ from snf.ops import deployment_dir as dp
 from snf.ops.deploy import deploy, scale, undeploy, wait_assigned
 from snf.pipeline.loader import load_pipeline
 from snf.pipeline.routing import plan_pipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,9 +94,9 @@ def main() -> None:
         sink = KafkaSink(brokers, pipeline.sink_topics(), pipeline.terminal_ends())
         t0 = time.perf_counter()
         s = replay([capture], pipeline.partitions, publisher, opts, keyers=keyers)
-        publisher.flush_all(Flush("bench", s.last_ts_ns), pipeline.partitions)
+        publisher.send_end_markers(EndMarker("bench", s.last_ts_ns), pipeline.partitions)
         publisher.close()
-        assert sink.collect(Collector(), 120, flush_id="bench"), sink.unflushed("bench")
+        assert sink.collect(Collector(), 120, end_id="bench"), sink.unended("bench")
         seconds = time.perf_counter() - t0
         sink.close()
         out["throughput"] = {

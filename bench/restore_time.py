@@ -164,7 +164,7 @@ def fill(brokers: str, pipeline: Pipeline, n: int) -> dict[str, Any]:
         packets = _captured(syn_frames(first, min(chunk, n - first)), first)
         for part, batch in batcher.add(packets):
             publisher(part, batch)
-    for part, batch in batcher.flush():
+    for part, batch in batcher.cut_all():
         publisher(part, batch)
     publisher.close()
     return {"published_s": round(time.perf_counter() - t0, 2), "messages": batcher.stats.batches}

@@ -47,7 +47,7 @@ def core_rates(target_packets: int) -> dict[str, dict]:
         batches = []
         for _ in range(loops):
             batches += batcher.add(packets)
-        batches += batcher.flush()
+        batches += batcher.cut_all()
         pf = pipeline.functions[0]
         fn = plan.cores[pf.name]
         engine = FunctionEngine(fn)

@@ -20,7 +20,7 @@ Summary
                     including this packet is emitted with "end of flow
                     detected" and the entry deleted (a later packet, e.g.
                     the last ACK, starts a new flow)
-    At the end of a replay, flush() emits every remaining flow: "idle timeout"
+    At the end of a replay, finish() emits every remaining flow: "idle timeout"
     if end_ts - last_seen > idle_timeout, else "forced end".
 
 Ports
@@ -40,7 +40,7 @@ State
            (fin_bits: bit d set when a FIN was seen in Headers.direction d)
            written at most once per flow per batch; deleted when the flow's
            record is emitted and no packet continues it
-    Expiry is lazy (a packet finds its flow expired) plus flush() at the end.
+    Expiry is lazy (a packet finds its flow expired) plus finish() at the end.
 
 Metrics
     counters: "in", "pass", "drop:malformed", "flows:<flowEndReason>".
@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from snf.core.contract import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.contract import FinishContext, FunctionConfig, NetworkFunction, Record, Verdicts
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import KIND_IP, KIND_NON_IP, Headers
@@ -81,7 +81,7 @@ class FlowMonitorConfig(FunctionConfig):
         gt=0,
         allow_inf_nan=False,
         description="Seconds of packet time without a packet after which a flow ends "
-        "('idle timeout'); checked when the flow's next packet arrives, and at flush.",
+        "('idle timeout'); checked when the flow's next packet arrives, and at the end of input.",
     )
     active_timeout: float = Field(
         default=300,
@@ -205,7 +205,7 @@ class FlowMonitor(NetworkFunction):
             counters["flows:" + record["flowEndReason"]] += 1
         return Verdicts(ports=ports, reasons=reasons, records={"flows": records})
 
-    def flush(self, state: BatchState, ctx: FlushContext) -> dict[str, list[Record]]:
+    def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """Emit and delete every flow left on this partition, by (ts_ns, flowStart, key)."""
         table = state.table(TABLE)
         entries = sorted((e[1], e[0], key, e) for key, e in table.items())

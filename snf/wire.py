@@ -12,7 +12,7 @@ np.frombuffer: it never looks inside a packet.
 
 Two more message kinds share the topics (docs/WIRE-FORMAT.md):
 
-    "SNFC" + JSON   a control message: Flush (end of input, see snf.core.engine)
+    "SNFC" + JSON   a control message: EndMarker (end of input, see snf.core.engine)
     "SNFR" + JSON   records of a record port ({"records": [...], "end": id})
 """
 
@@ -33,13 +33,13 @@ __all__ = [
     "MAGIC",
     "RECORDS_MAGIC",
     "VERSION",
-    "Flush",
+    "EndMarker",
     "RecordBlock",
     "WireError",
     "decode",
     "decode_any",
     "encode",
-    "encode_flush",
+    "encode_end_marker",
     "encode_record_blocks",
 ]
 
@@ -129,17 +129,17 @@ def decode(message: bytes) -> PacketBatch:
 
 
 @dataclass(frozen=True)
-class Flush:
-    """End of input: flush what is pending, then pass the marker on.
+class EndMarker:
+    """End of input: finish what is pending, then pass the marker on.
 
-    A partition acts once it has markers of one flush_id from `expected`
+    A partition acts once it has markers of one end_id from `expected`
     distinct origins: one per upstream partition that can send it packets
     (1 when batches keep their partition, all N after a re-keying hop). The
     origin ("<function>/<partition>", "" from a capture agent) makes a marker
     re-sent after a crash count once.
     """
 
-    flush_id: str
+    end_id: str
     end_ts_ns: int
     expected: int = 1
     origin: str = ""
@@ -147,24 +147,25 @@ class Flush:
 
 @dataclass
 class RecordBlock:
-    """JSON records from one function partition; `end` closes a flush."""
+    """JSON records from one function partition; `end` closes an end of input."""
 
     records: list[dict[str, Any]] = field(default_factory=list)
-    end: str = ""  # the flush id when this block is the partition's last after a flush
+    end: str = ""  # the end id when this block is the partition's last after an end marker
     origin: str = ""  # "<function>/<partition>" on an end block
 
 
-def encode_flush(flush: Flush) -> bytes:
-    body = {"flush": flush.flush_id, "end_ts_ns": flush.end_ts_ns, "expected": flush.expected}
-    if flush.origin:
-        body["origin"] = flush.origin
+def encode_end_marker(marker: EndMarker) -> bytes:
+    # "flush" is the wire name of the end id (docs/WIRE-FORMAT.md).
+    body = {"flush": marker.end_id, "end_ts_ns": marker.end_ts_ns, "expected": marker.expected}
+    if marker.origin:
+        body["origin"] = marker.origin
     return CONTROL_MAGIC + json.dumps(body).encode()
 
 
 def encode_record_blocks(
     records: list[dict[str, Any]], end: str = "", max_bytes: int = 512 * 1024, origin: str = ""
 ) -> list[bytes]:
-    """Records as messages of at most ~max_bytes each (a flush can hold many
+    """Records as messages of at most ~max_bytes each (an end of input can hold many
     thousands); `end` goes on the last one only. Always at least one message."""
     messages: list[bytes] = []
     chunk: list[str] = []
@@ -196,13 +197,13 @@ def _json(message: bytes, what: str) -> dict[str, Any]:
     return body
 
 
-def decode_any(message: bytes) -> PacketBatch | Flush | RecordBlock:
+def decode_any(message: bytes) -> PacketBatch | EndMarker | RecordBlock:
     """Decode any message found on an snf topic."""
     magic = bytes(message[:4])
     if magic == CONTROL_MAGIC:
         body = _json(message, "control")
         try:
-            return Flush(
+            return EndMarker(
                 str(body["flush"]),
                 int(body["end_ts_ns"]),
                 int(body["expected"]),

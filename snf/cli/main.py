@@ -227,7 +227,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.kafka.publisher import KafkaPublisher
     from snf.pipeline.loader import load_pipeline
     from snf.pipeline.routing import plan_pipeline
-    from snf.wire import Flush
+    from snf.wire import EndMarker
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
     brokers = cluster.resolve_brokers(args.brokers)
@@ -252,7 +252,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         for note in session.notes:
             console.print(note, highlight=False)
         done = session.checkpoint
-        if done.complete and (done.flushed or not args.flush):
+        if done.complete and (done.ended or not args.flush):
             console.print(
                 f"replay already complete ({done.acked_seq + 1} packets): nothing to send"
             )
@@ -262,7 +262,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             brokers,
             pipeline.ingress_topic,
             on_delivered=session.tracker.acked,
-            session=session.flush_id,  # kept by --resume: resent packets are recognised
+            session=session.end_id,  # kept by --resume: resent packets are recognised
         )
         try:
             s = replay(
@@ -275,11 +275,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             )
             if args.flush:
                 # Named after the checkpoint's run: sent again after a kill, it counts once.
-                flush = Flush(session.flush_id, s.last_ts_ns)
-                publisher.flush_all(flush, pipeline.partitions)
+                marker = EndMarker(session.end_id, s.last_ts_ns)
+                publisher.send_end_markers(marker, pipeline.partitions)
         finally:
             publisher.close()  # raises if a batch failed; the checkpoint keeps the acked prefix
-        session.finish(flushed=args.flush)
+        session.finish(ended=args.flush)
     resumed = f", resumed after {s.skipped} acknowledged packets" if s.skipped else ""
     console.print(
         f"sent {s.packets} packets, {s.bytes} bytes in {s.batches} batches to "

@@ -28,7 +28,7 @@ from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 
-__all__ = ["FlushContext", "FunctionConfig", "KeyKind", "NetworkFunction", "Record", "Verdicts"]
+__all__ = ["FinishContext", "FunctionConfig", "KeyKind", "NetworkFunction", "Record", "Verdicts"]
 
 KeyKind = Literal["any", "flow", "custom"]
 Record = dict[str, Any]  # one JSON object on a record port
@@ -52,7 +52,7 @@ class Verdicts:
 
 
 @dataclass(frozen=True, slots=True)
-class FlushContext:
+class FinishContext:
     """End of input on one partition: the packet time of the replay's last packet."""
 
     partition: int
@@ -97,6 +97,6 @@ class NetworkFunction(ABC):
         """Why this config cannot run on `partitions` partitions (None: it can)."""
         return None
 
-    def flush(self, state: BatchState, ctx: FlushContext) -> dict[str, list[Record]]:
+    def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """End of input on ctx.partition: emit what is still pending (records only)."""
         return {}

@@ -1,13 +1,13 @@
 """FunctionEngine: one function core applied to one batch, shell-agnostic.
 
 Both shells (snf.runtime.worker.app over Kafka, snf.runtime.local in-process) call
-`handle` and `control`, so a Kafka run and a --local run execute exactly the
-same code between "message in" and "batches and records per port out".
+`handle` and `end_of_input`, so a Kafka run and a --local run execute exactly
+the same code between "message in" and "batches and records per port out".
 
-Flush markers (snf.wire.Flush) end a replay: a partition records the
-origins of one flush id's markers in the control table (so a restarted
+End markers (snf.wire.EndMarker) end a replay's input: a partition records
+the origins of one end id's markers in the control table (so a restarted
 worker keeps them), and on the `expected`-th distinct one calls the core's
-flush() once.
+finish() once.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from snf.core.contract import FlushContext, NetworkFunction, Record, Verdicts
+from snf.core.contract import FinishContext, NetworkFunction, Record, Verdicts
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
-from snf.wire import Flush
+from snf.wire import EndMarker
 
 __all__ = ["FunctionEngine", "StageOutput"]
 
@@ -42,7 +42,7 @@ class FunctionEngine:
         self.counters: Counter[str] = Counter()
 
     def handle(self, batch: PacketBatch, state: BatchState) -> StageOutput:
-        """Decide a batch, flush its state writes, return the output per port."""
+        """Decide a batch, write its state back, return the output per port."""
         try:
             headers = parse_packet_batch(batch)
             verdicts = self.function.process(batch, headers, state)
@@ -53,7 +53,7 @@ class FunctionEngine:
             state.discard()
             port = "drop" if "drop" in self.ports else self.ports[-1]
             verdicts = Verdicts([port] * len(batch), ["error"] * len(batch))
-        state.flush()
+        state.write_back()
         by_port: dict[str, list[int]] = {}
         reasons_by_port: dict[str, list[str]] = {}
         for i, (port, reason) in enumerate(zip(verdicts.ports, verdicts.reasons, strict=True)):
@@ -76,29 +76,31 @@ class FunctionEngine:
         out.records = self._checked_records(verdicts.records)
         return out
 
-    def control(self, flush: Flush, partition: int, state: BatchState) -> StageOutput | None:
-        """Count a flush marker's origin; when `expected` distinct origins are in,
-        flush the core once (else None). A repeated origin changes nothing."""
+    def end_of_input(
+        self, marker: EndMarker, partition: int, state: BatchState
+    ) -> StageOutput | None:
+        """Count an end marker's origin; when `expected` distinct origins are in,
+        finish the core once (else None). A repeated origin changes nothing."""
         view = state.table(CONTROL_TABLE)
-        key = b"flush:" + flush.flush_id.encode()
+        key = b"flush:" + marker.end_id.encode()  # the stored key predates "end marker"
         seen: list[str] = list(view.get(key) or [])
-        origin = flush.origin or f"#{len(seen)}"  # anonymous markers each count
-        if origin in seen or len(seen) >= flush.expected:
-            return None  # a marker re-sent after a crash, or a flush already done
+        origin = marker.origin or f"#{len(seen)}"  # anonymous markers each count
+        if origin in seen or len(seen) >= marker.expected:
+            return None  # a marker re-sent after a crash, or an end already handled
         seen.append(origin)
         view.set(key, seen)
-        if len(seen) != flush.expected:
-            state.flush()
+        if len(seen) != marker.expected:
+            state.write_back()
             return None
-        ctx = FlushContext(partition, self.function.partitions, flush.end_ts_ns)
+        ctx = FinishContext(partition, self.function.partitions, marker.end_ts_ns)
         try:
-            records = self.function.flush(state, ctx)
+            records = self.function.finish(state, ctx)
         except Exception:
-            log.exception("%s failed to flush partition %d", self.function.kind, partition)
+            log.exception("%s failed to finish partition %d", self.function.kind, partition)
             state.discard()
             view.set(key, seen)
             records = {}
-        state.flush()
+        state.write_back()
         self.counters["flushes"] += 1
         return StageOutput(records=self._checked_records(records))
 

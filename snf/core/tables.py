@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 __all__ = ["CONTROL_TABLE", "STATE_TABLE", "BatchState", "MemoryStore", "Store", "TableView"]
 
-# Every function has this table besides its own: the engine's flush-marker
-# counts (snf.core.engine), so a restarted worker still knows where a flush stands.
+# Every function has this table besides its own: the engine's end-marker
+# counts (snf.core.engine), so a restarted worker still knows where an end stands.
 CONTROL_TABLE = "control"
 # Over Kafka, all tables of a function are one Faust table of this name (keys
 # prefixed by the table's): one changelog keeps every write in order.
@@ -35,7 +35,7 @@ class Store(Protocol):
     def delete(self, key: bytes) -> None: ...
 
     def items(self) -> Iterable[tuple[bytes, Any]]:
-        """Every (key, value) of this store's partition (used by flush, not per packet)."""
+        """Every (key, value) of this store's partition (used by finish, not per packet)."""
         ...
 
 
@@ -86,7 +86,7 @@ class TableView:
         self._dirty.add(key)
 
     def items(self) -> Iterator[tuple[bytes, Any]]:
-        """Every live (key, value), this batch's writes included (slow: for flush)."""
+        """Every live (key, value), this batch's writes included (slow: for finish)."""
         cache = self._cache
         for key, value in self._store.items():
             if key not in cache:
@@ -100,7 +100,7 @@ class TableView:
         self._dirty.clear()
         self._cache.clear()
 
-    def flush(self) -> int:
+    def write_back(self) -> int:
         """Write every changed key once; return the number of writes.
 
         A deferred view only counts them: its shell writes them later (`apply`),
@@ -137,8 +137,8 @@ class BatchState:
     def table(self, name: str) -> TableView:
         return self._views[name]
 
-    def flush(self) -> int:
-        return sum(v.flush() for v in self._views.values())
+    def write_back(self) -> int:
+        return sum(v.write_back() for v in self._views.values())
 
     def discard(self) -> None:
         for v in self._views.values():

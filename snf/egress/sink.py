@@ -1,11 +1,11 @@
 """KafkaSink: read a pipeline's terminal topics into a Collector.
 
-Completion comes from end-of-input markers: after a flush, every writer
-partition of a terminal topic sends one end (a Flush marker on packet
-topics, a records block with `end` on record topics), after its last
-output. Per flush id, the sink counts distinct origins per partition; once
-every partition of every terminal has its expected count
-(Pipeline.terminal_ends), everything of that flush is in.
+Completion comes from end markers: at the end of input, every writer
+partition of a terminal topic sends one end (an EndMarker on packet topics,
+a records block with `end` on record topics), after its last output. Per
+end id, the sink counts distinct origins per partition; once every partition
+of every terminal has its expected count (Pipeline.terminal_ends), everything
+of that input is in.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class KafkaSink:
     ) -> None:
         self.topics = topics
         self.ends = ends or {}
-        # topic -> partition -> flush id -> origins whose end arrived
+        # topic -> partition -> end id -> origins whose end arrived
         self.ended: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
         self.partitions: dict[str, int] = {}
         # per terminal partition, the highest lineage read per origin (snf.guarantee.journal):
@@ -59,8 +59,8 @@ class KafkaSink:
         self.consumer.assign(assignment)
         self.consumer.seek_to_beginning(*assignment)
 
-    def _end(self, tp: TopicPartition, flush_id: str, origin: str) -> None:
-        origins = self.ended[tp.topic].setdefault(tp.partition, {}).setdefault(flush_id, set())
+    def _end(self, tp: TopicPartition, end_id: str, origin: str) -> None:
+        origins = self.ended[tp.topic].setdefault(tp.partition, {}).setdefault(end_id, set())
         origins.add(origin or f"#{len(origins)}")
 
     def poll(
@@ -85,8 +85,8 @@ class KafkaSink:
                     if msg.end:
                         self._end(tp, msg.end, msg.origin)
                         new += 1  # progress, even when the block is empty
-                elif isinstance(msg, wire.Flush):
-                    self._end(tp, msg.flush_id, msg.origin)
+                elif isinstance(msg, wire.EndMarker):
+                    self._end(tp, msg.end_id, msg.origin)
                     new += 1
                 else:
                     new += collector.add(where, msg)
@@ -94,41 +94,39 @@ class KafkaSink:
                         on_batch(where, msg)
         return new
 
-    def _missing(self, flush_id: str) -> dict[str, tuple[int, int]]:
+    def _missing(self, end_id: str) -> dict[str, tuple[int, int]]:
         """Terminal topic -> (partitions complete, partitions) where some end is missing."""
         out = {}
         for topic, expected in self.ends.items():
             got = self.ended.get(topic, {})
-            done = sum(len(got.get(p, {}).get(flush_id, ())) >= n for p, n in enumerate(expected))
+            done = sum(len(got.get(p, {}).get(end_id, ())) >= n for p, n in enumerate(expected))
             if done < len(expected):
                 out[topic] = (done, len(expected))
         return out
 
-    def unflushed(self, flush_id: str) -> list[str]:
+    def unended(self, end_id: str) -> list[str]:
         """Terminal topics whose partitions have not all ended, for error messages."""
-        return [
-            f"{t} ({d}/{n} partitions)" for t, (d, n) in sorted(self._missing(flush_id).items())
-        ]
+        return [f"{t} ({d}/{n} partitions)" for t, (d, n) in sorted(self._missing(end_id).items())]
 
-    def flushed(self, flush_id: str) -> bool:
-        """Every partition of every terminal topic has all its ends of this flush."""
-        return not self._missing(flush_id)
+    def ended(self, end_id: str) -> bool:
+        """Every partition of every terminal topic has all its ends of this end id."""
+        return not self._missing(end_id)
 
     def collect(
         self,
         collector: Collector,
         timeout: float,
         *,
-        flush_id: str | None = None,
+        end_id: str | None = None,
         packets: int | None = None,
         check: Callable[[], None] | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> bool:
-        """Poll until `packets` distinct packets are in and the flush `flush_id` has
+        """Poll until `packets` distinct packets are in and the end `end_id` has
         ended everywhere (either optional), or `timeout` passes without news."""
         last_news = time.monotonic()
         while (packets is not None and collector.total < packets) or (
-            flush_id is not None and not self.flushed(flush_id)
+            end_id is not None and not self.ended(end_id)
         ):
             if self.poll(collector):
                 last_news = time.monotonic()

@@ -299,7 +299,7 @@ def run_chaos(
     quiet = replace(opts.replay, speed=None, pps=None, progress=False)
     keyers = local.ingress_hop.keyers
     summary = replay(captures, pipeline.partitions, local, quiet, console, keyers=keyers)
-    local.flush(pipeline.name, summary.last_ts_ns)  # the end-of-input flush of a run
+    local.end_of_input(pipeline.name, summary.last_ts_ns)  # the end of input of a run
     for f in faults:
         f.due = max(1, math.ceil((f.at or 0) * summary.packets))
     rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-chaos-{pipeline.name}-"))

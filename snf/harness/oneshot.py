@@ -44,7 +44,7 @@ from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import EGRESS, Pipeline
 from snf.pipeline.routing import plan_pipeline
 from snf.runtime.local import LocalPipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 
 __all__ = [
     "RunError",
@@ -116,7 +116,7 @@ def run_pipeline(
         summary = replay(
             captures, pipeline.partitions, local, opts.replay, console, keyers=hop.keyers
         )
-        local.flush(pipeline.name, summary.last_ts_ns)
+        local.end_of_input(pipeline.name, summary.last_ts_ns)
         elapsed = time.perf_counter() - started
         result = RunResult(
             pipeline, summary, local.collector, elapsed, "local", elapsed, local.port_totals()
@@ -160,7 +160,7 @@ def _run_kafka(
         publish = _counting(publisher, opts.on_published) if opts.on_published else publisher
         try:
             summary = replay(captures, run.partitions, publish, opts.replay, console, keyers=keyers)
-            publisher.flush_all(Flush(run.name, summary.last_ts_ns), run.partitions)
+            publisher.send_end_markers(EndMarker(run.name, summary.last_ts_ns), run.partitions)
         finally:
             publisher.close()
         collector = opts.collector if opts.collector is not None else Collector()
@@ -184,7 +184,7 @@ def _run_kafka(
                 complete = sink.collect(
                     collector,
                     opts.timeout,
-                    flush_id=run.name,
+                    end_id=run.name,
                     check=check,
                     on_progress=lambda n: progress.update(task, completed=n),
                 )
@@ -193,7 +193,7 @@ def _run_kafka(
         if not complete:
             raise RunError(
                 f"{collector.total} of {summary.packets} packets accounted for, and the "
-                f"end-of-input flush did not reach {', '.join(sink.unflushed(run.name))} "
+                f"end of input did not reach {', '.join(sink.unended(run.name))} "
                 f"after {opts.timeout:.0f}s without progress; logs in {rundir}"
             )
         check_accounting(run, summary.packets, collector)

@@ -5,7 +5,7 @@ class, so the two modes see the same packet ids and the same partitioning.
 Packets are parsed once per chunk (snf.packet.parse, fixed offsets), routed by the
 FlowRouter (by flow, or by the key of the chain's first custom-keyed
 function: snf.pipeline.routing), and appended to the pending batch of their partition; a batch is
-cut when it reaches max_packets or max_bytes, or when the caller flushes.
+cut when it reaches max_packets or max_bytes, or when the caller cuts them all (`cut_all`).
 """
 
 from __future__ import annotations
@@ -129,6 +129,6 @@ class Batcher:
         self.stats.batches += 1
         return part, batch
 
-    def flush(self) -> list[tuple[int, PacketBatch]]:
+    def cut_all(self) -> list[tuple[int, PacketBatch]]:
         """Cut every pending batch, in partition order."""
         return [self._cut(part) for part in sorted(self._pending)]

@@ -97,12 +97,12 @@ def _files(captures: Iterable[tuple[str, int, int]]) -> str:
 @dataclass
 class Checkpoint:
     identity: ReplayIdentity
-    # Fixed at the first start and kept by every resume: the flush marker is
+    # Fixed at the first start and kept by every resume: the end marker is
     # named after it, so a marker sent again after a kill counts once.
     run_id: str = field(default_factory=lambda: f"{time.time_ns():x}")
     acked_seq: int = -1  # every packet with seq <= acked_seq was acknowledged by Kafka
     complete: bool = False  # every packet acknowledged
-    flushed: bool = False  # ... and the end-of-input marker too
+    ended: bool = False  # ... and the end marker too
 
     def to_json(self) -> dict[str, Any]:
         ident = asdict(self.identity)
@@ -111,6 +111,7 @@ class Checkpoint:
             {"path": p, "size": s, "mtime_ns": m} for p, s, m in self.identity.captures
         ]
         state = {k: v for k, v in asdict(self).items() if k != "identity"}
+        state["flushed"] = state.pop("ended")  # the file's name for it
         return {"version": VERSION, **ident, **state, "updated": time.time()}
 
     @classmethod
@@ -123,8 +124,8 @@ class Checkpoint:
             captures=captures,
             **{k: data[k] for k in ("loop", "limit", "pipeline", "topic", "partitions", "routing")},
         )
-        state = {k: data[k] for k in ("run_id", "acked_seq", "complete", "flushed")}
-        return cls(identity=identity, **state)
+        state = {k: data[k] for k in ("run_id", "acked_seq", "complete")}
+        return cls(identity=identity, ended=data["flushed"], **state)
 
 
 def default_path(pipeline: str, source_id: int) -> Path:
@@ -193,7 +194,7 @@ class CheckpointSession:
 
     Use as a context manager around the replay; pass `tracker.acked` as the
     publisher's `on_delivered`, skip `resume_at` packets, and call `finish`
-    once the producer has delivered everything (and the flush marker, if any).
+    once the producer has delivered everything (and the end marker, if any).
     """
 
     def __init__(
@@ -216,7 +217,7 @@ class CheckpointSession:
         return self.checkpoint.acked_seq + 1
 
     @property
-    def flush_id(self) -> str:
+    def end_id(self) -> str:
         return f"replay-{self.identity.source_id:x}-{self.checkpoint.run_id}"
 
     def __enter__(self) -> CheckpointSession:
@@ -268,12 +269,12 @@ class CheckpointSession:
             self.checkpoint.acked_seq = last
             save(self.path, self.checkpoint)
 
-    def finish(self, *, flushed: bool) -> None:
+    def finish(self, *, ended: bool) -> None:
         """Everything was delivered: mark the replay complete."""
         self._stop_thread()
         self.checkpoint.acked_seq = self.tracker.last
         self.checkpoint.complete = True
-        self.checkpoint.flushed = flushed or self.checkpoint.flushed
+        self.checkpoint.ended = ended or self.checkpoint.ended
         save(self.path, self.checkpoint)
 
     def __exit__(

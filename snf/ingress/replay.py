@@ -175,7 +175,7 @@ def replay(
             send(batcher.add(chunk))
         else:
             _timed(stream, opts, batcher, send)
-        send(batcher.flush())
+        send(batcher.cut_all())
         progress.update(task, completed=total)
     summary.seconds = time.perf_counter() - started
     summary.packets = batcher.stats.packets
@@ -216,7 +216,7 @@ def _timed(
     batcher: Batcher,
     send: Callable[[list[tuple[int, PacketBatch]]], None],
 ) -> None:
-    """Release packets at their due wall time; flush batches whenever we wait.
+    """Release packets at their due wall time; cut batches whenever we wait.
 
     Due times are fixed from the start, so small delays never add up. Each
     segment (a pass over one file) keeps its own captured timing and starts
@@ -237,7 +237,7 @@ def _timed(
             due = max(due, segment_start + max(0, pkt.ts_ns - t0_pkt) / 1e9 / speed)
         wait = due - time.perf_counter()
         if wait > LINGER_S:
-            send(batcher.add(chunk) + batcher.flush())
+            send(batcher.add(chunk) + batcher.cut_all())
             chunk = []
             time.sleep(wait)
         chunk.append(pkt)

@@ -107,10 +107,10 @@ class KafkaPublisher:
         assert self.on_delivered is not None
         self.on_delivered(seqs)
 
-    def flush_all(self, flush: wire.Flush, partitions: int) -> None:
-        """End of input: one flush marker to every partition, after its last batch."""
+    def send_end_markers(self, marker: wire.EndMarker, partitions: int) -> None:
+        """End of input: one end marker to every partition, after its last batch."""
         for p in range(partitions):
-            self.send_raw(p, wire.encode_flush(flush))
+            self.send_raw(p, wire.encode_end_marker(marker))
 
     def _failed(self, exc: BaseException) -> None:
         self.errors.append(repr(exc))

@@ -276,7 +276,7 @@ class Pipeline:
         }
 
     def terminal_ends(self) -> dict[str, list[int]]:
-        """Terminal topic -> per partition, the distinct end markers of one flush.
+        """Terminal topic -> per partition, the distinct end markers of one end of input.
 
         Writer partition p ends partition p % T of a terminal topic with T
         partitions, once per topic however many of its ports write there.

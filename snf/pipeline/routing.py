@@ -196,8 +196,8 @@ class PipelinePlan:
             out[down] = StageRouter(self.hops[down], g.partitions, previous)
         return out
 
-    def flush_expected(self, name: str) -> int:
-        """Distinct flush markers one partition of `name` waits for: one per
+    def ends_expected(self, name: str) -> int:
+        """Distinct end markers one partition of `name` waits for: one per
         upstream partition that can send it packets."""
         fn = self.pipeline.function(name)
         if fn.entry:
@@ -207,7 +207,7 @@ class PipelinePlan:
         return sum(1 if keep else self.pipeline.function(u).partitions for u in ups)
 
     def marker_targets(self, name: str, partition: int) -> list[tuple[str, list[int]]]:
-        """(topic, partitions) that a flushed partition of `name` sends its end marker to."""
+        """(topic, partitions) that a finished partition of `name` sends its end marker to."""
         fn = self.pipeline.function(name)
         targets: dict[str, list[int]] = {}
         for routes in fn.routes.values():

@@ -15,7 +15,7 @@ from snf.egress.collector import Collector
 from snf.packet.batch import PacketBatch
 from snf.pipeline.model import Pipeline
 from snf.pipeline.routing import Hop, PipelinePlan, StageRouter, deliveries, plan_pipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 
 __all__ = ["LocalPipeline"]
 
@@ -79,11 +79,11 @@ class LocalPipeline:
             out[name] = totals
         return out
 
-    def flush(self, flush_id: str, end_ts_ns: int) -> None:
-        """End of input: every function flushes every partition, upstream first."""
+    def end_of_input(self, end_id: str, end_ts_ns: int) -> None:
+        """End of input: every function finishes every partition, upstream first."""
         for name in self.pipeline.graph.order:
             engine = self.engines[name]
             for p, store in enumerate(self.stores[name]):
-                out = engine.control(Flush(flush_id, end_ts_ns, 1), p, BatchState(store))
+                out = engine.end_of_input(EndMarker(end_id, end_ts_ns, 1), p, BatchState(store))
                 if out is not None:
                     self._emit(name, out)

@@ -35,7 +35,7 @@ from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import EGRESS, Pipeline
 from snf.pipeline.routing import plan_pipeline
 from snf.runtime.local import LocalPipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 from tests.integration.test_suite_failover import _same
 
 pytestmark = pytest.mark.integration
@@ -194,7 +194,7 @@ def test_autoscaled_function_scales_to_zero_and_cold_starts_without_loss(
         publisher.first = None
         s2 = _replay(pipeline, publisher, replies)
         end_ts = max(s1.last_ts_ns, s2.last_ts_ns)
-        publisher.flush_all(Flush("end", end_ts), pipeline.partitions)
+        publisher.send_end_markers(EndMarker("end", end_ts), pipeline.partitions)
         publisher.producer.flush()
         assert publisher.first is not None
         assigned = _first_assignment(dep_dir, "fw", publisher.first, 60)
@@ -204,7 +204,7 @@ def test_autoscaled_function_scales_to_zero_and_cold_starts_without_loss(
         sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
         got = Collector()
         try:
-            assert sink.collect(got, 90, flush_id="end"), sink.unflushed("end")
+            assert sink.collect(got, 90, end_id="end"), sink.unended("end")
         finally:
             sink.close()
         fw_state()
@@ -213,7 +213,7 @@ def test_autoscaled_function_scales_to_zero_and_cold_starts_without_loss(
         local = LocalPipeline(pipeline)
         _replay(pipeline, local, requests)
         _replay(pipeline, local, replies)
-        local.flush("end", end_ts)
+        local.end_of_input("end", end_ts)
         _same(got, local.collector)
         assert got.total == local.collector.total == s1.packets + s2.packets
 

@@ -25,7 +25,7 @@ from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import Pipeline
 from snf.pipeline.routing import plan_pipeline
 from snf.runtime.local import LocalPipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 from tests.integration.test_suite_failover import _same
 
 pytestmark = pytest.mark.integration
@@ -98,13 +98,13 @@ def test_deployed_pipeline_scales_restarts_and_matches_local(
             lambda: main(["scale", name, "fw", "1"]), lambda: _replay(pipeline, publisher, B, 800)
         )
         end_ts = max(s1.last_ts_ns, s2.last_ts_ns)
-        publisher.flush_all(Flush("end", end_ts), pipeline.partitions)
+        publisher.send_end_markers(EndMarker("end", end_ts), pipeline.partitions)
 
         # A kill -9 once the pipeline is idle: the supervisor restarts the worker and
         # the successor restores the firewall's connections from the changelog.
         sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
         got = Collector()
-        assert sink.collect(got, 90, flush_id="end"), sink.unflushed("end")
+        assert sink.collect(got, 90, end_id="end"), sink.unended("end")
         # Killed after its offsets are committed: at-least-once replays nothing here
         # (a kill mid-batch is issue 5's subject).
         deadline = time.monotonic() + 30
@@ -124,17 +124,19 @@ def test_deployed_pipeline_scales_restarts_and_matches_local(
             time.sleep(0.5)
         assert fw["restarts"] == 1
         s3 = _replay(pipeline, publisher, A, None, source_id=77)
-        publisher.flush_all(Flush("end2", max(end_ts, s3.last_ts_ns)), pipeline.partitions)
+        publisher.send_end_markers(
+            EndMarker("end2", max(end_ts, s3.last_ts_ns)), pipeline.partitions
+        )
         publisher.close()
-        assert sink.collect(got, 90, flush_id="end2"), sink.unflushed("end2")
+        assert sink.collect(got, 90, end_id="end2"), sink.unended("end2")
         sink.close()
 
         local = LocalPipeline(pipeline)
         _replay(pipeline, local, A, None)
         _replay(pipeline, local, B, None)
-        local.flush("end", end_ts)
+        local.end_of_input("end", end_ts)
         _replay(pipeline, local, A, None, source_id=77)
-        local.flush("end2", max(end_ts, s3.last_ts_ns))
+        local.end_of_input("end2", max(end_ts, s3.last_ts_ns))
         _same(got, local.collector)
         assert got.total == local.collector.total > 3000
 
@@ -217,11 +219,11 @@ def test_redeploy_rolls_instances_and_keeps_state(
 
         # The replies pass only if the connections from part 1 survived the roll.
         _replay(pipeline, publisher, part2, None)
-        publisher.flush_all(Flush("end", 10**18 + 2 * 10**9), pipeline.partitions)
+        publisher.send_end_markers(EndMarker("end", 10**18 + 2 * 10**9), pipeline.partitions)
         publisher.close()
         sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
         got = Collector()
-        assert sink.collect(got, 60, flush_id="end"), sink.unflushed("end")
+        assert sink.collect(got, 60, end_id="end"), sink.unended("end")
         sink.close()
         assert got.count(("", "egress")) == 2 * len(CLIENTS)
         assert got.count(("fw", "drop")) == 0

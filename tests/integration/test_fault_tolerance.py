@@ -188,13 +188,13 @@ def test_scaling_and_a_resumed_capture_agent_on_a_deployment(
         down = _in_thread(lambda: main(["scale", name, "nat", "1"]))
         assert resumed.wait(120) == 0, resumed.stderr.read() if resumed.stderr else ""
         down.join(60)
-        flush_id = (
+        end_id = (
             f"replay-{source_id_for([CAPTURE]):x}-{json.loads(checkpoint.read_text())['run_id']}"
         )
 
         sink = KafkaSink(three_brokers.bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
         got = Collector()
-        assert sink.collect(got, 90, flush_id=flush_id), sink.unflushed(flush_id)
+        assert sink.collect(got, 90, end_id=end_id), sink.unended(end_id)
         sink.close()
         resent = _resent(three_brokers.bootstrap, pipeline.ingress_topic)
         stats = dp.workers_dir(dp.directory(name)) / "fw-0" / "stats.json"
@@ -215,7 +215,7 @@ def test_scaling_and_a_resumed_capture_agent_on_a_deployment(
             ReplayOptions(progress=False, loop=5),
             keyers=keyers,
         )
-        local.flush(flush_id, summary.last_ts_ns)
+        local.end_of_input(end_id, summary.last_ts_ns)
         _same(got, local.collector)
     finally:
         assert main(["undeploy", name, "--delete-topics"]) == 0

@@ -92,8 +92,8 @@ def test_replay_truncated_capture_partitioned_by_flow(kafka_bootstrap: str, tmp_
         # --flush: every partition ends with one end-of-input marker, after its packets.
         ends = set()
         for in_order in batches.values():
-            assert isinstance(in_order[-1], wire.Flush)
-            assert not any(isinstance(m, wire.Flush) for m in in_order[:-1])
+            assert isinstance(in_order[-1], wire.EndMarker)
+            assert not any(isinstance(m, wire.EndMarker) for m in in_order[:-1])
             ends.add(in_order.pop().end_ts_ns)
         last_ts = max(int(b.records["ts_ns"].max()) for bs in batches.values() for b in bs)
         assert ends == {last_ts}  # "now" for the flush is the latest packet time
@@ -226,10 +226,10 @@ def test_replay_killed_and_resumed_loses_nothing_and_resends_only_the_kill_windo
 
         first: dict[int, int] = {}  # seq -> partition, published by the killed agent
         second: dict[int, int] = {}  # ... by the resumed one
-        flushes: dict[int, list[wire.Flush]] = defaultdict(list)
+        flushes: dict[int, list[wire.EndMarker]] = defaultdict(list)
         collector = Collector()  # the sink's dedup by packet id
         for part, offset, msg in _messages(kafka_bootstrap, topic):
-            if isinstance(msg, wire.Flush):
+            if isinstance(msg, wire.EndMarker):
                 assert offset >= boundary[part]  # the killed agent never flushed
                 flushes[part].append(msg)
                 continue

@@ -30,7 +30,7 @@ from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import EGRESS, Pipeline
 from snf.pipeline.routing import plan_pipeline
 from snf.runtime.local import LocalPipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 from tests.integration.test_failover import _changelog_keys, _fully_committed, _wait
 from tests.packets import tcp4, udp4
 
@@ -140,7 +140,7 @@ def _reference(pipeline: Pipeline, part1: Path, part2_of: Callable, tmp: Path) -
     part2 = _write(tmp / "part2.pcapng", part2_of(local.collector), T0 + 5 * 10**8)
     quiet2 = ReplayOptions(progress=False, source_id=2)
     s2 = replay([part2], pipeline.partitions, local, quiet2, keyers=keyers)
-    local.flush("end", max(s1.last_ts_ns, s2.last_ts_ns))
+    local.end_of_input("end", max(s1.last_ts_ns, s2.last_ts_ns))
     return local.collector, part2, s1.packets, s2.packets
 
 
@@ -202,9 +202,11 @@ def test_successor_restores_state_from_the_changelog(
         publisher = KafkaPublisher(brokers, run.ingress_topic)
         opts2 = ReplayOptions(progress=False, source_id=2)
         s2 = replay([part2], run.partitions, publisher, opts2, keyers=keyers)
-        publisher.flush_all(Flush("end", max(s1.last_ts_ns, s2.last_ts_ns)), run.partitions)
+        publisher.send_end_markers(
+            EndMarker("end", max(s1.last_ts_ns, s2.last_ts_ns)), run.partitions
+        )
         publisher.close()
-        assert sink.collect(got, 90, packets=n1 + n2, flush_id="end"), got.total
+        assert sink.collect(got, 90, packets=n1 + n2, end_id="end"), got.total
         _same(got, ref)
         assert got.conflicts == 0
     finally:

@@ -24,7 +24,7 @@ from snf.ops.deploy import undeploy
 from snf.pipeline import names
 from snf.pipeline.loader import load_pipeline
 from snf.runtime.local import LocalPipeline
-from snf.wire import Flush
+from snf.wire import EndMarker
 from tests.integration.test_deploy import ROOT, A, _replay, _status
 from tests.integration.test_suite_failover import _same
 
@@ -117,17 +117,17 @@ def test_monitoring_on_three_brokers(
         # Traffic through the deployed functions, compared with --local.
         publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
         sent = _replay(pipeline, publisher, A, None)
-        publisher.flush_all(Flush("end", sent.last_ts_ns), pipeline.partitions)
+        publisher.send_end_markers(EndMarker("end", sent.last_ts_ns), pipeline.partitions)
         publisher.close()
         sink = KafkaSink(brokers, pipeline.sink_topics(), pipeline.terminal_ends())
         got = Collector()
         try:
-            assert sink.collect(got, 60, flush_id="end"), sink.unflushed("end")
+            assert sink.collect(got, 60, end_id="end"), sink.unended("end")
         finally:
             sink.close()
         local = LocalPipeline(pipeline)
         _replay(pipeline, local, A, None)
-        local.flush("end", sent.last_ts_ns)
+        local.end_of_input("end", sent.last_ts_ns)
         _same(got, local.collector)
         assert got.total == local.collector.total == sent.packets > 2000  # each packet once
         assert {w for w, r in got.records.items() if r} == {("ids", "alerts"), ("flows", "flows")}

@@ -50,7 +50,7 @@ def _feed(batcher: Batcher, packets: list[CapturedPacket], chunk: int) -> Sent:
     sent: Sent = []
     for start in range(0, len(packets), chunk):
         sent += batcher.add(packets[start : start + chunk])
-    return sent + batcher.flush()
+    return sent + batcher.cut_all()
 
 
 def _seqs(batch: PacketBatch) -> list[int]:
@@ -68,9 +68,9 @@ def test_cuts_a_batch_at_max_packets() -> None:
     batcher = Batcher(1, SOURCE, max_packets=4)
     full = batcher.add([_sized(60) for _ in range(10)])
     assert [_seqs(b) for _, b in full] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    rest = batcher.flush()
+    rest = batcher.cut_all()
     assert [_seqs(b) for _, b in rest] == [[8, 9]]
-    assert batcher.flush() == []
+    assert batcher.cut_all() == []
 
 
 def test_cuts_a_batch_when_it_reaches_max_bytes() -> None:
@@ -82,7 +82,7 @@ def test_cuts_a_batch_when_it_reaches_max_bytes() -> None:
     for _, b in full:
         assert len(b.payload) >= 250
         assert len(b.payload) - len(b.packet(len(b) - 1)) < 250  # cut as soon as reached
-    assert [_seqs(b) for _, b in batcher.flush()] == [[7]]
+    assert [_seqs(b) for _, b in batcher.cut_all()] == [[7]]
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 1000])
@@ -178,11 +178,11 @@ def test_flush_returns_every_pending_packet_in_partition_order() -> None:
     packets, _ = _traffic()
     batcher = Batcher(5, SOURCE)
     assert batcher.add(packets) == []  # nothing reached a limit
-    flushed = batcher.flush()
+    flushed = batcher.cut_all()
     assert sorted(s for _, b in flushed for s in _seqs(b)) == list(range(len(packets)))
     parts = [part for part, _ in flushed]
     assert parts == sorted(parts) and len(set(parts)) == len(parts)
-    assert batcher.flush() == []
+    assert batcher.cut_all() == []
 
 
 def test_stats_add_up() -> None:
@@ -232,7 +232,7 @@ def test_keyers_choose_the_partition_and_see_each_packet() -> None:
     ] + [CapturedPacket(2000, 60, udp4("10.0.0.1", "10.0.0.2", 5353, 53), 1)]
     packets_data = [p.data for p in packets]
     batcher = Batcher(4, 1, keyers=[ByDport(FunctionConfig())])
-    got = batcher.add(packets) + batcher.flush()
+    got = batcher.add(packets) + batcher.cut_all()
     placed = {seq: part for part, b in got for _, seq in b.packet_ids()}
     for i in range(9):
         assert placed[i] == (100 + i % 3) % 4

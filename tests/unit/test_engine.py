@@ -80,5 +80,5 @@ def test_table_view_reads_through_and_deletes_once() -> None:
     assert view.get(b"a") is None
     view.set(b"b", [2])
     view.delete(b"b")
-    assert view.flush() == 2
+    assert view.write_back() == 2
     assert store.data == {}

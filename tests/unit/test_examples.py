@@ -33,7 +33,7 @@ def run_local(name: str) -> LocalPipeline:
         ReplayOptions(progress=False),
         keyers=local.ingress_hop.keyers,
     )
-    local.flush("end", summary.last_ts_ns)
+    local.end_of_input("end", summary.last_ts_ns)
     assert local.collector.total == summary.packets  # every packet accounted for
     return local
 

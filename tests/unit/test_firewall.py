@@ -91,7 +91,7 @@ class Run:
             state = BatchState(self.stores)
             verdicts = self.fw.process(batch, headers, state)
             assert len(verdicts.ports) == len(verdicts.reasons) == len(rows)
-            self.writes.append(state.flush())
+            self.writes.append(state.write_back())
             out.extend(zip(verdicts.ports, verdicts.reasons, strict=True))
         return out
 
@@ -631,7 +631,7 @@ def test_inconsistent_headers_give_malformed_not_an_exception(damage: dict[str, 
     assert len(verdicts.ports) == 1
     if verdicts.ports == ["drop"]:
         assert verdicts.reasons == ["malformed"]
-        assert state.flush() == 0
+        assert state.write_back() == 0
 
 
 # -- batch boundaries and state writes -----------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from snf.core.contract import FlushContext
+from snf.core.contract import FinishContext
 from snf.core.tables import BatchState
 from snf.functions.flowmon import FlowMonitor, FlowMonitorConfig
 from snf.packet.batch import PacketBatch
@@ -81,14 +81,14 @@ class Run:
             assert len(verdicts.ports) == len(verdicts.reasons) == len(rows)
             assert set(verdicts.records) <= {"flows"} and not verdicts.replaced
             self.records.extend(verdicts.records.get("flows", []))
-            self.writes.append(state.flush())
+            self.writes.append(state.write_back())
             out.extend(zip(verdicts.ports, verdicts.reasons, strict=True))
         return out
 
     def flush(self, end_ts: int) -> list[dict[str, Any]]:
         state = BatchState({"flows": self.store})
-        out = self.fm.flush(state, FlushContext(partition=0, partitions=1, end_ts_ns=end_ts))
-        state.flush()
+        out = self.fm.finish(state, FinishContext(partition=0, partitions=1, end_ts_ns=end_ts))
+        state.write_back()
         assert set(out) == {"flows"}
         return out["flows"]
 
@@ -265,7 +265,7 @@ def test_inconsistent_headers_give_malformed_not_an_exception(damage: dict[str, 
     state = BatchState({"flows": JsonStore()})
     verdicts = FlowMonitor(FlowMonitorConfig()).process(batch, broken, state)
     assert (verdicts.ports, verdicts.reasons) == (["drop"], ["malformed"])
-    assert state.flush() == 0
+    assert state.write_back() == 0
 
 
 # -- timeouts and TCP end -------------------------------------------------------

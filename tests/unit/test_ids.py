@@ -135,7 +135,7 @@ class Run:
             batch = PacketBatch.from_rows(LINKTYPE_ETHERNET, rows)
             state = BatchState(BatchState.memory(Ids.tables))
             out = self.ids.process(batch, parse_packet_batch(batch), state)
-            assert state.flush() == 0
+            assert state.write_back() == 0
             assert len(out.ports) == len(out.reasons) == len(rows)
             assert set(out.records) <= set(Ids.record_ports)
             verdicts.extend(zip(out.ports, out.reasons, strict=True))

@@ -219,7 +219,7 @@ def test_a_deferred_batch_state_writes_only_on_apply() -> None:
     view.set(b"a", 2)
     view.set(b"b", 3)
     view.delete(b"a")
-    assert state.flush() == 2 and store.data == {b"a": 1}  # counted, not written
+    assert state.write_back() == 2 and store.data == {b"a": 1}  # counted, not written
     assert view.get(b"b") == 3 and view.get(b"a") is None  # the batch sees its writes
     assert dict(state.pending()["t"]) == {b"a": None, b"b": 3}
     assert state.apply() == 2 and store.data == {b"b": 3}

@@ -197,7 +197,7 @@ def test_a_fixed_function_gets_no_scaled_object() -> None:
 
 @dataclass
 class StandInFunction:
-    """The attributes snf.ops.k8s reads, free of the loader's checks (which forbid max > partitions)."""
+    """The attributes snf.ops.k8s reads, free of the loader's checks (max > partitions)."""
 
     name: str
     kind: str = "flowmon"

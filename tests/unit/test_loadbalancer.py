@@ -107,7 +107,7 @@ class Run:
             state = BatchState(self.stores)
             verdicts = self.lb.process(batch, parse_packet_batch(batch), state)
             assert len(verdicts.ports) == len(verdicts.reasons) == len(rows)
-            self.writes.append(state.flush())
+            self.writes.append(state.write_back())
             for i, (port, reason) in enumerate(zip(verdicts.ports, verdicts.reasons, strict=True)):
                 out.append((port, reason, verdicts.replaced.get(i, rows[i][2])))
         return out
@@ -670,7 +670,7 @@ def test_client_packet_and_backend_reply_meet_on_one_partition() -> None:
             one = batch.select([i])
             state = BatchState(stores[p])
             v = lb.process(one, parse_packet_batch(one), state)
-            state.flush()
+            state.write_back()
             out.append((p, v.replaced.get(0, frames[i])))
         return out
 
@@ -957,7 +957,7 @@ def test_real_capture_through_four_partitions(traffic: Any) -> None:
             sub = batch.select(idx)
             state = BatchState(stores[p])
             v = lb.process(sub, parse_packet_batch(sub), state)
-            state.flush()
+            state.write_back()
             for j, i in enumerate(idx):
                 outs[start + i] = (v.ports[j], v.reasons[j], v.replaced.get(j, chunk[i][1]))
 

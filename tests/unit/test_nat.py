@@ -97,7 +97,7 @@ class Cluster:
             sub = batch.select(idx)
             state = BatchState(self.stores[p])
             v = self.nats[p].process(sub, parse_packet_batch(sub), state)
-            self.writes.append(state.flush())
+            self.writes.append(state.write_back())
             for j, i in enumerate(idx):
                 results[i] = (v.ports[j], v.reasons[j], v.replaced.get(j, sub.packet(j)))
         return results
@@ -582,7 +582,7 @@ def test_inconsistent_headers_give_malformed() -> None:
     state = BatchState(BatchState.memory(Nat.tables))
     v = nat.process(batch, broken, state)
     assert (v.ports, v.reasons) == (["drop"], ["malformed"])
-    assert state.flush() == 0
+    assert state.write_back() == 0
     assert len(nat.key_hashes(batch, broken)) == 1
 
 

@@ -33,7 +33,7 @@ def run(local: LocalPipeline, captures: list[Path]) -> LocalPipeline:
         ReplayOptions(progress=False, max_packets=64),
         keyers=local.ingress_hop.keyers,
     )
-    local.flush("end", summary.last_ts_ns)
+    local.end_of_input("end", summary.last_ts_ns)
     return local
 
 

@@ -113,7 +113,7 @@ class Run:
             state = BatchState(self.stores)
             verdicts = self.fn.process(batch, headers, state)
             assert len(verdicts.ports) == len(verdicts.reasons) == hi - lo
-            self.writes.append(state.flush())
+            self.writes.append(state.write_back())
             for i, frame in enumerate(batch.packets()):
                 self.frames.append(verdicts.replaced.get(i, frame))
             out.extend(zip(verdicts.ports, verdicts.reasons, strict=True))

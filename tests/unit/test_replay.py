@@ -441,7 +441,7 @@ def _session_run(
             summary = replay(captures, 4, publish, o, console=_quiet())
         except Died:
             return session, publish, None
-        session.finish(flushed=False)
+        session.finish(ended=False)
     return session, publish, summary
 
 
@@ -666,9 +666,9 @@ def test_one_checkpoint_one_agent(tmp_path: Path, traffic: Traffic) -> None:
         in_use = pytest.raises(CheckpointError, match="in use by another snf replay")
         with in_use, CheckpointSession(path, identity, resume=True):
             pass
-        first.finish(flushed=True)
+        first.finish(ended=True)
     with CheckpointSession(path, identity, resume=True) as again:  # released at exit
-        assert again.checkpoint.flushed and again.flush_id == first.flush_id
+        assert again.checkpoint.ended and again.end_id == first.end_id
 
 
 def test_no_checkpoint_to_resume_starts_from_the_first_packet(

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snf import wire
-from snf.core.contract import FlushContext, FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.contract import FinishContext, FunctionConfig, NetworkFunction, Record, Verdicts
 from snf.core.engine import FunctionEngine
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.egress.collector import Collector
@@ -145,8 +145,8 @@ def test_flow_hop_keeps_both_directions_of_a_flow_together() -> None:
 
 
 def test_flush_and_records_round_trip_and_packets_still_decode() -> None:
-    flush = wire.Flush("run-1", 123, 4)
-    assert wire.decode_any(wire.encode_flush(flush)) == flush
+    flush = wire.EndMarker("run-1", 123, 4)
+    assert wire.decode_any(wire.encode_end_marker(flush)) == flush
     block = wire.decode_any(wire.encode_record_blocks([{"ts_ns": 1, "a": "b"}], "run-1")[0])
     assert block == wire.RecordBlock([{"ts_ns": 1, "a": "b"}], "run-1")
     batch = _batch(2)
@@ -182,7 +182,7 @@ def test_collector_dedups_records_and_orders_them_by_time(tmp_path: Path) -> Non
     assert [json.loads(line)["sid"] for line in path.read_text().splitlines()] == [1, 2]
 
 
-class Flushing(NetworkFunction):
+class Finishing(NetworkFunction):
     kind = "flushing"
     record_ports: ClassVar[tuple[str, ...]] = ("flows",)
     tables: ClassVar[tuple[str, ...]] = ("t",)
@@ -191,21 +191,21 @@ class Flushing(NetworkFunction):
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
         return Verdicts(["pass"] * len(batch), [""] * len(batch))
 
-    def flush(self, state: BatchState, ctx: FlushContext) -> dict[str, list[Record]]:
+    def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         return {"flows": [{"ts_ns": ctx.end_ts_ns, "partition": ctx.partition}]}
 
 
-def test_engine_flushes_once_on_the_last_expected_marker() -> None:
-    engine = FunctionEngine(Flushing(FunctionConfig()))
+def test_engine_finishes_once_on_the_last_expected_marker() -> None:
+    engine = FunctionEngine(Finishing(FunctionConfig()))
     stores = BatchState.memory(("t", CONTROL_TABLE))
-    marker = wire.Flush("run", 99, expected=3)
-    assert engine.control(marker, 1, BatchState(stores)) is None
-    assert engine.control(marker, 1, BatchState(stores)) is None
-    out = engine.control(marker, 1, BatchState(stores))
+    marker = wire.EndMarker("run", 99, expected=3)
+    assert engine.end_of_input(marker, 1, BatchState(stores)) is None
+    assert engine.end_of_input(marker, 1, BatchState(stores)) is None
+    out = engine.end_of_input(marker, 1, BatchState(stores))
     assert out is not None and out.records == {"flows": [{"ts_ns": 99, "partition": 1}]}
-    # The count is state (a restarted worker keeps it): a replayed marker does not flush again.
+    # The count is state (a restarted worker keeps it): a replayed marker does not finish again.
     assert stores[CONTROL_TABLE].data == {b"flush:run": ["#0", "#1", "#2"]}
-    assert engine.control(marker, 1, BatchState(stores)) is None
+    assert engine.end_of_input(marker, 1, BatchState(stores)) is None
 
 
 def test_a_packet_follows_the_first_key_that_cares() -> None:

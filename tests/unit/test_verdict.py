@@ -74,7 +74,7 @@ def _local(name: str) -> tuple[LocalPipeline, list]:
     local = LocalPipeline(pipeline, SinkRecorder())
     opts = ReplayOptions(progress=False)
     s = replay([capture], pipeline.partitions, local, opts, keyers=local.ingress_hop.keyers)
-    local.flush(pipeline.name, s.last_ts_ns)
+    local.end_of_input(pipeline.name, s.last_ts_ns)
     sinks = pipeline.sink_topics()
     records = pipeline.record_topics()
     packet_ports = [k for t, k in sinks.items() if t not in records]

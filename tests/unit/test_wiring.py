@@ -88,8 +88,8 @@ def test_graph_hops_and_flush_markers() -> None:
         "flows": "keep",
         "gone": "keep",  # both inputs are flow-partitioned the same way
     }
-    assert plan.flush_expected("fw") == 1
-    assert plan.flush_expected("gone") == 2  # one marker per upstream partition: fw/p, rl/p
+    assert plan.ends_expected("fw") == 1
+    assert plan.ends_expected("gone") == 2  # one marker per upstream partition: fw/p, rl/p
     targets = dict(plan.marker_targets("fw", 3))
     assert targets == {"snf.g.rl.in": [3], "snf.g.flows.in": [3], "snf.g.gone.in": [3]}
 
@@ -101,7 +101,7 @@ def test_different_partition_counts_rekey_and_count_every_upstream_partition() -
     p = parse_pipeline(text)
     plan = plan_pipeline(p)
     assert plan.hops["gone"].mode == "flow"
-    assert plan.flush_expected("gone") == 8  # 4 partitions of fw + 4 of rl
+    assert plan.ends_expected("gone") == 8  # 4 partitions of fw + 4 of rl
     assert dict(plan.marker_targets("fw", 3))["snf.g.gone.in"] == [0, 1, 2]
     ends = p.terminal_ends()
     assert ends["snf.g.gone.drop"] == [1, 1, 1] and ends["snf.g.egress"] == [1, 1, 1, 1]
@@ -258,7 +258,7 @@ def test_local_graph_run(tmp_path: Path) -> None:
         ReplayOptions(progress=False, max_packets=16),
         keyers=local.ingress_hop.keyers,
     )
-    local.flush("end", s.last_ts_ns)
+    local.end_of_input("end", s.last_ts_ns)
     col = local.collector
     totals = local.port_totals()
     assert totals["fw"] == {"in": 80, "pass": 40, "drop": 40}

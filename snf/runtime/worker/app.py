@@ -179,7 +179,7 @@ def create_app(
     plan = plan_pipeline(pipeline)
     engine = FunctionEngine(plan.cores[pf.name])
     routers = plan.routers(pf.name)
-    expected = plan.flush_expected(pf.name)
+    expected = plan.ends_expected(pf.name)
     stores = {name: FaustTableStore(table, name) for name in pf.state_tables}
     stats = WorkerStats(datadir / STATS_FILE, engine.counters)
     journaled = pf.journaled
@@ -216,18 +216,18 @@ def create_app(
                 for message in blocks:
                     await emit.send(route.topic, message, partition % route.partitions)
 
-    def on_flush(flush: wire.Flush, partition: int, state: BatchState) -> StageOutput | None:
+    def on_flush(flush: wire.EndMarker, partition: int, state: BatchState) -> StageOutput | None:
         # The topology, not the sender, knows how many origins feed this partition.
-        flush = wire.Flush(flush.flush_id, flush.end_ts_ns, expected, flush.origin)
-        return engine.control(flush, partition, state)
+        flush = wire.EndMarker(flush.end_id, flush.end_ts_ns, expected, flush.origin)
+        return engine.end_of_input(flush, partition, state)
 
     async def emit_flush(
-        flush: wire.Flush, out: StageOutput, partition: int, emit: Emitter
+        flush: wire.EndMarker, out: StageOutput, partition: int, emit: Emitter
     ) -> None:
-        await send_records(out, partition, emit, end=flush.flush_id)
+        await send_records(out, partition, emit, end=flush.end_id)
         # Pass the marker on, after this partition's packets, to every packet destination.
-        marker = wire.encode_flush(
-            wire.Flush(flush.flush_id, flush.end_ts_ns, 1, f"{pf.name}/{partition}")
+        marker = wire.encode_end_marker(
+            wire.EndMarker(flush.end_id, flush.end_ts_ns, 1, f"{pf.name}/{partition}")
         )
         for topic, targets in plan.marker_targets(pf.name, partition):
             for p in targets:
@@ -243,7 +243,7 @@ def create_app(
             await send_records(out, partition, emit)
 
     async def on_event(
-        msg: wire.PacketBatch | wire.Flush, partition: int, offset: int, lineage: Lineage | None
+        msg: wire.PacketBatch | wire.EndMarker, partition: int, offset: int, lineage: Lineage | None
     ) -> None:
         part = parts.get(partition)
         if part is not None and isinstance(msg, wire.PacketBatch):
@@ -252,7 +252,7 @@ def create_app(
             if len(msg) < n:
                 engine.counters["duplicate_in_packets"] += n - len(msg)
         state = BatchState(stores, deferred=journaled)
-        if isinstance(msg, wire.Flush):
+        if isinstance(msg, wire.EndMarker):
             out = on_flush(msg, partition, state)
         else:
             out = engine.handle(msg, state)
@@ -272,7 +272,7 @@ def create_app(
             state.apply()
             part.marks.advance(lineage)
         emit = Emitter(partition, offset)
-        if isinstance(msg, wire.Flush):
+        if isinstance(msg, wire.EndMarker):
             if out is not None:
                 await emit_flush(msg, out, partition, emit)
         else:
