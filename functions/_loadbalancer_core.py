@@ -10,7 +10,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from snf.core.contract import Verdicts
+from snf.core.contract import Decisions
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.flowkey import endpoint_hash
@@ -190,7 +190,7 @@ class _Run:
             self.frag.delete(key)
         return "fragment" if (proto, dst) in self.lb.vip_addrs else ""
 
-    def run(self) -> Verdicts:
+    def run(self) -> Decisions:
         h = self.h
         kind, frag, proto = h.kind, h.frag, h.proto
         src, dst, sport, dport = h.src, h.dst, h.sport, h.dport
@@ -221,12 +221,12 @@ class _Run:
                 reason = "malformed"
             reasons.append(reason)
         ports = ["drop" if r else "pass" for r in reasons]
-        return Verdicts(ports=ports, reasons=reasons, replaced=self.replaced)
+        return Decisions(ports=ports, reasons=reasons, replaced=self.replaced)
 
 
 def process_batch(
     lb: LoadBalancer, batch: PacketBatch, headers: Headers, state: BatchState
-) -> tuple[Verdicts, Counter[str]]:
+) -> tuple[Decisions, Counter[str]]:
     run = _Run(lb, batch, headers, state)
     return run.run(), run.stats
 

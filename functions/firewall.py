@@ -59,7 +59,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.fragments import FRAG_TTL_NS
@@ -207,7 +207,7 @@ class Firewall(NetworkFunction):
             return allow, "" if allow else "default"
         return self.rules[index].allow, self._rule_reasons[index]
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         n = len(headers)
         ts = batch.records["ts_ns"].tolist()
         conn = state.table("conn")
@@ -299,7 +299,7 @@ class Firewall(NetworkFunction):
         counters["in"] += n
         for reason, count in Counter(out_reasons).items():
             counters["drop:" + reason if reason else "pass"] += count
-        return Verdicts(ports=out_ports, reasons=out_reasons)
+        return Decisions(ports=out_ports, reasons=out_reasons)
 
 
 def _frag_key(h: Headers, i: int) -> bytes:

@@ -58,7 +58,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from snf.core.contract import FinishContext, FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.contract import Decisions, FinishContext, FunctionConfig, NetworkFunction, Record
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import KIND_IP, KIND_NON_IP, Headers
@@ -109,7 +109,7 @@ class FlowMonitor(NetworkFunction):
         self._active_ns = round(config.active_timeout * _NS)
         self.counters: Counter[str] = Counter()
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         n = len(headers)
         ts = batch.records["ts_ns"].tolist()
         payload = batch.payload
@@ -203,7 +203,7 @@ class FlowMonitor(NetworkFunction):
             counters["drop:malformed"] += malformed
         for record in records:
             counters["flows:" + record["flowEndReason"]] += 1
-        return Verdicts(ports=ports, reasons=reasons, records={"flows": records})
+        return Decisions(ports=ports, reasons=reasons, records={"flows": records})
 
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """Emit and delete every flow left on this partition, by (ts_ns, flowStart, key)."""

@@ -62,7 +62,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from snf.core.contract import FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, Record
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch, format_packet_id
 from snf.packet.headers import FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
@@ -188,7 +188,7 @@ class Ids(NetworkFunction):
         self.matcher = Matcher(config.compiled)
         self.counters: Counter[str] = Counter()
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         n = len(headers)
         rules = self.matcher.rules
         match, scans = self.matcher.match, self.matcher.scans
@@ -235,7 +235,7 @@ class Ids(NetworkFunction):
         counters["alerts"] += len(alerts)
         for reason, count in Counter(out_reasons).items():
             counters["drop:" + reason if reason else "pass"] += count
-        return Verdicts(ports=out_ports, reasons=out_reasons, records={"alerts": alerts})
+        return Decisions(ports=out_ports, reasons=out_reasons, records={"alerts": alerts})
 
     def _alerts(
         self, batch: PacketBatch, hits: list[tuple[int, list[int], dict[str, Any]]]

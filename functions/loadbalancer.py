@@ -75,7 +75,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
@@ -245,7 +245,7 @@ class LoadBalancer(NetworkFunction):
         self.counters: Counter[str] = Counter()
         self.ep_hashes: dict[tuple[int, bytes, int], int] = {}
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         verdicts, stats = process_batch(self, batch, headers, state)
         counters = self.counters
         counters["in"] += len(headers)

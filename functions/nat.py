@@ -63,7 +63,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
-from snf.core.contract import FunctionConfig, KeyKind, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, KeyKind, NetworkFunction
 from snf.core.tables import BatchState, TableView
 from snf.packet.batch import PacketBatch
 from snf.packet.fragments import FRAG_TTL_NS
@@ -178,7 +178,7 @@ class Nat(NetworkFunction):
 
     # -- processing ------------------------------------------------------------
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         n = len(headers)
         ts = batch.records["ts_ns"].tolist()
         b = Bindings(self.c, state.table("bind"), state.table("rev"), self.partitions, self._ep)
@@ -199,7 +199,7 @@ class Nat(NetworkFunction):
         counters["in"] += n
         for reason, count in Counter(reasons).items():
             counters["drop:" + reason if reason else "pass"] += count
-        return Verdicts(ports=ports, reasons=reasons, replaced=replaced)
+        return Decisions(ports=ports, reasons=reasons, replaced=replaced)
 
     def _decide(
         self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView

@@ -63,7 +63,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.flowkey import flow_hash
@@ -177,7 +177,7 @@ class RateLimit(NetworkFunction):
             out.append(h)
         return out
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         n = len(headers)
         records = batch.records
         ts = records["ts_ns"].tolist()
@@ -245,7 +245,7 @@ class RateLimit(NetworkFunction):
         counters["in"] += n
         for (port, reason), count in Counter(zip(out_ports, out_reasons, strict=True)).items():
             counters[f"{port}:{reason}" if reason else port] += count
-        return Verdicts(ports=out_ports, reasons=out_reasons, replaced=replaced)
+        return Decisions(ports=out_ports, reasons=out_reasons, replaced=replaced)
 
     def _marked(self, packet: bytes, headers: Headers, i: int) -> bytes | None:
         """The packet with its DSCP set to `dscp` (ECN kept), or None when it already has it."""

@@ -28,7 +28,7 @@ from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 
-__all__ = ["FinishContext", "FunctionConfig", "KeyKind", "NetworkFunction", "Record", "Verdicts"]
+__all__ = ["Decisions", "FinishContext", "FunctionConfig", "KeyKind", "NetworkFunction", "Record"]
 
 KeyKind = Literal["any", "flow", "custom"]
 Record = dict[str, Any]  # one JSON object on a record port
@@ -39,7 +39,7 @@ class FunctionConfig(BaseModel, extra="forbid"):
 
 
 @dataclass(slots=True)
-class Verdicts:
+class Decisions:
     """Where each packet of a batch goes, in batch order, plus records per record port."""
 
     ports: list[str] = field(default_factory=list)  # output port per packet
@@ -81,7 +81,7 @@ class NetworkFunction(ABC):
         self.config = config
 
     @abstractmethod
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         """Decide every packet of `batch`. Must not raise on any packet content."""
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:

@@ -16,7 +16,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from snf.core.contract import FinishContext, NetworkFunction, Record, Verdicts
+from snf.core.contract import Decisions, FinishContext, NetworkFunction, Record
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
@@ -45,18 +45,18 @@ class FunctionEngine:
         """Decide a batch, write its state back, return the output per port."""
         try:
             headers = parse_packet_batch(batch)
-            verdicts = self.function.process(batch, headers, state)
+            decisions = self.function.process(batch, headers, state)
         except Exception:  # a core bug must not kill the worker or lose packets
             log.exception(
                 "%s failed on batch %d; dropping it whole", self.function.kind, batch.batch_id
             )
             state.discard()
             port = "drop" if "drop" in self.ports else self.ports[-1]
-            verdicts = Verdicts([port] * len(batch), ["error"] * len(batch))
+            decisions = Decisions([port] * len(batch), ["error"] * len(batch))
         state.write_back()
         by_port: dict[str, list[int]] = {}
         reasons_by_port: dict[str, list[str]] = {}
-        for i, (port, reason) in enumerate(zip(verdicts.ports, verdicts.reasons, strict=True)):
+        for i, (port, reason) in enumerate(zip(decisions.ports, decisions.reasons, strict=True)):
             idx = by_port.get(port)
             if idx is None:
                 idx = by_port[port] = []
@@ -65,15 +65,15 @@ class FunctionEngine:
             reasons_by_port[port].append(reason)
         counters = self.counters
         counters["in"] += len(batch)
-        out = StageOutput(rewritten=bool(verdicts.replaced))
+        out = StageOutput(rewritten=bool(decisions.replaced))
         for port, idx in by_port.items():
             if port not in self.ports:
                 raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
             reasons = reasons_by_port[port]
             for reason, n in Counter(reasons).items():
                 counters[f"{port}:{reason}" if reason else port] += n
-            out.packets[port] = batch.select(idx, reasons=reasons, replaced=verdicts.replaced)
-        out.records = self._checked_records(verdicts.records)
+            out.packets[port] = batch.select(idx, reasons=reasons, replaced=decisions.replaced)
+        out.records = self._checked_records(decisions.records)
         return out
 
     def end_of_input(

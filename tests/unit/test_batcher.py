@@ -211,7 +211,7 @@ def test_batch_ids_are_unique() -> None:
 
 
 def test_keyers_choose_the_partition_and_see_each_packet() -> None:
-    from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+    from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
 
     class ByDport(NetworkFunction):
         kind = "bydport"
@@ -219,7 +219,7 @@ def test_keyers_choose_the_partition_and_see_each_packet() -> None:
         key = "custom"
 
         def process(self, batch, headers, state):  # type: ignore[no-untyped-def]
-            return Verdicts()
+            return Decisions()
 
         def key_hashes(self, batch, headers):  # type: ignore[no-untyped-def]
             # Read the bytes themselves, as the NAT does for ICMP errors.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
 from snf.core.engine import FunctionEngine
 from snf.core.tables import BatchState, MemoryStore
 from snf.packet.batch import PacketBatch
@@ -17,7 +17,7 @@ class Exploding(NetworkFunction):
     tables: ClassVar[tuple[str, ...]] = ("t",)
     Config = FunctionConfig
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         state.table("t").set(b"k", 1)
         raise RuntimeError("core bug")
 
@@ -27,12 +27,12 @@ class Counting(NetworkFunction):
     tables: ClassVar[tuple[str, ...]] = ("t",)
     Config = FunctionConfig
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         table = state.table("t")
         for flow in headers.flow:
             table.set(flow, (table.get(flow) or 0) + 1)
         ports = ["pass" if i % 2 else "drop" for i in range(len(batch))]
-        return Verdicts(ports, ["" if p == "pass" else "odd" for p in ports])
+        return Decisions(ports, ["" if p == "pass" else "odd" for p in ports])
 
 
 def _batch(n: int) -> PacketBatch:

@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 import pytest
 from pydantic import Field
 
-from snf.core.contract import FunctionConfig, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
 from snf.core.registry import BUILTIN
 from snf.core.tables import BatchState
 from snf.errors import ConfigError
@@ -49,8 +49,8 @@ class FakeFunction(NetworkFunction):
     tables: ClassVar[tuple[str, ...]] = ("flows",)
     Config: ClassVar[type[FunctionConfig]] = FakeConfig
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
-        return Verdicts(ports=["pass"] * len(batch), reasons=[""] * len(batch))
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
+        return Decisions(ports=["pass"] * len(batch), reasons=[""] * len(batch))
 
 
 class FakeSink(FakeFunction):

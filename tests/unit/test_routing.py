@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snf import wire
-from snf.core.contract import FinishContext, FunctionConfig, NetworkFunction, Record, Verdicts
+from snf.core.contract import Decisions, FinishContext, FunctionConfig, NetworkFunction, Record
 from snf.core.engine import FunctionEngine
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.egress.collector import Collector
@@ -33,8 +33,8 @@ class Fake(NetworkFunction):
         self.want = list(want)
         self.calls = 0
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
-        return Verdicts(["pass"] * len(batch), [""] * len(batch))
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
+        return Decisions(["pass"] * len(batch), [""] * len(batch))
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         self.calls += 1
@@ -188,8 +188,8 @@ class Finishing(NetworkFunction):
     tables: ClassVar[tuple[str, ...]] = ("t",)
     Config = FunctionConfig
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
-        return Verdicts(["pass"] * len(batch), [""] * len(batch))
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
+        return Decisions(["pass"] * len(batch), [""] * len(batch))
 
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         return {"flows": [{"ts_ns": ctx.end_ts_ns, "partition": ctx.partition}]}

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from snf.core.contract import FunctionConfig, KeyKind, NetworkFunction, Verdicts
+from snf.core.contract import Decisions, FunctionConfig, KeyKind, NetworkFunction
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import KIND_IP, Headers
@@ -51,13 +51,13 @@ class Tagger(NetworkFunction):
         super().__init__(config)
         self.drop_udp = config.drop_udp
 
-    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Verdicts:
+    def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         on = self.drop_udp
         udp = [
             on and k == KIND_IP and p == UDP
             for k, p in zip(headers.kind, headers.proto, strict=True)
         ]
-        return Verdicts(
+        return Decisions(
             ports=["drop" if u else "pass" for u in udp],
             reasons=["udp" if u else "" for u in udp],
         )
