@@ -26,9 +26,9 @@ from pathlib import Path
 
 from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
+from snf.ingress.publisher import BatchPublisher
 from snf.ingress.replay import ReplayOptions, replay
 from snf.kafka import cluster
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops import deployment_dir as dp
 from snf.ops.deploy import deploy, scale, undeploy, wait_assigned
 from snf.pipeline.loader import load_pipeline
@@ -87,7 +87,7 @@ def main() -> None:
             wait_assigned(d, pipeline, 120)
 
         out["kill9_to_reassigned_s"] = _timed(kill)
-        publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
+        publisher = BatchPublisher(brokers, pipeline.ingress_topic)
         keyers = plan_pipeline(pipeline).ingress_hop.keyers
         opts = ReplayOptions(progress=False, loop=args.loop)
         capture = ROOT / "pipelines" / "captures" / "monitoring.pcapng"

@@ -75,15 +75,16 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from snf import wire
 from snf.harness.oneshot import create_topics
 from snf.ingress.accumulator import Batcher
+from snf.ingress.publisher import BatchPublisher
 from snf.kafka import admin, cluster
 from snf.kafka.kraft_config import ClusterInfo
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops.worker_process import WorkerProcess, start_worker
 from snf.packet.capture_file import CapturedPacket
 from snf.pipeline import names
 from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import Pipeline
 from snf.pipeline.routing import plan_pipeline
+from snf.runtime.worker.files import WorkerFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
@@ -157,7 +158,7 @@ def fill(brokers: str, pipeline: Pipeline, n: int) -> dict[str, Any]:
     """Publish n distinct SYNs, 512 per message, partitioned as the firewall needs."""
     keyers = plan_pipeline(pipeline).ingress_hop.keyers
     batcher = Batcher(pipeline.partitions, FILL_SOURCE, max_packets=512, keyers=keyers)
-    publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
+    publisher = BatchPublisher(brokers, pipeline.ingress_topic)
     t0 = time.perf_counter()
     chunk = 65536
     for first in range(0, n, chunk):
@@ -190,7 +191,7 @@ class Probes:
             for part, batch in batcher.add(_captured(syn_frames(k, 1, base), k)):
                 chosen.setdefault(part, batch)
             k += 1
-        publisher = KafkaPublisher(self.brokers, self.pipeline.ingress_topic)
+        publisher = BatchPublisher(self.brokers, self.pipeline.ingress_topic)
         sent = {}
         for part, batch in sorted(chosen.items()):
             publisher(part, batch)
@@ -306,11 +307,8 @@ def wait_for(predicate, timeout: float, what: str, step: float = 0.2) -> float:
 
 
 def assignment(w: WorkerProcess) -> tuple[list[int], float] | None:
-    try:
-        data = json.loads((w.datadir / "assignment.json").read_text())
-        return data["partitions"], data["time"]
-    except (OSError, ValueError, KeyError):
-        return None
+    found = WorkerFiles(w.datadir).assignment()
+    return None if found is None else (found.partitions, found.time)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -14,11 +14,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
-
 from snf import wire
 from snf.egress.collector import Collector
 from snf.guarantee.lineage import Lineage, Watermarks
+from snf.kafka.topic_reader import TopicReader
 from snf.packet.batch import format_packet_id
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.model import PortKey
@@ -38,29 +37,15 @@ class KafkaSink:
         self.topics = topics
         self.ends = ends or {}
         # topic -> partition -> end id -> origins whose end arrived
-        self.ended: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
-        self.partitions: dict[str, int] = {}
-        # per terminal partition, the highest lineage read per origin (snf.guarantee.journal):
+        self.ends_in: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
+        # per terminal partition, the highest lineage read per origin (snf.guarantee.lineage):
         # a message at or below it is an output sent again by a redo after a crash
         self.marks: dict[tuple[str, int], Watermarks] = {}
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=16 << 20,
-            fetch_max_bytes=64 << 20,
-        )
-        assignment = []
-        for topic in topics:
-            parts = self.consumer.partitions_for_topic(topic) or set()
-            self.partitions[topic] = len(parts)
-            assignment += [TopicPartition(topic, p) for p in sorted(parts)]
-        self.consumer.assign(assignment)
-        self.consumer.seek_to_beginning(*assignment)
+        self.reader = TopicReader(bootstrap, topics)
+        self.partitions = self.reader.partitions
 
-    def _end(self, tp: TopicPartition, end_id: str, origin: str) -> None:
-        origins = self.ended[tp.topic].setdefault(tp.partition, {}).setdefault(end_id, set())
+    def _end(self, topic: str, partition: int, end_id: str, origin: str) -> None:
+        origins = self.ends_in[topic].setdefault(partition, {}).setdefault(end_id, set())
         origins.add(origin or f"#{len(origins)}")
 
     def poll(
@@ -70,9 +55,9 @@ class KafkaSink:
         on_batch: Callable[[PortKey, wire.PacketBatch], None] | None = None,
     ) -> int:
         new = 0
-        for tp, records in self.consumer.poll(timeout_ms=timeout_ms).items():
-            where = self.topics[tp.topic]
-            marks = self.marks.setdefault((tp.topic, tp.partition), Watermarks())
+        for topic, partition, records in self.reader.poll(timeout_ms):
+            where = self.topics[topic]
+            marks = self.marks.setdefault((topic, partition), Watermarks())
             for record in records:
                 lineage = Lineage.from_headers(record.headers)
                 if not marks.is_new(lineage):
@@ -83,10 +68,10 @@ class KafkaSink:
                 if isinstance(msg, wire.RecordBlock):
                     new += collector.add_records(where, msg.records)
                     if msg.end:
-                        self._end(tp, msg.end, msg.origin)
+                        self._end(topic, partition, msg.end, msg.origin)
                         new += 1  # progress, even when the block is empty
                 elif isinstance(msg, wire.EndMarker):
-                    self._end(tp, msg.end_id, msg.origin)
+                    self._end(topic, partition, msg.end_id, msg.origin)
                     new += 1
                 else:
                     new += collector.add(where, msg)
@@ -98,7 +83,7 @@ class KafkaSink:
         """Terminal topic -> (partitions complete, partitions) where some end is missing."""
         out = {}
         for topic, expected in self.ends.items():
-            got = self.ended.get(topic, {})
+            got = self.ends_in.get(topic, {})
             done = sum(len(got.get(p, {}).get(end_id, ())) >= n for p, n in enumerate(expected))
             if done < len(expected):
                 out[topic] = (done, len(expected))
@@ -139,7 +124,7 @@ class KafkaSink:
         return True
 
     def close(self) -> None:
-        self.consumer.close()
+        self.reader.close()
 
 
 def follow(

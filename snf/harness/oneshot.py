@@ -33,9 +33,9 @@ from rich.table import Table
 from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
 from snf.errors import SnfError
+from snf.ingress.publisher import BatchPublisher
 from snf.ingress.replay import ReplayOptions, ReplaySummary, check_captures, replay
 from snf.kafka import cluster
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops import deployment_dir as dp
 from snf.ops.deploy import apply_topics, deploy, plan, undeploy, wait_assigned
 from snf.ops.worker_process import log_tail
@@ -135,14 +135,7 @@ def _run_kafka(
     console: Console,
     started: float,
 ) -> RunResult:
-    brokers = cluster.resolve_brokers(opts.brokers)
-    started_cluster = False
-    if brokers is None or not cluster.is_reachable(brokers):
-        if opts.brokers:
-            raise RunError(f"no Kafka broker answers at {opts.brokers}")
-        console.print("[bold]starting a local Kafka broker[/] (snf kafka up)")
-        brokers = cluster.up().bootstrap
-        started_cluster = True
+    brokers, started_cluster = _brokers(opts, console)
     run = pipeline.renamed(_run_name(pipeline.name), private=True)
     rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-{run.name}-"))
     deployed = False
@@ -155,47 +148,9 @@ def _run_kafka(
         console.print(f"run [bold]{run.name}[/] on {brokers}: {n} worker(s), logs in {rundir}")
         wait_assigned(rundir, run, 90.0)
         processing_started = time.perf_counter()
-        publisher = KafkaPublisher(brokers, run.ingress_topic, session=run.name)
-        keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
-        publish = _counting(publisher, opts.on_published) if opts.on_published else publisher
-        try:
-            summary = replay(captures, run.partitions, publish, opts.replay, console, keyers=keyers)
-            publisher.send_end_markers(EndMarker(run.name, summary.last_ts_ns), run.partitions)
-        finally:
-            publisher.close()
+        summary = _publish(run, brokers, captures, opts, console)
         collector = opts.collector if opts.collector is not None else Collector()
-        sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
-
-        def check() -> None:
-            crashing(rundir)
-
-        progress = Progress(
-            TextColumn("sink  "),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("packets accounted for"),
-            TimeElapsedColumn(),
-            console=console,
-            disable=not opts.replay.progress,
-        )
-        try:
-            with progress:
-                task = progress.add_task("sink", total=summary.packets)
-                complete = sink.collect(
-                    collector,
-                    opts.timeout,
-                    end_id=run.name,
-                    check=check,
-                    on_progress=lambda n: progress.update(task, completed=n),
-                )
-        finally:
-            sink.close()
-        if not complete:
-            raise RunError(
-                f"{collector.total} of {summary.packets} packets accounted for, and the "
-                f"end of input did not reach {', '.join(sink.unended(run.name))} "
-                f"after {opts.timeout:.0f}s without progress; logs in {rundir}"
-            )
+        _collect(run, brokers, summary, collector, opts, console, rundir)
         check_accounting(run, summary.packets, collector)
         done = time.perf_counter()
         succeeded = True
@@ -212,6 +167,72 @@ def _run_kafka(
             cluster.down()
         if succeeded and opts.rundir is None and not opts.keep:
             shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
+
+
+def _brokers(opts: RunOptions, console: Console) -> tuple[str, bool]:
+    """The brokers to use, and whether this run started them (a local broker)."""
+    brokers = cluster.resolve_brokers(opts.brokers)
+    if brokers is not None and cluster.is_reachable(brokers):
+        return brokers, False
+    if opts.brokers:
+        raise RunError(f"no Kafka broker answers at {opts.brokers}")
+    console.print("[bold]starting a local Kafka broker[/] (snf kafka up)")
+    return cluster.up().bootstrap, True
+
+
+def _publish(
+    run: Pipeline, brokers: str, captures: Sequence[Path], opts: RunOptions, console: Console
+) -> ReplaySummary:
+    """Replay the captures to the run's ingress, then end every partition."""
+    publisher = BatchPublisher(brokers, run.ingress_topic, session=run.name)
+    keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
+    publish = _counting(publisher, opts.on_published) if opts.on_published else publisher
+    try:
+        summary = replay(captures, run.partitions, publish, opts.replay, console, keyers=keyers)
+        publisher.send_end_markers(EndMarker(run.name, summary.last_ts_ns), run.partitions)
+    finally:
+        publisher.close()
+    return summary
+
+
+def _collect(
+    run: Pipeline,
+    brokers: str,
+    summary: ReplaySummary,
+    collector: Collector,
+    opts: RunOptions,
+    console: Console,
+    rundir: Path,
+) -> None:
+    """Read the terminals until every end marker is in (RunError if that stalls)."""
+    sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
+    progress = Progress(
+        TextColumn("sink  "),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("packets accounted for"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not opts.replay.progress,
+    )
+    try:
+        with progress:
+            task = progress.add_task("sink", total=summary.packets)
+            complete = sink.collect(
+                collector,
+                opts.timeout,
+                end_id=run.name,
+                check=lambda: crashing(rundir),
+                on_progress=lambda n: progress.update(task, completed=n),
+            )
+    finally:
+        sink.close()
+    if not complete:
+        raise RunError(
+            f"{collector.total} of {summary.packets} packets accounted for, and the "
+            f"end of input did not reach {', '.join(sink.unended(run.name))} "
+            f"after {opts.timeout:.0f}s without progress; logs in {rundir}"
+        )
 
 
 def _counting(

@@ -16,18 +16,22 @@ from typing import Any, TypeVar
 
 import kafka.errors as kerrors
 from kafka import KafkaAdminClient
-from kafka.admin import MemberToRemove
+from kafka.admin import ConfigResource, ConfigResourceType, MemberToRemove
 from kafka.net.compat import KafkaNetClient
 
 from snf.kafka.errors import BrokerError
 from snf.kafka.kraft_config import HOST
 
 __all__ = [
+    "UNREACHABLE",
     "admin_client",
     "broker_count",
     "delete_topics",
+    "describe_cluster",
     "ensure_topics",
+    "evict_member",
     "quiet",
+    "retrying",
     "tcp_open",
     "topic_partitions",
 ]
@@ -224,6 +228,29 @@ def delete_topics(
                 raise BrokerError(f"topics {present} still listed {timeout:.0f}s after delete")
             time.sleep(0.1)
         return sorted(present)
+
+    return retrying(bootstrap, retries, action)
+
+
+def describe_cluster(
+    bootstrap: str, topics: list[str], retries: int = 5
+) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Which of `topics` exist (partitions, replication, configs), and the consumer groups."""
+
+    def action(client: KafkaAdminClient) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+        present = sorted(set(topics) & set(client.list_topics()))
+        found: dict[str, dict[str, Any]] = {}
+        if present:
+            for t in client.describe_topics(present):
+                parts = t["partitions"]
+                rf = len(parts[0]["replica_nodes"]) if parts else 0
+                found[t["name"]] = {"partitions": len(parts), "replication": rf, "configs": {}}
+            resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in present]
+            described = client.describe_configs(resources).get("topic", {})
+            for t, configs in described.items():
+                found[t]["configs"] = {k: v["value"] for k, v in configs.items()}
+        groups = {g["group_id"] if isinstance(g, dict) else g[0]: g for g in client.list_groups()}
+        return found, groups
 
     return retrying(bootstrap, retries, action)
 

@@ -23,8 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kafka.admin import ConfigResource, ConfigResourceType
-
 from snf.errors import SnfError
 from snf.kafka import admin
 from snf.ops import deployment_dir as dp
@@ -113,31 +111,10 @@ def _kinds(pipeline: Pipeline) -> dict[str, str]:
     return kinds
 
 
-def _describe(brokers: str, topics: list[str]) -> tuple[dict[str, dict[str, Any]], dict]:
-    """Existing topics among `topics` (partitions, replication, configs), and groups."""
-
-    def action(client: Any) -> tuple[dict[str, dict[str, Any]], dict]:
-        present = sorted(set(topics) & set(client.list_topics()))
-        found: dict[str, dict[str, Any]] = {}
-        if present:
-            for t in client.describe_topics(present):
-                parts = t["partitions"]
-                rf = len(parts[0]["replica_nodes"]) if parts else 0
-                found[t["name"]] = {"partitions": len(parts), "replication": rf, "configs": {}}
-            resources = [ConfigResource(ConfigResourceType.TOPIC, t) for t in present]
-            described = client.describe_configs(resources).get("topic", {})
-            for t, configs in described.items():
-                found[t]["configs"] = {k: v["value"] for k, v in configs.items()}
-        groups = {g["group_id"] if isinstance(g, dict) else g[0]: g for g in client.list_groups()}
-        return found, groups
-
-    return admin._retrying(brokers, 5, action)
-
-
 def plan(pipeline: Pipeline, brokers: str) -> Plan:
     """What deploying `pipeline` would change on the cluster at `brokers` (read-only)."""
     specs = pipeline.topic_specs()
-    existing, groups = _describe(brokers, list(specs))
+    existing, groups = admin.describe_cluster(brokers, list(specs))
     kinds = _kinds(pipeline)
     changes = []
     for topic, want in specs.items():
@@ -300,13 +277,10 @@ def assignment(dep_dir: Path, function: str) -> tuple[set[int], int, int]:
     newest = max((i.get("started") or 0 for i in running), default=0)
     claims: list[int] = []
     for inst in running:
-        try:
-            data = json.loads(dp.assignment_file(dep_dir, function, inst["instance"]).read_text())
-        except (OSError, ValueError):
+        found = dp.worker_files(dep_dir, function, inst["instance"]).assignment()
+        if found is None or found.time < newest:
             return set(), len(running), int(fn.get("desired", -1))
-        if data.get("time", 0) < newest:
-            return set(), len(running), int(fn.get("desired", -1))
-        claims += data.get("partitions", [])
+        claims += found.partitions
     owned = set(claims) if len(claims) == len(set(claims)) else set()
     return owned, len(running), int(fn.get("desired", -1))
 

@@ -29,13 +29,13 @@ from typing import Any
 from snf.errors import SnfError
 from snf.kafka.settings import snf_home
 from snf.ops.worker_process import WorkerProcess
+from snf.runtime.worker.files import WorkerFiles
 
 __all__ = [
     "Deployment",
     "DeploymentError",
     "FunctionTarget",
     "Instance",
-    "assignment_file",
     "deployments_root",
     "directory",
     "kill_orphans",
@@ -45,6 +45,7 @@ __all__ = [
     "save",
     "stamp",
     "supervisor_alive",
+    "worker_files",
     "workers_dir",
     "write_json",
     "write_state",
@@ -126,9 +127,9 @@ def workers_dir(dep_dir: Path) -> Path:
     return dep_dir / "workers"
 
 
-def assignment_file(dep_dir: Path, function: str, instance: int) -> Path:
-    """Written by the worker after each rebalance: {"partitions": [...], "time": t}."""
-    return workers_dir(dep_dir) / f"{function}-{instance}" / "assignment.json"
+def worker_files(dep_dir: Path, function: str, instance: int) -> WorkerFiles:
+    """The datadir of instance `instance` of `function`: its assignment.json, stats.json."""
+    return WorkerFiles(workers_dir(dep_dir) / f"{function}-{instance}")
 
 
 def write_json(path: Path, obj: Any) -> None:

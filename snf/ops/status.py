@@ -7,7 +7,6 @@ restarts, partitions (assignment.json), packets in/out per second
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from rich.table import Table
 
 from snf.errors import SnfError
 from snf.ops import deployment_dir as dp
-from snf.runtime.worker.stats import read_stats
 
 __all__ = ["deployment_status", "list_deployments", "status_tables"]
 
@@ -31,10 +29,8 @@ def list_deployments() -> list[str]:
 
 
 def _assigned(dep_dir: Path, function: str, instance: int) -> list[int] | None:
-    try:
-        return json.loads(dp.assignment_file(dep_dir, function, instance).read_text())["partitions"]
-    except (OSError, ValueError, KeyError):
-        return None
+    found = dp.worker_files(dep_dir, function, instance).assignment()
+    return None if found is None else found.partitions
 
 
 def _lag(brokers: str, group: str, topic: str) -> int | None:
@@ -60,7 +56,7 @@ def deployment_status(dep_dir: Path, with_lag: bool = True) -> dict[str, Any]:
         in_pps = out_pps = 0.0
         for inst in fs.get("instances", []):
             i = inst["instance"]
-            stats = read_stats(dp.workers_dir(dep_dir) / f"{name}-{i}")
+            stats = dp.worker_files(dep_dir, name, i).stats()
             fresh = stats is not None and now - stats.get("time", 0) < STALE
             if fresh and inst.get("state") == "running" and stats.get("pid") == inst.get("pid"):
                 in_pps += stats["in_pps"]

@@ -10,7 +10,6 @@ RocksDB state of its predecessor, so an index never has two live processes.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -154,12 +153,10 @@ class Supervisor:
         """Tell the group a crashed worker is gone (LeaveGroup on its behalf), so its
         partitions move now, not when its session expires (10 s): the main part of
         a takeover's time. In a thread: a slow broker must not stall supervision."""
-        try:
-            path = dp.assignment_file(self.dir, name, inst.index)
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
+        record = dp.worker_files(self.dir, name, inst.index).assignment()
+        if record is None:
             return
-        group, member = record.get("group"), record.get("member_id")
+        group, member = record.group, record.member_id
         if not group or not member or self._evict is None:
             return
         log.warning("%s/%d: evicting its dead group member %s", name, inst.index, member)
@@ -176,7 +173,7 @@ class Supervisor:
 
     def _start(self, name: str, target: FunctionTarget, inst: Instance, now: float) -> None:
         # Readiness is "assignment.json exists": the previous process's file must go.
-        dp.assignment_file(self.dir, name, inst.index).unlink(missing_ok=True)
+        dp.worker_files(self.dir, name, inst.index).clear_assignment()
         inst.restarts += inst.state == "backoff"
         inst.awaiting_ready, inst.replacing = inst.replacing or inst.awaiting_ready, False
         inst.started, inst.started_at = self._wall(), now
@@ -214,7 +211,7 @@ class Supervisor:
             return False  # a crashing replacement halts the rollout
         if now - inst.started_at >= self.timings.ready_timeout:
             return True
-        return dp.assignment_file(self.dir, name, inst.index).exists()
+        return dp.worker_files(self.dir, name, inst.index).assignment_path.exists()
 
     def _reload(self) -> None:
         stamp = dp.stamp(self.dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from snf.errors import SnfError
+from snf.runtime.worker.files import WorkerFiles
 
 __all__ = ["WorkerError", "WorkerProcess", "log_tail", "start_worker", "wait_all_stopped"]
 
@@ -34,10 +34,8 @@ class WorkerProcess:
 
     def assignment(self) -> list[int] | None:
         """Input partitions this worker owns, once its first rebalance completed."""
-        try:
-            return json.loads((self.datadir / "assignment.json").read_text())["partitions"]
-        except (OSError, ValueError, KeyError):
-            return None
+        found = WorkerFiles(self.datadir).assignment()
+        return None if found is None else found.partitions
 
     def alive(self) -> bool:
         return self.proc.poll() is None

@@ -25,16 +25,18 @@ import pytest
 from snf.cli.main import main
 from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
+from snf.ingress.publisher import BatchPublisher
 from snf.ingress.replay import ReplayOptions, ReplaySummary, replay
 from snf.kafka import admin
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops import deployment_dir as dp
+from snf.packet.batch import PacketBatch
 from snf.packet.capture_file import read_capture
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import EGRESS, Pipeline
 from snf.pipeline.routing import plan_pipeline
 from snf.runtime.local import LocalPipeline
+from snf.runtime.worker.files import WorkerFiles
 from snf.wire import EndMarker
 from tests.integration.test_suite_failover import _same
 
@@ -103,25 +105,22 @@ def _first_assignment(dep_dir: Path, function: str, since: float, timeout: float
 
     def stamped() -> float | None:
         times = []
-        for path in dp.workers_dir(dep_dir).glob(f"{function}-*/assignment.json"):
-            try:
-                data = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if data.get("partitions") and data.get("time", 0) >= since:
-                times.append(data["time"])
+        for datadir in dp.workers_dir(dep_dir).glob(f"{function}-*"):
+            found = WorkerFiles(datadir).assignment()
+            if found is not None and found.partitions and found.time >= since:
+                times.append(found.time)
         return min(times, default=None)
 
     return _until(f"{function} assigned", stamped, timeout, every=0.02)
 
 
-class _Publisher(KafkaPublisher):
+class _Publisher(BatchPublisher):
     first: float | None = None  # wall time of the first batch published
 
-    def send_raw(self, partition: int, message: bytes, headers: Any = None) -> Any:
+    def __call__(self, partition: int, batch: PacketBatch) -> None:
         if self.first is None:
             self.first = time.time()
-        return super().send_raw(partition, message, headers)
+        super().__call__(partition, batch)
 
 
 def test_autoscaled_function_scales_to_zero_and_cold_starts_without_loss(

@@ -17,9 +17,9 @@ import pytest
 from snf.cli.main import main
 from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
+from snf.ingress.publisher import BatchPublisher
 from snf.ingress.replay import ReplayOptions, ReplaySummary, replay
 from snf.kafka import admin
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops import deployment_dir as dp
 from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import Pipeline
@@ -85,7 +85,7 @@ def test_deployed_pipeline_scales_restarts_and_matches_local(
             ["ids", "fw", "police", "flows", "blocked"], 1
         )
 
-        publisher = KafkaPublisher(kafka_bootstrap, pipeline.ingress_topic)
+        publisher = BatchPublisher(kafka_bootstrap, pipeline.ingress_topic)
         s1 = _while(
             lambda: main(["scale", name, "fw", "3"]), lambda: _replay(pipeline, publisher, A, 800)
         )
@@ -202,7 +202,7 @@ def test_redeploy_rolls_instances_and_keeps_state(
     try:
         before = _status(name, capsys)["functions"]["fw"]["instances"]
         pipeline = load_pipeline(path)
-        publisher = KafkaPublisher(kafka_bootstrap, pipeline.ingress_topic)
+        publisher = BatchPublisher(kafka_bootstrap, pipeline.ingress_topic)
         _replay(pipeline, publisher, part1, None)
         publisher.producer.flush(timeout=30)
         deadline = time.monotonic() + 30

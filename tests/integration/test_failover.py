@@ -12,9 +12,9 @@ from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
 from snf.guarantee.journal import table_key
 from snf.harness.oneshot import create_topics
+from snf.ingress.publisher import BatchPublisher
 from snf.ingress.replay import ReplayOptions, replay
 from snf.kafka import admin
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops.worker_process import start_worker, wait_all_stopped
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline import names
@@ -113,7 +113,7 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
         producer.flush()
         producer.close()
 
-        publisher = KafkaPublisher(brokers, run.ingress_topic)
+        publisher = BatchPublisher(brokers, run.ingress_topic)
         replay([part1], run.partitions, publisher, quiet)
         publisher.close()
         collector = Collector()
@@ -140,7 +140,7 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
         # A fresh datadir: the only way to know the connections is the changelog.
         second = start_worker(path, "fw", 0, brokers, tmp_path / "b", name=run.name)
         workers.append(second)
-        publisher = KafkaPublisher(brokers, run.ingress_topic)
+        publisher = BatchPublisher(brokers, run.ingress_topic)
         replay([part2], run.partitions, publisher, quiet)
         publisher.close()
         expected = len(syns) + len(synacks) + len(strangers)

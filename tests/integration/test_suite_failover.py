@@ -21,9 +21,9 @@ import pytest
 from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
 from snf.harness.oneshot import create_topics
+from snf.ingress.publisher import BatchPublisher
 from snf.ingress.replay import ReplayOptions, replay
 from snf.kafka import admin
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops.worker_process import start_worker, wait_all_stopped
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.loader import load_pipeline
@@ -177,7 +177,7 @@ def test_successor_restores_state_from_the_changelog(
     sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
     try:
         got = Collector()
-        publisher = KafkaPublisher(brokers, run.ingress_topic)
+        publisher = BatchPublisher(brokers, run.ingress_topic)
         opts1 = ReplayOptions(progress=False, source_id=1)
         s1 = replay([part1], run.partitions, publisher, opts1, keyers=keyers)
         publisher.close()
@@ -199,7 +199,7 @@ def test_successor_restores_state_from_the_changelog(
         workers[0].proc.wait(10)
 
         workers.append(start_worker(path, "f", 0, brokers, tmp_path / "b", name=run.name))
-        publisher = KafkaPublisher(brokers, run.ingress_topic)
+        publisher = BatchPublisher(brokers, run.ingress_topic)
         opts2 = ReplayOptions(progress=False, source_id=2)
         s2 = replay([part2], run.partitions, publisher, opts2, keyers=keyers)
         publisher.send_end_markers(

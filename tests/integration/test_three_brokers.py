@@ -17,8 +17,8 @@ import pytest
 from snf.cli.main import main
 from snf.egress.collector import Collector
 from snf.egress.sink import KafkaSink
+from snf.ingress.publisher import BatchPublisher
 from snf.kafka import admin, cluster
-from snf.kafka.publisher import KafkaPublisher
 from snf.ops import deployment_dir as dp
 from snf.ops.deploy import undeploy
 from snf.pipeline import names
@@ -115,7 +115,7 @@ def test_monitoring_on_three_brokers(
         }
 
         # Traffic through the deployed functions, compared with --local.
-        publisher = KafkaPublisher(brokers, pipeline.ingress_topic)
+        publisher = BatchPublisher(brokers, pipeline.ingress_topic)
         sent = _replay(pipeline, publisher, A, None)
         publisher.send_end_markers(EndMarker("end", sent.last_ts_ns), pipeline.partitions)
         publisher.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -13,13 +12,15 @@ from snf.ops import deploy as dep
 from snf.ops import deployment_dir as dp
 from snf.ops.deployment_dir import Deployment
 from snf.pipeline.loader import load_pipeline, parse_pipeline
+from snf.runtime.worker.files import Assignment
 
 REPO = Path(__file__).resolve().parents[2]
 TAP = REPO / "pipelines" / "tap.yaml"
 
 
 def _fake_cluster(monkeypatch: pytest.MonkeyPatch, existing: dict[str, dict[str, Any]]) -> None:
-    monkeypatch.setattr(dep, "_describe", lambda brokers, topics: (existing, {"snf.tap.ids": {}}))
+    fake = lambda brokers, topics: (existing, {"snf.tap.ids": {}})  # noqa: E731
+    monkeypatch.setattr(dep.admin, "describe_cluster", fake)
 
 
 def test_plan_on_an_empty_cluster_creates_everything(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,9 +78,9 @@ def _state(d: Path, instances: list[dict[str, Any]], desired: int, want: str = "
 
 
 def _assigned(d: Path, i: int, parts: list[int], at: float) -> None:
-    path = dp.assignment_file(d, "fw", i)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"partitions": parts, "time": at}))
+    files = dp.worker_files(d, "fw", i)
+    files.datadir.mkdir(parents=True, exist_ok=True)
+    files.write_assignment(Assignment(parts, at))
 
 
 def test_readiness_needs_fresh_disjoint_assignments_of_the_current_config(tmp_path: Path) -> None:

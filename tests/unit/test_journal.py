@@ -1,22 +1,22 @@
-"""snf.guarantee.journal: the recovery plan after a crash at any point, lineage and watermarks.
+"""The journal protocol after a crash at any point, run by the worker's real Processor.
 
-The simulation below is the shell's protocol in miniature (snf.runtime.worker.app):
-per event, a journal entry with before-images and the settled point, then the
-state writes, then the outputs; the changelog is one ordered log, and a crash
-keeps any prefix of it. Whatever the prefix, undo + skip + redo must end in the
-state and the outputs of a run without the crash.
+A Processor (snf.runtime.worker.processor) handles records on an in-memory
+state table whose writes are logged in order: the changelog. A crash keeps any
+prefix of that log and any set of acknowledged outputs; a new Processor on
+the restored table must then end in the state, and (outputs keyed by their
+lineage, as every consumer dedups them) with the outputs of a run without the
+crash. Below that, the pure parts: recovery plans, entries, lineage, watermarks.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
-from typing import Any
 
 import pytest
 
 from snf.core.tables import BatchState, MemoryStore
 from snf.guarantee.journal import (
-    JOURNAL_PREFIX,
     JOURNAL_SLOTS,
     JournalEntry,
     Recovery,
@@ -27,129 +27,107 @@ from snf.guarantee.journal import (
 )
 from snf.guarantee.lineage import Lineage, Watermarks
 from tests.packets import tcp4
-
-# --- a deterministic toy core: counts per key, emits (offset, key, count) -------------
-
-
-def core(event: list[bytes], state: dict[bytes, Any]) -> tuple[dict[bytes, int], list[Any]]:
-    writes, outputs = {}, []
-    for key in event:
-        n = writes.get(key, state.get(key) or 0) + 1
-        writes[key] = n
-        outputs.append((key, n))
-    return writes, outputs
+from tests.worker_harness import (
+    LoggedTable,
+    Sends,
+    input_records,
+    make_processor,
+    outputs_by_lineage,
+    restore,
+    user_state,
+)
 
 
-def events(n: int, seed: int) -> list[list[bytes]]:
+def reference_run(records: list) -> tuple[LoggedTable, Sends]:
+    table, sends = LoggedTable(), Sends()
+    processor, _ = make_processor(table, sends)
+
+    async def go() -> None:
+        for r in records:
+            await processor.handle(r)
+
+    asyncio.run(go())
+    return table, sends
+
+
+def crash_and_recover(records: list, seed: int) -> tuple[LoggedTable, dict, int, int]:
+    """Run until a random record with acks coming late, crash keeping a random prefix
+    of the changelog, recover on a new Processor fed from offset 0 (the committed
+    offset is never later than the recovery start). Returns the final table, the
+    outputs by lineage, the crash point and the recovery start."""
     rng = random.Random(seed)
-    return [[b"k%d" % rng.randrange(6) for _ in range(rng.randrange(1, 4))] for _ in range(n)]
+    crash_after = rng.randrange(1, len(records))
+    first_table, first_sends = LoggedTable(), Sends(auto_ack=False)
+    first, _ = make_processor(first_table, first_sends)
 
+    async def before_crash() -> None:
+        for r in records[:crash_after]:
+            await first.handle(r)
+            first_sends.ack(0.4, rng)  # acknowledgements come late, in no order
 
-class Worker:
-    """One owner of one partition: writes to `log` (the changelog) in order."""
+    asyncio.run(before_crash())
+    durable = first_table.log[: rng.randrange(len(first_table.log) + 1)]
+    table, sends = restore(durable), Sends()
+    second, _ = make_processor(table, sends)
 
-    def __init__(self, log: list[tuple[bytes, Any]], state: dict[bytes, Any]) -> None:
-        self.log = log
-        self.state = state
-        self.unacked: list[int] = []  # offsets whose outputs are not acknowledged
-        self.outputs: dict[int, list[Any]] = {}  # offset -> outputs sent
+    async def after() -> None:
+        for r in records:
+            await second.handle(r)
 
-    def settled(self, offset: int) -> int:
-        return self.unacked[0] if self.unacked else offset
-
-    def run(self, offset: int, event: list[bytes], marks: Watermarks) -> None:
-        writes, outputs = core(event, self.state)
-        before = {key: self.state.get(key) for key in writes}
-        entry = JournalEntry(offset, before, marks.copy(), None, self.settled(offset))
-        self.log.append((journal_key(offset), entry.encode()))
-        for key, value in writes.items():
-            self.log.append((key, value))
-            self.state[key] = value
-        self.outputs[offset] = outputs
-        self.unacked.append(offset)
-
-
-def restore(log: list[tuple[bytes, Any]]) -> dict[bytes, Any]:
-    state: dict[bytes, Any] = {}
-    for key, value in log:
-        if value is None:
-            state.pop(key, None)
-        else:
-            state[key] = value
-    return state
-
-
-def recover(state: dict[bytes, Any]) -> Recovery:
-    entries = [JournalEntry.decode(state[k]) for k in journal_keys() if k in state]
-    plan = Recovery.plan(entries)
-    for key, value in plan.undo.items():
-        if value is None:
-            state.pop(key, None)
-        else:
-            state[key] = value
-    return plan
-
-
-def counts(state: dict[bytes, Any]) -> dict[bytes, Any]:
-    return {k: v for k, v in state.items() if not k.startswith(JOURNAL_PREFIX)}
+    asyncio.run(after())
+    start = second.parts[0].start
+    assert second.counters["skipped"] == start  # everything before the start, once
+    outputs = outputs_by_lineage([*first_sends.acked(), *sends.sent])
+    return table, outputs, crash_after, start
 
 
 @pytest.mark.parametrize("seed", range(40))
 def test_a_crash_anywhere_ends_as_a_run_without_it(seed: int) -> None:
-    rng = random.Random(seed)
-    evs = events(30, seed)
-    reference = Worker([], {})
-    for offset, ev in enumerate(evs):
-        reference.run(offset, ev, Watermarks())
-
-    log: list[tuple[bytes, Any]] = []
-    first = Worker(log, {})
-    crash_after = rng.randrange(1, len(evs))
-    for offset in range(crash_after):
-        first.run(offset, evs[offset], Watermarks())
-        while first.unacked and rng.random() < 0.6:  # acknowledgements come late
-            first.unacked.pop(0)
-    durable = log[: rng.randrange(len(log) + 1)]  # the changelog keeps some prefix
-    delivered = {o: out for o, out in first.outputs.items() if o < first.settled(crash_after)}
-
-    state = restore(durable)
-    plan = recover(state)
-    second = Worker(durable, state)
-    for offset in range(plan.start, len(evs)):  # events before plan.start are skipped
-        second.run(offset, evs[offset], plan.marks)
-    assert counts(second.state) == counts(reference.state)
-    outputs = delivered | second.outputs  # a redo re-sends with the same lineage
-    assert [outputs[o] for o in range(len(evs))] == [reference.outputs[o] for o in range(len(evs))]
-    assert plan.start <= crash_after
+    records = input_records(24, random.Random(1000 + seed))
+    reference_table, reference_sends = reference_run(records)
+    table, outputs, crash_after, start = crash_and_recover(records, seed)
+    assert user_state(table) == user_state(reference_table)
+    assert outputs == outputs_by_lineage(reference_sends.sent)  # the flow records included
+    assert start <= crash_after
 
 
 def test_a_stale_entry_of_an_earlier_crash_is_undone_consistently() -> None:
     # Owner A crashes after offset 9 with 5..9 unsettled; B redoes 5..7 and crashes
     # too: A's entries for 8 and 9 are newer than B's and still in the ring.
-    evs = events(12, 3)
-    reference = Worker([], {})
-    for offset, ev in enumerate(evs):
-        reference.run(offset, ev, Watermarks())
-    log: list[tuple[bytes, Any]] = []
-    a = Worker(log, {})
-    for offset in range(10):
-        a.run(offset, evs[offset], Watermarks())
-        if offset < 5:
-            a.unacked.clear()
-    state = restore(log)
-    plan = recover(state)
-    assert plan.start == 5 and plan.undone == 5
-    b = Worker(log, state)
-    for offset in range(5, 8):
-        b.unacked.clear()  # 5 and 6 acknowledged: B's entry for 7 says settled 7
-        b.run(offset, evs[offset], plan.marks)
-    state = restore(log)
-    plan = recover(state)
-    assert plan.start == 7 and plan.undone == 3  # B's 7, and A's 8 and 9
-    c = Worker(log, state)
-    for offset in range(plan.start, len(evs)):
-        c.run(offset, evs[offset], plan.marks)
-    assert counts(c.state) == counts(reference.state)
+    records = input_records(12, random.Random(3))
+    reference_table, reference_sends = reference_run(records)
+    a_table, a_sends = LoggedTable(), Sends(auto_ack=False)
+    a, _ = make_processor(a_table, a_sends)
+
+    async def run_a() -> None:
+        for r in records[:10]:
+            await a.handle(r)
+            if r.offset < 5:
+                a_sends.ack(1.0, random.Random(0))  # 0..4 settle: entry 5 says settled 5
+
+    asyncio.run(run_a())
+    b_table, b_sends = restore(a_table.log), Sends(auto_ack=False)
+    b, _ = make_processor(b_table, b_sends)
+
+    async def run_b() -> None:
+        for r in records[:8]:
+            await b.handle(r)
+            b_sends.ack(1.0, random.Random(0))  # 5 and 6 acknowledged: B's entry for 7 says settled 7
+
+    asyncio.run(run_b())
+    assert (b.parts[0].start, b.counters["undone"]) == (5, 5)
+    c_table, c_sends = restore(a_table.log + b_table.log), Sends()
+    c, _ = make_processor(c_table, c_sends)
+
+    async def run_c() -> None:
+        for r in records:
+            await c.handle(r)
+
+    asyncio.run(run_c())
+    assert (c.parts[0].start, c.counters["undone"]) == (7, 3)  # B's 7, and A's 8 and 9
+    assert user_state(c_table) == user_state(reference_table)
+    sent = [*a_sends.acked(), *b_sends.acked(), *c_sends.sent]
+    assert outputs_by_lineage(sent) == outputs_by_lineage(reference_sends.sent)
 
 
 def test_no_entries_means_a_fresh_start() -> None:

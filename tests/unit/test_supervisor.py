@@ -236,7 +236,7 @@ def test_a_stop_escalates_to_sigkill_after_the_grace_period(
     sup.reconcile()
     worker = sup.instances["fw"][0].worker
     assert worker is not None
-    pump(sup, lambda: dp.assignment_file(tmp_path, "fw", 0).exists())  # SIG_IGN is set
+    pump(sup, lambda: dp.worker_files(tmp_path, "fw", 0).assignment_path.exists())  # SIG_IGN is set
     write_deployment(tmp_path, fw=0)
     sup.reconcile()
     time.sleep(0.3)
@@ -253,7 +253,10 @@ def test_rolling_restart_replaces_one_instance_at_a_time(
     write_deployment(tmp_path, fw=3)
     dummies.delay = 0.3  # time to "get assigned" after starting
     sup = make()
-    pump(sup, lambda: all(dp.assignment_file(tmp_path, "fw", i).exists() for i in range(3)))
+    pump(
+        sup,
+        lambda: all(dp.worker_files(tmp_path, "fw", i).assignment_path.exists() for i in range(3)),
+    )
     old = pids(sup, "fw")
     write_deployment(tmp_path, fw={"instances": 3, "config_hash": "v2"})  # a redeploy
 
@@ -261,7 +264,10 @@ def test_rolling_restart_replaces_one_instance_at_a_time(
         """Instances not serving: stopping, stopped, or new and not assigned yet."""
         out = set()
         for i, inst in sup.instances["fw"].items():
-            if inst.state != "running" or not dp.assignment_file(tmp_path, "fw", i).exists():
+            if (
+                inst.state != "running"
+                or not dp.worker_files(tmp_path, "fw", i).assignment_path.exists()
+            ):
                 out.add(i)
         return out
 
@@ -324,7 +330,7 @@ def test_run_stops_every_worker_when_told_to(
     thread = threading.Thread(target=sup.run, args=(stop,))
     thread.start()
     deadline = time.monotonic() + 5  # run() reconciles in its thread: only watch here
-    while not all(dp.assignment_file(tmp_path, *fi).exists() for fi in FN_INSTANCES):
+    while not all(dp.worker_files(tmp_path, *fi).assignment_path.exists() for fi in FN_INSTANCES):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     stop.set()
@@ -342,7 +348,10 @@ def test_run_stops_every_worker_when_told_to(
 def test_kill_orphans_of_a_dead_supervisor(tmp_path: Path, make: Callable) -> None:
     write_deployment(tmp_path, fw=2)
     sup = make()
-    pump(sup, lambda: all(dp.assignment_file(tmp_path, "fw", i).exists() for i in range(2)))
+    pump(
+        sup,
+        lambda: all(dp.worker_files(tmp_path, "fw", i).assignment_path.exists() for i in range(2)),
+    )
     workers = [inst.worker for inst in sup.instances["fw"].values()]
     assert sorted(dp.kill_orphans(tmp_path)) == sorted(w.pid for w in workers)  # type: ignore[union-attr]
     assert all(w.proc.wait(5) == -signal.SIGKILL for w in workers)  # type: ignore[union-attr]

@@ -1,0 +1,260 @@
+"""Processor: what a worker does with one input record, without Faust.
+
+Per record, in order (docs/FAULT-TOLERANCE.md, "The mechanism"):
+
+1. skip a record this process already handled (Faust redelivers after a seek);
+2. journaled: on first sight of the partition, plan its recovery from the
+   journal and undo (`begin`); skip what an earlier owner did (before the
+   recovery start) and what an upstream redo sends again (watermarks);
+3. decode (an undecodable message is counted and skipped);
+4. run the engine on the batch or end marker, state writes deferred;
+5. journaled: write the journal entry (before-images, watermarks, settled
+   point), then apply the state writes, then advance the watermarks;
+6. send the outputs, each with its lineage, and track their acks.
+
+The Faust app (snf.runtime.worker.app) injects the state table and the send
+function, and owns everything else: acks, commits, gaps, signals. Errors of
+the shell (state, producer) propagate: the app exits at once, and a restarted
+worker picks up from the last commit (crash-only). The unit tests run this
+class on a dict and a list of sends (tests/unit/test_journal.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from snf import wire
+from snf.core.engine import FunctionEngine, StageOutput
+from snf.core.tables import BatchState
+from snf.guarantee.journal import (
+    JOURNAL_SLOTS,
+    JournalEntry,
+    Recovery,
+    journal_key,
+    journal_keys,
+    table_key,
+)
+from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage, drop_replayed
+from snf.packet.batch import PacketBatch
+from snf.pipeline.model import PipelineFunction
+from snf.pipeline.routing import PipelinePlan
+from snf.runtime.worker.outputs import Outputs, Send
+from snf.runtime.worker.partition import PartitionState
+from snf.runtime.worker.state_table import PrefixedStore, StateTable
+
+__all__ = ["InputRecord", "Processor"]
+
+log = logging.getLogger("snf.worker")
+
+
+@dataclass(frozen=True, slots=True)
+class InputRecord:
+    """One record of the function's input topic."""
+
+    partition: int
+    offset: int
+    value: bytes
+    headers: Sequence[tuple[str, bytes]] | None = None
+
+
+class Processor:
+    """The per-record protocol of one function's worker, over all its input partitions."""
+
+    def __init__(
+        self, fn: PipelineFunction, plan: PipelinePlan, table: StateTable, send: Send
+    ) -> None:
+        self.fn = fn
+        self.table = table
+        self.engine = FunctionEngine(plan.cores[fn.name])
+        self.counters = self.engine.counters
+        self.outputs = Outputs(fn, plan, send)
+        self.ends_expected = plan.ends_expected(fn.name)
+        self.journaled = fn.journaled
+        self.stores = {name: PrefixedStore(table, name) for name in fn.state_tables}
+        self.done: dict[int, int] = {}  # input partition -> last offset this process handled
+        self.parts: dict[int, PartitionState] = {}  # input partition -> journal state
+        self.first_output: set[int] = set()  # partitions that produced output since assignment
+
+    async def handle(self, record: InputRecord) -> None:
+        """Everything the worker does with one input record, except acking it."""
+        partition, offset = record.partition, record.offset
+        if offset <= self.done.get(partition, -1):
+            # After a rebalance Faust seeks kept partitions back to the last commit,
+            # and a fetch in flight across that seek delivers twice: handling it again
+            # would apply its state effects twice and send its outputs again.
+            self.counters["redelivered"] += 1
+            return
+        lineage = Lineage.from_headers(record.headers)
+        part = self.begin(partition, offset) if self.journaled else None
+        if part is not None and (offset < part.start or not part.marks.is_new(lineage)):
+            self._skip(offset < part.start, lineage, record.value)
+        elif (message := self._decode(record)) is not None:
+            await self._process(message, partition, offset, lineage, part)
+        self.done[partition] = offset
+
+    def begin(self, partition: int, offset: int) -> PartitionState:
+        """On first sight of a partition since its assignment, plan its recovery
+        from the journal entries in the (restored) table, and undo."""
+        part = self.parts.get(partition)
+        if part is not None:
+            return part
+        table = self.table
+        entries = [JournalEntry.decode(raw) for key in journal_keys() if (raw := table.get(key))]
+        recovery = Recovery.plan(entries)
+        part = self.parts[partition] = PartitionState(recovery.start, recovery.marks)
+        if recovery.undone:
+            log.info(
+                "%s: partition %d resumes at offset %d: %d events undone (%d keys) to run again",
+                self.fn.name,
+                partition,
+                recovery.start,
+                recovery.undone,
+                len(recovery.undo),
+            )
+            self.counters["undone"] += recovery.undone
+        for key, value in recovery.undo.items():
+            if value is None:
+                table.delete(key)
+            else:
+                table.set(key, value)
+        if entries and offset > recovery.start:
+            log.error(
+                "%s: partition %d starts at %d, after its recovery point %d",
+                self.fn.name,
+                partition,
+                offset,
+                recovery.start,
+            )
+        return part
+
+    def _skip(self, before_start: bool, lineage: Lineage | None, value: bytes) -> None:
+        """Done before a takeover, or a copy sent again by an upstream redo: its
+        effects are in already."""
+        self.counters["skipped" if before_start else "duplicate_in"] += 1
+        if not before_start and lineage is not None and lineage.origin.startswith(CAPTURE_ORIGIN):
+            # A resumed replay's batch of repeats only: count its packets too.
+            with contextlib.suppress(wire.WireError):
+                self.counters["duplicate_in_packets"] += len(wire.decode_any(value))
+
+    def _decode(self, record: InputRecord) -> PacketBatch | wire.EndMarker | None:
+        try:
+            message = wire.decode_any(record.value)
+            if isinstance(message, wire.RecordBlock):
+                raise wire.WireError("a records message on a packet topic")
+        except wire.WireError as exc:
+            self.counters["bad_batch"] += 1
+            log.error(
+                "skipping undecodable message at %s/%d@%d: %s",
+                self.fn.input_topic,
+                record.partition,
+                record.offset,
+                exc,
+            )
+            return None
+        return message
+
+    async def _process(
+        self,
+        message: PacketBatch | wire.EndMarker,
+        partition: int,
+        offset: int,
+        lineage: Lineage | None,
+        part: PartitionState | None,
+    ) -> None:
+        if part is not None and isinstance(message, PacketBatch):
+            n = len(message)
+            message = drop_replayed(message, lineage, part.marks)  # a resumed replay's repeats
+            if len(message) < n:
+                self.counters["duplicate_in_packets"] += n - len(message)
+        state = BatchState(self.stores, deferred=self.journaled)
+        if isinstance(message, wire.EndMarker):
+            # The topology, not the sender, knows how many origins feed this partition.
+            marker = wire.EndMarker(
+                message.end_id, message.end_ts_ns, self.ends_expected, message.origin
+            )
+            out: StageOutput | None = self.engine.end_of_input(marker, partition, state)
+        else:
+            out = self.engine.handle(message, state)
+        if part is not None:
+            await self._journal(part, offset, lineage, state)
+        if out is None:
+            return  # an end marker that completes nothing yet: no outputs
+        if isinstance(message, wire.EndMarker):
+            futures = await self.outputs.end(message, out, partition, offset)
+        else:
+            sent, futures = await self.outputs.packets(out, partition, offset)
+            self.counters["out"] += sent
+        if part is not None and futures:
+            part.inflight.append((offset, futures))
+        if futures and partition not in self.first_output:
+            # What bench/chaos_suite.py measures a takeover by (kill -> first output).
+            self.first_output.add(partition)
+            log.info(
+                "%s: first output of partition %d at %.6f", self.fn.name, partition, time.time()
+            )
+
+    async def _journal(
+        self, part: PartitionState, offset: int, lineage: Lineage | None, state: BatchState
+    ) -> None:
+        """The entry before the writes: offset, before-images, watermarks, settled point."""
+        settled = part.settled(offset)
+        while offset - settled >= JOURNAL_SLOTS - 1:  # the ring is full: wait
+            await part.wait_oldest()
+            settled = part.settled(offset)
+        before = {
+            table_key(name, key): self.stores[name].get(key)
+            for name, writes in state.pending().items()
+            for key, _ in writes
+        }
+        entry = JournalEntry(offset, before, part.marks.copy(), lineage, settled)
+        self.table.set(journal_key(offset), entry.encode())
+        part.committable = settled
+        state.apply()
+        part.marks.advance(lineage)
+
+    # -- what the committer and the lifecycle ask -----------------------------------------
+
+    def committable(self, partition: int) -> int | None:
+        """The offset a commit may name for `partition` (None: nothing to commit)."""
+        if self.journaled:
+            # Only up to the settled point of an entry written: a successor restarts
+            # there (snf.guarantee.journal.Recovery), never later.
+            part = self.parts.get(partition)
+            return None if part is None else part.committable
+        last = self.done.get(partition)
+        return None if last is None else last + 1
+
+    def checkpoint_due(self, partition: int) -> int | None:
+        """The next offset of an idle partition whose outputs are all acknowledged,
+        when no entry says it is settled yet (else None): see `write_checkpoint`."""
+        part, last = self.parts.get(partition), self.done.get(partition)
+        if part is None or last is None or (part.committable or 0) > last:
+            return None
+        return last + 1 if part.settled(last + 1) == last + 1 else None
+
+    def write_checkpoint(self, partition: int, at: int) -> bool:
+        """Journal that offset `at` is settled, so a commit can reach it: without this
+        the newest entry always names its own, last, event as unsettled, the group
+        never shows zero lag (the autoscaler's idle signal), and every handoff would
+        redo one event. False when the partition moved on meanwhile."""
+        part = self.parts.get(partition)
+        if part is None or self.done.get(partition) != at - 1:
+            return False  # the agent moved on: its own entry says enough
+        entry = JournalEntry(at, {}, part.marks.copy(), None, at)
+        self.table.set(journal_key(at), entry.encode())
+        part.committable = at
+        return True
+
+    def keep_only(self, partitions: Sequence[int]) -> None:
+        """After a rebalance: forget the partitions that went elsewhere (if one comes
+        back, its journal is read again; its new owner will have moved on)."""
+        mine = set(partitions)
+        for p in set(self.done) - mine:
+            del self.done[p]
+        for p in set(self.parts) - mine:
+            del self.parts[p]
+        self.first_output.intersection_update(mine)
