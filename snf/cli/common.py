@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from snf.errors import ConfigError, SnfError
-from snf.ingress.replay import ReplayOptions
+
+if TYPE_CHECKING:
+    from snf.ingress.replay import ReplayOptions
 
 __all__ = [
     "add_brokers",
@@ -58,6 +61,8 @@ def add_timing(p: argparse.ArgumentParser, default_top: bool) -> None:
 
 def replay_options(args: argparse.Namespace) -> ReplayOptions:
     """The replay timing flags (add_timing) as ReplayOptions."""
+    from snf.ingress.replay import ReplayOptions  # late: keeps `snf --help` fast
+
     speed = args.speed
     if speed is None and args.pps is None and not args.topspeed:
         speed = 1.0
@@ -95,7 +100,9 @@ def pipeline_file(ref: str) -> Path:
     )
 
 
-def require_brokers(explicit: str | None, hint: str = "run `snf kafka up`, or pass --brokers") -> str:
+def require_brokers(
+    explicit: str | None, hint: str = "run `snf kafka up`, or pass --brokers"
+) -> str:
     """--brokers, else $SNF_BROKERS, else the cluster `snf kafka up` started."""
     from snf.kafka import cluster
 

@@ -8,44 +8,21 @@ import functools
 import json
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
-from snf.errors import ConfigError, SnfError
+from snf.cli.common import (
+    add_brokers,
+    add_timing,
+    console,
+    pipeline_file,
+    replay_options,
+    require_brokers,
+)
+from snf.errors import SnfError
 
-__all__ = ["COMMANDS", "add_parsers", "pipeline_file"]
-
-console = Console(stderr=True, soft_wrap=True)
-
-
-def pipeline_file(ref: str) -> Path:
-    """A file, a deployed pipeline's name, or the name of a file in ./pipelines/."""
-    from snf.ops import deployment_dir as dp
-
-    path = Path(ref)
-    if path.exists():
-        return path
-    deployed = dp.directory(ref) / "pipeline.yaml"
-    if deployed.exists():
-        return deployed
-    candidate = Path("pipelines") / f"{ref}.yaml"
-    if candidate.exists():
-        return candidate
-    raise ConfigError(
-        f"no pipeline file {ref!r}, no deployment of that name, nor pipelines/{ref}.yaml"
-    )
-
-
-def _brokers(explicit: str | None) -> str:
-    from snf.kafka import cluster
-
-    brokers = cluster.resolve_brokers(explicit)
-    if brokers is None:
-        raise SnfError("no Kafka cluster configured: run `snf kafka up`, or pass --brokers")
-    return brokers
+__all__ = ["COMMANDS", "add_parsers"]
 
 
 def _deployment_dir(ref: str) -> Path:
@@ -63,7 +40,7 @@ def _deployment_dir(ref: str) -> Path:
     return d
 
 
-def add_parsers(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     pl = sub.add_parser("plan", help="show what deploying a pipeline would change (read-only)")
     pl.add_argument("pipeline", type=Path)
     pl.add_argument("--json", action="store_true")
@@ -113,7 +90,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
         "--builtin", action="store_true", help="built-in function types only (the shipped file)"
     )
 
-    _add_chaos_parser(sub, add_brokers)
+    _add_chaos_parser(sub)
 
     rd = sub.add_parser("render", help="write manifests for other platforms")
     rsub = rd.add_subparsers(dest="render_target", required=True)
@@ -125,9 +102,7 @@ def add_parsers(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
     k8s.add_argument("--brokers", default="kafka:9092", help="as the pods reach Kafka")
 
 
-def _add_chaos_parser(sub: argparse._SubParsersAction, add_brokers: Callable) -> None:
-    from snf.cli.main import _add_timing
-
+def _add_chaos_parser(sub: argparse._SubParsersAction) -> None:
     ch = sub.add_parser(
         "chaos",
         help="run a pipeline over Kafka, inject faults mid-stream, compare with --local",
@@ -165,7 +140,7 @@ def _add_chaos_parser(sub: argparse._SubParsersAction, add_brokers: Callable) ->
     ch.add_argument("--keep", action="store_true", help="keep topics and the run directory")
     ch.add_argument("--rundir", type=Path, help="worker logs and state (default: a temp dir)")
     add_brokers(ch)
-    _add_timing(ch, default_top=False)  # default -p 5000 (_cmd_chaos): faults land mid-stream
+    add_timing(ch, default_top=False)  # default -p 5000 (_cmd_chaos): faults land mid-stream
 
 
 def _plan_table(p) -> Table:
@@ -196,7 +171,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from snf.ops.deploy import apply_topics, plan
     from snf.pipeline.loader import load_pipeline
 
-    p = plan(load_pipeline(args.pipeline), _brokers(args.brokers))
+    p = plan(load_pipeline(args.pipeline), require_brokers(args.brokers))
     if args.json:
         print(json.dumps(p.to_json(), indent=2))
     else:
@@ -216,7 +191,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 def _cmd_deploy(args: argparse.Namespace) -> int:
     from snf.ops.deploy import deploy
 
-    brokers = _brokers(args.brokers)
+    brokers = require_brokers(args.brokers)
     started = time.monotonic()
     with console.status(f"deploying {args.pipeline} to {brokers}"):
         dep, _, created = deploy(
@@ -287,7 +262,8 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     from snf.pipeline.model import EGRESS
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
-    sink = KafkaSink(_brokers(args.brokers), pipeline.sink_topics(), pipeline.terminal_ends())
+    brokers = require_brokers(args.brokers)
+    sink = KafkaSink(brokers, pipeline.sink_topics(), pipeline.terminal_ends())
     try:
         if args.follow:
             console.print(f"following {pipeline.name}; Ctrl-C to stop")
@@ -309,14 +285,13 @@ def _cmd_sink(args: argparse.Namespace) -> int:
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:
-    from snf.cli.main import _replay_options
     from snf.harness.chaos import DEFAULT_PPS, parse_faults, run_chaos
     from snf.harness.oneshot import RunOptions
 
     faults = parse_faults(args.faults or [])
     if args.pps is None and args.speed is None and not args.topspeed:
         args.pps = DEFAULT_PPS
-    opts = RunOptions(brokers=args.brokers, replay=_replay_options(args), timeout=args.timeout)
+    opts = RunOptions(brokers=args.brokers, replay=replay_options(args), timeout=args.timeout)
     opts.keep, opts.rundir = args.keep, args.rundir
     report = run_chaos(
         args.pipeline, args.captures, faults, opts, console, args.seed, cluster_name=args.cluster

@@ -21,6 +21,11 @@ __all__ = ["COMMANDS", "add_parsers", "result_json"]
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for add in (_add_kafka, _add_validate, _add_replay, _add_run, _add_worker):
+        add(sub)
+
+
+def _add_kafka(sub: argparse._SubParsersAction) -> None:
     kafka = sub.add_parser("kafka", help="run a local Apache Kafka (KRaft) cluster")
     ksub = kafka.add_subparsers(dest="kafka_command", required=True)
     up = ksub.add_parser("up", help="fetch, format and start a local cluster")
@@ -32,9 +37,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     st.add_argument("--name", default="default")
     st.add_argument("--json", action="store_true")
 
+
+def _add_validate(sub: argparse._SubParsersAction) -> None:
     val = sub.add_parser("validate", help="check a pipeline file")
     val.add_argument("pipeline", type=Path)
 
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
     rp = sub.add_parser("replay", help="publish a capture to a pipeline's ingress topic")
     rp.add_argument("captures", type=Path, nargs="+")
     rp.add_argument(
@@ -68,6 +77,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_brokers(rp)
     add_timing(rp, default_top=False)
 
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
     run = sub.add_parser("run", help="one-shot: run a pipeline over captures, write the result")
     run.add_argument("pipeline", type=Path)
     run.add_argument("captures", type=Path, nargs="+")
@@ -90,6 +101,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_brokers(run)
     add_timing(run, default_top=True)
 
+
+def _add_worker(sub: argparse._SubParsersAction) -> None:
     wk = sub.add_parser("worker", help="run one function instance (used by run/deploy)")
     wk.add_argument("pipeline", type=Path)
     wk.add_argument("function")
@@ -151,7 +164,6 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from snf.cli.deploy_commands import pipeline_file
     from snf.ingress.checkpoint import (
         CheckpointSession,
         ReplayIdentity,
@@ -160,15 +172,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
     from snf.ingress.publisher import BatchPublisher
     from snf.ingress.replay import check_captures, replay, source_id_for
-    from snf.kafka import cluster
     from snf.pipeline.loader import load_pipeline
     from snf.pipeline.routing import plan_pipeline
     from snf.wire import EndMarker
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
-    brokers = cluster.resolve_brokers(args.brokers)
-    if brokers is None:
-        raise SnfError("no Kafka cluster configured: run `snf kafka up`, or pass --brokers")
+    brokers = require_brokers(args.brokers)
     opts = replay_options(args)
     check_captures(args.captures)
     opts.source_id = source_id_for(args.captures)
@@ -279,16 +288,13 @@ def result_json(result) -> dict:
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
-    from snf.kafka import cluster
     from snf.pipeline.loader import load_pipeline
     from snf.runtime.worker.app import run_worker
 
     pipeline = load_pipeline(args.pipeline, base_dir=args.base_dir)
     if args.name or args.private_topics:
         pipeline = pipeline.renamed(args.name or pipeline.name, private=args.private_topics)
-    brokers = cluster.resolve_brokers(args.brokers)
-    if brokers is None:
-        raise SnfError("no Kafka cluster configured: pass --brokers or set SNF_BROKERS")
+    brokers = require_brokers(args.brokers, "pass --brokers or set SNF_BROKERS")
     run_worker(
         pipeline,
         args.function,

@@ -136,33 +136,10 @@ def build_graph(
             mine.append(dest)
             if dest.kind == "function":
                 inputs[dest.target].append((src_fn, src_port))
-    if len(entries) != 1:
-        where = entries[1][1] if entries else ("wiring",)
-        found = ", ".join(e for e, _ in entries) or "none"
-        problems.append(
-            (
-                where,
-                "ingress must feed exactly one function (found: "
-                f"{found}); to mirror traffic, wire that function's ports to several",
-            )
-        )
+    entry = _entry(entries, problems)
+    if entry is None:
         return None
-    entry = entries[0][0]
-    for fn, ups in inputs.items():
-        if fn != entry and not ups:
-            problems.append(
-                (
-                    ("functions", list(ports).index(fn), "name"),
-                    f"function {fn!r} has no input: wire a port to it",
-                )
-            )
-        elif fn == entry and ups:
-            problems.append(
-                (
-                    ("functions", list(ports).index(fn), "name"),
-                    f"{fn!r} reads ingress and must have no other input",
-                )
-            )
+    _check_inputs(entry, inputs, list(ports), problems)
     order = _topological(entry, outputs, problems)
     if problems or order is None:
         return None
@@ -174,6 +151,37 @@ def build_graph(
         for fn, (packet, records) in ports.items()
     }
     return Graph(entry, full, inputs, order)
+
+
+def _entry(entries: list[tuple[str, Loc]], problems: list[tuple[Loc, str]]) -> str | None:
+    """The one function ingress feeds (None after adding a problem)."""
+    if len(entries) == 1:
+        return entries[0][0]
+    where = entries[1][1] if entries else ("wiring",)
+    found = ", ".join(e for e, _ in entries) or "none"
+    problems.append(
+        (
+            where,
+            "ingress must feed exactly one function (found: "
+            f"{found}); to mirror traffic, wire that function's ports to several",
+        )
+    )
+    return None
+
+
+def _check_inputs(
+    entry: str,
+    inputs: dict[str, list[tuple[str, str]]],
+    functions: list[str],
+    problems: list[tuple[Loc, str]],
+) -> None:
+    """Every function but the entry has an input; the entry has only ingress."""
+    for fn, ups in inputs.items():
+        loc: Loc = ("functions", functions.index(fn), "name")
+        if fn != entry and not ups:
+            problems.append((loc, f"function {fn!r} has no input: wire a port to it"))
+        elif fn == entry and ups:
+            problems.append((loc, f"{fn!r} reads ingress and must have no other input"))
 
 
 def _source(

@@ -7,7 +7,8 @@ One pattern, documented in docs/ARCHITECTURE.md:
     snf.<pipeline>.<function>.<port>       an output port wired to no function
     snf.<pipeline>.egress                  the pipeline's output (`egress` links)
     snf.<pipeline>.<function>              consumer group and Faust app id
-    snf.<pipeline>.<function>-<table>-changelog   (named by Faust from the app id)
+    snf.<pipeline>.<function>-state-changelog   all its state (Faust's name for the
+                                           changelog of its one table, "state")
 
 Pipeline and function names are lowercase [a-z0-9-] so a derived name never
 mixes '.' and '_' (Kafka warns that they collide in metric names).
