@@ -5,6 +5,16 @@ output port (and a reason) per packet out, plus JSON records on record ports,
 state through BatchState. It never imports Faust or Kafka; snf.runtime and
 snf.runtime.local run the same core.
 
+Ports, reasons (snf.core.reasons) and metrics are declared on the class; the
+engine counts them all and refuses undeclared ones. A core keeps no counters
+of its own: per-packet counts come from its ports and reasons, anything else
+(the load balancer's new flows) from `Decisions.metrics` and, in finish(),
+`FinishContext.metrics`.
+
+Every core starts with the same prelude, `triage()`: frames without IP pass
+(or, on request, drop with NON_IP), malformed packets drop with MALFORMED,
+and the core decides the IP packets.
+
 Partitioning (docs/ARCHITECTURE.md, "Partitioning across functions"): `key`
 says what the core needs from the partitioning of its input.
 
@@ -18,17 +28,27 @@ says what the core needs from the partitioning of its input.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
+from snf.core.reasons import MALFORMED, NON_IP
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
-from snf.packet.headers import Headers
+from snf.packet.headers import KIND_IP, KIND_NON_IP, Headers
 
-__all__ = ["Decisions", "FinishContext", "FunctionConfig", "KeyKind", "NetworkFunction", "Record"]
+__all__ = [
+    "Decisions",
+    "FinishContext",
+    "FunctionConfig",
+    "KeyKind",
+    "NetworkFunction",
+    "Record",
+    "triage",
+]
 
 KeyKind = Literal["any", "flow", "custom"]
 Record = dict[str, Any]  # one JSON object on a record port
@@ -43,12 +63,14 @@ class Decisions:
     """Where each packet of a batch goes, in batch order, plus records per record port."""
 
     ports: list[str] = field(default_factory=list)  # output port per packet
-    reasons: list[str] = field(default_factory=list)  # "" or why (e.g. "rule:2", "malformed")
+    reasons: list[str] = field(default_factory=list)  # "" or a declared reason ("rule:2")
     replaced: dict[int, bytes] = field(default_factory=dict)  # rewritten packets by index
     # record port -> JSON objects. Each must be a deterministic function of the
     # packets (the sink deduplicates identical records after a replay) and carry
     # an integer "ts_ns" (packet time) by which outputs are ordered.
     records: dict[str, list[Record]] = field(default_factory=dict)
+    # declared metric -> how much this batch adds (the engine counts it)
+    metrics: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +80,8 @@ class FinishContext:
     partition: int
     partitions: int
     end_ts_ns: int
+    # declared metric -> count: finish() adds to it, the engine counts it
+    metrics: Counter[str] = field(default_factory=Counter)
 
 
 class NetworkFunction(ABC):
@@ -66,6 +90,10 @@ class NetworkFunction(ABC):
     kind: ClassVar[str]  # registry name used in pipeline files, e.g. "firewall"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")  # packet ports; "pass" continues the chain
     record_ports: ClassVar[tuple[str, ...]] = ()  # ports that carry JSON records, not packets
+    # Every reason process() may give (snf.core.reasons: MALFORMED, numbered("rule"), ...).
+    reasons: ClassVar[tuple[str, ...]] = ()
+    # Counters beyond ports and reasons, e.g. "new" (flows picked); not "in" nor a port's.
+    metrics: ClassVar[tuple[str, ...]] = ()
     tables: ClassVar[tuple[str, ...]] = ()  # state tables; names are part of the changelog names
     Config: ClassVar[type[FunctionConfig]]
     # Partitioning of the input (see the module docstring). Instances may
@@ -100,3 +128,33 @@ class NetworkFunction(ABC):
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """End of input on ctx.partition: emit what is still pending (records only)."""
         return {}
+
+
+def triage(headers: Headers, *, drop_non_ip: bool = False) -> tuple[Decisions, Sequence[int]]:
+    """The prelude of every core: decide the packets that carry no IP.
+
+    Returns Decisions with every packet on "pass" (reason ""), except malformed
+    packets, on "drop" with MALFORMED, and, with drop_non_ip, frames without
+    IP, on "drop" with NON_IP; and the indices of the IP packets, which the
+    core decides, setting only what differs:
+
+        decisions, ip = triage(headers)
+        for i in ip:
+            ...
+            decisions.ports[i], decisions.reasons[i] = "drop", reason
+    """
+    kind = headers.kind
+    n = len(kind)
+    ports = ["pass"] * n
+    reasons = [""] * n
+    if kind.count(KIND_IP) == n:
+        return Decisions(ports, reasons), range(n)
+    ip: list[int] = []
+    for i, k in enumerate(kind):
+        if k == KIND_IP:
+            ip.append(i)
+        elif k != KIND_NON_IP:
+            ports[i], reasons[i] = "drop", MALFORMED
+        elif drop_non_ip:
+            ports[i], reasons[i] = "drop", NON_IP
+    return Decisions(ports, reasons), ip

@@ -4,6 +4,12 @@ Both shells (snf.runtime.worker.app over Kafka, snf.runtime.local in-process) ca
 `handle` and `end_of_input`, so a Kafka run and a --local run execute exactly
 the same code between "message in" and "batches and records per port out".
 
+The engine keeps the function's only counters: "in", "<port>" or
+"<port>:<reason>" per packet, "<record port>" per record, "flushes", and the
+core's declared metrics (Decisions.metrics, FinishContext.metrics). It
+refuses undeclared ports, reasons and metrics, checking each distinct one
+once (snf.core.reasons).
+
 End markers (snf.wire.EndMarker) end a replay's input: a partition records
 the origins of one end id's markers in the control table (so a restarted
 worker keeps them), and on the `expected`-th distinct one calls the core's
@@ -14,9 +20,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from snf.core.contract import Decisions, FinishContext, NetworkFunction, Record
+from snf.core.reasons import ERROR, ReasonCheck
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
@@ -40,6 +48,12 @@ class FunctionEngine:
         self.ports = function.ports
         self.record_ports = function.record_ports
         self.counters: Counter[str] = Counter()
+        self._check_reason = ReasonCheck(function.kind, function.reasons)
+        self._metrics = frozenset(function.metrics)
+        taken = {"in", "flushes", *self.ports, *self.record_ports}
+        for name in self._metrics:
+            if name in taken or name.partition(":")[0] in self.ports:
+                raise ValueError(f"{function.kind}: metric {name!r} is a name the engine uses")
 
     def handle(self, batch: PacketBatch, state: BatchState) -> StageOutput:
         """Decide a batch, write its state back, return the output per port."""
@@ -52,7 +66,7 @@ class FunctionEngine:
             )
             state.discard()
             port = "drop" if "drop" in self.ports else self.ports[-1]
-            decisions = Decisions([port] * len(batch), ["error"] * len(batch))
+            decisions = Decisions([port] * len(batch), [ERROR] * len(batch))
         state.write_back()
         by_port: dict[str, list[int]] = {}
         reasons_by_port: dict[str, list[str]] = {}
@@ -65,15 +79,20 @@ class FunctionEngine:
             reasons_by_port[port].append(reason)
         counters = self.counters
         counters["in"] += len(batch)
+        check = self._check_reason
         out = StageOutput(rewritten=bool(decisions.replaced))
         for port, idx in by_port.items():
             if port not in self.ports:
                 raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
             reasons = reasons_by_port[port]
             for reason, n in Counter(reasons).items():
+                if reason not in check.known:
+                    check(reason)
                 counters[f"{port}:{reason}" if reason else port] += n
             out.packets[port] = batch.select(idx, reasons=reasons, replaced=decisions.replaced)
         out.records = self._checked_records(decisions.records)
+        if decisions.metrics:
+            self._count_metrics(decisions.metrics)
         return out
 
     def end_of_input(
@@ -100,9 +119,20 @@ class FunctionEngine:
             state.discard()
             view.set(key, seen)
             records = {}
+            ctx.metrics.clear()
         state.write_back()
         self.counters["flushes"] += 1
-        return StageOutput(records=self._checked_records(records))
+        out = StageOutput(records=self._checked_records(records))
+        self._count_metrics(ctx.metrics)
+        return out
+
+    def _count_metrics(self, metrics: Mapping[str, int]) -> None:
+        counters = self.counters
+        for name, n in metrics.items():
+            if name not in self._metrics:
+                raise ValueError(f"{self.function.kind} counted undeclared metric {name!r}")
+            if n:
+                counters[name] += n
 
     def _checked_records(self, records: dict[str, list[Record]]) -> dict[str, list[Record]]:
         out = {}

@@ -1,7 +1,8 @@
 """Firewall core: rules, connection tracking, fragments, state writes, config errors.
 
-Every test feeds crafted (ts_ns, frame) packets through one Firewall whose
-in-memory state persists across batches, and asserts (port, reason) per packet.
+Every test feeds crafted (ts_ns, frame) packets through one Firewall, driven
+by a FunctionEngine as the shells drive it, whose in-memory state persists
+across batches, and asserts (port, reason) per packet.
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from snf.core.engine import FunctionEngine
 from snf.core.tables import BatchState
 from snf.functions.firewall import Firewall, FirewallConfig
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.parse import parse_packet_batch
-from tests.harness import JsonStore
+from tests.harness import JsonStore, handle
 from tests.packets import (
     arp,
     ether,
@@ -69,10 +71,11 @@ def udp4_fragments(src: str, dst: str, sport: int, dport: int, ip_id: int = 99) 
 
 
 class Run:
-    """One firewall with state that persists across batches."""
+    """One firewall in a FunctionEngine, with state that persists across batches."""
 
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.fw = Firewall(FirewallConfig.model_validate(config or {}))
+        self.engine = FunctionEngine(self.fw)
         self.stores = {name: JsonStore() for name in Firewall.tables}
         self.writes: list[int] = []  # store writes per batch
         self.seq = 0
@@ -87,13 +90,14 @@ class Run:
                 rows.append((ts, len(frame), frame, 1, self.seq, ""))
                 self.seq += 1
             batch = PacketBatch.from_rows(LINKTYPE_ETHERNET, rows)
-            headers = parse_packet_batch(batch)  # the path the engine runs
-            state = BatchState(self.stores)
-            verdicts = self.fw.process(batch, headers, state)
-            assert len(verdicts.ports) == len(verdicts.reasons) == len(rows)
-            self.writes.append(state.write_back())
-            out.extend(zip(verdicts.ports, verdicts.reasons, strict=True))
+            done = handle(self.engine, batch, self.stores)
+            self.writes.append(done.writes)
+            out.extend(zip(done.ports, done.reasons, strict=True))
         return out
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.engine.counters
 
     def one(self, ts: int, frame: bytes) -> tuple[str, str]:
         return self([(ts, frame)])[0]
@@ -553,7 +557,7 @@ def test_non_ip_allowed_by_default() -> None:
 def test_non_ip_drop() -> None:
     run = Run({"non_ip": "drop", "default": "allow"})
     assert run.one(at(0), arp()) == ("drop", "non_ip")
-    assert run.fw.counters["drop:non_ip"] == 1
+    assert run.counters["drop:non_ip"] == 1
 
 
 def test_malformed_dropped_and_counted() -> None:
@@ -566,7 +570,7 @@ def test_malformed_dropped_and_counted() -> None:
         ]
     )
     assert verdicts == [("drop", "malformed")] * 3
-    assert run.fw.counters["drop:malformed"] == 3
+    assert run.counters["drop:malformed"] == 3
     assert run.conn == {} and run.frag == {}
 
 
@@ -581,7 +585,7 @@ def test_counters() -> None:
         ]
     )
     run([(at(1), tcp4(SERVER, CLIENT, 80, 5000, "SA"))])
-    assert run.fw.counters == {
+    assert run.counters == {
         "in": 5,
         "pass": 2,
         "drop:rule:0": 1,
@@ -682,7 +686,7 @@ def test_batch_boundaries_do_not_matter() -> None:
     for size in (1, 7, 512):
         run = Run(config)
         verdicts = run(packets, batch_size=size)
-        results.append((verdicts, run.conn, run.frag, run.fw.counters))
+        results.append((verdicts, run.conn, run.frag, run.counters))
     assert results[0] == results[1] == results[2]
     reasons = {reason for _, reason in results[0][0]}
     assert {"", "default", "rule:0", "fragment", "malformed", "non_ip"} <= reasons

@@ -1,8 +1,9 @@
 """Flow monitor core: records, timeouts, TCP end, flush, state writes, config, model.
 
 Every test feeds crafted or captured (ts_ns, frame) packets through one
-FlowMonitor whose in-memory state persists across batches, and checks the
-verdicts, the records on the `flows` port and the flush() records. The
+FlowMonitor, driven by a FunctionEngine, whose in-memory state persists across
+batches, and checks the verdicts, the records on the `flows` port and the
+records finish() emits at the end of input (Run.flush). The
 independent model (tests.flowmon_model, dpkt + plain dicts) must produce the
 same records on every real capture and on random crafted traffic.
 """
@@ -19,16 +20,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from snf.core.contract import FinishContext
-from snf.core.tables import BatchState
+from snf.core.engine import FunctionEngine
+from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.functions.flowmon import FlowMonitor, FlowMonitorConfig
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import KIND_IP, KIND_MALFORMED, Headers
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.parse import parse_packet_batch
+from snf.wire import EndMarker
 from tests.conftest import traffic_dir
 from tests.flowmon_model import FlowModel
-from tests.harness import JsonStore
+from tests.harness import JsonStore, handle
 from tests.packets import (
     arp,
     ether,
@@ -58,12 +60,15 @@ def at(seconds: float) -> int:
 
 
 class Run:
-    """One flow monitor with state that persists across batches."""
+    """One flow monitor in a FunctionEngine, with state that persists across batches."""
 
     def __init__(self, linktype: int = LINKTYPE_ETHERNET, **config: Any) -> None:
         self.fm = FlowMonitor(FlowMonitorConfig.model_validate(config))
+        self.engine = FunctionEngine(self.fm)
         self.linktype = linktype
         self.store = JsonStore()
+        self.stores = {"flows": self.store, CONTROL_TABLE: JsonStore()}
+        self.ends = 0
         self.records: list[dict[str, Any]] = []
         self.writes: list[int] = []
         self.seq = 0
@@ -76,21 +81,24 @@ class Run:
                 rows.append((ts, len(frame), frame, 1, self.seq, ""))
                 self.seq += 1
             batch = PacketBatch.from_rows(self.linktype, rows)
-            state = BatchState({"flows": self.store})
-            verdicts = self.fm.process(batch, parse_packet_batch(batch), state)
-            assert len(verdicts.ports) == len(verdicts.reasons) == len(rows)
-            assert set(verdicts.records) <= {"flows"} and not verdicts.replaced
-            self.records.extend(verdicts.records.get("flows", []))
-            self.writes.append(state.write_back())
-            out.extend(zip(verdicts.ports, verdicts.reasons, strict=True))
+            done = handle(self.engine, batch, self.stores)
+            assert not done.rewritten
+            self.records.extend(done.records.get("flows", []))
+            self.writes.append(done.writes)
+            out.extend(zip(done.ports, done.reasons, strict=True))
         return out
 
     def flush(self, end_ts: int) -> list[dict[str, Any]]:
-        state = BatchState({"flows": self.store})
-        out = self.fm.finish(state, FinishContext(partition=0, partitions=1, end_ts_ns=end_ts))
-        state.write_back()
-        assert set(out) == {"flows"}
-        return out["flows"]
+        """End of input at packet time end_ts: the engine finishes the core once."""
+        self.ends += 1
+        marker = EndMarker(f"end-{self.ends}", end_ts)
+        out = self.engine.end_of_input(marker, 0, BatchState(self.stores))
+        assert out is not None and set(out.records) <= {"flows"}
+        return out.records.get("flows", [])
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.engine.counters
 
     @property
     def flows(self) -> dict[bytes, Any]:
@@ -249,7 +257,14 @@ def test_non_ip_passes_uncounted_and_malformed_drops() -> None:
     )
     assert verdicts == [("pass", ""), ("drop", "malformed"), ("drop", "malformed"), ("pass", "")]
     assert [counts(r) for r in run.flush(at(0))] == [(1, 28, 0, 0)]
-    assert run.fm.counters == {"in": 4, "pass": 2, "drop:malformed": 2, "flows:forced end": 1}
+    assert run.counters == {
+        "in": 4,
+        "pass": 2,
+        "drop:malformed": 2,
+        "flows": 1,
+        "flows:forced end": 1,
+        "flushes": 1,
+    }
 
 
 @pytest.mark.parametrize(

@@ -16,13 +16,15 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from snf.core.engine import FunctionEngine
 from snf.core.tables import BatchState
-from snf.functions._ids_match import Matcher
 from snf.functions.ids import Ids, IdsConfig
+from snf.functions.ids.match import Matcher
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.parse import parse_packet_batch
+from tests.harness import JsonStore, handle
 from tests.ids_model import model_run
 from tests.packets import (
     arp,
@@ -115,11 +117,13 @@ def content(pattern: bytes, nocase: bool = False, offset: int | None = None,
 
 
 class Run:
-    """One Ids core fed batches of (ts_ns, frame); packet ids count up from 0."""
+    """One Ids core in a FunctionEngine fed batches of (ts_ns, frame); packet ids
+    count up from 0."""
 
     def __init__(self, rules: Sequence[dict | str], vars_: dict | None = None) -> None:
         texts = [r if isinstance(r, str) else render(r) for r in rules]
         self.ids = Ids(IdsConfig.model_validate({"rules": texts, "vars": vars_ or {}}))
+        self.engine = FunctionEngine(self.ids)
         self.seq = 0
 
     def __call__(
@@ -133,14 +137,15 @@ class Run:
                 rows.append((ts, len(frame), frame, SOURCE, self.seq, ""))
                 self.seq += 1
             batch = PacketBatch.from_rows(LINKTYPE_ETHERNET, rows)
-            state = BatchState(BatchState.memory(Ids.tables))
-            out = self.ids.process(batch, parse_packet_batch(batch), state)
-            assert state.write_back() == 0
-            assert len(out.ports) == len(out.reasons) == len(rows)
-            assert set(out.records) <= set(Ids.record_ports)
-            verdicts.extend(zip(out.ports, out.reasons, strict=True))
-            alerts.extend(out.records.get("alerts", []))
+            done = handle(self.engine, batch, {name: JsonStore() for name in Ids.tables})
+            assert done.writes == 0 and not done.rewritten
+            verdicts.extend(zip(done.ports, done.reasons, strict=True))
+            alerts.extend(done.records.get("alerts", []))
         return verdicts, alerts
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.engine.counters
 
     def one(self, frame: bytes) -> tuple[tuple[str, str], list[int]]:
         """(port, reason) and the alerting sids of one packet."""
@@ -599,7 +604,7 @@ def test_alert_record_fields() -> None:
     ]  # fmt: skip
     assert list(alerts[0]) == ["ts", "ts_ns", "packet_id", "sid", "rev", "msg", "action",
                                "proto", "src", "sport", "dst", "dport"]  # fmt: skip
-    assert run.ids.counters == {"in": 2, "pass": 1, "drop:sid:20": 1, "alerts": 3}
+    assert run.counters == {"in": 2, "pass": 1, "drop:sid:20": 1, "alerts": 3}
 
 
 def test_content_rules_are_not_looped_per_packet(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -750,7 +755,7 @@ def test_batch_boundaries_do_not_matter() -> None:
     results = []
     for size in (1, 7, 512):
         run = Run([render(r) for r in rules], VARS)
-        results.append((*run(packets, batch_size=size), run.ids.counters))
+        results.append((*run(packets, batch_size=size), run.counters))
     assert results[0] == results[1] == results[2]
     assert results[0][1] and any(reason.startswith("sid:") for _, reason in results[0][0])
 

@@ -1,10 +1,11 @@
 """Load balancer core: Maglev picks, affinity, NAT both ways, pool changes, partitioning.
 
-Every test feeds crafted (ts_ns, frame) packets through one LoadBalancer whose
-in-memory state persists across batches (and across config changes: a pool
-change is a new LoadBalancer over the same stores), and checks the port, the
-reason and the packet that comes out. Rewritten packets are checked with dpkt
-(tests/loadbalancer_model.py), which recomputes every checksum from scratch.
+Every test feeds crafted (ts_ns, frame) packets through one LoadBalancer, driven
+by a FunctionEngine, whose in-memory state persists across batches (and across
+config changes: a pool change is a new LoadBalancer over the same stores), and
+checks the port, the reason and the packet that comes out. Rewritten packets
+are checked with dpkt (tests/loadbalancer_model.py), which recomputes every
+checksum from scratch.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import dpkt
 import pytest
 from pydantic import ValidationError
 
+from snf.core.engine import FunctionEngine
 from snf.core.registry import get_function
 from snf.core.tables import BatchState
-from snf.functions._loadbalancer_net import nat_rewrite, set_addr
-from snf.functions._maglev import build_table, flow5_hash, is_prime
 from snf.functions.loadbalancer import LoadBalancer, LoadBalancerConfig
+from snf.functions.loadbalancer.maglev import build_table, flow5_hash, is_prime
+from snf.functions.loadbalancer.net import nat_rewrite, set_addr
 from snf.packet.batch import PacketBatch
 from snf.packet.flowkey import endpoint_hash
 from snf.packet.fragments import FlowRouter
@@ -32,7 +34,7 @@ from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.parse import parse_packet_batch
 from snf.packet.rewrite import ipv4_header_ok, l4_checksum_ok, set_ipv4_addr, set_l4_port
 from snf.pipeline.loader import parse_pipeline
-from tests.harness import JsonStore
+from tests.harness import JsonStore, handle
 from tests.loadbalancer_model import LBModel, checksums_ok, endpoints, maglev_table
 from tests.packets import (
     arp,
@@ -85,7 +87,8 @@ Out = tuple[str, str, bytes]  # port, reason, the packet as it leaves
 
 
 class Run:
-    """One load balancer with state that persists across batches and config changes."""
+    """One load balancer in a FunctionEngine, with state that persists across batches
+    and config changes (a new config: a new core and engine, as a restarted worker)."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.stores = {name: JsonStore() for name in LoadBalancer.tables}
@@ -95,6 +98,7 @@ class Run:
 
     def configure(self, config: dict[str, Any]) -> None:
         self.lb = LoadBalancer(LoadBalancerConfig.model_validate(config))
+        self.engine = FunctionEngine(self.lb)
 
     def __call__(self, packets: Sequence[tuple[int, bytes]], batch_size: int = 512) -> list[Out]:
         out: list[Out] = []
@@ -104,13 +108,14 @@ class Run:
                 rows.append((ts, len(frame), frame, 1, self.seq, ""))
                 self.seq += 1
             batch = PacketBatch.from_rows(LINKTYPE_ETHERNET, rows)
-            state = BatchState(self.stores)
-            verdicts = self.lb.process(batch, parse_packet_batch(batch), state)
-            assert len(verdicts.ports) == len(verdicts.reasons) == len(rows)
-            self.writes.append(state.write_back())
-            for i, (port, reason) in enumerate(zip(verdicts.ports, verdicts.reasons, strict=True)):
-                out.append((port, reason, verdicts.replaced.get(i, rows[i][2])))
+            done = handle(self.engine, batch, self.stores)
+            self.writes.append(done.writes)
+            out.extend(zip(done.ports, done.reasons, done.frames, strict=True))
         return out
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.engine.counters
 
     def one(self, ts: int, frame: bytes) -> Out:
         return self([(ts, frame)])[0]
@@ -292,7 +297,7 @@ def test_reply_from_backend_is_rewritten_back_to_the_vip() -> None:
     assert (port, reason) == ("pass", "")
     assert frame == tcp4(VIP, CLIENT, 80, 40000, "SA", b"x" * 33, seq=7, ack=101)
     assert rewritten_ok(frame)
-    assert run.lb.counters["to_client"] == 1 and run.lb.counters["to_backend"] == 1
+    assert run.counters["to_client"] == 1 and run.counters["to_backend"] == 1
 
 
 def test_udp_service_both_ways() -> None:
@@ -385,7 +390,7 @@ def test_removing_a_backend_moves_only_its_flows() -> None:
             assert after[p] != gone and after[p] == expected_backend(model, 6, CLIENT, p)
         else:
             assert after[p] == b
-    assert run.lb.counters["moved"] == len(on_gone)
+    assert run.counters["moved"] == len(on_gone)
     # The removed backend's late replies are no longer ours: they pass untouched.
     late = tcp4(B[1], CLIENT, 8080, on_gone[0], "A")
     assert run.one(at(2), late) == ("pass", "", late)
@@ -407,7 +412,7 @@ def test_all_backends_removed_drops_no_backend_and_forgets() -> None:
     ] * 5
     assert run.table("conn") == {} and run.table("back") == {}
     assert run.one(at(1), tcp4(CLIENT, VIP, 1, 80))[:2] == ("drop", "no_backend")
-    assert run.lb.counters["drop:no_backend"] == 6
+    assert run.counters["drop:no_backend"] == 6
 
 
 def test_state_layout() -> None:
@@ -492,14 +497,14 @@ def test_fin_from_one_side_keeps_the_long_timeout() -> None:
     run.one(at(1), tcp4(CLIENT, VIP, 40000, 80, "FA"))
     assert next(iter(run.table("conn").values()))[3] == 1
     assert dst_of(run.one(at(800), tcp4(CLIENT, VIP, 40000, 80, "A"))[2]) == backend
-    assert run.lb.counters["new"] == 1
+    assert run.counters["new"] == 1
 
 
 def test_bare_syn_on_a_closed_flow_is_a_new_flow() -> None:
     run = Run(web())
     _closed(run, "fin")
     run.one(at(2), tcp4(CLIENT, VIP, 40000, 80, "S"))
-    assert run.lb.counters["new"] == 2
+    assert run.counters["new"] == 2
     assert next(iter(run.table("conn").values()))[2:] == [at(2), 0]
 
 
@@ -574,7 +579,7 @@ def test_malformed_is_dropped() -> None:
         ("drop", "malformed", truncated),
         ("drop", "malformed", truncated[:20]),
     ]
-    assert run.lb.counters["drop:malformed"] == 2
+    assert run.counters["drop:malformed"] == 2
     assert LBModel(web()).packet(at(0), truncated).reason == "malformed"
 
 

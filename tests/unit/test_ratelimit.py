@@ -1,9 +1,10 @@
 """Ratelimit core: token buckets, keys, marking, fragments, state writes, config errors.
 
-Crafted (ts_ns, frame, orig_len) packets go through one RateLimit whose
-in-memory state persists across batches; verdicts are (port, reason). Random
-traffic and a real capture are checked against tests/ratelimit_model.py, an
-exact Fraction-based model written without the core's code.
+Crafted (ts_ns, frame, orig_len) packets go through one RateLimit, driven by a
+FunctionEngine, whose in-memory state persists across batches; verdicts are
+(port, reason). Random traffic and a real capture are checked against
+tests/ratelimit_model.py, an exact Fraction-based model written without the
+core's code.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import dpkt
 import pytest
 from pydantic import ValidationError
 
+from snf.core.engine import FunctionEngine
 from snf.core.tables import BatchState
-from snf.functions._ratelimit_rate import Rate, parse_rate
 from snf.functions.ratelimit import RateLimit, RateLimitConfig, address_hash
+from snf.functions.ratelimit.rate import Rate, parse_rate
 from snf.packet.batch import PacketBatch
 from snf.packet.flowkey import flow_hash
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.parse import parse_packet_batch
-from tests.harness import JsonStore
+from tests.harness import JsonStore, handle
 from tests.packets import (
     arp,
     ether,
@@ -78,11 +80,12 @@ def with_tos(frame: bytes, tos: int) -> bytes:
 
 
 class Run:
-    """One RateLimit with state that persists across batches."""
+    """One RateLimit in a FunctionEngine, with state that persists across batches."""
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
         self.fn = RateLimit(RateLimitConfig.model_validate(config))
+        self.engine = FunctionEngine(self.fn)
         self.stores = {name: JsonStore() for name in RateLimit.tables}
         self.writes: list[int] = []  # store writes per batch
         self.frames: list[bytes] = []  # every packet as it left, in order
@@ -109,15 +112,16 @@ class Run:
         for lo, hi in bounds:
             if lo >= hi:
                 continue
-            batch, headers = self.batch(packets[lo:hi])
-            state = BatchState(self.stores)
-            verdicts = self.fn.process(batch, headers, state)
-            assert len(verdicts.ports) == len(verdicts.reasons) == hi - lo
-            self.writes.append(state.write_back())
-            for i, frame in enumerate(batch.packets()):
-                self.frames.append(verdicts.replaced.get(i, frame))
-            out.extend(zip(verdicts.ports, verdicts.reasons, strict=True))
+            batch, _ = self.batch(packets[lo:hi])
+            done = handle(self.engine, batch, self.stores)
+            self.writes.append(done.writes)
+            self.frames.extend(done.frames)
+            out.extend(zip(done.ports, done.reasons, strict=True))
         return out
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.engine.counters
 
     @property
     def bucket(self) -> dict[bytes, Any]:
@@ -450,7 +454,7 @@ def test_non_ip_passes_unpoliced_and_malformed_drops(key: str) -> None:
     verdicts = run(pkts((0, arp()), (0, arp()), (0, truncated_tcp4()), (0, arp())))
     assert verdicts == [PASS, PASS, ("drop", "malformed"), PASS]
     assert run.bucket == {} and run.frag == {}
-    assert run.fn.counters == {"in": 4, "pass": 3, "drop:malformed": 1}
+    assert run.counters == {"in": 4, "pass": 3, "drop:malformed": 1}
 
 
 def test_later_fragments_use_their_flows_bucket() -> None:
@@ -485,7 +489,7 @@ def test_counters() -> None:
     run = Run({"rate": "1pps", "burst": 1, "action": "mark", "dscp": 1})
     f = udp4(A, B, 5000, 53)
     run(pkts((0, f), (0, f), (0, truncated_tcp4()), (0, arp())))
-    assert run.fn.counters == {"in": 4, "pass": 2, "pass:marked": 1, "drop:malformed": 1}
+    assert run.counters == {"in": 4, "pass": 2, "pass:marked": 1, "drop:malformed": 1}
 
 
 def test_one_write_per_key_per_batch() -> None:

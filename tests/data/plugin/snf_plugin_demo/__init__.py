@@ -15,7 +15,7 @@ State
     none (key "any": any partition will do)
 
 Metrics
-    the engine's counters: "in", "pass", "drop:udp"
+    the engine's counters: "in", "pass", "drop:udp" (the tagger keeps none)
 
 Example
     - {name: tag, function: tagger, config: {drop_udp: true}}
@@ -44,6 +44,7 @@ class TaggerConfig(FunctionConfig):  # extra="forbid": unknown keys are errors
 class Tagger(NetworkFunction):
     kind: ClassVar[str] = "tagger"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
+    reasons: ClassVar[tuple[str, ...]] = ("udp",)  # every reason process() may give
     key: KeyKind = "any"  # no per-key state: any partition will do
     Config: ClassVar[type[FunctionConfig]] = TaggerConfig
 

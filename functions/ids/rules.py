@@ -1,4 +1,4 @@
-"""IDS rule parsing (a helper of functions.ids): a Snort/Suricata subset.
+"""IDS rule parsing (a helper of snf.functions.ids): a Snort/Suricata subset.
 
     action proto src_addr src_port (-> | <>) dst_addr dst_port (option; ...)
 
@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
-from ._ids_specs import PORT_ANY, RuleError, Space, parse_spec
+from .specs import PORT_ANY, RuleError, Space, parse_spec
 
 __all__ = ["Content", "Rule", "RuleError", "compile_rules", "parse_rule"]
 

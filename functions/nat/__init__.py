@@ -24,7 +24,7 @@ Ports
             of a translated datagram whose first fragment was not seen in
             the last 30 s), "malformed"
 
-Config (NatConfig, functions/_nat_config.py)
+Config (NatConfig, functions/nat/config.py)
     inside        IPv4 CIDRs of the inside networks
     public_ips    public IPv4 addresses (paired pooling over them)
     ports         dynamic port / ICMP identifier range, default "1024-65535"
@@ -33,11 +33,11 @@ Config (NatConfig, functions/_nat_config.py)
     filtering     endpoint-independent | address-dependent |
                   address-and-port-dependent (default)
 
-State (functions/_nat_bindings.py)
+State (functions/nat/bindings.py)
     bind  internal endpoint -> [pub IP hex, pub port, last_seen_ns, tcp_bits, remotes]
     rev   public endpoint -> [internal IP hex, internal port]
-    frag  src + dst + proto + 4-byte IP id of a translated first fragment
-          -> [ts_ns, reason, "src"|"dst"|"", new address hex]; 30 s
+    frag  version byte + src + dst + proto + 4-byte IP id of a translated first
+          fragment -> [ts_ns, reason, "src"|"dst"|"", new address hex]; 30 s
     Expiry is lazy. Forwards need no state. Keys are written on change only.
 
 Partitioning
@@ -47,7 +47,7 @@ Partitioning
     to land on their internal endpoint's partition. See docs/functions/nat.md.
 
 Metrics
-    counters: "in", "pass", "drop:<reason>", per batch.
+    the engine's counters: "in", "pass", "drop:<reason>".
 
 Example
     - type: nat
@@ -59,25 +59,30 @@ Example
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import ClassVar
 
-from snf.core.contract import Decisions, FunctionConfig, KeyKind, NetworkFunction
+from snf.core.contract import Decisions, FunctionConfig, KeyKind, NetworkFunction, triage
+from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState, TableView
 from snf.packet.batch import PacketBatch
-from snf.packet.fragments import FRAG_TTL_NS
-from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.fragments import FRAG_TTL_NS, datagram_key_of
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, Headers
 from snf.packet.rewrite import set_ipv4_addr, set_ipv4_endpoint
 
-from ._nat_bindings import Bindings
-from ._nat_config import NatConfig, NatTimeouts, PortForward, compile_config
-from ._nat_icmp import ERROR_TYPES, quote_of, rewrite_quote
-from ._nat_ports import EndpointHasher
+from .bindings import Bindings
+from .config import NatConfig, NatTimeouts, PortForward, compile_config
+from .icmp import ERROR_TYPES, quote_of, rewrite_quote
+from .ports import EndpointHasher
 
 __all__ = ["Nat", "NatConfig", "NatTimeouts", "PortForward"]
 
 _PASS, _OUT, _IN, _NO = 0, 1, 2, 3  # address classes of a packet
+NO_BINDING = "no_binding"
+FILTERED = "filtered"
+PORTS_EXHAUSTED = "ports_exhausted"
+UNSUPPORTED = "unsupported"
+FRAGMENT = "fragment"
 # (reason, rewritten packet or None, rewritten field "src"/"dst"/"", new address)
 Outcome = tuple[str, bytearray | None, str, bytes]
 _PASSED: Outcome = ("", None, "", b"")
@@ -95,6 +100,14 @@ class Nat(NetworkFunction):
 
     kind: ClassVar[str] = "nat"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
+    reasons: ClassVar[tuple[str, ...]] = (
+        MALFORMED,
+        NO_BINDING,
+        FILTERED,
+        PORTS_EXHAUSTED,
+        UNSUPPORTED,
+        FRAGMENT,
+    )
     tables: ClassVar[tuple[str, ...]] = ("bind", "rev", "frag")
     Config: ClassVar[type[FunctionConfig]] = NatConfig
     key: KeyKind = "custom"
@@ -107,7 +120,6 @@ class Nat(NetworkFunction):
         self._public = frozenset(self.c.public_ips)
         self._inside_cache: dict[bytes, bool] = {}
         self._ep = EndpointHasher()
-        self.counters: Counter[str] = Counter()
 
     def partition_problem(self, partitions: int) -> str | None:
         # Each partition owns the public endpoints that hash to it (replies must
@@ -179,34 +191,27 @@ class Nat(NetworkFunction):
     # -- processing ------------------------------------------------------------
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
-        n = len(headers)
+        decisions, ip = triage(headers)
+        ports, reasons, replaced = decisions.ports, decisions.reasons, decisions.replaced
         ts = batch.records["ts_ns"].tolist()
         b = Bindings(self.c, state.table("bind"), state.table("rev"), self.partitions, self._ep)
         frag = state.table("frag")
-        ports: list[str] = []
-        reasons: list[str] = []
-        replaced: dict[int, bytes] = {}
-        for i in range(n):
+        decide = self._decide
+        for i in ip:
             try:
-                reason, pkt, _, _ = self._decide(batch, headers, i, ts[i], b, frag)
+                reason, pkt, _, _ = decide(batch, headers, i, ts[i], b, frag)
             except Exception:  # crafted content broke an assumption: drop, never raise
-                reason, pkt = "malformed", None
-            ports.append("drop" if reason else "pass")
-            reasons.append(reason)
-            if pkt is not None and not reason:
+                reason, pkt = MALFORMED, None
+            if reason:
+                ports[i], reasons[i] = "drop", reason
+            elif pkt is not None:
                 replaced[i] = bytes(pkt)
-        counters = self.counters
-        counters["in"] += n
-        for reason, count in Counter(reasons).items():
-            counters["drop:" + reason if reason else "pass"] += count
-        return Decisions(ports=ports, reasons=reasons, replaced=replaced)
+        return decisions
 
     def _decide(
         self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView
     ) -> Outcome:
-        kind = h.kind[i]
-        if kind != KIND_IP:
-            return _PASSED if kind == KIND_NON_IP else _drop("malformed")
+        """An IP packet's outcome (the prelude, triage(), took the others)."""
         if h.version[i] != 4:
             return _PASSED
         s, d = h.src[i], h.dst[i]
@@ -214,12 +219,12 @@ class Nat(NetworkFunction):
         if cls == _PASS:
             return _PASSED
         if cls == _NO:
-            return _drop("no_binding")
+            return _drop(NO_BINDING)
         if h.frag[i] == FRAG_LATER:
             return self._later(batch, h, i, t, frag)
         off = batch.offsets
         if not 0 <= h.l3_off[i] < h.l4_off[i] <= off[i + 1] - off[i] - 4:
-            return _drop("malformed")  # headers inconsistent with the bytes
+            return _drop(MALFORMED)  # headers inconsistent with the bytes
         if h.proto[i] == 1 and h.icmp_type[i] in ERROR_TYPES:
             outcome = self._error(batch, h, i, t, b, cls)
         elif cls == _OUT:
@@ -228,7 +233,7 @@ class Nat(NetworkFunction):
             outcome = self._inbound(batch, h, i, t, b)
         if h.frag[i] == FRAG_FIRST:
             reason, _, which, addr = outcome
-            fkey = _frag_key(h, i)
+            fkey = datagram_key_of(h, i)
             value = [t, reason, which, addr.hex()]
             if frag.get(fkey) != value:
                 frag.set(fkey, value)
@@ -241,28 +246,28 @@ class Nat(NetworkFunction):
 
     def _outbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
         if not self._translatable(h, i):
-            return _drop("unsupported")
+            return _drop(UNSUPPORTED)
         p, s, sp = h.proto[i], h.src[i], h.sport[i]
         mapped = self.c.fwd_inside.get((p, s, sp))
         if mapped is None:
             flags = h.tcp_flags[i] if p == 6 else 0
             mapped = b.outbound(p, s, sp, h.dst[i], h.dport[i], flags, t)
             if mapped is None:
-                return _drop("ports_exhausted")
+                return _drop(PORTS_EXHAUSTED)
         return self._rewrite(batch, h, i, "src", *mapped)
 
     def _inbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
         if not self._translatable(h, i):
-            return _drop("no_binding")
+            return _drop(NO_BINDING)
         p, d, dp = h.proto[i], h.dst[i], h.dport[i]
         mapped = self.c.fwd_public.get((p, d, dp))
         if mapped is None:
             found = b.public(p, d, dp, t)
             if found is None:
-                return _drop("no_binding")
+                return _drop(NO_BINDING)
             key, entry = found
             if not b.admits(entry, p, h.src[i], h.sport[i]):
-                return _drop("filtered")
+                return _drop(FILTERED)
             b.inbound(key, entry, p, h.tcp_flags[i] if p == 6 else 0, t)
             mapped = (key[1:5], int.from_bytes(key[5:7], "big"))
         return self._rewrite(batch, h, i, "dst", *mapped)
@@ -284,18 +289,18 @@ class Nat(NetworkFunction):
         pkt = bytearray(batch.packet(i))
         q = quote_of(pkt, l3, l4)
         if q is None:
-            return _drop("malformed")
+            return _drop(MALFORMED)
         if q.sport < 0:
-            return _drop("no_binding")
+            return _drop(NO_BINDING)
         if cls == _IN:  # the quote is an outbound packet as we sent it: src is public
             mapped = self.c.fwd_public.get((q.proto, q.src, q.sport))
             if mapped is None:
                 found = b.public(q.proto, q.src, q.sport, t)
                 if found is None:
-                    return _drop("no_binding")
+                    return _drop(NO_BINDING)
                 key, entry = found
                 if not b.admits(entry, q.proto, q.dst, q.dport):
-                    return _drop("filtered")
+                    return _drop(FILTERED)
                 mapped = (key[1:5], int.from_bytes(key[5:7], "big"))
             outer, inner = "dst", "src"
         else:  # from inside, about an inbound packet: the quote's dst is internal
@@ -303,7 +308,7 @@ class Nat(NetworkFunction):
             if mapped is None:
                 mapped = b.internal(q.proto, q.dst, q.dport, t)
                 if mapped is None:
-                    return _drop("no_binding")
+                    return _drop(NO_BINDING)
             outer, inner = "src", "dst"
         set_ipv4_addr(pkt, l3, l4, 1, outer, mapped[0])
         rewrite_quote(pkt, l4, q, inner, *mapped)
@@ -312,20 +317,15 @@ class Nat(NetworkFunction):
     @staticmethod
     def _later(batch: PacketBatch, h: Headers, i: int, t: int, frag: TableView) -> Outcome:
         """A non-first fragment of a datagram that needs translation."""
-        fkey = _frag_key(h, i)
+        fkey = datagram_key_of(h, i)
         entry = frag.get(fkey)
         if entry is None or t - entry[0] > FRAG_TTL_NS:
             if entry is not None:
                 frag.delete(fkey)
-            return _drop("fragment")
+            return _drop(FRAGMENT)
         reason, which, addr = entry[1], entry[2], bytes.fromhex(entry[3])
         if reason:
             return _drop(reason)
         pkt = bytearray(batch.packet(i))
         set_ipv4_addr(pkt, h.l3_off[i], -1, h.proto[i], which, addr)
         return ("", pkt, which, addr)
-
-
-def _frag_key(h: Headers, i: int) -> bytes:
-    """One datagram's fragments: src, dst, proto, IP id (4 bytes)."""
-    return h.src[i] + h.dst[i] + bytes((h.proto[i],)) + h.ip_id[i].to_bytes(4, "big")

@@ -1,4 +1,4 @@
-"""ICMPv4 error translation (RFC 5508) for the NAT (a helper of functions.nat).
+"""ICMPv4 error translation (RFC 5508) for the NAT (a helper of snf.functions.nat).
 
 An ICMP error (destination unreachable 3, source quench 4, time exceeded 11,
 parameter problem 12) quotes the IP header and at least 8 bytes of the

@@ -1,4 +1,4 @@
-"""NAT config model and its compilation (a helper of functions.nat).
+"""NAT config model and its compilation (a helper of snf.functions.nat).
 
 Everything is validated once, when the pipeline is loaded; errors name the
 field (pydantic adds the path) and say what was expected. `compile_config`
@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from snf.core.cidr import parse_cidrs
 from snf.core.contract import FunctionConfig
-
-from ._firewall_rules import parse_cidrs
 
 __all__ = [
     "FILTERING",

@@ -1,4 +1,4 @@
-"""Weighted Maglev lookup tables (a helper of functions.loadbalancer).
+"""Weighted Maglev lookup tables (a helper of snf.functions.loadbalancer).
 
 Maglev (Eisenbud et al., NSDI 2016, section 3.4) gives every backend a
 permutation of the table's slots, ``(offset + j * skip) mod M`` for

@@ -1,6 +1,6 @@
 """Flow records of the flow monitor: state entry + flow key -> IPFIX-named JSON.
 
-Private helper of functions/flowmon.py. A state entry is the list
+A helper of snf.functions.flowmon. A state entry is the list
 
     [start_ns, last_ns, initiator, fwd_pkts, fwd_octets, rev_pkts, rev_octets,
      tcp_flags, fin_bits]

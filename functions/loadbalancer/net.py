@@ -1,4 +1,4 @@
-"""Endpoints, state keys and address rewriting (a helper of functions.loadbalancer).
+"""Endpoints, state keys and address rewriting (a helper of snf.functions.loadbalancer).
 
 Endpoints are written "IP:port" ("10.0.0.1:80") or "[IPv6]:port"
 ("[2001:db8::1]:443"); they are parsed once, when the config is validated.

@@ -1,4 +1,4 @@
-"""Public address and port choice of the NAT (a helper of functions.nat).
+"""Public address and port choice of the NAT (a helper of snf.functions.nat).
 
 Pooling is paired (RFC 4787 REQ-2): an internal IP always gets
 `public_ips[pool_hash(ip) % len(public_ips)]`. A public port must land on

@@ -39,7 +39,7 @@ State
     it at most once per batch.
 
 Metrics
-    counters: "in", "pass", "drop:<reason>" (e.g. "drop:rule:2"), per batch.
+    the engine's counters: "in", "pass", "drop:<reason>" (e.g. "drop:rule:2").
 
 Example
     - type: firewall
@@ -54,25 +54,19 @@ Example
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, field_validator
 
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
-from snf.core.tables import BatchState
+from snf.core.cidr import parse_cidrs
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, triage
+from snf.core.reasons import MALFORMED, NON_IP, numbered
+from snf.core.tables import BatchState, TableView
 from snf.packet.batch import PacketBatch
-from snf.packet.fragments import FRAG_TTL_NS
-from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.fragments import FRAG_TTL_NS, datagram_key_of
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, Headers
 
-from ._firewall_rules import (
-    CompiledRule,
-    compile_rule,
-    match_rules,
-    parse_cidrs,
-    parse_ports,
-    parse_proto,
-)
+from .rules import CompiledRule, compile_rule, match_rules, parse_ports, parse_proto
 
 __all__ = ["Firewall", "FirewallConfig", "FirewallRule", "FirewallTimeouts"]
 
@@ -81,6 +75,9 @@ _SYN = 0x02
 _RST = 0x04
 _ACK = 0x10
 _NS = 1_000_000_000
+DEFAULT = "default"  # no live connection, no matching rule, default drop
+FRAGMENT = "fragment"  # a later fragment whose first fragment was not seen (or expired)
+RULE = "rule"  # numbered: rule:<i>, the i-th rule (0-based) said drop
 
 PortSpec = int | str | list[int | str]
 
@@ -148,7 +145,7 @@ class FirewallTimeouts(BaseModel, extra="forbid"):
         le=FRAG_TTL_NS / _NS,
         description="How long a first fragment's verdict is remembered for the later "
         "fragments of its datagram. At most 30 s: the capture agent keeps a datagram's "
-        "fragments on one partition for 30 s of packet time (snf.packet.flowkey.FRAG_TTL_NS).",
+        "fragments on one partition for 30 s of packet time (snf.packet.fragments.FRAG_TTL_NS).",
     )
 
 
@@ -176,6 +173,7 @@ class Firewall(NetworkFunction):
 
     kind: ClassVar[str] = "firewall"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
+    reasons: ClassVar[tuple[str, ...]] = (MALFORMED, NON_IP, DEFAULT, FRAGMENT, numbered(RULE))
     key: ClassVar[str] = "flow"
     tables: ClassVar[tuple[str, ...]] = ("conn", "frag")
     Config: ClassVar[type[FunctionConfig]] = FirewallConfig
@@ -186,7 +184,9 @@ class Firewall(NetworkFunction):
         self.rules: list[CompiledRule] = [
             compile_rule(r.action, r.proto, r.src, r.dst, r.sport, r.dport) for r in config.rules
         ]
-        self._rule_reasons = ["" if r.allow else f"rule:{i}" for i, r in enumerate(self.rules)]
+        self._rule_reasons = [
+            "" if rule.allow else numbered(RULE, i) for i, rule in enumerate(self.rules)
+        ]
         t = config.timeouts
         self._tcp_ns = round(t.tcp * _NS)
         self._closing_ns = round(t.tcp_closing * _NS)
@@ -195,7 +195,6 @@ class Firewall(NetworkFunction):
         icmp_ns = round(t.icmp * _NS)
         # Non-TCP timeout by protocol number; TCP is handled apart (FIN state).
         self._timeout_ns: dict[int, int] = {17: round(t.udp * _NS), 1: icmp_ns, 58: icmp_ns}
-        self.counters: Counter[str] = Counter()
 
     def _rule_verdict(self, h: Headers, i: int, proto: int) -> tuple[bool, str]:
         """(allowed, reason) from the rules, or from `default` when none matches."""
@@ -204,56 +203,33 @@ class Firewall(NetworkFunction):
         )
         if index < 0:
             allow = self.config.default == "allow"
-            return allow, "" if allow else "default"
+            return allow, "" if allow else DEFAULT
         return self.rules[index].allow, self._rule_reasons[index]
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
-        n = len(headers)
+        decisions, ip = triage(headers, drop_non_ip=self.config.non_ip == "drop")
+        ports, reasons = decisions.ports, decisions.reasons
         ts = batch.records["ts_ns"].tolist()
         conn = state.table("conn")
         frags = state.table("frag")
         conn_get, conn_set, conn_del = conn.get, conn.set, conn.delete
-        frag_get, frag_set, frag_del = frags.get, frags.set, frags.delete
-        kind, frag, proto, flow = headers.kind, headers.frag, headers.proto, headers.flow
+        frag_get, frag_set = frags.get, frags.set
+        frag, proto, flow = headers.frag, headers.proto, headers.flow
         tcp_flags, direction = headers.tcp_flags, headers.direction
         timeout_get = self._timeout_ns.get
-        tcp_ns, closing_ns, other_ns, frag_ns = (
-            self._tcp_ns,
-            self._closing_ns,
-            self._other_ns,
-            self._frag_ns,
-        )
-        rule_verdict = self._rule_verdict
-        non_ip_allow = self.config.non_ip == "allow"
-        out_ports: list[str] = []
-        out_reasons: list[str] = []
-        port_append, reason_append = out_ports.append, out_reasons.append
+        tcp_ns, closing_ns, other_ns = self._tcp_ns, self._closing_ns, self._other_ns
+        rule_verdict, later_fragment = self._rule_verdict, self._later_fragment
 
-        for i in range(n):
+        for i in ip:
             try:
-                k = kind[i]
-                if k != KIND_IP:
-                    if k == KIND_NON_IP:
-                        allow, reason = non_ip_allow, "" if non_ip_allow else "non_ip"
-                    else:
-                        allow, reason = False, "malformed"
-                elif frag[i] == FRAG_LATER:
-                    # No L4 header: inherit the first fragment's verdict; never
-                    # touches conntrack.
-                    fkey = _frag_key(headers, i)
-                    fentry = frag_get(fkey)
-                    if fentry is not None and ts[i] - fentry[0] <= frag_ns:
-                        allow, reason = fentry[1] == 1, fentry[2]
-                    else:
-                        if fentry is not None:
-                            frag_del(fkey)  # expired
-                        allow, reason = False, "fragment"
+                if frag[i] == FRAG_LATER:
+                    allow, reason = later_fragment(headers, i, ts[i], frags)
                 else:
                     t = ts[i]
                     p = proto[i]
                     ckey = flow[i]
                     flags = tcp_flags[i] if p == 6 else 0
-                    first_key = _frag_key(headers, i) if frag[i] == FRAG_FIRST else None
+                    first_key = datagram_key_of(headers, i) if frag[i] == FRAG_FIRST else None
                     entry = conn_get(ckey)
                     live = expired = False
                     if entry is not None:
@@ -287,27 +263,21 @@ class Firewall(NetworkFunction):
                         conn_del(ckey)  # stale entry; dropped packets create nothing
                     if first_key is not None:
                         value = [t, 1 if allow else 0, reason]
-                        old = frag_get(first_key)
-                        if old != value:  # a repeated first fragment renews the verdict
+                        if frag_get(first_key) != value:  # a repeated first fragment renews it
                             frag_set(first_key, value)
             except Exception:  # crafted content broke an assumption: drop, never raise
-                allow, reason = False, "malformed"
-            port_append("pass" if allow else "drop")
-            reason_append(reason)
+                allow, reason = False, MALFORMED
+            if not allow:
+                ports[i], reasons[i] = "drop", reason
+        return decisions
 
-        counters = self.counters
-        counters["in"] += n
-        for reason, count in Counter(out_reasons).items():
-            counters["drop:" + reason if reason else "pass"] += count
-        return Decisions(ports=out_ports, reasons=out_reasons)
-
-
-def _frag_key(h: Headers, i: int) -> bytes:
-    """Identifies one datagram's fragments: version, src, dst, proto, IP id."""
-    return (
-        bytes((h.version[i],))
-        + h.src[i]
-        + h.dst[i]
-        + bytes((h.proto[i],))
-        + h.ip_id[i].to_bytes(4, "big")
-    )
+    def _later_fragment(self, h: Headers, i: int, t: int, frags: TableView) -> tuple[bool, str]:
+        """A non-first fragment has no L4 header: it inherits its first fragment's
+        verdict (stored reason included), and never touches conntrack."""
+        fkey = datagram_key_of(h, i)
+        fentry = frags.get(fkey)
+        if fentry is not None and t - fentry[0] <= self._frag_ns:
+            return fentry[1] == 1, fentry[2]
+        if fentry is not None:
+            frags.delete(fkey)  # expired
+        return False, FRAGMENT

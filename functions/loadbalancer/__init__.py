@@ -4,8 +4,8 @@ Summary
     Services are virtual endpoints (VIP "IP:port" + tcp|udp), each with a pool
     of weighted backends. The first packet of a client flow to a VIP picks a
     backend by weighted Maglev consistent hashing of its 5-tuple (Maglev's
-    table, Katran's weights; see functions/_maglev.py) and the choice is
-    recorded. Every later packet of the flow goes to the recorded backend, also
+    table, Katran's weights; see maglev.py here) and the choice is recorded.
+    Every later packet of the flow goes to the recorded backend, also
     after the pool changed, unless that backend has left the pool (then the
     flow is re-picked through the new table). As IPVS in NAT mode, the
     destination of client packets is rewritten to the backend (address and
@@ -51,8 +51,9 @@ Partitioning
     and its backend's replies meet on one partition, where the state is.
 
 Metrics
-    counters: "in", "pass", "drop:<reason>", "to_backend", "to_client",
-    "new" (flows picked), "moved" (flows re-picked because their backend left)
+    the engine's counters: "in", "pass", "drop:<reason>"; and the core's
+    metrics "to_backend", "to_client" (packets rewritten each way), "new"
+    (flows picked), "moved" (flows re-picked because their backend left)
 
 Example (a step of a pipeline file)
     - name: lb
@@ -69,7 +70,6 @@ Example (a step of a pipeline file)
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
@@ -80,9 +80,9 @@ from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 
-from ._loadbalancer_core import Service, key_hashes, process_batch
-from ._loadbalancer_net import PROTOS, parse_endpoint
-from ._maglev import MAX_TABLE_SIZE, build_table, is_prime
+from .maglev import MAX_TABLE_SIZE, build_table, is_prime
+from .net import PROTOS, parse_endpoint
+from .process import METRICS, REASONS, Service, key_hashes, process_batch
 
 __all__ = ["LBBackend", "LBService", "LBTimeouts", "LoadBalancer", "LoadBalancerConfig"]
 
@@ -211,6 +211,8 @@ class LoadBalancer(NetworkFunction):
 
     kind: ClassVar[str] = "loadbalancer"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
+    reasons: ClassVar[tuple[str, ...]] = REASONS  # malformed, no_backend, fragment
+    metrics: ClassVar[tuple[str, ...]] = METRICS  # new, moved, to_backend, to_client
     tables: ClassVar[tuple[str, ...]] = ("conn", "back", "frag")
     Config: ClassVar[type[FunctionConfig]] = LoadBalancerConfig
     # Client flows and the backend's replies meet on the client endpoint's partition.
@@ -242,17 +244,10 @@ class LoadBalancer(NetworkFunction):
             self.vip_addrs.add((proto, vaddr))
         t = config.timeouts
         self.timeout_ns = (round(t.tcp * _NS), round(t.tcp_fin * _NS), round(t.udp * _NS))
-        self.counters: Counter[str] = Counter()
         self.ep_hashes: dict[tuple[int, bytes, int], int] = {}
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
-        verdicts, stats = process_batch(self, batch, headers, state)
-        counters = self.counters
-        counters["in"] += len(headers)
-        for reason, count in Counter(verdicts.reasons).items():
-            counters["drop:" + reason if reason else "pass"] += count
-        counters.update(stats)
-        return verdicts
+        return process_batch(self, batch, headers, state)
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         """Per packet: the client endpoint's hash, or None (see docs, "Partitioning")."""

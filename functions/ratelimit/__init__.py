@@ -39,12 +39,13 @@ State
     frag    (key flow only) key: version + src + dst + proto + 4-byte IP id
             value: [first_fragment_ts_ns, flow key hex]; lets a datagram's
             later fragments (no ports) use their flow's bucket for 30 s
-            (snf.packet.flowkey.FRAG_TTL_NS, as the router); expiry: lazy
+            (snf.packet.fragments.FRAG_TTL_NS, as the router); expiry: lazy
     Each batch reads a key once, works on a local copy and writes it once at
     the end, and only when its value changed.
 
 Metrics
-    counters: "in", "pass", "pass:marked", "exceed:rate", "drop:malformed".
+    the engine's counters: "in", "pass", "pass:marked", "exceed:rate",
+    "drop:malformed".
 
 Example
     - type: ratelimit
@@ -57,27 +58,29 @@ Example
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, triage
+from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.flowkey import flow_hash
-from snf.packet.fragments import FRAG_TTL_NS
-from snf.packet.headers import FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.fragments import FRAG_TTL_NS, datagram_key_of
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_IP, Headers
 from snf.packet.rewrite import set_dscp
 
-from ._ratelimit_rate import RATE_FORMS, parse_rate
+from .rate import RATE_FORMS, parse_rate
 
 __all__ = ["MAX_BURST", "RateLimit", "RateLimitConfig", "address_hash"]
 
 SCALE = 1_000_000_000  # token units per packet (pps) or per bit (bit rates)
 MAX_BURST = 1_000_000_000  # keeps scaled tokens (burst * 8e9 at most) within a signed i64
 _ADDR_PREFIX = b"ADDR"
+RATE = "rate"  # exceeded, action drop: port exceed
+MARKED = "marked"  # exceeded, action mark: port pass, DSCP rewritten
 
 
 class RateLimitConfig(FunctionConfig):
@@ -137,6 +140,7 @@ class RateLimit(NetworkFunction):
 
     kind: ClassVar[str] = "ratelimit"
     ports: ClassVar[tuple[str, ...]] = ("pass", "exceed", "drop")
+    reasons: ClassVar[tuple[str, ...]] = (MALFORMED, RATE, MARKED)
     tables: ClassVar[tuple[str, ...]] = ("bucket", "frag")
     Config: ClassVar[type[FunctionConfig]] = RateLimitConfig
 
@@ -154,7 +158,6 @@ class RateLimit(NetworkFunction):
             self.key = "custom"
             self.key_flow_consistent = False
         self._hashes: dict[bytes, int] = {}
-        self.counters: Counter[str] = Counter()
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         """Key flow: the flow hash. Key src / dst: address_hash of that address for IP
@@ -178,6 +181,8 @@ class RateLimit(NetworkFunction):
         return out
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
+        decisions, ip = triage(headers)
+        ports, reasons, replaced = decisions.ports, decisions.reasons, decisions.replaced
         n = len(headers)
         records = batch.records
         ts = records["ts_ns"].tolist()
@@ -188,17 +193,8 @@ class RateLimit(NetworkFunction):
         # key -> (tokens, last_ts) or None (full); `before` holds what the store had.
         work: dict[bytes, tuple[int, int] | None] = {}
         before: dict[bytes, tuple[int, int] | None] = {}
-        kind = headers.kind
-        out_ports: list[str] = []
-        out_reasons: list[str] = []
-        replaced: dict[int, bytes] = {}
 
-        for i in range(n):
-            k = kind[i]
-            if k != KIND_IP:
-                out_ports.append("pass" if k == KIND_NON_IP else "drop")
-                out_reasons.append("" if k == KIND_NON_IP else "malformed")
-                continue
+        for i in ip:
             try:
                 bkey = keys[i]
                 t = ts[i]
@@ -221,18 +217,18 @@ class RateLimit(NetworkFunction):
                     tokens -= cost
                     port, reason = "pass", ""
                 elif mark:
-                    port, reason = "pass", "marked"
+                    port, reason = "pass", MARKED
                     new = self._marked(batch.packet(i), headers, i)
                     if new is not None:
                         replaced[i] = new
                 else:
-                    port, reason = "exceed", "rate"
+                    port, reason = "exceed", RATE
                 work[bkey] = None if tokens >= cap else (tokens, last)
             except Exception:  # crafted content broke an assumption: drop, never raise
-                port, reason = "drop", "malformed"
+                port, reason = "drop", MALFORMED
                 replaced.pop(i, None)
-            out_ports.append(port)
-            out_reasons.append(reason)
+            if reason:
+                ports[i], reasons[i] = port, reason
 
         for bkey, bucket in work.items():
             if bucket != before[bkey]:
@@ -240,12 +236,7 @@ class RateLimit(NetworkFunction):
                     table.delete(bkey)
                 else:
                     table.set(bkey, [bucket[0], bucket[1]])
-
-        counters = self.counters
-        counters["in"] += n
-        for (port, reason), count in Counter(zip(out_ports, out_reasons, strict=True)).items():
-            counters[f"{port}:{reason}" if reason else port] += count
-        return Decisions(ports=out_ports, reasons=out_reasons, replaced=replaced)
+        return decisions
 
     def _marked(self, packet: bytes, headers: Headers, i: int) -> bytes | None:
         """The packet with its DSCP set to `dscp` (ECN kept), or None when it already has it."""
@@ -275,13 +266,7 @@ class RateLimit(NetworkFunction):
         for i, f in enumerate(h.frag):
             if f == FRAG_NONE or h.kind[i] != KIND_IP:
                 continue
-            dgram = (
-                bytes((h.version[i],))
-                + h.src[i]
-                + h.dst[i]
-                + bytes((h.proto[i],))
-                + (h.ip_id[i] & 0xFFFFFFFF).to_bytes(4, "big")
-            )
+            dgram = datagram_key_of(h, i)
             t = ts[i]
             entry = frags.get(dgram)
             if f == FRAG_FIRST:

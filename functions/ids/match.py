@@ -1,4 +1,4 @@
-"""IDS matching (a helper of functions.ids): headers by intervals, contents by Aho-Corasick.
+"""IDS matching (a helper of snf.functions.ids): headers by intervals, contents by Aho-Corasick.
 
 One pass of a C automaton (pyahocorasick) over a packet's payload finds every
 occurrence of every content string of the rules for its protocol at once:
@@ -17,8 +17,8 @@ from typing import Any
 
 import ahocorasick
 
-from ._ids_rules import Rule
-from ._ids_specs import ADDR_ANY, PORT_ANY, Space
+from .rules import Rule
+from .specs import ADDR_ANY, PORT_ANY, Space
 
 __all__ = ["MalformedPayload", "Matcher", "payload_span"]
 

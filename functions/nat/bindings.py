@@ -1,4 +1,4 @@
-"""Dynamic NAT bindings over the `bind` and `rev` tables (a helper of functions.nat).
+"""Dynamic NAT bindings over the `bind` and `rev` tables (a helper of snf.functions.nat).
 
     bind  key: proto byte + internal IPv4 (4 bytes) + internal port (2 bytes, BE)
           value: [public IP hex, public port, last_seen_ns, tcp_bits, remotes]
@@ -24,8 +24,8 @@ from typing import Any
 
 from snf.core.tables import TableView
 
-from ._nat_config import CompiledNat
-from ._nat_ports import EndpointHasher, pool_index, probe, start_port
+from .config import CompiledNat
+from .ports import EndpointHasher, pool_index, probe, start_port
 
 __all__ = ["MAX_REMOTES", "Bindings", "ep_key"]
 

@@ -1,33 +1,49 @@
-"""The per-batch work of functions.loadbalancer: classify, pick, rewrite, record.
+"""The per-batch work of snf.functions.loadbalancer: classify, pick, rewrite, record.
 
 Kept apart from the config models so that each module stays short. The rules
-are described in functions/loadbalancer.py and docs/functions/loadbalancer.md.
+are described in the package's docstring and docs/functions/loadbalancer.md.
+What this module needs of the load balancer is the `Balancer` protocol (its
+compiled services and caches), so it never imports the package itself.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from snf.core.contract import Decisions
+from snf.core.contract import Decisions, triage
+from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.flowkey import endpoint_hash
-from snf.packet.fragments import FRAG_TTL_NS
-from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.fragments import FRAG_TTL_NS, datagram_key
+from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, Headers
 
-from ._loadbalancer_net import conn_key, nat_rewrite, set_addr, side_key
-from ._maglev import flow5_hash
+from .maglev import flow5_hash
+from .net import conn_key, nat_rewrite, set_addr, side_key
 
-if TYPE_CHECKING:
-    from .loadbalancer import LoadBalancer
-
-__all__ = ["Service", "key_hashes", "process_batch"]
+__all__ = [
+    "FRAGMENT",
+    "METRICS",
+    "NO_BACKEND",
+    "REASONS",
+    "Balancer",
+    "Service",
+    "key_hashes",
+    "process_batch",
+]
 
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 TCP, UDP = 6, 17
 _EP_CACHE_MAX = 1 << 16
+
+NO_BACKEND = "no_backend"  # a VIP whose pool is empty
+FRAGMENT = "fragment"  # a later fragment to a VIP address, its first fragment unseen
+REASONS = (MALFORMED, NO_BACKEND, FRAGMENT)
+# Metrics: flows picked, flows re-picked because their backend left, packets rewritten.
+NEW, MOVED, TO_BACKEND, TO_CLIENT = "new", "moved", "to_backend", "to_client"
+METRICS = (NEW, MOVED, TO_BACKEND, TO_CLIENT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,15 +65,21 @@ def _fin_bits(flags: int, bit: int) -> int:
     return bit if flags & FIN else 0
 
 
-def _frag_key(version: int, src: bytes, dst: bytes, proto: int, ip_id: int) -> bytes:
-    return bytes((version,)) + src + dst + bytes((proto,)) + ip_id.to_bytes(4, "big")
+class Balancer(Protocol):
+    """What the per-batch work reads of the LoadBalancer."""
+
+    services: dict[tuple[int, bytes, int], Service]  # (proto, vip, vport) -> service
+    backends: set[tuple[int, bytes, int]]  # (proto, addr, port) of every backend
+    vip_addrs: set[tuple[int, bytes]]  # (proto, vip): for later fragments
+    timeout_ns: tuple[int, int, int]  # tcp, tcp_fin, udp
+    ep_hashes: dict[tuple[int, bytes, int], int]  # endpoint_hash cache
 
 
 class _Run:
     """One batch: the tables, the packet times and what was decided so far."""
 
     def __init__(
-        self, lb: LoadBalancer, batch: PacketBatch, headers: Headers, state: BatchState
+        self, lb: Balancer, batch: PacketBatch, headers: Headers, state: BatchState
     ) -> None:
         self.lb = lb
         self.batch = batch
@@ -68,7 +90,7 @@ class _Run:
         self.frag = state.table("frag")
         self.tcp_ns, self.fin_ns, self.udp_ns = lb.timeout_ns
         self.replaced: dict[int, bytes] = {}
-        self.stats: Counter[str] = Counter()
+        self.metrics: Counter[str] = Counter()
 
     def timeout(self, proto: int, fins: int) -> int:
         if proto != TCP:
@@ -84,7 +106,7 @@ class _Run:
 
     def record_first_fragment(self, i: int, addr: bytes, which: int) -> None:
         h = self.h
-        key = _frag_key(h.version[i], h.src[i], h.dst[i], h.proto[i], h.ip_id[i])
+        key = datagram_key(h.version[i], h.src[i], h.dst[i], h.proto[i], h.ip_id[i])
         value = [self.ts[i], addr.hex(), which]
         if self.frag.get(key) != value:
             self.frag.set(key, value)
@@ -114,13 +136,13 @@ class _Run:
             if not svc.table:
                 if entry is not None:  # its backend left and nothing replaces it
                     self.forget(proto, ck, entry, client, cport)
-                return "no_backend"
+                return NO_BACKEND
             slot = flow5_hash(proto, client, cport, svc.vip, vport) % svc.size
             addr, port = svc.members[svc.table[slot]]
             value = [addr.hex(), port, t, _fin_bits(flags, 1)]
-            self.stats["new"] += 1
+            self.metrics[NEW] += 1
             if entry is not None and (entry[0], entry[1]) not in svc.by_hex:
-                self.stats["moved"] += 1
+                self.metrics[MOVED] += 1
         out = self.rewrite(i, "dst", addr, port)
         # State changes come last, so a failure above writes nothing.
         if value != entry:
@@ -136,7 +158,7 @@ class _Run:
         if h.frag[i] == FRAG_FIRST:
             self.record_first_fragment(i, addr, 0)
         self.replaced[i] = out
-        self.stats["to_backend"] += 1
+        self.metrics[TO_BACKEND] += 1
         return ""
 
     def forget(self, proto: int, ck: bytes, entry: list, client: bytes, cport: int) -> None:
@@ -171,14 +193,14 @@ class _Run:
         if h.frag[i] == FRAG_FIRST:
             self.record_first_fragment(i, vip, 1)
         self.replaced[i] = out
-        self.stats["to_client"] += 1
+        self.metrics[TO_CLIENT] += 1
         return ""
 
     def later_fragment(self, i: int) -> str:
         """A non-first fragment: rewritten as its first fragment was, else passed or dropped."""
         h = self.h
         proto, dst = h.proto[i], h.dst[i]
-        key = _frag_key(h.version[i], h.src[i], dst, proto, h.ip_id[i])
+        key = datagram_key(h.version[i], h.src[i], dst, proto, h.ip_id[i])
         rec = self.frag.get(key)
         if rec is not None:
             if self.ts[i] - rec[0] <= FRAG_TTL_NS:
@@ -188,21 +210,19 @@ class _Run:
                 self.replaced[i] = bytes(pkt)
                 return ""
             self.frag.delete(key)
-        return "fragment" if (proto, dst) in self.lb.vip_addrs else ""
+        return FRAGMENT if (proto, dst) in self.lb.vip_addrs else ""
 
     def run(self) -> Decisions:
         h = self.h
-        kind, frag, proto = h.kind, h.frag, h.proto
+        decisions, ip = triage(h)
+        ports, reasons = decisions.ports, decisions.reasons
+        frag, proto = h.frag, h.proto
         src, dst, sport, dport = h.src, h.dst, h.sport, h.dport
         services_get = self.lb.services.get
         backends = self.lb.backends
-        reasons: list[str] = []
-        for i in range(len(h)):
+        for i in ip:
             try:
-                k = kind[i]
-                if k != KIND_IP:
-                    reason = "" if k == KIND_NON_IP else "malformed"
-                elif frag[i] == FRAG_LATER:
+                if frag[i] == FRAG_LATER:
                     reason = self.later_fragment(i)
                 else:
                     p = proto[i]
@@ -218,20 +238,22 @@ class _Run:
                             reason = ""
             except Exception:  # crafted content broke an assumption: drop, never raise
                 self.replaced.pop(i, None)
-                reason = "malformed"
-            reasons.append(reason)
-        ports = ["drop" if r else "pass" for r in reasons]
-        return Decisions(ports=ports, reasons=reasons, replaced=self.replaced)
+                reason = MALFORMED
+            if reason:
+                ports[i], reasons[i] = "drop", reason
+        decisions.replaced = self.replaced
+        decisions.metrics = self.metrics
+        return decisions
 
 
 def process_batch(
-    lb: LoadBalancer, batch: PacketBatch, headers: Headers, state: BatchState
-) -> tuple[Decisions, Counter[str]]:
-    run = _Run(lb, batch, headers, state)
-    return run.run(), run.stats
+    lb: Balancer, batch: PacketBatch, headers: Headers, state: BatchState
+) -> Decisions:
+    """The Decisions of one batch, with its metrics (NEW, MOVED, TO_BACKEND, TO_CLIENT)."""
+    return _Run(lb, batch, headers, state).run()
 
 
-def key_hashes(lb: LoadBalancer, headers: Headers) -> list[int | None]:
+def key_hashes(lb: Balancer, headers: Headers) -> list[int | None]:
     """The client endpoint's endpoint_hash per packet, or None (no preference).
 
     to a VIP: the source; from a VIP: the destination; from a backend

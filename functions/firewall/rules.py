@@ -1,4 +1,4 @@
-"""Firewall rule parsing and compilation (a helper of functions.firewall).
+"""Firewall rule parsing, compilation and matching (a helper of snf.functions.firewall).
 
 Rules are validated once by the config model and compiled once, when the
 firewall is built, into tuples of plain ints. Matching then needs no
@@ -8,9 +8,10 @@ live connection entry, but a flood of new flows still goes through it.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+from snf.core.cidr import Net, parse_cidrs
 
 __all__ = [
     "PORT_PROTOS",
@@ -18,7 +19,6 @@ __all__ = [
     "CompiledRule",
     "compile_rule",
     "match_rules",
-    "parse_cidrs",
     "parse_ports",
     "parse_proto",
 ]
@@ -30,8 +30,6 @@ PROTO_NAMES: dict[str, int] = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
 # sport/dport only matches these (ICMP echo identifiers are not ports).
 PORT_PROTOS: frozenset[int] = frozenset({6, 17, 33, 132, 136})  # TCP UDP DCCP SCTP UDP-Lite
 
-# (version, network as int, mask as int)
-Net = tuple[int, int, int]
 # (lo, hi) inclusive
 PortRange = tuple[int, int]
 
@@ -52,29 +50,6 @@ def parse_proto(value: Any) -> int:
             return PROTO_NAMES[name]
     names = ", ".join([*PROTO_NAMES, "any"])
     raise ValueError(f"expected one of {names} or a number 0..255, got {value!r}")
-
-
-def _parse_cidr(text: Any) -> Net:
-    if not isinstance(text, str):
-        raise ValueError(f"expected a CIDR string such as 10.0.0.0/8, got {text!r}")
-    try:
-        # strict: "10.0.0.1/8" is an error, not silently 10.0.0.0/8; a
-        # firewall should not guess what a rule meant.
-        net = ipaddress.ip_network(text.strip(), strict=True)
-    except ValueError as exc:
-        raise ValueError(
-            f"expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32 (or a bare address), "
-            f"got {text!r}: {exc}"
-        ) from None
-    return (net.version, int(net.network_address), int(net.netmask))
-
-
-def parse_cidrs(value: Any) -> tuple[Net, ...]:
-    """A CIDR or a list of them -> (version, net, mask) tuples. Raises ValueError."""
-    items = value if isinstance(value, list) else [value]
-    if not items:
-        raise ValueError("expected a CIDR or a non-empty list of CIDRs, got []")
-    return tuple(_parse_cidr(item) for item in items)
 
 
 def _parse_port_item(item: Any) -> PortRange:

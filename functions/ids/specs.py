@@ -1,4 +1,4 @@
-"""Address and port specs of IDS rules (a helper of functions._ids_rules).
+"""Address and port specs of IDS rules (a helper of snf.functions.ids.rules).
 
     any | 10.0.0.0/8 | 2001:db8::1 | 80 | 1024:65535 | :1023 | 1024: | !x | [a, b, ...] | $VAR
 

@@ -43,7 +43,8 @@ State
     Expiry is lazy (a packet finds its flow expired) plus finish() at the end.
 
 Metrics
-    counters: "in", "pass", "drop:malformed", "flows:<flowEndReason>".
+    the engine's counters: "in", "pass", "drop:malformed", "flows" (records);
+    and the core's metrics "flows:<flowEndReason>" (records per end reason).
 
 Example
     - type: flowmon
@@ -58,12 +59,20 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from snf.core.contract import Decisions, FinishContext, FunctionConfig, NetworkFunction, Record
+from snf.core.contract import (
+    Decisions,
+    FinishContext,
+    FunctionConfig,
+    NetworkFunction,
+    Record,
+    triage,
+)
+from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
-from snf.packet.headers import KIND_IP, KIND_NON_IP, Headers
+from snf.packet.headers import Headers
 
-from ._flowmon_records import ACTIVE, END, FORCED, IDLE, flow_record, new_entry
+from .records import ACTIVE, END, END_REASONS, FORCED, IDLE, flow_record, new_entry
 
 __all__ = ["FlowMonitor", "FlowMonitorConfig"]
 
@@ -71,6 +80,8 @@ _NS = 1_000_000_000
 _FIN = 0x01
 _RST = 0x04
 TABLE = "flows"
+# flowEndReason -> its metric, e.g. "flows:idle timeout"
+END_METRICS = {reason: f"flows:{reason}" for reason in END_REASONS}
 
 
 class FlowMonitorConfig(FunctionConfig):
@@ -98,6 +109,8 @@ class FlowMonitor(NetworkFunction):
     kind: ClassVar[str] = "flowmon"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
     record_ports: ClassVar[tuple[str, ...]] = ("flows",)
+    reasons: ClassVar[tuple[str, ...]] = (MALFORMED,)
+    metrics: ClassVar[tuple[str, ...]] = tuple(END_METRICS.values())
     key: ClassVar[str] = "flow"
     tables: ClassVar[tuple[str, ...]] = (TABLE,)
     Config: ClassVar[type[FunctionConfig]] = FlowMonitorConfig
@@ -107,15 +120,14 @@ class FlowMonitor(NetworkFunction):
         self.config: FlowMonitorConfig = config
         self._idle_ns = round(config.idle_timeout * _NS)
         self._active_ns = round(config.active_timeout * _NS)
-        self.counters: Counter[str] = Counter()
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
-        n = len(headers)
+        decisions, ip = triage(headers)
         ts = batch.records["ts_ns"].tolist()
         payload = batch.payload
         offsets = batch.offsets
         table = state.table(TABLE)
-        kind, version, flow = headers.kind, headers.version, headers.flow
+        version, flow = headers.version, headers.flow
         direction, tcp_flags, l3_off = headers.direction, headers.tcp_flags, headers.l3_off
         idle_ns, active_ns = self._idle_ns, self._active_ns
         # This batch's entries (key -> entry, None once ended) and what the store held.
@@ -123,21 +135,8 @@ class FlowMonitor(NetworkFunction):
         before: dict[bytes, Any] = {}
         records: list[Record] = []
         emit = records.append
-        ports: list[str] = []
-        reasons: list[str] = []
-        malformed = 0
 
-        for i in range(n):
-            k = kind[i]
-            if k != KIND_IP:
-                if k == KIND_NON_IP:
-                    ports.append("pass")
-                    reasons.append("")
-                else:
-                    ports.append("drop")
-                    reasons.append("malformed")
-                    malformed += 1
-                continue
+        for i in ip:
             try:
                 key = flow[i]
                 t = ts[i]
@@ -151,9 +150,7 @@ class FlowMonitor(NetworkFunction):
                 if d not in (0, 1) or l3_off[i] < 0:
                     raise ValueError("inconsistent headers")
             except Exception:  # headers that break the parser's promises: drop, never raise
-                ports.append("drop")
-                reasons.append("malformed")
-                malformed += 1
+                decisions.ports[i], decisions.reasons[i] = "drop", MALFORMED
                 continue
             if key in live:
                 e = live[key]
@@ -185,8 +182,6 @@ class FlowMonitor(NetworkFunction):
                     emit(flow_record(key, e, END))
                     e = None
             live[key] = e
-            ports.append("pass")
-            reasons.append("")
 
         # One write per changed flow, none for a flow born and ended in this batch.
         for key, e in live.items():
@@ -196,14 +191,11 @@ class FlowMonitor(NetworkFunction):
                 else:
                     table.set(key, e)
 
-        counters = self.counters
-        counters["in"] += n
-        counters["pass"] += n - malformed
-        if malformed:
-            counters["drop:malformed"] += malformed
-        for record in records:
-            counters["flows:" + record["flowEndReason"]] += 1
-        return Decisions(ports=ports, reasons=reasons, records={"flows": records})
+        decisions.records["flows"] = records
+        if records:
+            ends = Counter(record["flowEndReason"] for record in records)
+            decisions.metrics = {END_METRICS[end]: n for end, n in ends.items()}
+        return decisions
 
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """Emit and delete every flow left on this partition, by (ts_ns, flowStart, key)."""
@@ -214,5 +206,5 @@ class FlowMonitor(NetworkFunction):
             reason = IDLE if ctx.end_ts_ns - last > self._idle_ns else FORCED
             records.append(flow_record(key, e, reason))
             table.delete(key)
-            self.counters["flows:" + reason] += 1
+            ctx.metrics[END_METRICS[reason]] += 1
         return {"flows": records}

@@ -34,7 +34,7 @@ State
     None (key "any": any partition will do).
 
 Metrics
-    counters: "in", "pass", "drop:<reason>", "alerts", per batch.
+    the engine's counters: "in", "pass", "drop:<reason>", "alerts" (records).
 
 Example
     - type: ids
@@ -48,7 +48,6 @@ Example
 from __future__ import annotations
 
 import ipaddress
-from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -62,19 +61,21 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, Record
+from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, Record, triage
+from snf.core.reasons import MALFORMED, numbered
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch, format_packet_id
-from snf.packet.headers import FRAG_LATER, KIND_IP, KIND_NON_IP, Headers
+from snf.packet.headers import FRAG_LATER, Headers
 
-from ._ids_match import Matcher, payload_span
-from ._ids_rules import Rule, RuleError, compile_rules
-from ._ids_specs import check_var
+from .match import Matcher, payload_span
+from .rules import Rule, RuleError, compile_rules
+from .specs import check_var
 
 __all__ = ["Ids", "IdsConfig"]
 
 _PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}  # as in EVE
 _PORT_PROTOS = frozenset({6, 17, 33, 132, 136})  # TCP UDP DCCP SCTP UDP-Lite
+SID = "sid"  # numbered: sid:<sid>, the drop rule that dropped the packet
 _VAR_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -178,6 +179,7 @@ class Ids(NetworkFunction):
     kind: ClassVar[str] = "ids"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
     record_ports: ClassVar[tuple[str, ...]] = ("alerts",)
+    reasons: ClassVar[tuple[str, ...]] = (MALFORMED, numbered(SID))
     tables: ClassVar[tuple[str, ...]] = ()
     key: ClassVar[str] = "any"
     Config: ClassVar[type[FunctionConfig]] = IdsConfig
@@ -186,26 +188,18 @@ class Ids(NetworkFunction):
         super().__init__(config)
         self.config: IdsConfig = config
         self.matcher = Matcher(config.compiled)
-        self.counters: Counter[str] = Counter()
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
-        n = len(headers)
+        decisions, ip = triage(headers)
         rules = self.matcher.rules
         match, scans = self.matcher.match, self.matcher.scans
         buf, offsets = batch.payload, batch.offsets
-        kind, version, proto, frag = headers.kind, headers.version, headers.proto, headers.frag
+        version, proto, frag = headers.version, headers.proto, headers.frag
         src, dst, sport, dport = headers.src, headers.dst, headers.sport, headers.dport
         l3_off, l4_off = headers.l3_off, headers.l4_off
-        out_ports: list[str] = []
-        out_reasons: list[str] = []
         # (packet index, matching alert/drop rules, the packet's part of the alert record)
         hits: list[tuple[int, list[int], dict[str, Any]]] = []
-        for i in range(n):
-            k = kind[i]
-            if k != KIND_IP:
-                out_ports.append("pass" if k == KIND_NON_IP else "drop")
-                out_reasons.append("" if k == KIND_NON_IP else "malformed")
-                continue
+        for i in ip:
             reason = ""
             try:
                 p = proto[i]
@@ -224,18 +218,13 @@ class Ids(NetworkFunction):
                     if "pass" not in actions:
                         hits.append((i, found, _packet_fields(headers, i)))
                         if "drop" in actions:
-                            reason = f"sid:{rules[found[actions.index('drop')]].sid}"
+                            reason = numbered(SID, rules[found[actions.index("drop")]].sid)
             except Exception:  # crafted content broke an assumption: drop, never raise
-                reason = "malformed"  # (hits gets its entry last, so it has none for i)
-            out_ports.append("drop" if reason else "pass")
-            out_reasons.append(reason)
-        alerts = self._alerts(batch, hits) if hits else []
-        counters = self.counters
-        counters["in"] += n
-        counters["alerts"] += len(alerts)
-        for reason, count in Counter(out_reasons).items():
-            counters["drop:" + reason if reason else "pass"] += count
-        return Decisions(ports=out_ports, reasons=out_reasons, records={"alerts": alerts})
+                reason = MALFORMED  # (hits gets its entry last, so it has none for i)
+            if reason:
+                decisions.ports[i], decisions.reasons[i] = "drop", reason
+        decisions.records["alerts"] = self._alerts(batch, hits) if hits else []
+        return decisions
 
     def _alerts(
         self, batch: PacketBatch, hits: list[tuple[int, list[int], dict[str, Any]]]
