@@ -112,7 +112,7 @@ def test_a_stale_entry_of_an_earlier_crash_is_undone_consistently() -> None:
     async def run_b() -> None:
         for r in records[:8]:
             await b.handle(r)
-            b_sends.ack(1.0, random.Random(0))  # 5 and 6 acknowledged: B's entry for 7 says settled 7
+            b_sends.ack(1.0, random.Random(0))  # 5, 6 acknowledged: entry 7 says settled 7
 
     asyncio.run(run_b())
     assert (b.parts[0].start, b.counters["undone"]) == (5, 5)
