@@ -8,6 +8,7 @@ newcomer's hands.
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -78,3 +79,18 @@ def test_named_paths_and_modules_exist(doc: Path) -> None:
     tokens = (code.strip().rstrip(".,:;") for code in CODE.findall(doc.read_text()))
     missing = [token for token in tokens if named_thing_missing(token)]
     assert not missing, f"{doc.relative_to(ROOT)} names what does not exist: {missing}"
+
+
+PACKAGE_DIRS = sorted(p.parent for p in (ROOT / "snf").rglob("__init__.py"))
+
+
+@pytest.mark.parametrize("package", PACKAGE_DIRS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_each_package_docstring_lists_its_modules(package: Path) -> None:
+    """A package's docstring is its table of contents: one line per module."""
+    if package == ROOT / "snf":
+        return  # the root: docs/ARCHITECTURE.md is its table of contents
+    doc = ast.get_docstring(ast.parse((package / "__init__.py").read_text())) or ""
+    listed = set(re.findall(r"^\s*(\w+)/?\s", doc, re.M))
+    modules = {p.stem for p in package.glob("*.py") if p.name != "__init__.py"}
+    modules |= {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    assert modules <= listed, f"{package.relative_to(ROOT)} does not list {modules - listed}"

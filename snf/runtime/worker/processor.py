@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from snf import wire
 from snf.core.engine import FunctionEngine, StageOutput
-from snf.core.tables import BatchState
+from snf.core.tables import BatchState, Store
 from snf.guarantee.journal import (
     JOURNAL_SLOTS,
     JournalEntry,
@@ -44,7 +44,7 @@ from snf.pipeline.model import PipelineFunction
 from snf.pipeline.routing import PipelinePlan
 from snf.runtime.worker.outputs import Outputs, Send
 from snf.runtime.worker.partition import PartitionState
-from snf.runtime.worker.state_table import PrefixedStore, StateTable
+from snf.runtime.worker.state_table import PrefixedStore
 
 __all__ = ["InputRecord", "Processor"]
 
@@ -64,9 +64,7 @@ class InputRecord:
 class Processor:
     """The per-record protocol of one function's worker, over all its input partitions."""
 
-    def __init__(
-        self, fn: PipelineFunction, plan: PipelinePlan, table: StateTable, send: Send
-    ) -> None:
+    def __init__(self, fn: PipelineFunction, plan: PipelinePlan, table: Store, send: Send) -> None:
         self.fn = fn
         self.table = table
         self.engine = FunctionEngine(plan.cores[fn.name])

@@ -1,35 +1,22 @@
-"""The worker's single state table, and each core table as a prefix of it.
+"""Each core table as a prefix of the worker's single state table.
 
 Over Kafka all of a function's tables (its core's, the engine's `control`
 table and the journal) live in one table: one changelog partition per input
 partition then holds every write in order, which the journal relies on
-(snf.guarantee.journal). `StateTable` is what the worker's protocol needs of
-it, for the partition of the event in hand: Faust's table behind
+(snf.guarantee.journal). The worker sees that table as a snf.core.tables.Store
+of the partition of the event in hand: Faust's table behind
 snf.runtime.worker.faust_table, or a dict in the unit tests.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any
 
+from snf.core.tables import Store
 from snf.guarantee.journal import table_key
 
-__all__ = ["PrefixedStore", "StateTable"]
-
-
-class StateTable(Protocol):
-    """The single state table, seen from the partition of the event in hand."""
-
-    def get(self, key: bytes) -> Any | None: ...
-
-    def set(self, key: bytes, value: Any) -> None: ...
-
-    def delete(self, key: bytes) -> None: ...
-
-    def items(self) -> Iterable[tuple[bytes, Any]]:
-        """Every entry of the current partition (the end of input needs them all)."""
-        ...
+__all__ = ["PrefixedStore"]
 
 
 class PrefixedStore:
@@ -38,7 +25,7 @@ class PrefixedStore:
 
     __slots__ = ("prefix", "table")
 
-    def __init__(self, table: StateTable, name: str) -> None:
+    def __init__(self, table: Store, name: str) -> None:
         self.table = table
         self.prefix = table_key(name, b"")
 
