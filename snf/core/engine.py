@@ -86,8 +86,7 @@ class FunctionEngine:
                 raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
             reasons = reasons_by_port[port]
             for reason, n in Counter(reasons).items():
-                if reason not in check.known:
-                    check(reason)
+                check(reason)  # a set lookup once a reason is known
                 counters[f"{port}:{reason}" if reason else port] += n
             out.packets[port] = batch.select(idx, reasons=reasons, replaced=decisions.replaced)
         out.records = self._checked_records(decisions.records)

@@ -11,6 +11,7 @@ partitions: the replay checkpoint (snf/ingress/checkpoint.py) is built on it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -44,12 +45,8 @@ class BatchPublisher:
             headers = [Lineage(f"{CAPTURE_ORIGIN}{self.session}/{partition}", last, 0).header()]
         on_acked = None
         if self.on_delivered is not None:
-            seqs = batch.records["seq"].copy()  # only the seqs wait for the ack, not the batch
-            delivered = self.on_delivered
-
-            def on_acked() -> None:
-                delivered(seqs)
-
+            # Only a copy of the seqs waits for the ack, not the whole batch.
+            on_acked = partial(self.on_delivered, batch.records["seq"].copy())
         self.producer.send(partition, wire.encode(batch), headers, on_acked)
 
     def send_end_markers(self, marker: wire.EndMarker, partitions: int) -> None:

@@ -51,7 +51,6 @@ REPORT_INTERVAL = 10.0  # seconds between counter lines in the log
 class WorkerParts:
     """The named parts of one worker, connected to its Faust app by create_app."""
 
-    fn: PipelineFunction
     coord: Coordination
     files: WorkerFiles
     processor: Processor
@@ -141,12 +140,12 @@ def _parts(
     )
     lifecycle = Lifecycle(app, processor, committer, coord, files)
     stats = StatsWriter(files, processor.counters)
-    return WorkerParts(fn, coord, files, processor, catch_up, committer, lifecycle, stats)
+    return WorkerParts(coord, files, processor, catch_up, committer, lifecycle, stats)
 
 
 def _connect(app: faust.App, w: WorkerParts) -> None:
     """The agent, the timers, the rebalance signals and the lifecycle tasks."""
-    fn, coord = w.fn, w.coord
+    fn, coord = w.processor.fn, w.coord
     source = app.topic(
         fn.input_topic, partitions=fn.partitions, key_serializer="raw", value_serializer="raw"
     )

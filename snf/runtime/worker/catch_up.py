@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from snf.kafka.side_reader import SideReader
@@ -41,7 +41,7 @@ class CatchUp:
         coord: Coordination,
         *,
         committed: Callable[[TP], int | None],
-        assignment: Callable[[], Iterable[TP]],
+        assignment: Callable[[], Collection[TP]],
         in_event: Callable[[TP, int], contextlib.AbstractContextManager[None]],
     ) -> None:
         self.processor = processor
@@ -95,7 +95,7 @@ class CatchUp:
             for tp in list(due):
                 async with coord.lock:
                     start, high = await self.next_offset(tp), ends[tp.partition]
-                    if start >= high or tp not in set(self.assignment()):
+                    if start >= high or tp not in self.assignment():
                         due.remove(tp)
                         self.stalled.pop(tp, None)
                         continue

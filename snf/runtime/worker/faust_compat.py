@@ -86,10 +86,9 @@ def shorten_fetch_wait(ms: int) -> None:
     connection, so each step of a takeover took up to 1.5 s (docs/FAULT-TOLERANCE.md).
     A shorter wait costs a few more idle fetches and makes takeovers faster."""
     thread_cls = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(thread_cls, "_snf_fetch_wait", None) == ms:
-        return
+    if getattr(thread_cls, "_snf_fetch_wait", False):
+        return  # patched already (one worker per process; tests may create more apps)
     create = _private(thread_cls, "_create_worker_consumer")
-    create = getattr(create, "_snf_original", create)
 
     def create_worker_consumer(self: Any, transport: Any) -> Any:
         consumer = create(self, transport)
@@ -97,9 +96,8 @@ def shorten_fetch_wait(ms: int) -> None:
         consumer._fetch_max_wait_ms = ms  # read when the fetcher starts
         return consumer
 
-    create_worker_consumer._snf_original = create  # type: ignore[attr-defined]
     thread_cls._create_worker_consumer = create_worker_consumer
-    thread_cls._snf_fetch_wait = ms
+    thread_cls._snf_fetch_wait = True
 
 
 # -- the current event --------------------------------------------------------------------
