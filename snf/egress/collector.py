@@ -13,16 +13,21 @@ deterministic records, and written ordered by (ts_ns, text).
 from __future__ import annotations
 
 import json
+import operator
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from snf.packet.batch import PacketBatch, format_packet_id
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.model import EGRESS, PortKey
 
 __all__ = ["Collector"]
+
+PacketId = tuple[int, int]  # (source id, seq)
 
 
 @dataclass(slots=True)
@@ -35,15 +40,28 @@ class _Packet:
 
 
 @dataclass
+class _Terminal:
+    """What reached one terminal: the batches as they came, minus repeats."""
+
+    parts: list[PacketBatch] = field(default_factory=list)
+    ids: dict[int, set[int]] = field(default_factory=dict)  # source id -> seqs
+    count: int = 0
+
+
+@dataclass
 class Collector:
-    seen: dict[tuple[int, int], PortKey] = field(default_factory=dict)
-    packets: dict[PortKey, dict[tuple[int, int], _Packet]] = field(default_factory=dict)
     duplicates: int = 0  # an id delivered again in a message of new lineage: a real repeat
     redelivered: int = 0  # messages skipped by lineage: a redo's copies (snf.guarantee.journal)
     conflicts: int = 0  # same id on two terminals: fan-out, else a correctness bug
     # record port -> canonical JSON text -> (ts_ns, record)
     records: dict[PortKey, dict[str, tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     duplicate_records: int = 0
+    duplicates_at: Counter[PortKey] = field(default_factory=Counter)  # `duplicates` per terminal
+    _terminals: dict[PortKey, _Terminal] = field(default_factory=dict, repr=False)
+    _seen: dict[int, set[int]] = field(default_factory=dict, repr=False)  # any terminal
+    _view: tuple[int, dict[PortKey, dict[PacketId, _Packet]]] | None = field(
+        default=None, repr=False
+    )
 
     def add_records(self, where: PortKey, records: list[dict[str, Any]]) -> int:
         """Add records from a record port; return how many were new."""
@@ -68,48 +86,75 @@ class Collector:
 
         Deduplicated per terminal: with fan-out one id may reach several
         terminals (`conflicts` counts those; without fan-out each is a bug).
+        A batch of new ids from one source, the common case, is checked with
+        set operations and kept whole.
         """
-        bucket = self.packets.setdefault(where, {})
-        seen = self.seen
+        term = self._terminals.setdefault(where, _Terminal())
+        if not len(batch):
+            self._view = None
+            return 0
+        kept = _fresh_whole(term, batch)
+        if kept is None:
+            kept = _fresh_each(term, batch)
+        repeats = len(batch) - len(kept)
+        self.duplicates += repeats
+        self.duplicates_at[where] += repeats
+        if not len(kept):
+            return 0
+        term.parts.append(kept)
+        term.count += len(kept)
+        self._view = None
         new = 0
-        lt = batch.linktype
-        for ts, orig, data, sid, seq, reason in batch.rows():
-            pid = (sid, seq)
-            if pid in bucket:
-                self.duplicates += 1
-                continue
-            bucket[pid] = _Packet(lt, ts, orig, bytes(data), reason)
-            prev = seen.get(pid)
-            if prev is None:
-                seen[pid] = where
-                new += 1
-            else:
-                self.conflicts += 1
+        for sid, seqs in _ids_by_source(kept).items():
+            seen = self._seen.setdefault(sid, set())
+            before = len(seen)
+            seen.update(seqs)
+            new += len(seen) - before
+        self.conflicts += len(kept) - new
         return new
 
     @property
+    def packets(self) -> dict[PortKey, dict[PacketId, _Packet]]:
+        """terminal -> packet id -> packet, in arrival order (built on demand, for
+        checks and tests; the writers read the batches directly)."""
+        version = sum(t.count for t in self._terminals.values())
+        if (
+            self._view is None
+            or self._view[0] != version
+            or len(self._view[1]) != len(self._terminals)
+        ):
+            view = {where: _packet_dict(t.parts) for where, t in self._terminals.items()}
+            self._view = (version, view)
+        return self._view[1]
+
+    @property
     def total(self) -> int:
-        return len(self.seen)
+        return sum(len(seqs) for seqs in self._seen.values())
 
     def count(self, where: PortKey) -> int:
-        return len(self.packets.get(where, {}))
+        term = self._terminals.get(where)
+        return term.count if term else 0
 
     def reasons(self, where: PortKey) -> Counter[str]:
-        return Counter(p.reason for p in self.packets.get(where, {}).values())
+        found: Counter[str] = Counter()
+        term = self._terminals.get(where)
+        for part in term.parts if term else ():
+            counts = np.bincount(part.records["reason"], minlength=len(part.reasons))
+            for reason, n in zip(part.reasons, counts.tolist(), strict=True):
+                if n:
+                    found[reason] += n
+        return found
 
     def write_pcapng(self, path: Path, where: PortKey = EGRESS) -> int:
-        bucket = self.packets.get(where, {})
+        """The packets of one terminal in packet id order, each id in its comment."""
+        term = self._terminals.get(where)
         with PcapngWriter(path) as w:
-            for pid in sorted(bucket):
-                p = bucket[pid]
-                w.write(
-                    p.linktype,
-                    p.ts_ns,
-                    p.data,
-                    p.orig_len,
-                    comment=f"snf id={format_packet_id(*pid)}",
-                )
-        return len(bucket)
+            if term is None or not term.count:
+                return 0
+            cols = _sorted_columns(term.parts)
+            comments = list(map(_comment, cols["source"].tolist(), cols["seq"].tolist()))
+            w.write_batch(cols["linktype"], cols["ts_ns"], cols["orig_len"], cols["data"], comments)
+        return term.count
 
     def write_events(self, directory: Path) -> list[Path]:
         """One JSON Lines file per terminal but egress: <function>.<port>.jsonl
@@ -123,12 +168,12 @@ class Collector:
                     f.write(json.dumps(record) + "\n")
             written.append(path)
         for (function, port), bucket in sorted(self.packets.items()):
+            bucket = dict(sorted(bucket.items()))
             if (function, port) == EGRESS:
                 continue
             path = directory / f"{function}.{port}.jsonl"
             with path.open("w") as f:
-                for pid in sorted(bucket):
-                    p = bucket[pid]
+                for pid, p in bucket.items():
                     f.write(
                         json.dumps(
                             {
@@ -145,3 +190,81 @@ class Collector:
                     )
             written.append(path)
         return written
+
+
+def _comment(source_id: int, seq: int) -> bytes:
+    return f"snf id={format_packet_id(source_id, seq)}".encode()
+
+
+def _ids_by_source(batch: PacketBatch) -> dict[int, list[int]]:
+    src = batch.records["source"]
+    seqs = batch.records["seq"]
+    if len(batch.sources) == 1:
+        return {batch.sources[0]: seqs.tolist()}
+    return {batch.sources[s]: seqs[src == s].tolist() for s in np.unique(src).tolist()}
+
+
+def _fresh_whole(term: _Terminal, batch: PacketBatch) -> PacketBatch | None:
+    """The batch itself when every id in it is new to the terminal, else None."""
+    by_source = _ids_by_source(batch)
+    fresh = {sid: set(seqs) for sid, seqs in by_source.items()}
+    if sum(map(len, fresh.values())) != len(batch):
+        return None  # an id repeats within the batch
+    if any(not term.ids.get(sid, set()).isdisjoint(seqs) for sid, seqs in fresh.items()):
+        return None
+    for sid, seqs in fresh.items():
+        term.ids.setdefault(sid, set()).update(seqs)
+    return batch
+
+
+def _fresh_each(term: _Terminal, batch: PacketBatch) -> PacketBatch:
+    """The packets whose id the terminal has not seen yet, first copy kept."""
+    keep = []
+    for i, (sid, seq) in enumerate(batch.packet_ids()):
+        seqs = term.ids.setdefault(sid, set())
+        if seq not in seqs:
+            seqs.add(seq)
+            keep.append(i)
+    return batch.select(keep)
+
+
+def _packet_dict(parts: list[PacketBatch]) -> dict[PacketId, _Packet]:
+    out = {}
+    for part in parts:
+        lt = part.linktype
+        for ts, orig, data, sid, seq, reason in part.rows():
+            out[(sid, seq)] = _Packet(lt, ts, orig, bytes(data), reason)
+    return out
+
+
+def _sorted_columns(parts: list[PacketBatch]) -> dict[str, Any]:
+    """Every packet of `parts` as columns, sorted by packet id (source, seq)."""
+    recs = [p.records for p in parts]
+    source = np.concatenate(
+        [
+            np.asarray(p.sources, dtype=np.uint64)[r["source"]]
+            for p, r in zip(parts, recs, strict=True)
+        ]
+    )
+    seq = np.concatenate([r["seq"] for r in recs])
+    order = np.lexsort((seq, source))
+    owner = np.repeat(np.arange(len(parts)), [len(r) for r in recs])[order]
+    start = np.concatenate([np.asarray(p.offsets[:-1], dtype=np.int64) for p in parts])[order]
+    end = start + np.concatenate([r["cap_len"] for r in recs]).astype(np.int64)[order]
+    views = [memoryview(p.payload) for p in parts]
+    data = list(
+        map(
+            operator.getitem,
+            map(views.__getitem__, owner.tolist()),
+            map(slice, start.tolist(), end.tolist()),
+        )
+    )
+    kinds = np.repeat([p.linktype for p in parts], [len(r) for r in recs])[order]
+    return {
+        "source": source[order],
+        "seq": seq[order],
+        "linktype": kinds,
+        "ts_ns": np.concatenate([r["ts_ns"] for r in recs])[order],
+        "orig_len": np.concatenate([r["orig_len"] for r in recs])[order],
+        "data": data,
+    }

@@ -57,9 +57,10 @@ class SinkRecorder(Collector):
     record_repeats: Counter[PortKey] = field(default_factory=Counter)
 
     def add(self, where: PortKey, batch: PacketBatch) -> int:
-        bucket, ids = self.packets.get(where, {}), batch.packet_ids()
-        self.repeats[where] += len(ids) - len({pid for pid in ids if pid not in bucket})
-        return super().add(where, batch)
+        before = self.duplicates_at[where]
+        new = super().add(where, batch)
+        self.repeats[where] += self.duplicates_at[where] - before
+        return new
 
     def add_records(self, where: PortKey, records: list[dict[str, Any]]) -> int:
         new = super().add_records(where, records)

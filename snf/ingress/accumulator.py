@@ -10,16 +10,18 @@ cut when it reaches max_packets or max_bytes, or when the caller cuts them all (
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from snf.core.contract import NetworkFunction
-from snf.packet.batch import RECORD_DTYPE, PacketBatch, PacketRow
+from snf.packet.batch import RECORD_DTYPE, PacketBatch
+from snf.packet.capture_chunk import CaptureChunk
 from snf.packet.capture_file import CapturedPacket
 from snf.packet.fragments import FlowRouter
-from snf.packet.parse import parse_batch
+from snf.packet.parse import parse_buffer
 from snf.pipeline.routing import key_hashes
 
 __all__ = ["Batcher", "BatcherStats"]
@@ -56,75 +58,95 @@ class Batcher:
         self.keyers = tuple(keyers)
         self.stats = BatcherStats()
         # One pending batch per partition (and so one link type at a time).
-        self._pending: dict[int, list[PacketRow]] = {}
-        self._pending_bytes: dict[int, int] = {}
-        self._pending_linktype: dict[int, int] = {}
+        self._pending: dict[int, _Pending] = {}
         self._next_batch_id = 0
 
     def add(self, packets: Sequence[CapturedPacket]) -> list[tuple[int, PacketBatch]]:
+        """Route a list of packets; return the (partition, batch) pairs that filled up."""
+        if not packets:
+            return []
+        chunk = CaptureChunk.from_packets(
+            [p.ts_ns for p in packets],
+            [p.orig_len for p in packets],
+            [p.data for p in packets],
+            [p.linktype for p in packets],
+        )
+        return self.add_chunk(chunk)
+
+    def add_chunk(self, chunk: CaptureChunk) -> list[tuple[int, PacketBatch]]:
         """Route a chunk of packets; return the (partition, batch) pairs that filled up."""
         ready: list[tuple[int, PacketBatch]] = []
-        start = 0
+        kinds = chunk.linktype
         # Consecutive runs of one link type: a batch carries a single link type.
-        while start < len(packets):
-            linktype = packets[start].linktype
-            end = start + 1
-            while end < len(packets) and packets[end].linktype == linktype:
-                end += 1
-            ready.extend(self._add_run(linktype, packets[start:end]))
-            start = end
+        bounds = [0, *(np.flatnonzero(kinds[1:] != kinds[:-1]) + 1).tolist(), len(chunk)]
+        for start, end in itertools.pairwise(bounds):
+            if end > start:
+                run = chunk if end - start == len(chunk) else chunk.take(slice(start, end))
+                ready.extend(self._add_run(int(kinds[start]), run))
         return ready
 
-    def _add_run(
-        self, linktype: int, run: Sequence[CapturedPacket]
-    ) -> list[tuple[int, PacketBatch]]:
-        datas = [p.data for p in run]
-        ts = [p.ts_ns for p in run]
-        headers = parse_batch(linktype, datas)
+    def _add_run(self, linktype: int, run: CaptureChunk) -> list[tuple[int, PacketBatch]]:
+        n = len(run)
+        headers = parse_buffer(linktype, run.data, run.start, run.cap_len)
         hashes = None
         if self.keyers:
             # Keys read packet bytes (and times) only: a bare batch is enough.
-            rec = np.zeros(len(run), dtype=RECORD_DTYPE)
-            rec["ts_ns"] = ts
-            rec["cap_len"] = [len(d) for d in datas]
-            batch = PacketBatch(linktype, rec, b"".join(datas))
+            rec = np.zeros(n, dtype=RECORD_DTYPE)
+            rec["ts_ns"] = run.ts_ns
+            rec["cap_len"] = run.cap_len
+            batch = PacketBatch(linktype, rec, run.payload())
             hashes = key_hashes(self.keyers, batch, headers)
-        parts = self.router.route(headers, ts, self.partitions, hashes)
+        parts = np.asarray(
+            self.router.route(headers, run.ts_ns, self.partitions, hashes), dtype=np.int64
+        )
+        segment = _Segment(run, self.seq)
+        # Stable grouping by partition keeps capture order within each one.
+        order = np.argsort(parts, kind="stable")
+        cuts = np.flatnonzero(np.diff(parts[order])) + 1
+        ready: list[tuple[int, PacketBatch]] = []
+        for group in np.split(order, cuts):
+            if len(group):
+                ready.extend(self._append(int(parts[group[0]]), linktype, segment, group))
+        stats = self.stats
+        for part, count in enumerate(np.bincount(parts, minlength=self.partitions).tolist()):
+            if count:
+                stats.per_partition[part] = stats.per_partition.get(part, 0) + count
+        stats.packets += n
+        stats.last_ts_ns = max(stats.last_ts_ns, int(run.ts_ns.max()))
+        stats.bytes += int(run.cap_len.sum())
+        self.seq += n
+        return ready
+
+    def _append(
+        self, part: int, linktype: int, segment: _Segment, index: np.ndarray
+    ) -> list[tuple[int, PacketBatch]]:
+        """Add one partition's packets of a run, cutting at max_packets or max_bytes."""
         ready = []
-        seq = self.seq
-        src = self.source_id
-        pending = self._pending
-        sizes = self._pending_bytes
-        linktypes = self._pending_linktype
-        per_part = self.stats.per_partition
-        for p, pkt, part in zip(run, datas, parts, strict=True):
-            rows = pending.get(part)
-            if rows is not None and linktypes[part] != linktype:
-                # One link type per batch: cut the other one first, so the
-                # partition still receives its packets in capture order.
+        pending = self._pending.get(part)
+        if pending is not None and pending.linktype != linktype:
+            # One link type per batch: cut the other one first, so the
+            # partition still receives its packets in capture order.
+            ready.append(self._cut(part))
+            pending = None
+        sizes = np.cumsum(segment.run.cap_len[index])  # bytes up to and including each packet
+        done = 0
+        while done < len(index):
+            if pending is None:
+                pending = self._pending[part] = _Pending(linktype)
+            # The batch closes at the first packet that reaches either limit.
+            base = int(sizes[done - 1]) if done else 0
+            by_bytes = int(np.searchsorted(sizes, base + self.max_bytes - pending.bytes))
+            take = min(self.max_packets - pending.count, by_bytes + 1 - done, len(index) - done)
+            pending.add(segment, index[done : done + take], int(sizes[done + take - 1]) - base)
+            done += take
+            if pending.count >= self.max_packets or pending.bytes >= self.max_bytes:
                 ready.append(self._cut(part))
-                rows = None
-            if rows is None:
-                rows = pending[part] = []
-                sizes[part] = 0
-                linktypes[part] = linktype
-            rows.append((p.ts_ns, p.orig_len, pkt, src, seq, ""))
-            seq += 1
-            sizes[part] += len(pkt)
-            per_part[part] = per_part.get(part, 0) + 1
-            if len(rows) >= self.max_packets or sizes[part] >= self.max_bytes:
-                ready.append(self._cut(part))
-        self.stats.packets += len(run)
-        self.stats.last_ts_ns = max(self.stats.last_ts_ns, max(ts))
-        self.stats.bytes += sum(len(d) for d in datas)
-        self.seq = seq
+                pending = None
         return ready
 
     def _cut(self, part: int) -> tuple[int, PacketBatch]:
-        rows = self._pending.pop(part)
-        self._pending_bytes.pop(part)
-        linktype = self._pending_linktype.pop(part)
-        batch = PacketBatch.from_rows(linktype, rows, batch_id=self._next_batch_id)
+        pending = self._pending.pop(part)
+        batch = pending.batch(self.source_id, self._next_batch_id)
         self._next_batch_id += 1
         self.stats.batches += 1
         return part, batch
@@ -132,3 +154,42 @@ class Batcher:
     def cut_all(self) -> list[tuple[int, PacketBatch]]:
         """Cut every pending batch, in partition order."""
         return [self._cut(part) for part in sorted(self._pending)]
+
+
+@dataclass(slots=True)
+class _Segment:
+    """A run of one link type, and the seq of its first packet."""
+
+    run: CaptureChunk
+    first_seq: int
+
+
+@dataclass
+class _Pending:
+    """A partition's batch being filled: pieces of runs, in capture order."""
+
+    linktype: int
+    count: int = 0
+    bytes: int = 0
+    pieces: list[tuple[_Segment, np.ndarray]] = field(default_factory=list)
+
+    def add(self, segment: _Segment, index: np.ndarray, nbytes: int) -> None:
+        self.pieces.append((segment, index))
+        self.count += len(index)
+        self.bytes += nbytes
+
+    def batch(self, source_id: int, batch_id: int) -> PacketBatch:
+        rec = np.zeros(self.count, dtype=RECORD_DTYPE)
+        at = 0
+        payload = []
+        for segment, index in self.pieces:
+            run, end = segment.run, at + len(index)
+            rec["ts_ns"][at:end] = run.ts_ns[index]
+            rec["orig_len"][at:end] = run.orig_len[index]
+            rec["cap_len"][at:end] = run.cap_len[index]
+            rec["seq"][at:end] = index + segment.first_seq
+            payload.append(run.payload(index))
+            at = end
+        return PacketBatch(
+            self.linktype, rec, b"".join(payload), (source_id,), ("",), batch_id=batch_id
+        )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,12 +31,12 @@ from rich.progress import (
 from snf.core.contract import NetworkFunction
 from snf.ingress.accumulator import Batcher
 from snf.packet.batch import PacketBatch
-from snf.packet.capture_file import CapturedPacket, CaptureError, read_capture
+from snf.packet.capture_chunk import CaptureChunk
+from snf.packet.capture_file import CaptureError, read_chunks
 
 __all__ = ["ReplayOptions", "ReplaySummary", "check_captures", "replay", "source_id_for"]
 
 Publish = Callable[[int, PacketBatch], None]
-CHUNK = 2048  # packets parsed and routed together at top speed
 LINGER_S = 0.005  # timed replay: packets due within this window share batches
 
 
@@ -90,23 +91,45 @@ def check_captures(captures: Sequence[Path]) -> None:
             raise CaptureError(f"{path}: capture file {what}")
 
 
-def _packets(
+def _chunks(
     captures: Sequence[Path],
     opts: ReplayOptions,
     warn: Callable[[str], None],
     advance: Callable[[int], None],
-) -> Iterator[tuple[int, CapturedPacket]]:
-    """(segment, packet): a segment is one pass over one file, timed on its own."""
-    n = 0
+) -> Iterator[tuple[int, CaptureChunk]]:
+    """(segment, chunk): a segment is one pass over one file, timed on its own.
+
+    A file replayed again (`loop`) is walked once: its chunks (arrays over the
+    mapped file) are kept, and its warnings repeated on every pass.
+    """
+    left = opts.limit if opts.limit is not None else -1
     segment = 0
+    kept: dict[Path, tuple[list[CaptureChunk], list[str]]] = {}
     for _ in range(opts.loop):
         for path in captures:
-            for pkt in read_capture(path, on_warning=warn):
-                if opts.limit is not None and n >= opts.limit:
+            if path in kept:
+                chunks, found = kept[path]
+                for message in found:
+                    warn(message)
+            else:
+                found = []
+
+                def note(message: str, found: list[str] = found) -> None:
+                    found.append(message)
+                    warn(message)
+
+                chunks = read_chunks(path, on_warning=note)
+                if opts.loop > 1:
+                    chunks = list(chunks)
+                    kept[path] = (chunks, found)
+            for chunk in chunks:
+                if left == 0:
                     return
-                n += 1
-                advance(len(pkt.data) + 16)
-                yield segment, pkt
+                if 0 < left < len(chunk):
+                    chunk = chunk.take(slice(0, left))
+                left -= len(chunk) if left > 0 else 0
+                advance(int(chunk.cap_len.sum()) + 16 * len(chunk))
+                yield segment, chunk
             segment += 1
 
 
@@ -161,18 +184,13 @@ def replay(
                 publish(part, batch)
             progress.update(task, completed=seen[0], pkts=batcher.stats.packets)
 
-        stream = _packets(captures, opts, warn, advance)
+        stream = _chunks(captures, opts, warn, advance)
         skipped_ts = 0
         if opts.skip > 0:
-            summary.skipped, skipped_ts = _route_only(stream, opts.skip, batcher, keyers)
+            summary.skipped, skipped_ts, stream = _route_only(stream, opts.skip, batcher, keyers)
         if opts.speed is None and opts.pps is None:
-            chunk: list[CapturedPacket] = []
-            for _, pkt in stream:
-                chunk.append(pkt)
-                if len(chunk) >= CHUNK:
-                    send(batcher.add(chunk))
-                    chunk = []
-            send(batcher.add(chunk))
+            for _, chunk in stream:
+                send(batcher.add_chunk(chunk))
         else:
             _timed(stream, opts, batcher, send)
         send(batcher.cut_all())
@@ -187,12 +205,13 @@ def replay(
 
 
 def _route_only(
-    stream: Iterator[tuple[int, CapturedPacket]],
+    stream: Iterator[tuple[int, CaptureChunk]],
     skip: int,
     batcher: Batcher,
     keyers: Sequence[NetworkFunction],
-) -> tuple[int, int]:
-    """Consume the first `skip` packets without publishing: (count, latest packet time).
+) -> tuple[int, int, Iterator[tuple[int, CaptureChunk]]]:
+    """Consume the first `skip` packets without publishing: (count, latest packet
+    time, the rest of the stream).
 
     They go through a throw-away Batcher whose FlowRouter then replaces
     `batcher`'s: a later fragment whose first fragment was skipped still
@@ -200,18 +219,21 @@ def _route_only(
     """
     warm = Batcher(batcher.partitions, batcher.source_id, keyers=keyers)
     count = 0
-    while count < skip:
-        chunk = [pkt for _, pkt in itertools.islice(stream, min(CHUNK, skip - count))]
-        if not chunk:
-            break  # the stream is shorter than the checkpoint: nothing left to send
-        warm.add(chunk)
-        count += len(chunk)
+    rest: list[tuple[int, CaptureChunk]] = []
+    for segment, chunk in stream:
+        take = min(len(chunk), skip - count)
+        warm.add_chunk(chunk if take == len(chunk) else chunk.take(slice(0, take)))
+        count += take
+        if take < len(chunk):
+            rest.append((segment, chunk.take(slice(take, len(chunk)))))
+        if count >= skip:
+            break
     batcher.router = warm.router
-    return count, warm.stats.last_ts_ns
+    return count, warm.stats.last_ts_ns, itertools.chain(rest, stream)
 
 
 def _timed(
-    stream: Iterator[tuple[int, CapturedPacket]],
+    stream: Iterator[tuple[int, CaptureChunk]],
     opts: ReplayOptions,
     batcher: Batcher,
     send: Callable[[list[tuple[int, PacketBatch]]], None],
@@ -220,28 +242,36 @@ def _timed(
 
     Due times are fixed from the start, so small delays never add up. Each
     segment (a pass over one file) keeps its own captured timing and starts
-    where the previous one ended, as tcpreplay plays files and loops.
+    where the previous one ended, as tcpreplay plays files and loops. Due
+    times are computed a chunk at a time; the loop runs once per wait.
     """
     t0_wall = time.perf_counter()
     segment_start = t0_wall  # wall time at which the current segment starts
-    current, t0_pkt, due = -1, 0, t0_wall
+    current, t0_pkt, due_last, sent = -1, 0, t0_wall, 0
     speed = opts.speed or 1.0
-    chunk: list[CapturedPacket] = []
-    for i, (segment, pkt) in enumerate(stream):
+    for segment, chunk in stream:
+        ts = chunk.ts_ns
         if opts.pps:
-            due = t0_wall + i / opts.pps
+            due = t0_wall + (sent + np.arange(len(chunk))) / opts.pps
         else:
             if segment != current:
-                current, t0_pkt, segment_start = segment, pkt.ts_ns, due
+                current, t0_pkt, segment_start = segment, int(ts[0]), due_last
             # A capture may step backwards in time; never wait for those.
-            due = max(due, segment_start + max(0, pkt.ts_ns - t0_pkt) / 1e9 / speed)
-        wait = due - time.perf_counter()
-        if wait > LINGER_S:
-            send(batcher.add(chunk) + batcher.cut_all())
-            chunk = []
-            time.sleep(wait)
-        chunk.append(pkt)
-        if len(chunk) >= CHUNK:
-            send(batcher.add(chunk))
-            chunk = []
-    send(batcher.add(chunk))
+            offsets = np.maximum(ts - t0_pkt, 0) / 1e9 / speed
+            due = np.maximum.accumulate(np.maximum(segment_start + offsets, due_last))
+        sent += len(chunk)
+        due_last = float(due[-1])
+        pos = 0
+        while pos < len(chunk):
+            now = time.perf_counter()
+            # Everything due within the linger window goes now, the rest waits.
+            end = max(int(np.searchsorted(due, now + LINGER_S, side="right")), pos)
+            if end > pos:
+                send(batcher.add_chunk(chunk.take(slice(pos, end))))
+                pos = end
+                continue
+            send(batcher.cut_all())
+            time.sleep(float(due[pos]) - now)
+            end = pos + 1  # the packet that was waited for goes at once
+            send(batcher.add_chunk(chunk.take(slice(pos, end))))
+            pos = end

@@ -1,9 +1,16 @@
-"""Reading pcap and pcapng files into CapturedPackets with exact ns timestamps.
+"""Reading pcap and pcapng files, in bulk, with exact ns timestamps.
 
-dpkt's header classes parse the file header, SHBs and IDBs; the per-record
-loop is ours, over a memory map with `struct` at fixed offsets, because dpkt's
-readers give float timestamps, drop the original length, honour only the first
-pcapng interface and build an object per record (too slow for a replay).
+`read_chunks` is the replay's path: one walk over the record (block)
+headers of a memory-mapped file, which only collects where each packet
+starts, then numpy reads the header fields of a whole chunk at once. A
+CaptureChunk is arrays (time, lengths, link type, start in the file) over the
+file's bytes: nothing is copied per packet until a batch is built.
+`read_capture` yields one CapturedPacket per record, for tools and tests.
+
+dpkt's header classes parse the file header, SHBs and IDBs; the record walk
+is ours because dpkt's readers give float timestamps, drop the original
+length, honour only the first pcapng interface and build an object per
+record (too slow for a replay).
 
 A damaged file (cut short, or a record that cannot be right) yields every
 packet before the damage, reports it through `on_warning` and stops.
@@ -22,11 +29,24 @@ from typing import Any, cast
 
 import dpkt.pcap as dpcap
 import dpkt.pcapng as dpng
+import numpy as np
 from dpkt import Error as DpktError
 
 from snf.errors import SnfError
+from snf.packet.capture_chunk import CaptureChunk
 
-__all__ = ["CaptureError", "CaptureWarning", "CapturedPacket", "capture_info", "read_capture"]
+__all__ = [
+    "CHUNK_PACKETS",
+    "CaptureError",
+    "CaptureWarning",
+    "CapturedPacket",
+    "capture_info",
+    "read_capture",
+    "read_chunks",
+]
+
+CHUNK_PACKETS = 8192  # packets per CaptureChunk: numpy's fixed costs amortised, memory small
+_TS_MIN, _TS_MAX = -(1 << 63), (1 << 63) - 1  # a timestamp must fit int64 ns
 
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # SHB block type: the same in both byte orders
 _BOM = 0x1A2B3C4D
@@ -63,10 +83,12 @@ def _default_warning(message: str) -> None:
     warnings.warn(message, CaptureWarning, stacklevel=3)
 
 
-def read_capture(
-    path: str | Path, on_warning: Callable[[str], None] | None = None
-) -> Iterator[CapturedPacket]:
-    """Packets of a pcap or pcapng file, in file order.
+def read_chunks(
+    path: str | Path,
+    on_warning: Callable[[str], None] | None = None,
+    chunk_packets: int = CHUNK_PACKETS,
+) -> Iterator[CaptureChunk]:
+    """The packets of a pcap or pcapng file as CaptureChunks, in file order.
 
     The file header is checked now, so a file that is not a capture raises
     CaptureError here rather than on the first `next()`.
@@ -76,13 +98,34 @@ def read_capture(
     warn = on_warning or _default_warning
     if len(buf) < 4:
         raise CaptureError(f"{name}: not a capture file ({len(buf)} bytes, too short)")
-    reader = _pcapng_records if buf[:4] == _PCAPNG_MAGIC else _pcap_records
-    records = reader(buf, name, warn)
+    walker = _pcapng_chunks if buf[:4] == _PCAPNG_MAGIC else _pcap_chunks
+    chunks = walker(buf, name, warn, max(1, chunk_packets))
     try:
-        next(records)  # runs the header checks up to the first record
+        next(chunks)  # runs the header checks up to the first record
     except StopIteration:
         return iter(())
-    return cast(Iterator[CapturedPacket], records)
+    return cast(Iterator[CaptureChunk], chunks)
+
+
+def read_capture(
+    path: str | Path, on_warning: Callable[[str], None] | None = None
+) -> Iterator[CapturedPacket]:
+    """Packets of a pcap or pcapng file, in file order, one object each."""
+    chunks = read_chunks(path, on_warning)
+
+    def packets() -> Iterator[CapturedPacket]:
+        for chunk in chunks:
+            columns = zip(
+                chunk.ts_ns.tolist(),
+                chunk.orig_len.tolist(),
+                chunk.packets(),
+                chunk.linktype.tolist(),
+                strict=True,
+            )
+            for ts, orig, data, lt in columns:
+                yield CapturedPacket(ts, orig, data, lt)
+
+    return packets()
 
 
 def capture_info(path: str | Path) -> dict[str, Any]:
@@ -91,14 +134,14 @@ def capture_info(path: str | Path) -> dict[str, Any]:
     count = caplen = origlen = 0
     first = last = None
     linktypes: set[int] = set()
-    for p in read_capture(path, on_warning=found.append):
+    for chunk in read_chunks(path, on_warning=found.append):
         if first is None:
-            first = p.ts_ns
-        last = p.ts_ns
-        count += 1
-        caplen += len(p.data)
-        origlen += p.orig_len
-        linktypes.add(p.linktype)
+            first = int(chunk.ts_ns[0])
+        last = int(chunk.ts_ns[-1])
+        count += len(chunk)
+        caplen += int(chunk.cap_len.sum())
+        origlen += int(chunk.orig_len.sum())
+        linktypes.update(np.unique(chunk.linktype).tolist())
     with open(path, "rb") as f:
         fmt = "pcapng" if f.read(4) == _PCAPNG_MAGIC else "pcap"
     return {
@@ -129,7 +172,9 @@ def _lost(name: str, count: int, what: str) -> str:
     return f"{name}: {what}; read {count} packets before the damage"
 
 
-def _pcap_records(buf: Any, name: str, warn: Callable[[str], None]) -> Iterator[Any]:
+def _pcap_chunks(
+    buf: Any, name: str, warn: Callable[[str], None], chunk_packets: int
+) -> Iterator[Any]:
     magic = buf[:4]
     if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1", b"\x34\xcd\xb2\xa1"):
         hdr_cls: type[dpcap.FileHdr] = dpcap.LEFileHdr
@@ -151,31 +196,57 @@ def _pcap_records(buf: Any, name: str, warn: Callable[[str], None]) -> Iterator[
     hlen = 24 if fh.magic == dpcap.MODPCAP_MAGIC else 16
     linktype = fh.linktype & 0x03FFFFFF  # upper bits carry FCS information
     limit = max(fh.snaplen, _MAX_CAPLEN)
-    unpack = struct.Struct(bo + "IIII").unpack_from
-    packet = CapturedPacket
+    caplen_at = struct.Struct(bo + "I").unpack_from
+    fields = np.dtype(f"{bo}u4")
     yield None  # header accepted
     off, count, bad = 24, 0, ""
-    while off < size:
-        body = off + hlen
-        if body > size:
-            break
-        sec, frac, caplen, origlen = unpack(buf, off)
-        end = body + caplen
-        if caplen > limit:
-            bad = f"corrupt record {count + 1} at byte {off} (captured length {caplen} > {limit})"
-            break
-        if end > size:
-            break
-        yield packet(sec * 1_000_000_000 + frac * mult, origlen, buf[body:end], linktype)
-        count += 1
-        off = end
-    else:
+    starts: list[int] = []
+    while True:
+        # The walk only follows the chain of lengths; numpy reads the rest.
+        while off < size and len(starts) < chunk_packets:
+            body = off + hlen
+            if body > size:
+                break
+            caplen = caplen_at(buf, off + 8)[0]
+            if caplen > limit:
+                bad = f"corrupt record {count + len(starts) + 1} at byte {off} "
+                bad += f"(captured length {caplen} > {limit})"
+                break
+            if body + caplen > size:
+                break
+            starts.append(body)
+            off = body + caplen
+        if starts:
+            yield _pcap_chunk(buf, np.array(starts, dtype=np.int64), hlen, fields, mult, linktype)
+            count += len(starts)
+            full = len(starts) == chunk_packets
+            starts = []
+            if full:
+                continue
+        break
+    if off >= size:
         return
     if not bad:
         part = "header" if off + hlen > size else "data"
         where = f"record {count + 1} at byte {off} is cut short in its {part}"
         bad = f"truncated at byte {size} ({where})"
     warn(_lost(name, count, bad))
+
+
+def _pcap_chunk(
+    buf: Any, start: np.ndarray, hlen: int, fields: np.dtype, mult: int, linktype: int
+) -> CaptureChunk:
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    heads = raw[(start - hlen)[:, None] + np.arange(16)]  # (n, 16): sec frac caplen origlen
+    sec, frac, caplen, origlen = heads.view(fields).astype(np.int64).T
+    return CaptureChunk(
+        buf,
+        start,
+        caplen,
+        origlen,
+        sec * 1_000_000_000 + frac * mult,
+        np.full(len(start), linktype),
+    )
 
 
 def _interface(block: bytes, bo: str) -> tuple[int, int, int, int, int]:
@@ -194,15 +265,23 @@ def _interface(block: bytes, bo: str) -> tuple[int, int, int, int, int]:
     return idb.linktype, mul, div, offset * 1_000_000_000, idb.snaplen
 
 
-def _pcapng_records(buf: Any, name: str, warn: Callable[[str], None]) -> Iterator[Any]:
+def _pcapng_chunks(
+    buf: Any, name: str, warn: Callable[[str], None], chunk_packets: int
+) -> Iterator[Any]:
     size = len(buf)
     bo = "<"
     head, epb, pb, u32 = _STRUCTS[bo]
     ifaces: list[tuple[int, int, int, int, int]] = []  # see _interface()
-    packet = CapturedPacket
+    cols: tuple[list[int], ...] = ([], [], [], [], [])  # start caplen origlen ts linktype
+    start = cols[0]
     off = count = ts = 0
     bad = ""
     while off + 12 <= size:
+        if len(start) >= chunk_packets:
+            yield _columns_chunk(buf, cols)
+            count += len(start)
+            for col in cols:
+                col.clear()
         btype, blen = head(buf, off)
         if btype == _SHB:  # a new section may switch byte order
             bom = _STRUCTS["<"][3](buf, off + 8)[0]
@@ -221,29 +300,13 @@ def _pcapng_records(buf: Any, name: str, warn: Callable[[str], None]) -> Iterato
         if u32(buf, end - 4)[0] != blen:
             bad = f"corrupt block at byte {off} (trailing length differs)"
             break
-        if btype in (_EPB, _PB):
-            if blen < 32:
-                bad = f"corrupt packet block at byte {off} (length {blen})"
+        if btype in (_EPB, _PB, _SPB):
+            row, bad = _packet_block(buf, off, btype, blen, ifaces, ts, (epb, pb, u32))
+            if bad:
                 break
-            if btype == _EPB:
-                iface, hi, lo, caplen, origlen = epb(buf, off + 8)
-            else:
-                iface, _drops, hi, lo, caplen, origlen = pb(buf, off + 8)
-            if iface >= len(ifaces) or 32 + caplen > blen:
-                bad = f"corrupt packet block at byte {off} (interface {iface}, length {caplen})"
-                break
-            linktype, mul, div, tsoff, _snaplen = ifaces[iface]
-            ts = ((hi << 32 | lo) * mul) // div + tsoff
-            yield packet(ts, origlen, buf[off + 28 : off + 28 + caplen], linktype)
-            count += 1
-        elif btype == _SPB:  # no timestamp: keep the previous one
-            if not ifaces or blen < 16:
-                bad = f"corrupt simple packet block at byte {off} (no interface or too short)"
-                break
-            origlen = u32(buf, off + 8)[0]
-            caplen = min(origlen, blen - 16, ifaces[0][4] or blen)
-            yield packet(ts, origlen, buf[off + 12 : off + 12 + caplen], ifaces[0][0])
-            count += 1
+            for col, value in zip(cols, row, strict=True):
+                col.append(value)
+            ts = row[3]
         elif btype == _IDB:
             try:
                 ifaces.append(_interface(buf[off:end], bo))
@@ -251,23 +314,72 @@ def _pcapng_records(buf: Any, name: str, warn: Callable[[str], None]) -> Iterato
                 bad = f"corrupt interface block at byte {off}"
                 break
         elif btype == _SHB:
-            cls = dpng.SectionHeaderBlockLE if bo == "<" else dpng.SectionHeaderBlock
-            try:
-                major = cls(buf[off:end]).v_major
-            except (DpktError, struct.error, ValueError, IndexError):
-                major = -1
-            if major != dpng.PCAPNG_VERSION_MAJOR:
-                bad = f"unreadable section header at byte {off} (version {major})"
+            if not _section_ok(buf[off:end], bo):
+                bad = f"unreadable section header at byte {off}"
                 break
             ifaces = []  # interface ids are per section
             if off == 0:
                 yield None  # header accepted
         off = end
-    else:
-        if off >= size:
-            return
+    if start:
+        yield _columns_chunk(buf, cols)
+        count += len(start)
+    if off >= size and not bad:
+        return
     if not bad:
         bad = f"truncated at byte {size} (block at byte {off} is cut short)"
     elif off == 0:  # nothing was accepted: this is no capture at all
         raise CaptureError(f"{name}: not a readable pcapng file ({bad})")
     warn(_lost(name, count, bad))
+
+
+def _packet_block(
+    buf: Any,
+    off: int,
+    btype: int,
+    blen: int,
+    ifaces: list[tuple[int, int, int, int, int]],
+    ts: int,
+    unpack: tuple[Callable[..., Any], ...],
+) -> tuple[tuple[int, int, int, int, int], str]:
+    """(start, caplen, origlen, ts_ns, linktype) of a packet block, or the damage."""
+    epb, pb, u32 = unpack
+    if btype == _SPB:  # no timestamp: keep the previous one
+        if not ifaces or blen < 16:
+            return (
+                0,
+            ) * 5, f"corrupt simple packet block at byte {off} (no interface or too short)"
+        origlen = u32(buf, off + 8)[0]
+        return (
+            off + 12,
+            min(origlen, blen - 16, ifaces[0][4] or blen),
+            origlen,
+            ts,
+            ifaces[0][0],
+        ), ""
+    if blen < 32:
+        return (0,) * 5, f"corrupt packet block at byte {off} (length {blen})"
+    if btype == _EPB:
+        iface, hi, lo, caplen, origlen = epb(buf, off + 8)
+    else:
+        iface, _drops, hi, lo, caplen, origlen = pb(buf, off + 8)
+    if iface >= len(ifaces) or 32 + caplen > blen:
+        return (0,) * 5, f"corrupt packet block at byte {off} (interface {iface}, length {caplen})"
+    linktype, mul, div, tsoff, _snaplen = ifaces[iface]
+    ts = ((hi << 32 | lo) * mul) // div + tsoff
+    if not _TS_MIN <= ts <= _TS_MAX:
+        return (0,) * 5, f"corrupt packet block at byte {off} (timestamp out of range)"
+    return (off + 28, caplen, origlen, ts, linktype), ""
+
+
+def _section_ok(block: Any, bo: str) -> bool:
+    cls = dpng.SectionHeaderBlockLE if bo == "<" else dpng.SectionHeaderBlock
+    try:
+        return bool(cls(block).v_major == dpng.PCAPNG_VERSION_MAJOR)
+    except (DpktError, struct.error, ValueError, IndexError):
+        return False
+
+
+def _columns_chunk(buf: Any, cols: tuple[list[int], ...]) -> CaptureChunk:
+    start, caps, origs, stamps, kinds = (np.array(c, dtype=np.int64) for c in cols)
+    return CaptureChunk(buf, start, caps, origs, stamps, kinds)

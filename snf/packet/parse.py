@@ -9,14 +9,23 @@ Headers (tests/unit/test_parse.py checks this on every capture).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
 
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.scalar import SUPPORTED_LINKTYPES, parse_packet, parse_scalar
-from snf.packet.vectorised import MIN_BATCH, parse_ethernet_ipv4
+from snf.packet.vectorised import MIN_BATCH, parse_ethernet_ipv4, parse_ethernet_ipv4_at
 
-__all__ = ["SUPPORTED_LINKTYPES", "parse_batch", "parse_packet", "parse_packet_batch"]
+__all__ = [
+    "SUPPORTED_LINKTYPES",
+    "parse_batch",
+    "parse_buffer",
+    "parse_packet",
+    "parse_packet_batch",
+]
 
 
 def parse_batch(linktype: int, packets: Sequence[bytes], *, vectorise: bool = True) -> Headers:
@@ -30,6 +39,21 @@ def parse_batch(linktype: int, packets: Sequence[bytes], *, vectorise: bool = Tr
     return parse_scalar(linktype, packets)
 
 
+def parse_buffer(
+    linktype: int, data: Any, starts: np.ndarray, lens: np.ndarray, *, vectorise: bool = True
+) -> Headers:
+    """parse_batch over packets in one buffer (data[starts[i]:][:lens[i]]), uncopied
+    on the vectorised path."""
+    if vectorise and linktype == LINKTYPE_ETHERNET and len(starts) >= MIN_BATCH:
+        return parse_ethernet_ipv4_at(data, starts, lens)
+    view = memoryview(data)
+    cuts = map(slice, starts.tolist(), (starts + lens).tolist())
+    return parse_scalar(linktype, list(map(bytes, map(view.__getitem__, cuts))))
+
+
 def parse_packet_batch(batch: PacketBatch, *, vectorise: bool = True) -> Headers:
     """parse_batch over a PacketBatch's packets and link type."""
-    return parse_batch(batch.linktype, batch.packets(), vectorise=vectorise)
+    lens = batch.records["cap_len"].astype(np.int64)
+    starts = np.zeros(len(lens), dtype=np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+    return parse_buffer(batch.linktype, batch.payload, starts, lens, vectorise=vectorise)

@@ -12,6 +12,7 @@ identical to the scalar parser's (tests/unit/test_parse.py checks this).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from snf.packet.headers import FRAG_NONE, KIND_IP, Headers
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.scalar import ETH_IPV4, ROW_FIELDS, parse_packet, parse_scalar
 
-__all__ = ["MIN_BATCH", "parse_ethernet_ipv4"]
+__all__ = ["MIN_BATCH", "parse_ethernet_ipv4", "parse_ethernet_ipv4_at"]
 
 MIN_BATCH = 64  # below this, numpy's fixed costs outweigh the per-packet savings
 _WIDTH = 48  # Ethernet 14 + IPv4 20 + TCP up to the flags byte (14)
@@ -31,15 +32,21 @@ def _u16(win: np.ndarray, at: int) -> np.ndarray:
 
 
 def parse_ethernet_ipv4(packets: Sequence[bytes]) -> Headers:
-    n = len(packets)
-    lens = np.fromiter(map(len, packets), dtype=np.int64, count=n)
-    buf = np.frombuffer(b"".join(packets) + bytes(_WIDTH), dtype=np.uint8)
-    starts = np.zeros(n, dtype=np.int64)
+    lens = np.fromiter(map(len, packets), dtype=np.int64, count=len(packets))
+    starts = np.zeros(len(packets), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
-    # Row i is a view of the 48 bytes from packet i's start. Bytes past a
-    # packet's end belong to the next one (or the zero pad): such rows are
-    # never eligible, so what they hold does not matter.
-    win = np.lib.stride_tricks.sliding_window_view(buf, _WIDTH)[starts]
+    return parse_ethernet_ipv4_at(b"".join(packets), starts, lens)
+
+
+def parse_ethernet_ipv4_at(data: Any, starts: np.ndarray, lens: np.ndarray) -> Headers:
+    """The same over packets in a shared buffer: packet i is data[starts[i]:][:lens[i]]."""
+    n = len(starts)
+    raw = np.frombuffer(data, dtype=np.uint8)
+    # Row i holds the 48 bytes from packet i's start. Bytes past a packet's
+    # end belong to the next one (or are clipped to the buffer's last byte):
+    # such rows are never eligible, so what they hold does not matter.
+    at = np.minimum(starts[:, None] + np.arange(_WIDTH), max(len(raw) - 1, 0))
+    win = raw[at] if len(raw) else np.zeros((n, _WIDTH), dtype=np.uint8)
 
     proto = win[:, 23]
     tcp = proto == 6
@@ -53,7 +60,7 @@ def parse_ethernet_ipv4(packets: Sequence[bytes]) -> Headers:
     )
     n_ok = int(np.count_nonzero(ok))
     if n_ok * 4 < n:  # mostly other traffic: not worth the vectorised pass
-        return parse_scalar(LINKTYPE_ETHERNET, packets)
+        return parse_scalar(LINKTYPE_ETHERNET, _slices(data, starts, lens))
 
     src4 = np.ascontiguousarray(win[:, 26:30])
     dst4 = np.ascontiguousarray(win[:, 30:34])
@@ -97,7 +104,14 @@ def parse_ethernet_ipv4(packets: Sequence[bytes]) -> Headers:
     }
     lists = [cols[name] for name in ROW_FIELDS]
     if n_ok < n:
-        for i in np.flatnonzero(~ok).tolist():
-            for col, value in zip(lists, parse_packet(LINKTYPE_ETHERNET, packets[i]), strict=True):
+        odd = np.flatnonzero(~ok)
+        for i, packet in zip(odd.tolist(), _slices(data, starts[odd], lens[odd]), strict=True):
+            for col, value in zip(lists, parse_packet(LINKTYPE_ETHERNET, packet), strict=True):
                 col[i] = value
     return Headers(*lists)
+
+
+def _slices(data: Any, starts: np.ndarray, lens: np.ndarray) -> list[bytes]:
+    view = memoryview(data)
+    cuts = map(slice, starts.tolist(), (starts + lens).tolist())
+    return list(map(bytes, map(view.__getitem__, cuts)))
