@@ -23,6 +23,8 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from snf.core.contract import Decisions, FinishContext, NetworkFunction, Record
 from snf.core.reasons import ERROR, ReasonCheck
 from snf.core.tables import CONTROL_TABLE, BatchState
@@ -68,23 +70,16 @@ class FunctionEngine:
             port = "drop" if "drop" in self.ports else self.ports[-1]
             decisions = Decisions([port] * len(batch), [ERROR] * len(batch))
         state.write_back()
-        by_port: dict[str, list[int]] = {}
-        reasons_by_port: dict[str, list[str]] = {}
-        for i, (port, reason) in enumerate(zip(decisions.ports, decisions.reasons, strict=True)):
-            idx = by_port.get(port)
-            if idx is None:
-                idx = by_port[port] = []
-                reasons_by_port[port] = []
-            idx.append(i)
-            reasons_by_port[port].append(reason)
         counters = self.counters
         counters["in"] += len(batch)
         check = self._check_reason
         out = StageOutput(rewritten=bool(decisions.replaced))
-        for port, idx in by_port.items():
+        for port, idx in _by_port(decisions.ports).items():
             if port not in self.ports:
                 raise ValueError(f"{self.function.kind} emitted to undeclared port {port!r}")
-            reasons = reasons_by_port[port]
+            reasons = decisions.reasons
+            if idx is not None:
+                reasons = list(map(reasons.__getitem__, idx.tolist()))
             for reason, n in Counter(reasons).items():
                 check(reason)  # a set lookup once a reason is known
                 counters[f"{port}:{reason}" if reason else port] += n
@@ -142,3 +137,13 @@ class FunctionEngine:
                 out[port] = items
                 self.counters[port] += len(items)
         return out
+
+
+def _by_port(ports: list[str]) -> dict[str, np.ndarray | None]:
+    """Port -> indices of its packets (None: the whole batch), in first-use order."""
+    names = dict.fromkeys(ports)
+    if len(names) == 1:
+        return dict.fromkeys(names)
+    code = {port: i for i, port in enumerate(names)}
+    codes = np.fromiter(map(code.__getitem__, ports), dtype=np.int64, count=len(ports))
+    return {port: np.flatnonzero(codes == i) for port, i in code.items()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -129,37 +130,48 @@ class PacketBatch:
 
     def select(
         self,
-        indices: Sequence[int],
+        indices: Sequence[int] | np.ndarray | None,
         reasons: Sequence[str] | None = None,
         replaced: dict[int, bytes] | None = None,
         batch_id: int | None = None,
     ) -> PacketBatch:
-        """A new batch with the packets at `indices`, in that order.
+        """A new batch with the packets at `indices` (None: all), in that order.
 
         `reasons` (one per index) set the reason column; `replaced` maps an
         original index to rewritten bytes (same capture, new content).
         """
-        idx = np.asarray(indices, dtype=np.int64)
-        rec = self.records[idx].copy()
-        off = self.offsets
-        data = self.payload
-        parts = []
-        for i in indices:
-            if replaced and i in replaced:
-                parts.append(replaced[i])
-            else:
-                parts.append(data[off[i] : off[i + 1]])
-        if replaced:
-            rec["cap_len"] = [len(p) for p in parts]
+        whole = indices is None
+        idx = np.arange(len(self)) if whole else np.asarray(indices, dtype=np.int64)
+        rec = self.records.copy() if whole else self.records[idx]
+        if whole and not replaced:
+            payload = self.payload
+        else:
+            off = np.asarray(self.offsets, dtype=np.int64)
+            view = memoryview(self.payload)
+            cuts = map(slice, off[idx].tolist(), off[idx + 1].tolist())
+            parts: list[Any] = list(map(view.__getitem__, cuts))
+            if replaced:
+                # Where each replaced packet sits in the selection (-1: not selected).
+                at = np.full(len(self), -1, dtype=np.int64)
+                at[idx] = np.arange(len(idx))
+                for i, data in replaced.items():
+                    if at[i] >= 0:
+                        parts[at[i]] = data
+                rec["cap_len"] = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+            payload = b"".join(parts)
         reason_table: tuple[str, ...] = self.reasons
         if reasons is not None:
-            table: dict[str, int] = {"": 0}
-            rec["reason"] = [table.setdefault(r, len(table)) for r in reasons]
+            table = dict.fromkeys(("", *reasons))
             reason_table = tuple(table)
+            if len(table) == 1:
+                rec["reason"] = 0
+            else:
+                code = {r: i for i, r in enumerate(reason_table)}
+                rec["reason"] = np.fromiter(map(code.__getitem__, reasons), np.int64, len(idx))
         return PacketBatch(
             linktype=self.linktype,
             records=rec,
-            payload=b"".join(parts),
+            payload=payload,
             sources=self.sources,
             reasons=reason_table,
             batch_id=self.batch_id if batch_id is None else batch_id,
