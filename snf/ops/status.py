@@ -1,8 +1,9 @@
 """`snf status`: what a deployed pipeline runs, from its deployment directory and Kafka.
 
 Per function: desired and running instances, and per instance its pid, state,
-restarts, partitions (assignment.json), packets in/out per second
-(stats.json, written by the worker), plus the group's consumer lag.
+restarts, partitions (assignment.json), packets in/out per second and the URL
+of its Prometheus metrics (stats.json, written by the worker), plus the group's
+consumer lag.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from rich.table import Table
 from snf.errors import SnfError
 from snf.ops import deployment_dir as dp
 
-__all__ = ["deployment_status", "list_deployments", "status_tables"]
+__all__ = ["deployment_status", "list_deployments", "metrics_url", "status_tables"]
 
 STALE = 10.0  # seconds: an older stats.json or heartbeat means "not reporting"
+METRICS_HOST = "127.0.0.1"  # local workers listen on every interface; status runs beside them
 
 
 def list_deployments() -> list[str]:
@@ -31,6 +33,15 @@ def list_deployments() -> list[str]:
 def _assigned(dep_dir: Path, function: str, instance: int) -> list[int] | None:
     found = dp.worker_files(dep_dir, function, instance).assignment()
     return None if found is None else found.partitions
+
+
+def metrics_url(stats: dict[str, Any] | None, pid: int | None) -> str | None:
+    """Where the worker of process `pid` serves /metrics (None: unknown, or an older
+    process's stats.json)."""
+    if stats is None or pid is None or stats.get("pid") != pid:
+        return None
+    port = stats.get("health_port")
+    return f"http://{METRICS_HOST}:{port}/metrics" if isinstance(port, int) else None
 
 
 def _lag(brokers: str, group: str, topic: str) -> int | None:
@@ -67,6 +78,7 @@ def deployment_status(dep_dir: Path, with_lag: bool = True) -> dict[str, Any]:
                     "partitions": _assigned(dep_dir, name, i),
                     "in_pps": stats["in_pps"] if fresh else None,
                     "out_pps": stats["out_pps"] if fresh else None,
+                    "metrics_url": metrics_url(stats, inst.get("pid")),
                 }
             )
         lag = _lag(dep.brokers, target.group_id, target.input_topic) if with_lag else None

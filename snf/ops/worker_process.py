@@ -1,4 +1,7 @@
-"""Worker processes: one OS process per function instance, started and stopped here."""
+"""Worker processes: one OS process per function instance, started and stopped here.
+
+Each worker serves probes and /metrics on a free port it picks itself (its
+stats.json says which) and labels its metrics with its instance number."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from pathlib import Path
 
 from snf.errors import SnfError
 from snf.runtime.worker.files import WorkerFiles
+from snf.runtime.worker.metrics import INSTANCE_ENV
 
 __all__ = ["WorkerError", "WorkerProcess", "log_tail", "start_worker", "wait_all_stopped"]
 
@@ -82,6 +86,8 @@ def start_worker(
         str(datadir),
         "--loglevel",
         loglevel,
+        "--health-port",
+        "0",
     ]
     if name:
         cmd += ["--name", name]
@@ -96,6 +102,7 @@ def start_worker(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env={**os.environ, INSTANCE_ENV: str(instance)},
         )
     return WorkerProcess(function, instance, proc, log_path, datadir)
 

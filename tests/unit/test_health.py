@@ -1,12 +1,16 @@
-"""The worker's probe server (snf.runtime.worker.health) over real sockets on 127.0.0.1."""
+"""The worker's probe and metrics server (snf.runtime.worker.health) on 127.0.0.1 sockets."""
 
 from __future__ import annotations
 
 import asyncio
 import http.client
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
+from prometheus_client.core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from snf.runtime.worker.health import start_health_server
 
@@ -89,7 +93,7 @@ def test_a_failing_readiness_check_answers_503() -> None:
     ("request_bytes", "status"),
     [
         (get("/"), "HTTP/1.1 404 Not Found"),
-        (get("/metrics"), "HTTP/1.1 404 Not Found"),
+        (get("/metrics"), "HTTP/1.1 404 Not Found"),  # no registry given
         (get("/livez", "POST"), "HTTP/1.1 405 Method Not Allowed"),
         (b"hello\r\n\r\n", "HTTP/1.1 400 Bad Request"),
         (b"GET /livez SPDY/3\r\n\r\n", "HTTP/1.1 400 Bad Request"),
@@ -160,3 +164,62 @@ def test_probes_are_served_while_the_loop_is_busy_with_other_tasks() -> None:
             task.cancel()
 
     serve(lambda: True, check)
+
+
+def metrics_server(registry: CollectorRegistry, check: Check) -> None:
+    async def main() -> None:
+        server = await start_health_server(0, lambda: True, host="127.0.0.1", registry=registry)
+        try:
+            await check(server.sockets[0].getsockname()[1])
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
+
+
+def test_metrics_answers_the_registry_in_prometheus_text_format() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("snf_probe_test", "a test counter", ["function"], registry=registry)
+    counter.labels("fw").inc(3)
+
+    async def check(port: int) -> None:
+        status, headers, body = await raw(port, get("/metrics"))
+        assert status == "HTTP/1.1 200 OK"
+        assert headers["Content-Type"] == CONTENT_TYPE_LATEST
+        assert headers["Content-Length"] == str(len(body))
+        samples = {
+            (s.name, tuple(s.labels.items())): s.value
+            for family in text_string_to_metric_families(body.decode())
+            for s in family.samples
+        }
+        assert samples[("snf_probe_test_total", (("function", "fw"),))] == 3
+        counter.labels("fw").inc()  # every scrape reads the registry afresh
+        _, _, again = await raw(port, get("/metrics"))
+        assert b'snf_probe_test_total{function="fw"} 4.0' in again
+        status, headers, body = await raw(port, get("/metrics", "HEAD"))
+        assert (status, body) == ("HTTP/1.1 200 OK", b"")
+        assert int(headers["Content-Length"]) > 0
+        status, _, _ = await raw(port, get("/metrics", "POST"))
+        assert status == "HTTP/1.1 405 Method Not Allowed"
+        status, _, body = await raw(port, get("/livez"))  # the probes are unchanged
+        assert (status, body) == ("HTTP/1.1 200 OK", b"ok\n")
+
+    metrics_server(registry, check)
+
+
+def test_a_failing_collector_fails_the_scrape_not_the_server() -> None:
+    class Broken(Collector):
+        def collect(self) -> Iterator[Metric]:
+            raise RuntimeError("boom")
+
+    registry = CollectorRegistry()
+    registry.register(Broken())
+
+    async def check(port: int) -> None:
+        status, _, _ = await raw(port, get("/metrics"))
+        assert status == "HTTP/1.1 500 Internal Server Error"
+        status, _, _ = await raw(port, get("/livez"))
+        assert status == "HTTP/1.1 200 OK"
+
+    metrics_server(registry, check)

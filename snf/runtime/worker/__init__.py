@@ -12,5 +12,6 @@ lifecycle       start from a trusted datadir, drain on SIGTERM, fence, assignmen
 coordination    the lock and flags the agent, timers and signal handlers share
 faust_compat    every use of a private Faust or aiokafka API, behind a version check
 files           the worker's datadir files (assignment.json, stats.json, clean-stop)
-health          /livez and /readyz for container probes
+health          /livez and /readyz for container probes, /metrics for Prometheus
+metrics         WorkerMetrics: the worker's own Prometheus registry and what feeds it
 """

@@ -12,6 +12,7 @@ What happens to a record is the Processor's; this module only connects it:
 the agent hands each record to it (after CatchUp filled any gap), timers run
 CatchUp, the Committer and the stats, and the Lifecycle takes over SIGTERM,
 SIGCONT and rebalances. Private Faust APIs are used only through faust_compat.
+With a health port, the same server answers probes and Prometheus (/metrics).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from snf.runtime.worker.faust_table import FaustStateTable
 from snf.runtime.worker.files import StatsWriter, WorkerFiles
 from snf.runtime.worker.health import start_health_server
 from snf.runtime.worker.lifecycle import Lifecycle, die, prepare_datadir
+from snf.runtime.worker.metrics import WorkerMetrics, instance_name
 from snf.runtime.worker.processor import InputRecord, Processor
 
 __all__ = ["create_app", "run_worker"]
@@ -75,7 +77,7 @@ def create_app(
     parts = _parts(app, pipeline, fn, brokers, datadir)
     _connect(app, parts)
     if health_port is not None:
-        _serve_health(app, parts.files, health_port)
+        _serve_health(app, parts, health_port)
     return app
 
 
@@ -122,7 +124,9 @@ def _parts(
         )
 
     coord, files = Coordination(), WorkerFiles(datadir)
-    processor = Processor(fn, plan_pipeline(pipeline), FaustStateTable(table), send)
+    metrics = WorkerMetrics(fn.pipeline, fn.name, instance_name())
+    processor = Processor(fn, plan_pipeline(pipeline), FaustStateTable(table), send, metrics)
+    metrics.lag = lambda: _lag(app, processor)
     catch_up = CatchUp(
         processor,
         SideReader(brokers),
@@ -158,9 +162,14 @@ def _connect(app: faust.App, w: WorkerParts) -> None:
             async with coord.lock:
                 try:
                     await w.catch_up.before(message.tp, message.offset)
-                    await w.processor.handle(
-                        InputRecord(message.partition, message.offset, event.value, message.headers)
+                    record = InputRecord(
+                        message.partition,
+                        message.offset,
+                        event.value,
+                        message.headers,
+                        message.timestamp,  # the producer's send time (CreateTime), in s
                     )
+                    await w.processor.handle(record)
                 except Exception:
                     # Core errors never get here (the engine turns them into drops):
                     # this is the shell failing (state, producer, a gap it cannot read).
@@ -207,14 +216,30 @@ def _connect(app: faust.App, w: WorkerParts) -> None:
         w.stats.write(assigned=w.lifecycle.assigned())
 
 
-def _serve_health(app: faust.App, files: WorkerFiles, port: int) -> None:
+def _lag(app: faust.App, processor: Processor) -> dict[int, int]:
+    """Per input partition, messages behind the high watermark of the consumer's
+    last fetch: known in memory, no request (`snf status` asks the broker)."""
+    consumer, topic = app.consumer, processor.fn.input_topic
+    lag = {}
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp) if tp.topic == topic else None
+        done = processor.done.get(tp.partition)
+        at = done + 1 if done is not None else faust_compat.committed_offset(consumer, tp)
+        if high is not None and at is not None:
+            lag[tp.partition] = max(0, high - at)
+    return lag
+
+
+def _serve_health(app: faust.App, w: WorkerParts, port: int) -> None:
     @app.task
     async def serve_health() -> None:
         # Ready once the first rebalance gave this worker its partitions.
         def ready() -> bool:
-            return files.assignment_path.exists() and not app.rebalancing
+            return w.files.assignment_path.exists() and not app.rebalancing
 
-        app.snf_health = await start_health_server(port, ready)  # kept alive
+        server = await start_health_server(port, ready, registry=w.processor.metrics.registry)
+        app.snf_health = server  # kept alive
+        w.stats.health_port = server.sockets[0].getsockname()[1]  # port 0: the one picked
 
 
 def run_worker(

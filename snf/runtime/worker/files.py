@@ -5,8 +5,9 @@
                       probes; the member id lets the supervisor evict a dead
                       worker from its group at once.
     stats.json        {"time", "pid", "started", "assigned", "in_pps", "out_pps",
-                      "counters"}: counters and rates every few seconds, for
-                      `snf status`.
+                      "counters", "health_port"}: counters and rates every few
+                      seconds, for `snf status`; health_port (null without a
+                      health server) is where /metrics answers.
     clean-stop        empty: a drain finished, so the local tables match the
                       changelog. Without it a starting worker discards its local
                       RocksDB and restores from the changelog.
@@ -113,6 +114,7 @@ class StatsWriter:
         self.path = files.datadir / STATS_FILE
         self.counters = counters
         self.started = time.time()
+        self.health_port: int | None = None  # set once the health server listens
         self._last: tuple[float, int, int] | None = None  # (time, in, out)
 
     def snapshot(self, assigned: list[int], now: float | None = None) -> dict[str, Any]:
@@ -132,6 +134,7 @@ class StatsWriter:
             "in_pps": round(in_pps, 1),
             "out_pps": round(out_pps, 1),
             "counters": dict(self.counters),
+            "health_port": self.health_port,
         }
 
     def write(self, assigned: list[int]) -> None:

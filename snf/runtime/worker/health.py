@@ -1,7 +1,9 @@
-"""Liveness and readiness endpoints for a worker, on the worker's own event loop.
+"""Liveness, readiness and metrics endpoints for a worker, on the worker's own event loop.
 
     GET /livez   200 "ok" whenever the loop answers (a stuck loop fails the probe)
     GET /readyz  200 "ready" when ready() is true, else 503 "not ready"
+    GET /metrics 200, the registry in Prometheus' text format (only given a registry:
+                 snf.runtime.worker.metrics)
     anything else: 404 (unknown path), 405 (method other than GET/HEAD), 400 (not HTTP)
 
 Stdlib only: probes need no framework, and a handler on the worker's loop is
@@ -16,6 +18,8 @@ import contextlib
 import logging
 from collections.abc import Callable
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
 __all__ = ["start_health_server"]
 
 log = logging.getLogger(__name__)
@@ -29,19 +33,24 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
 
 async def start_health_server(
-    port: int, ready: Callable[[], bool], host: str = "0.0.0.0"
+    port: int,
+    ready: Callable[[], bool],
+    host: str = "0.0.0.0",
+    registry: CollectorRegistry | None = None,
 ) -> asyncio.AbstractServer:
-    """Serve /livez and /readyz on host:port (port 0 picks a free port) until closed."""
+    """Serve /livez, /readyz (and /metrics, given a registry) on host:port (port 0
+    picks a free port) until closed."""
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT)
-            status, body, extra = _answer(head, ready)
+            status, body, extra = _answer(head, ready, registry)
             method = head[0] if head else ""
             writer.write(_response(status, body, extra, send_body=method != "HEAD"))
             await writer.drain()
@@ -77,17 +86,27 @@ async def _read_head(reader: asyncio.StreamReader) -> tuple[str, str] | None:
 
 
 def _answer(
-    head: tuple[str, str] | None, ready: Callable[[], bool]
-) -> tuple[int, str, dict[str, str]]:
+    head: tuple[str, str] | None,
+    ready: Callable[[], bool],
+    registry: CollectorRegistry | None,
+) -> tuple[int, str | bytes, dict[str, str]]:
     if head is None:
         return 400, "bad request\n", {}
     method, path = head
-    if path not in ("/livez", "/readyz"):
+    paths = ("/livez", "/readyz", "/metrics") if registry is not None else ("/livez", "/readyz")
+    if path not in paths:
         return 404, "not found\n", {}
     if method not in ("GET", "HEAD"):
         return 405, "method not allowed\n", {"Allow": "GET, HEAD"}
     if path == "/livez":
         return 200, "ok\n", {}
+    if path == "/metrics":
+        assert registry is not None
+        try:
+            return 200, generate_latest(registry), {"Content-Type": CONTENT_TYPE_LATEST}
+        except Exception:  # a broken collector fails the scrape, never the probe server
+            log.exception("metrics collection failed")
+            return 500, "metrics collection failed\n", {}
     try:
         is_ready = bool(ready())
     except Exception:  # a failing check means "not ready", never a dead probe server
@@ -96,8 +115,8 @@ def _answer(
     return (200, "ready\n", {}) if is_ready else (503, "not ready\n", {})
 
 
-def _response(status: int, body: str, extra: dict[str, str], *, send_body: bool) -> bytes:
-    data = body.encode()
+def _response(status: int, body: str | bytes, extra: dict[str, str], *, send_body: bool) -> bytes:
+    data = body.encode() if isinstance(body, str) else body
     headers = {
         "Content-Type": "text/plain; charset=utf-8",
         "Content-Length": str(len(data)),  # HEAD announces the GET body's length

@@ -17,6 +17,9 @@ function, and owns everything else: acks, commits, gaps, signals. Errors of
 the shell (state, producer) propagate: the app exits at once, and a restarted
 worker picks up from the last commit (crash-only). The unit tests run this
 class on a dict and a list of sends (tests/unit/test_journal.py).
+
+Each step is timed once per record into the worker's metrics
+(snf.runtime.worker.metrics): decode, engine, journal, state_apply, produce.
 """
 
 from __future__ import annotations
@@ -42,9 +45,10 @@ from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage, drop_replayed
 from snf.packet.batch import PacketBatch
 from snf.pipeline.model import PipelineFunction
 from snf.pipeline.routing import PipelinePlan
+from snf.runtime.worker.metrics import WorkerMetrics
 from snf.runtime.worker.outputs import Outputs, Send
 from snf.runtime.worker.partition import PartitionState
-from snf.runtime.worker.state_table import PrefixedStore
+from snf.runtime.worker.state_table import CountingStore, PrefixedStore
 
 __all__ = ["InputRecord", "Processor"]
 
@@ -59,20 +63,31 @@ class InputRecord:
     offset: int
     value: bytes
     headers: Sequence[tuple[str, bytes]] | None = None
+    timestamp: float | None = None  # its Kafka timestamp (producer's send time), in s
 
 
 class Processor:
     """The per-record protocol of one function's worker, over all its input partitions."""
 
-    def __init__(self, fn: PipelineFunction, plan: PipelinePlan, table: Store, send: Send) -> None:
+    def __init__(
+        self,
+        fn: PipelineFunction,
+        plan: PipelinePlan,
+        table: Store,
+        send: Send,
+        metrics: WorkerMetrics | None = None,
+    ) -> None:
         self.fn = fn
-        self.table = table
+        self.table = CountingStore(table)
         self.engine = FunctionEngine(plan.cores[fn.name])
         self.counters = self.engine.counters
         self.outputs = Outputs(fn, plan, send)
         self.ends_expected = plan.ends_expected(fn.name)
         self.journaled = fn.journaled
-        self.stores = {name: PrefixedStore(table, name) for name in fn.state_tables}
+        self.stores = {name: PrefixedStore(self.table, name) for name in fn.state_tables}
+        self.metrics = metrics or WorkerMetrics(fn.pipeline, fn.name, "")
+        self.metrics.engine, self.metrics.stores = self.engine, self.stores
+        self.metrics.changelog = self.table
         self.done: dict[int, int] = {}  # input partition -> last offset this process handled
         self.parts: dict[int, PartitionState] = {}  # input partition -> journal state
         self.first_output: set[int] = set()  # partitions that produced output since assignment
@@ -90,8 +105,12 @@ class Processor:
         part = self.begin(partition, offset) if self.journaled else None
         if part is not None and (offset < part.start or not part.marks.is_new(lineage)):
             self._skip(offset < part.start, lineage, record.value)
-        elif (message := self._decode(record)) is not None:
-            await self._process(message, partition, offset, lineage, part)
+        else:
+            started = time.perf_counter()
+            message = self._decode(record)
+            if message is not None:
+                since = self.metrics.lap("decode", started)
+                await self._process(message, record, lineage, part, since)
         self.done[partition] = offset
 
     def begin(self, partition: int, offset: int) -> PartitionState:
@@ -158,11 +177,12 @@ class Processor:
     async def _process(
         self,
         message: PacketBatch | wire.EndMarker,
-        partition: int,
-        offset: int,
+        record: InputRecord,
         lineage: Lineage | None,
         part: PartitionState | None,
+        since: float,
     ) -> None:
+        partition, offset, metrics = record.partition, record.offset, self.metrics
         if part is not None and isinstance(message, PacketBatch):
             n = len(message)
             message = drop_replayed(message, lineage, part.marks)  # a resumed replay's repeats
@@ -177,15 +197,21 @@ class Processor:
             out: StageOutput | None = self.engine.end_of_input(marker, partition, state)
         else:
             out = self.engine.handle(message, state)
+            metrics.batches += 1
+        since = metrics.lap("engine", since)
         if part is not None:
-            await self._journal(part, offset, lineage, state)
+            since = await self._journal(part, offset, lineage, state, since)
         if out is None:
             return  # an end marker that completes nothing yet: no outputs
         if isinstance(message, wire.EndMarker):
             futures = await self.outputs.end(message, out, partition, offset)
+            metrics.lap("produce", since)
         else:
             sent, futures = await self.outputs.packets(out, partition, offset)
             self.counters["out"] += sent
+            metrics.lap("produce", since)
+            if record.timestamp:  # clocks of two hosts may disagree a little: never < 0
+                metrics.hop_latency.observe(max(0.0, time.time() - record.timestamp))
         if part is not None and futures:
             part.inflight.append((offset, futures))
         if futures and partition not in self.first_output:
@@ -196,23 +222,36 @@ class Processor:
             )
 
     async def _journal(
-        self, part: PartitionState, offset: int, lineage: Lineage | None, state: BatchState
-    ) -> None:
-        """The entry before the writes: offset, before-images, watermarks, settled point."""
+        self,
+        part: PartitionState,
+        offset: int,
+        lineage: Lineage | None,
+        state: BatchState,
+        since: float,
+    ) -> float:
+        """The entry before the writes: offset, before-images, watermarks, settled point.
+        Returns the perf_counter at its end; a wait for a full ring is timed apart."""
         settled = part.settled(offset)
-        while offset - settled >= JOURNAL_SLOTS - 1:  # the ring is full: wait
-            await part.wait_oldest()
-            settled = part.settled(offset)
+        if offset - settled >= JOURNAL_SLOTS - 1:
+            waited = time.perf_counter()
+            while offset - settled >= JOURNAL_SLOTS - 1:  # the ring is full: wait
+                await part.wait_oldest()
+                settled = part.settled(offset)
+            wait = time.perf_counter() - waited
+            self.metrics.journal_wait += wait
+            since += wait  # back-pressure is not the journal's own time
         before = {
-            table_key(name, key): self.stores[name].get(key)
+            table_key(name, key): self.stores[name].peek(key)
             for name, writes in state.pending().items()
             for key, _ in writes
         }
         entry = JournalEntry(offset, before, part.marks.copy(), lineage, settled)
         self.table.set(journal_key(offset), entry.encode())
         part.committable = settled
+        since = self.metrics.lap("journal", since)
         state.apply()
         part.marks.advance(lineage)
+        return self.metrics.lap("state_apply", since)
 
     # -- what the committer and the lifecycle ask -----------------------------------------
 
