@@ -4,7 +4,8 @@ One set of objects per pipeline, all named `snf-<pipeline>[-<part>]`:
 
     ConfigMap     snf-<pipeline>           the pipeline file, mounted at /etc/snf
     Job           snf-<pipeline>-topics    `snf plan --apply-topics`: creates the topics
-    Deployment    snf-<pipeline>-<fn>      one per function: `snf worker ... <fn>`
+    Deployment    snf-<pipeline>-<fn>      one per function: `snf worker ... <fn>`; its pods
+                                           carry prometheus.io/* annotations for /metrics
     ScaledObject  snf-<pipeline>-<fn>      one per autoscaled function (KEDA, Kafka lag)
 
 Objects are plain dicts in Kubernetes' own field names, so they can be checked
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DEFAULT_NAMESPACE",
     "HEALTH_PORT",
+    "SCRAPE_ANNOTATIONS",
     "render_k8s",
     "write_manifests",
 ]
@@ -44,6 +46,12 @@ PIPELINE_KEY = "pipeline.yaml"
 PIPELINE_FILE = f"{CONFIG_DIR}/{PIPELINE_KEY}"
 DATA_DIR = "/var/lib/snf"
 HEALTH_PORT = 8080
+# The common convention of Prometheus' kubernetes_sd relabelling (and of most charts).
+SCRAPE_ANNOTATIONS = {
+    "prometheus.io/scrape": "true",
+    "prometheus.io/port": str(HEALTH_PORT),
+    "prometheus.io/path": "/metrics",
+}
 RUN_AS = 10001  # docker/Dockerfile's user `snf`; any non-root uid works
 REQUESTS = {"cpu": "250m", "memory": "256Mi"}
 LIMITS = {"cpu": "1", "memory": "1Gi"}
@@ -157,7 +165,7 @@ def _deployment(
             # A changed pipeline file changes this hash and so rolls the workers.
             "metadata": {
                 "labels": labels(pipeline.name, fn.name),
-                "annotations": {"snf/pipeline-sha256": digest},
+                "annotations": {"snf/pipeline-sha256": digest, **SCRAPE_ANNOTATIONS},
             },
             "spec": pod,
         },

@@ -246,6 +246,17 @@ def test_probes_point_at_the_port_the_worker_serves() -> None:
         assert {"name": "health", "containerPort": port, "protocol": "TCP"} in c["ports"]
 
 
+def test_worker_pods_are_annotated_for_prometheus_on_the_worker_s_port() -> None:
+    for d in of_kind(render(), "Deployment").values():
+        args = container(d)["args"]
+        annotations = d["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"  # a string: annotations are
+        assert annotations["prometheus.io/port"] == args[args.index("--health-port") + 1]
+        assert annotations["prometheus.io/path"] == "/metrics"
+    for job in of_kind(render(), "Job").values():  # the topics job has nothing to scrape
+        assert "annotations" not in job["spec"]["template"]["metadata"]
+
+
 def test_workers_run_unprivileged_with_state_on_an_empty_dir() -> None:
     for d in of_kind(render(), "Deployment").values():
         pod = d["spec"]["template"]["spec"]
