@@ -1,8 +1,9 @@
 """The `snf` command line (entry point: snf.cli.main:main).
 
-main              the parser: the commands of the two modules below, and main()
+main              the parser: the commands of the modules below, and main()
 run_commands      kafka, validate, replay, run, worker
 deploy_commands   plan, deploy, scale, status, undeploy, logs, sink, supervise,
                   schema, chaos, render
+top_command       top: live rates and stage times from every worker's /metrics
 common            what they share: the console, flags, pipeline lookup, brokers
 """

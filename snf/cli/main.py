@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from snf.cli import deploy_commands, run_commands
+from snf.cli import deploy_commands, run_commands, top_command
 from snf.cli.common import console
 from snf.errors import ConfigError, SnfError
 
@@ -25,10 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run_commands.add_parsers(sub)
     deploy_commands.add_parsers(sub)
+    top_command.add_parsers(sub)
     return parser
 
 
-COMMANDS = {**run_commands.COMMANDS, **deploy_commands.COMMANDS}
+COMMANDS = {**run_commands.COMMANDS, **deploy_commands.COMMANDS, **top_command.COMMANDS}
 
 
 def main(argv: list[str] | None = None) -> int:
