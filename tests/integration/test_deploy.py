@@ -41,6 +41,30 @@ def _status(name: str, capsys: pytest.CaptureFixture[str]) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+def _scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """A worker's /metrics: (sample name, sorted labels) -> value."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _sample(samples: dict, name: str, **labels: str) -> float | None:
+    """The one sample of `name` whose labels include `labels` (None: none)."""
+    want = labels.items()
+    found = [v for (n, ls), v in samples.items() if n == name and want <= dict(ls).items()]
+    assert len(found) <= 1, (name, labels, found)
+    return found[0] if found else None
+
+
 def _replay(pipeline: Pipeline, publisher, capture: Path, pps: float | None, **kw) -> ReplaySummary:
     keyers = plan_pipeline(pipeline).ingress_hop.keyers
     opts = ReplayOptions(progress=False, pps=pps, max_packets=64, **kw)
@@ -209,6 +233,7 @@ def test_redeploy_rolls_instances_and_keeps_state(
         while _status(name, capsys)["functions"]["fw"]["lag"] != 0:
             assert time.monotonic() < deadline
             time.sleep(0.3)
+        _status_and_top_find_the_metrics(name, capsys, len(syns))
 
         # A changed config: the same deploy command rolls fw, one instance at a time.
         path.write_text(STATEFUL.format(name=name, timeout=7200))
@@ -281,6 +306,7 @@ def test_worker_serves_liveness_and_readiness(kafka_bootstrap: str, tmp_path: Pa
             time.sleep(0.2)
         assert get("/livez") == 200
         assert get("/nope") == 404
+        _metrics_count_a_published_batch(kafka_bootstrap, pipeline, f"http://127.0.0.1:{port}")
         proc.send_signal(signal.SIGTERM)  # a drain, then Faust's own shutdown
         assert proc.wait(30) == 0
         assert "drained and committed" in (tmp_path / "worker.log").read_text()
@@ -288,6 +314,56 @@ def test_worker_serves_liveness_and_readiness(kafka_bootstrap: str, tmp_path: Pa
         if proc.poll() is None:
             proc.kill()
         admin.delete_topics(kafka_bootstrap, list(pipeline.topic_specs()))
+
+
+def _status_and_top_find_the_metrics(
+    name: str, capsys: pytest.CaptureFixture[str], packets: int
+) -> None:
+    """Each supervised worker's /metrics, found through `snf status`, counted what it
+    handled under its own instance number; `snf top --once` shows every instance."""
+    deadline = time.monotonic() + 30
+    while not all(i["metrics_url"] for i in _status(name, capsys)["functions"]["fw"]["instances"]):
+        assert time.monotonic() < deadline, "no metrics URL in snf status"
+        time.sleep(0.5)  # stats.json comes every 2 s
+    total = 0.0
+    for inst in _status(name, capsys)["functions"]["fw"]["instances"]:
+        samples = _scrape(inst["metrics_url"])
+        got = _sample(samples, "snf_packets_in_total", instance=str(inst["instance"]))
+        assert got is not None, inst
+        total += got
+    assert total == packets
+    capsys.readouterr()
+    assert main(["top", name, "--once", "--interval", "0.2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "│ fw " in line]
+    assert len(rows) == 2 and "no answer" not in "".join(rows), rows
+
+
+def _metrics_count_a_published_batch(brokers: str, pipeline: Pipeline, base: str) -> None:
+    """One batch of 8 packets to partition 0: /metrics counts it, times it, and sees the
+    Kafka timestamp it was published with."""
+    from snf.packet.batch import PacketBatch
+    from tests.packets import tcp4
+
+    frames = [tcp4("10.0.0.1", "192.0.2.1", 1000 + i, 443, flags="S") for i in range(8)]
+    rows = [(10**9 + i, len(f), f, 7, i, "") for i, f in enumerate(frames)]
+    publisher = BatchPublisher(brokers, pipeline.ingress_topic)
+    publisher(0, PacketBatch.from_rows(1, rows))
+    publisher.close()
+    labels = {"pipeline": pipeline.name, "function": "fw"}
+    deadline = time.monotonic() + 30
+    while True:
+        samples = _scrape(f"{base}/metrics")
+        lag = _sample(samples, "snf_consumer_lag_messages", partition="0", **labels)
+        if _sample(samples, "snf_packets_in_total", **labels) == 8 and lag is not None:
+            break
+        assert time.monotonic() < deadline, samples
+        time.sleep(0.2)
+    assert _sample(samples, "snf_batches_total", **labels) == 1
+    assert _sample(samples, "snf_packets_out_total", port="pass", **labels) == 8
+    assert _sample(samples, "snf_stage_seconds_count", stage="engine", **labels) == 1
+    assert _sample(samples, "snf_hop_latency_seconds_count", **labels) == 1
+    assert lag == 0  # handled, and the fetcher knows partition 0's end
+    assert _sample(samples, "snf_state_writes_total", table="conn", **labels) == 8
 
 
 def _sink_follow_survives_ctrl_c(name: str, tmp_path: Path, expected: int) -> None:
