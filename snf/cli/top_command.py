@@ -159,7 +159,8 @@ def _row(prev: Reading | None, cur: Reading) -> list[str]:
     cells += [_rate(prev, cur, name) for name in ("in", "out", "drops", "batches")]
     for stage in STAGES:
         window = _delta(prev.buckets.get(stage) if prev else None, cur.buckets.get(stage, {}))
-        cells.append(f"{_ms(quantile(0.5, window))} / {_ms(quantile(0.99, window))}")
+        p50, p99 = quantile(0.5, window), quantile(0.99, window)
+        cells.append("-" if p50 is None else f"{_ms(p50)}/{_ms(p99)}")
     cells.append("-" if cur.lag is None else f"{cur.lag:,.0f}")
     return cells
 
