@@ -91,7 +91,7 @@ def main() -> None:
         keyers = plan_pipeline(pipeline).ingress_hop.keyers
         opts = ReplayOptions(progress=False, loop=args.loop)
         capture = ROOT / "pipelines" / "captures" / "monitoring.pcapng"
-        sink = KafkaSink(brokers, pipeline.sink_topics(), pipeline.terminal_ends())
+        sink = KafkaSink.of(brokers, pipeline)
         t0 = time.perf_counter()
         s = replay([capture], pipeline.partitions, publisher, opts, keyers=keyers)
         publisher.send_end_markers(EndMarker("bench", s.last_ts_ns), pipeline.partitions)

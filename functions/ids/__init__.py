@@ -182,6 +182,7 @@ class Ids(NetworkFunction):
     reasons: ClassVar[tuple[str, ...]] = (MALFORMED, numbered(SID))
     tables: ClassVar[tuple[str, ...]] = ()
     key: ClassVar[str] = "any"
+    needs_payload: ClassVar[bool] = True  # content rules match the payload
     Config: ClassVar[type[FunctionConfig]] = IdsConfig
 
     def __init__(self, config: IdsConfig) -> None:

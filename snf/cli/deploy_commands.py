@@ -263,7 +263,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
     brokers = require_brokers(args.brokers)
-    sink = KafkaSink(brokers, pipeline.sink_topics(), pipeline.terminal_ends())
+    sink = KafkaSink.of(brokers, pipeline)
     try:
         if args.follow:
             console.print(f"following {pipeline.name}; Ctrl-C to stop")

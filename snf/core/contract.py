@@ -95,6 +95,9 @@ class NetworkFunction(ABC):
     # Counters beyond ports and reasons, e.g. "new" (flows picked); not "in" nor a port's.
     metrics: ClassVar[tuple[str, ...]] = ()
     tables: ClassVar[tuple[str, ...]] = ()  # state tables; names are part of the changelog names
+    # True when process() reads bytes past the TCP/UDP header (content matching):
+    # topics into it, and before it, then carry whole packets (snf.packet.heads).
+    needs_payload: ClassVar[bool] = False
     Config: ClassVar[type[FunctionConfig]]
     # Partitioning of the input (see the module docstring). Instances may
     # override both in __init__ when the key depends on the config.

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from snf.egress.wholes import WholeStore
 from snf.packet.batch import PacketBatch, format_packet_id
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.model import EGRESS, PortKey
@@ -59,6 +60,8 @@ class Collector:
     duplicates_at: Counter[PortKey] = field(default_factory=Counter)  # `duplicates` per terminal
     _terminals: dict[PortKey, _Terminal] = field(default_factory=dict, repr=False)
     _seen: dict[int, set[int]] = field(default_factory=dict, repr=False)  # any terminal
+    # Whole copies of the packets (from ingress), to complete heads (snf.packet.heads).
+    wholes: WholeStore = field(default_factory=WholeStore, repr=False)
     _view: tuple[int, dict[PortKey, dict[PacketId, _Packet]]] | None = field(
         default=None, repr=False
     )
@@ -75,6 +78,10 @@ class Collector:
             bucket[text] = (int(record.get("ts_ns", 0)), record)
             new += 1
         return new
+
+    def add_payloads(self, batch: PacketBatch) -> None:
+        """Keep an ingress batch's whole packets, to complete heads that come out."""
+        self.wholes.add(batch)
 
     def record_list(self, where: PortKey) -> list[dict[str, Any]]:
         """The records of one port in output order."""
@@ -123,7 +130,9 @@ class Collector:
             or self._view[0] != version
             or len(self._view[1]) != len(self._terminals)
         ):
-            view = {where: _packet_dict(t.parts) for where, t in self._terminals.items()}
+            view = {
+                where: _packet_dict(t.parts, self.wholes) for where, t in self._terminals.items()
+            }
             self._view = (version, view)
         return self._view[1]
 
@@ -151,7 +160,7 @@ class Collector:
         with PcapngWriter(path) as w:
             if term is None or not term.count:
                 return 0
-            cols = _sorted_columns(term.parts)
+            cols = _sorted_columns(term.parts, self.wholes)
             comments = _comments(cols["source"], cols["seq"])
             w.write_batch(cols["linktype"], cols["ts_ns"], cols["orig_len"], cols["data"], comments)
         return term.count
@@ -235,17 +244,21 @@ def _fresh_each(term: _Terminal, batch: PacketBatch) -> PacketBatch:
     return batch.select(keep)
 
 
-def _packet_dict(parts: list[PacketBatch]) -> dict[PacketId, _Packet]:
+def _packet_dict(parts: list[PacketBatch], wholes: WholeStore) -> dict[PacketId, _Packet]:
     out = {}
     for part in parts:
         lt = part.linktype
-        for ts, orig, data, sid, seq, reason in part.rows():
+        rec = part.records
+        ids = part.packet_ids()
+        datas = wholes.join(ids, part.packets(), rec["cap_len"], rec["full_len"])
+        for (ts, orig, _, sid, seq, reason), data in zip(part.rows(), datas, strict=True):
             out[(sid, seq)] = _Packet(lt, ts, orig, bytes(data), reason)
     return out
 
 
-def _sorted_columns(parts: list[PacketBatch]) -> dict[str, Any]:
-    """Every packet of `parts` as columns, sorted by packet id (source, seq)."""
+def _sorted_columns(parts: list[PacketBatch], wholes: WholeStore) -> dict[str, Any]:
+    """Every packet of `parts` as columns, sorted by packet id (source, seq), heads
+    joined with their tails."""
     recs = [p.records for p in parts]
     source = np.concatenate(
         [
@@ -260,6 +273,10 @@ def _sorted_columns(parts: list[PacketBatch]) -> dict[str, Any]:
     start = end - cap
     whole = b"".join(p.payload for p in parts)  # one copy; then plain byte slices, the fastest
     data = list(map(whole.__getitem__, map(slice, start[order].tolist(), end[order].tolist())))
+    full = np.concatenate([r["full_len"] for r in recs]).astype(np.int64)[order]
+    if full.any():
+        ids = list(zip(source[order].tolist(), seq[order].tolist(), strict=True))
+        data = wholes.join(ids, data, cap[order], full)
     kinds = np.repeat([p.linktype for p in parts], [len(r) for r in recs])[order]
     return {
         "source": source[order],

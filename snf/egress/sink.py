@@ -6,6 +6,10 @@ a records block with `end` on record topics), after its last output. Per
 end id, the sink counts distinct origins per partition; once every partition
 of every terminal has its expected count (Pipeline.terminal_ends), everything
 of that input is in.
+
+With heads after ingress (the pipeline's `ship: heads`, snf.packet.heads),
+the sink also reads the ingress topic (`wholes_from`) and keeps its whole
+packets in the collector, which joins each head with its tail.
 """
 
 from __future__ import annotations
@@ -16,13 +20,17 @@ from pathlib import Path
 
 from snf import wire
 from snf.egress.collector import Collector
+from snf.egress.wholes import WholeStore
 from snf.guarantee.lineage import Lineage, Watermarks
 from snf.kafka.topic_reader import TopicReader
 from snf.packet.batch import format_packet_id
 from snf.packet.pcapng_writer import PcapngWriter
-from snf.pipeline.model import PortKey
+from snf.pipeline.model import EGRESS, Pipeline, PortKey
 
-__all__ = ["KafkaSink", "follow"]
+__all__ = ["FOLLOW_WHOLES_BYTES", "MAX_WAITING", "KafkaSink", "follow"]
+
+FOLLOW_WHOLES_BYTES = 512 << 20  # ingress copies a following sink keeps to join heads
+MAX_WAITING = 64  # egress batches that wait for their ingress copies before going as heads
 
 
 class KafkaSink:
@@ -33,16 +41,25 @@ class KafkaSink:
         bootstrap: str,
         topics: dict[str, PortKey],
         ends: dict[str, list[int]] | None = None,
+        wholes_from: str | None = None,
     ) -> None:
         self.topics = topics
+        self.wholes_from = wholes_from
         self.ends = ends or {}
         # topic -> partition -> end id -> origins whose end arrived
         self.ends_in: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
         # per terminal partition, the highest lineage read per origin (snf.guarantee.lineage):
         # a message at or below it is an output sent again by a redo after a crash
         self.marks: dict[tuple[str, int], Watermarks] = {}
-        self.reader = TopicReader(bootstrap, topics)
+        self.reader = TopicReader(bootstrap, [*topics, *([wholes_from] if wholes_from else [])])
         self.partitions = self.reader.partitions
+
+    @classmethod
+    def of(cls, bootstrap: str, pipeline: Pipeline) -> KafkaSink:
+        """The sink of a pipeline: its terminals, their ends, and the ingress copies
+        its heads are joined with (`ship: heads`)."""
+        wholes_from = pipeline.ingress_topic if pipeline.spec.ship == "heads" else None
+        return cls(bootstrap, pipeline.sink_topics(), pipeline.terminal_ends(), wholes_from)
 
     def _end(self, topic: str, partition: int, end_id: str, origin: str) -> None:
         origins = self.ends_in[topic].setdefault(partition, {}).setdefault(end_id, set())
@@ -56,6 +73,9 @@ class KafkaSink:
     ) -> int:
         new = 0
         for topic, partition, records in self.reader.poll(timeout_ms):
+            if topic == self.wholes_from:
+                _keep_wholes(collector, records)
+                continue
             where = self.topics[topic]
             marks = self.marks.setdefault((topic, partition), Watermarks())
             for record in records:
@@ -127,6 +147,16 @@ class KafkaSink:
         self.reader.close()
 
 
+def _keep_wholes(collector: Collector, records: list) -> None:
+    for record in records:
+        try:
+            msg = wire.decode_any(record.value)
+        except wire.WireError:
+            continue  # the workers dead-letter what they cannot read; nothing to join
+        if isinstance(msg, wire.PacketBatch):
+            collector.add_payloads(msg)
+
+
 def follow(
     sink: KafkaSink,
     out: Path | None,
@@ -134,27 +164,42 @@ def follow(
     idle: float | None = None,
 ) -> Collector:
     """Stream egress into a pcapng as packets arrive, until interrupted (or `idle`
-    seconds pass without news). Each packet is written whole and the file is
+    seconds pass without news). Each packet is written whole (a head once its
+    ingress copy is in, waiting at most MAX_WAITING batches) and the file is
     flushed after every poll, so Ctrl-C leaves a valid file of all received."""
-    collector = Collector()
+    collector = Collector(wholes=WholeStore(max_bytes=FOLLOW_WHOLES_BYTES))
     writer = PcapngWriter(out) if out is not None else None
     written: set[tuple[int, int]] = set()
+    waiting: list[wire.PacketBatch] = []
 
-    def write(where: PortKey, batch: wire.PacketBatch) -> None:
-        if writer is None or where != ("", "egress"):
-            return
-        for ts, orig, data, sid, seq, _reason in batch.rows():
+    def write(batch: wire.PacketBatch) -> None:
+        assert writer is not None
+        rec = batch.records
+        ids = batch.packet_ids()
+        datas = collector.wholes.join(ids, batch.packets(), rec["cap_len"], rec["full_len"])
+        for (ts, orig, _, sid, seq, _reason), data in zip(batch.rows(), datas, strict=True):
             if (sid, seq) in written:
                 continue
             written.add((sid, seq))
             comment = f"snf id={format_packet_id(sid, seq)}"
             writer.write(batch.linktype, ts, bytes(data), orig, comment=comment)
 
+    def arrived(where: PortKey, batch: wire.PacketBatch) -> None:
+        if writer is not None and where == EGRESS:
+            waiting.append(batch)
+
+    def write_ready(final: bool = False) -> None:
+        while waiting and (
+            final or len(waiting) > MAX_WAITING or collector.wholes.has_all(waiting[0])
+        ):
+            write(waiting.pop(0))
+
     last_news = time.monotonic()
     try:
         while idle is None or time.monotonic() - last_news < idle:
-            if sink.poll(collector, on_batch=write):
+            if sink.poll(collector, on_batch=arrived):
                 last_news = time.monotonic()
+                write_ready()
                 if writer is not None:
                     writer.flush()
                 if on_progress:
@@ -163,5 +208,6 @@ def follow(
         pass
     finally:
         if writer is not None:
+            write_ready(final=True)
             writer.close()
     return collector

@@ -1,6 +1,8 @@
 """Whole runs with a verdict.
 
-oneshot   `snf run`: broker, topics, workers, replay, sink, results, teardown
+oneshot   `snf run`: options, results, the --local run, the summary
+kafka_run `snf run` over Kafka: broker, topics, workers, replay, sink, teardown
+run_options  what a run takes and gives: RunOptions, RunResult, RunError
 chaos     `snf chaos`: a run with faults injected mid-stream
 verdict   a run's output judged against the --local reference
 """

@@ -12,39 +12,18 @@ groups and changelogs never meet those of another run or a deployed pipeline.
 from __future__ import annotations
 
 import logging
-import secrets
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from snf.egress.collector import Collector
-from snf.egress.sink import KafkaSink
-from snf.errors import SnfError
-from snf.ingress.publisher import BatchPublisher
-from snf.ingress.replay import ReplayOptions, ReplaySummary, check_captures, replay
-from snf.kafka import cluster
-from snf.ops import deployment_dir as dp
-from snf.ops.deploy import apply_topics, deploy, plan, undeploy, wait_assigned
-from snf.ops.worker_process import log_tail
-from snf.packet.batch import PacketBatch
+from snf.harness.run_options import RunError, RunOptions, RunResult
+from snf.ingress.replay import check_captures, replay
 from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import EGRESS, Pipeline
-from snf.pipeline.routing import plan_pipeline
 from snf.runtime.local import LocalPipeline
-from snf.wire import EndMarker
 
 __all__ = [
     "RunError",
@@ -56,50 +35,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("snf.harness.oneshot")
-
-
-class RunError(SnfError):
-    """A run that could not account for every packet, or whose workers failed."""
-
-
-@dataclass
-class RunOptions:
-    out: Path | None = None
-    events: Path | None = None
-    local: bool = False
-    brokers: str | None = None
-    replay: ReplayOptions = field(default_factory=ReplayOptions)
-    timeout: float = 60.0  # give up after this long without a new packet at the sink
-    keep: bool = False  # keep topics and the run directory
-    rundir: Path | None = None
-    loglevel: str = "info"
-    # Hooks for `snf chaos` (snf.harness.chaos). The sink fills `collector` when given, so the
-    # caller still holds what arrived when the run fails (lost packets are a verdict
-    # there, not only an error); `on_published(n)` is called after each ingress batch
-    # is handed to the producer, with the packets published so far (faults fire at a
-    # fraction of the capture).
-    collector: Collector | None = None
-    on_published: Callable[[int], None] | None = None
-
-
-@dataclass
-class RunResult:
-    pipeline: Pipeline
-    replay: ReplaySummary
-    collector: Collector
-    seconds: float
-    mode: str
-    processing_seconds: float = 0.0  # from the first packet sent to the last accounted for
-    # function -> port -> packets, when known exactly (--local counts in the engines)
-    port_totals: dict[str, dict[str, int]] | None = None
-
-    @property
-    def processing_pps(self) -> float:
-        return self.replay.packets / self.processing_seconds if self.processing_seconds else 0.0
-
-
-def _run_name(base: str) -> str:
-    return f"{base[:40]}-r{secrets.token_hex(3)}"
 
 
 def run_pipeline(
@@ -122,159 +57,17 @@ def run_pipeline(
             pipeline, summary, local.collector, elapsed, "local", elapsed, local.port_totals()
         )
     else:
-        result = _run_kafka(pipeline_path, pipeline, captures, opts, console, started)
+        from snf.harness.kafka_run import run_kafka  # Kafka clients load only when needed
+
+        result = run_kafka(pipeline_path, pipeline, captures, opts, console, started)
     _write_outputs(result, opts, console)
     return result
 
 
-def _run_kafka(
-    pipeline_path: Path,
-    pipeline: Pipeline,
-    captures: Sequence[Path],
-    opts: RunOptions,
-    console: Console,
-    started: float,
-) -> RunResult:
-    brokers, started_cluster = _brokers(opts, console)
-    run = pipeline.renamed(_run_name(pipeline.name), private=True)
-    rundir = opts.rundir or Path(tempfile.mkdtemp(prefix=f"snf-{run.name}-"))
-    deployed = False
-    succeeded = False
-    try:
-        # A run is a deployment of its own: same topics, supervisor and workers.
-        deploy(pipeline_path, brokers, name=run.name, private=True, directory=rundir, wait=None)
-        deployed = True
-        n = sum(pf.instances for pf in run.functions)
-        console.print(f"run [bold]{run.name}[/] on {brokers}: {n} worker(s), logs in {rundir}")
-        wait_assigned(rundir, run, 90.0)
-        processing_started = time.perf_counter()
-        summary = _publish(run, brokers, captures, opts, console)
-        collector = opts.collector if opts.collector is not None else Collector()
-        _collect(run, brokers, summary, collector, opts, console, rundir)
-        check_accounting(run, summary.packets, collector)
-        done = time.perf_counter()
-        succeeded = True
-        return RunResult(
-            run, summary, collector, done - started, "kafka", done - processing_started
-        )
-    finally:
-        if deployed:
-            try:
-                undeploy(rundir, delete_topics=not opts.keep, keep_directory=True)
-            except SnfError as exc:
-                log.warning("could not delete the run's topics: %s", exc)
-        if started_cluster and not opts.keep:
-            cluster.down()
-        if succeeded and opts.rundir is None and not opts.keep:
-            shutil.rmtree(rundir, ignore_errors=True)  # keep logs only when something failed
-
-
-def _brokers(opts: RunOptions, console: Console) -> tuple[str, bool]:
-    """The brokers to use, and whether this run started them (a local broker)."""
-    brokers = cluster.resolve_brokers(opts.brokers)
-    if brokers is not None and cluster.is_reachable(brokers):
-        return brokers, False
-    if opts.brokers:
-        raise RunError(f"no Kafka broker answers at {opts.brokers}")
-    console.print("[bold]starting a local Kafka broker[/] (snf kafka up)")
-    return cluster.up().bootstrap, True
-
-
-def _publish(
-    run: Pipeline, brokers: str, captures: Sequence[Path], opts: RunOptions, console: Console
-) -> ReplaySummary:
-    """Replay the captures to the run's ingress, then end every partition."""
-    publisher = BatchPublisher(brokers, run.ingress_topic, session=run.name)
-    keyers = plan_pipeline(run).ingress_hop.keyers  # how ingress is partitioned
-    publish = _counting(publisher, opts.on_published) if opts.on_published else publisher
-    try:
-        summary = replay(captures, run.partitions, publish, opts.replay, console, keyers=keyers)
-        publisher.send_end_markers(EndMarker(run.name, summary.last_ts_ns), run.partitions)
-    finally:
-        publisher.close()
-    return summary
-
-
-def _collect(
-    run: Pipeline,
-    brokers: str,
-    summary: ReplaySummary,
-    collector: Collector,
-    opts: RunOptions,
-    console: Console,
-    rundir: Path,
-) -> None:
-    """Read the terminals until every end marker is in (RunError if that stalls)."""
-    sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
-    progress = Progress(
-        TextColumn("sink  "),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("packets accounted for"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not opts.replay.progress,
-    )
-    try:
-        with progress:
-            task = progress.add_task("sink", total=summary.packets)
-            complete = sink.collect(
-                collector,
-                opts.timeout,
-                end_id=run.name,
-                check=lambda: crashing(rundir),
-                on_progress=lambda n: progress.update(task, completed=n),
-            )
-    finally:
-        sink.close()
-    if not complete:
-        raise RunError(
-            f"{collector.total} of {summary.packets} packets accounted for, and the "
-            f"end of input did not reach {', '.join(sink.unended(run.name))} "
-            f"after {opts.timeout:.0f}s without progress; logs in {rundir}"
-        )
-
-
-def _counting(
-    publish: Callable[[int, PacketBatch], None], on_published: Callable[[int], None]
-) -> Callable[[int, PacketBatch], None]:
-    """`publish`, then report the running count of packets published."""
-    sent = 0
-
-    def counted(partition: int, batch: PacketBatch) -> None:
-        nonlocal sent
-        publish(partition, batch)
-        sent += len(batch)
-        on_published(sent)
-
-    return counted
-
-
-def crashing(rundir: Path, restarts: int = 3) -> None:
-    """Raise RunError, with its log's tail, for a worker the supervisor keeps restarting."""
-    state = dp.read_state(rundir) or {}
-    for name, fn in (state.get("functions") or {}).items():
-        for inst in fn.get("instances", []):
-            if inst.get("restarts", 0) >= restarts:
-                log_path = dp.workers_dir(rundir) / f"{name}-{inst['instance']}.log"
-                raise RunError(
-                    f"worker {name}/{inst['instance']} crashed {inst['restarts']} times "
-                    f"(last exit {inst.get('last_exit')}):\n{log_tail(log_path)}"
-                )
-
-
-def check_accounting(pipeline: Pipeline, sent: int, collector: Collector) -> None:
-    """Every packet came out somewhere (or was discarded), and only once unless
-    the wiring fans out."""
-    graph = pipeline.graph
-    if collector.total > sent or (collector.total < sent and not graph.discards):
-        raise RunError(f"{collector.total} distinct packets came out, {sent} went in")
-    if collector.conflicts and not graph.fan_out:
-        raise RunError(f"{collector.conflicts} packets came out of two different ports")
-
-
 def create_topics(brokers: str, pipeline: Pipeline) -> list[str]:
     """Every topic of a pipeline, changelogs included (snf.ops.deploy.apply_topics)."""
+    from snf.ops.deploy import apply_topics, plan
+
     return apply_topics(plan(pipeline, brokers))
 
 

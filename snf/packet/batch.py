@@ -24,7 +24,7 @@ RECORD_DTYPE = np.dtype(
         ("cap_len", "<u4"),  # bytes carried here
         ("source", "<u2"),  # index into PacketBatch.sources
         ("reason", "<u2"),  # index into PacketBatch.reasons (0 = none)
-        ("flags", "<u4"),  # reserved, 0
+        ("full_len", "<u4"),  # whole packet's cap_len when these bytes are its head, else 0
     ]
 )
 

@@ -27,7 +27,7 @@ from snf.pipeline.errors import (
     find_loc,
     yaml_problem,
 )
-from snf.pipeline.graph import INGRESS, Link, build_graph
+from snf.pipeline.graph import INGRESS, Graph, Link, build_graph
 from snf.pipeline.model import Layout, Pipeline, PipelineFunction
 from snf.pipeline.spec import PipelineSpec
 
@@ -99,7 +99,15 @@ def _build(text: str, source: str, path: Path | None, base_dir: Path | None = No
             for d in dests:
                 if d.kind == "topic":
                     external[d.target] = max(external.get(d.target, 0), parts[fn_name])
-    layout = Layout(graph.entry, parts, spec.partitions, external)
+    needs = {
+        fn.name: step[0].needs_payload
+        for fn, step in zip(spec.functions, steps, strict=True)
+        if step
+    }
+    heads = spec.ship == "heads"
+    layout = Layout(
+        graph.entry, parts, spec.partitions, external, False, heads, _whole(graph, needs)
+    )
     functions = []
     for fn, step in zip(spec.functions, steps, strict=True):
         assert step is not None  # any failure added a problem above
@@ -196,3 +204,23 @@ def _check_function(
     except ValidationError as exc:
         report.add_validation(exc, model, (*loc, "config"))
         return None
+
+
+def _whole(graph: Graph, needs: dict[str, bool]) -> frozenset[str]:
+    """Functions that read payload, or feed (maybe through others) one that does."""
+    feeds: dict[str, set[str]] = {
+        name: {d.target for ds in graph.outputs[name].values() for d in ds if d.kind == "function"}
+        for name in graph.outputs
+    }
+    whole: set[str] = set()
+
+    def reaches(name: str, seen: set[str]) -> bool:
+        if needs.get(name) or name in whole:
+            return True
+        seen.add(name)
+        return any(t not in seen and reaches(t, seen) for t in feeds.get(name, ()))
+
+    for name in graph.outputs:
+        if reaches(name, set()):
+            whole.add(name)
+    return frozenset(whole)

@@ -59,6 +59,8 @@ class Layout:
     egress_partitions: int
     external: dict[str, int]  # topic:NAME destinations -> partitions
     private: bool = False  # a one-shot run: topic:NAME becomes snf.<run>.topic.NAME
+    heads: bool = False  # ship heads after ingress (the pipeline's `ship: heads`)
+    whole: frozenset[str] = frozenset()  # functions whose input must carry whole packets
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Route:
     dest: Dest
     topic: str | None  # None: discard
     partitions: int  # of that topic
+    heads: bool = False  # packets on it may be cut to their heads (snf.packet.heads)
 
 
 @dataclass(frozen=True)
@@ -146,14 +149,16 @@ class PipelineFunction:
         lay = self.layout
         if dest.kind == "function":
             topic = names.input_topic(self.pipeline, dest.target)
-            return Route(dest, topic, lay.partitions[dest.target])
+            heads = lay.heads and dest.target not in lay.whole
+            return Route(dest, topic, lay.partitions[dest.target], heads)
         if dest.kind == "egress":
-            return Route(dest, names.egress_topic(self.pipeline), lay.egress_partitions)
+            return Route(dest, names.egress_topic(self.pipeline), lay.egress_partitions, lay.heads)
         if dest.kind == "topic":
             topic = names.private_topic(self.pipeline, dest.target) if lay.private else dest.target
             return Route(dest, topic, lay.external[dest.target])
         if dest.kind == "port":
-            return Route(dest, names.port_topic(self.pipeline, self.name, port), self.partitions)
+            topic = names.port_topic(self.pipeline, self.name, port)
+            return Route(dest, topic, self.partitions, lay.heads)
         return Route(dest, None, 0)
 
     @property

@@ -62,6 +62,10 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "sets its own.",
         "replication": "Replication factor of the pipeline's topics, unless a function "
         "sets its own.",
+        "ship": "heads (default): topics after ingress carry each plain TCP/UDP packet cut "
+        "after its L4 header where no function downstream reads payload, and snf's sink "
+        "joins the payload back from ingress; whole: every topic carries whole packets, "
+        "for consumers of the pipeline's topics other than snf.",
         "functions": "The functions. Without `wiring` they form a chain in list order: "
         "ingress feeds the first, each `pass` port feeds the next, the last one's feeds "
         "egress.",

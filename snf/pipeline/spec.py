@@ -71,6 +71,10 @@ class PipelineSpec(BaseModel):
     name: str = Field(pattern=names.NAME_PATTERN)  # first part of every derived name
     partitions: int = Field(default=4, ge=1, le=1024)  # default of every function
     replication: int = Field(default=1, ge=1, le=16)  # topic replication factor (default)
+    # heads: topics after ingress carry packet heads where no function downstream
+    # reads payload, and readers of terminals join the payload back from ingress;
+    # whole: every topic carries whole packets (for consumers other than snf's sink).
+    ship: Literal["heads", "whole"] = "heads"
     functions: list[FunctionSpec] = Field(min_length=1)  # a chain unless `wiring` is given
     wiring: list[LinkSpec] | None = Field(default=None, min_length=1)
 

@@ -4,7 +4,9 @@ The reference mode. It runs the same FunctionEngine per function, keeps one
 state per (function, partition) and routes between functions with the same
 routers as the Kafka workers (snf.pipeline.routing.deliveries), so a Kafka run must
 produce the same Collector contents. Batches go depth-first through the
-graph as they come.
+graph as they come. With `heads`, batches are cut to their heads where a
+Kafka worker would cut them (Route.heads) and the collector joins the tails
+back from the ingress batches, as the Kafka sink does: a check of the join.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from snf.core.engine import FunctionEngine, StageOutput
 from snf.core.tables import BatchState, MemoryStore
 from snf.egress.collector import Collector
 from snf.packet.batch import PacketBatch
+from snf.packet.heads import cut_heads
 from snf.pipeline.model import Pipeline
 from snf.pipeline.routing import Hop, PipelinePlan, StageRouter, deliveries, plan_pipeline
 from snf.wire import EndMarker
@@ -21,8 +24,11 @@ __all__ = ["LocalPipeline"]
 
 
 class LocalPipeline:
-    def __init__(self, pipeline: Pipeline, collector: Collector | None = None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, collector: Collector | None = None, heads: bool = False
+    ) -> None:
         self.pipeline = pipeline
+        self.heads = heads
         self.collector = collector or Collector()
         self.plan: PipelinePlan = plan_pipeline(pipeline)
         self.engines = {name: FunctionEngine(core) for name, core in self.plan.cores.items()}
@@ -45,6 +51,8 @@ class LocalPipeline:
 
     def __call__(self, partition: int, batch: PacketBatch) -> None:
         """Push one ingress batch through the graph (same signature as a publisher)."""
+        if self.heads:
+            self.collector.add_payloads(batch)
         self._stage(self.pipeline.graph.entry, partition, batch)
 
     def _stage(self, name: str, partition: int, batch: PacketBatch) -> None:
@@ -52,6 +60,8 @@ class LocalPipeline:
         out = self.engines[name].handle(batch, BatchState(self.stores[name][partition]))
         self._emit(name, out)
         for port, route, p, b in deliveries(out, partition, pf, self.routers[name]):
+            if self.heads and route.heads:
+                b = cut_heads(b)
             if route.dest.kind == "function":
                 self._stage(route.dest.target, p, b)
             else:

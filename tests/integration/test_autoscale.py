@@ -200,7 +200,7 @@ def test_autoscaled_function_scales_to_zero_and_cold_starts_without_loss(
         measured("cold_start_with_state_s", assigned - publisher.first)
         publisher.close()
 
-        sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
+        sink = KafkaSink.of(kafka_bootstrap, pipeline)
         got = Collector()
         try:
             assert sink.collect(got, 90, end_id="end"), sink.unended("end")

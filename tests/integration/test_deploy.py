@@ -126,7 +126,7 @@ def test_deployed_pipeline_scales_restarts_and_matches_local(
 
         # A kill -9 once the pipeline is idle: the supervisor restarts the worker and
         # the successor restores the firewall's connections from the changelog.
-        sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
+        sink = KafkaSink.of(kafka_bootstrap, pipeline)
         got = Collector()
         assert sink.collect(got, 90, end_id="end"), sink.unended("end")
         # Killed after its offsets are committed: at-least-once replays nothing here
@@ -246,7 +246,7 @@ def test_redeploy_rolls_instances_and_keeps_state(
         _replay(pipeline, publisher, part2, None)
         publisher.send_end_markers(EndMarker("end", 10**18 + 2 * 10**9), pipeline.partitions)
         publisher.close()
-        sink = KafkaSink(kafka_bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
+        sink = KafkaSink.of(kafka_bootstrap, pipeline)
         got = Collector()
         assert sink.collect(got, 60, end_id="end"), sink.unended("end")
         sink.close()

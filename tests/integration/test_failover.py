@@ -117,7 +117,7 @@ def test_replacement_worker_keeps_every_connection(kafka_bootstrap: str, tmp_pat
         replay([part1], run.partitions, publisher, quiet)
         publisher.close()
         collector = Collector()
-        sink = KafkaSink(brokers, run.sink_topics())
+        sink = KafkaSink.of(brokers, run)
         assert sink.collect(collector, 60, packets=len(syns))
         assert collector.count(EGRESS) == len(syns)  # the rule allows every SYN
 

@@ -192,7 +192,7 @@ def test_scaling_and_a_resumed_capture_agent_on_a_deployment(
             f"replay-{source_id_for([CAPTURE]):x}-{json.loads(checkpoint.read_text())['run_id']}"
         )
 
-        sink = KafkaSink(three_brokers.bootstrap, pipeline.sink_topics(), pipeline.terminal_ends())
+        sink = KafkaSink.of(three_brokers.bootstrap, pipeline)
         got = Collector()
         assert sink.collect(got, 90, end_id=end_id), sink.unended(end_id)
         sink.close()

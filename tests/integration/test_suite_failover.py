@@ -174,7 +174,7 @@ def test_successor_restores_state_from_the_changelog(
     keyers = plan_pipeline(run).ingress_hop.keyers
     fn = run.functions[0]
     workers = [start_worker(path, "f", 0, brokers, tmp_path / "a", name=run.name)]
-    sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
+    sink = KafkaSink.of(brokers, run)
     try:
         got = Collector()
         publisher = BatchPublisher(brokers, run.ingress_topic)

@@ -119,7 +119,7 @@ def test_monitoring_on_three_brokers(
         sent = _replay(pipeline, publisher, A, None)
         publisher.send_end_markers(EndMarker("end", sent.last_ts_ns), pipeline.partitions)
         publisher.close()
-        sink = KafkaSink(brokers, pipeline.sink_topics(), pipeline.terminal_ends())
+        sink = KafkaSink.of(brokers, pipeline)
         got = Collector()
         try:
             assert sink.collect(got, 60, end_id="end"), sink.unended("end")

@@ -5,6 +5,7 @@ another function through its StageRouter, a terminal topic on the event's
 partition), records to every topic of their record port. At the end of input a
 partition sends its records, an end block on every record destination, and
 the end marker on to every packet destination, after its last batch there.
+Packets bound where no reader needs their payload go as heads (Route.heads).
 Every message carries the lineage (origin, input offset, index) by which the
 next stage and the sink skip what a redo sends again (snf.guarantee.lineage).
 """
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from snf import wire
 from snf.core.engine import StageOutput
 from snf.guarantee.lineage import Lineage
+from snf.packet.heads import cut_heads
 from snf.pipeline.model import PipelineFunction
 from snf.pipeline.routing import PipelinePlan, deliveries
 
@@ -57,6 +59,8 @@ class Outputs:
         sent = 0
         for _port, route, p, batch in deliveries(out, partition, self.fn, self.routers):
             assert route.topic is not None  # deliveries never yields a discarded port
+            if route.heads:  # no reader downstream needs the payload (snf.packet.heads)
+                batch = cut_heads(batch)
             await event.send(route.topic, wire.encode(batch), p)
             sent += len(batch)
         if out.records:
