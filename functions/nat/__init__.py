@@ -72,25 +72,25 @@ from snf.packet.rewrite import set_ipv4_addr, set_ipv4_endpoint
 
 from .bindings import Bindings
 from .config import NatConfig, NatTimeouts, PortForward, compile_config
+from .fastpath import process_batch
+from .flows import IN, NO, OUT, PASS, Classes, Flows
 from .icmp import ERROR_TYPES, quote_of, rewrite_quote
+from .outcome import (
+    FILTERED,
+    FRAGMENT,
+    NO_BINDING,
+    PASSED,
+    PORTS_EXHAUSTED,
+    UNSUPPORTED,
+    Outcome,
+    drop,
+)
 from .ports import EndpointHasher
 
 __all__ = ["Nat", "NatConfig", "NatTimeouts", "PortForward"]
 
-_PASS, _OUT, _IN, _NO = 0, 1, 2, 3  # address classes of a packet
-NO_BINDING = "no_binding"
-FILTERED = "filtered"
-PORTS_EXHAUSTED = "ports_exhausted"
-UNSUPPORTED = "unsupported"
-FRAGMENT = "fragment"
-# (reason, rewritten packet or None, rewritten field "src"/"dst"/"", new address)
-Outcome = tuple[str, bytearray | None, str, bytes]
-_PASSED: Outcome = ("", None, "", b"")
-
-
-def _drop(reason: str) -> Outcome:
-    return (reason, None, "", b"")
-
+_UNKNOWN = -1  # not in the key cache (a cached key may be None)
+_CACHE_MAX = 1 << 16
 
 MIN_ENDPOINTS_PER_PARTITION = 64
 
@@ -117,9 +117,13 @@ class Nat(NetworkFunction):
         super().__init__(config)
         self.config: NatConfig = config
         self.c = compile_config(config)
-        self._public = frozenset(self.c.public_ips)
-        self._inside_cache: dict[bytes, bool] = {}
+        self._class = Classes(self.c)
+        self.flows = Flows(self.c, self._class)
         self._ep = EndpointHasher()
+        self._keys: dict[tuple[int, bytes, int, bytes, int], int | None] = {}
+        # The batch path (fastpath.py); False: every packet through decide(), as
+        # before it, which the equivalence tests compare it with.
+        self.fast_path = True
 
     def partition_problem(self, partitions: int) -> str | None:
         # Each partition owns the public endpoints that hash to it (replies must
@@ -136,37 +140,36 @@ class Nat(NetworkFunction):
 
     # -- classification and keys ----------------------------------------------
 
-    def _is_inside(self, addr: bytes) -> bool:
-        found = self._inside_cache.get(addr)
-        if found is None:
-            value = int.from_bytes(addr, "big")
-            found = any(value & mask == net for net, mask in self.c.inside)
-            if len(self._inside_cache) >= 1 << 16:
-                self._inside_cache.clear()
-            self._inside_cache[addr] = found
-        return found
-
-    def _class(self, s: bytes, d: bytes) -> int:
-        if self._is_inside(s):
-            return _PASS if self._is_inside(d) else _OUT
-        if d in self._public:
-            return _IN
-        return _NO if self._is_inside(d) else _PASS
-
     def _public_hash(self, p: int, ip: bytes, port: int) -> int:
         """Key of a public endpoint: a forward's is its inside endpoint's."""
         fwd = self.c.fwd_public.get((p, ip, port))
         return self._ep(p, *fwd) if fwd is not None else self._ep(p, ip, port)
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
-        out: list[int | None] = []
         h = headers
+        kind, version, frag, proto = h.kind, h.version, h.frag, h.proto
+        src, dst, sport, dport, icmp_type = h.src, h.dst, h.sport, h.dport, h.icmp_type
+        # But for ICMP errors (keyed by their quote), a key is the 5-tuple's.
+        keys = self._keys if self.fast_path else {}
+        known = keys.get
+        out: list[int | None] = []
         for i in range(len(h)):
-            if h.kind[i] != KIND_IP or h.version[i] != 4 or h.frag[i] == FRAG_LATER:
+            if kind[i] != KIND_IP or version[i] != 4 or frag[i] == FRAG_LATER:
                 out.append(None)
                 continue
             try:
-                out.append(self._key(batch, h, i))
+                p = proto[i]
+                if p == 1 and icmp_type[i] in ERROR_TYPES:
+                    out.append(self._key(batch, h, i))
+                    continue
+                five = (p, src[i], sport[i], dst[i], dport[i])
+                value = known(five, _UNKNOWN)
+                if value == _UNKNOWN:
+                    value = self._key(batch, h, i)
+                    if len(keys) >= _CACHE_MAX:
+                        keys.clear()
+                    keys[five] = value
+                out.append(value)
             except Exception:  # damaged headers: no preference
                 out.append(None)
         return out
@@ -174,29 +177,38 @@ class Nat(NetworkFunction):
     def _key(self, batch: PacketBatch, h: Headers, i: int) -> int | None:
         s, d, p, sp, dp = h.src[i], h.dst[i], h.proto[i], h.sport[i], h.dport[i]
         cls = self._class(s, d)
-        if p == 1 and h.icmp_type[i] in ERROR_TYPES and cls in (_OUT, _IN):
+        if p == 1 and h.icmp_type[i] in ERROR_TYPES and cls in (OUT, IN):
             q = quote_of(batch.packet(i), h.l3_off[i], h.l4_off[i])
             if q is not None and q.sport >= 0:
-                if cls == _OUT:
+                if cls == OUT:
                     return self._ep(q.proto, q.dst, q.dport)
                 return self._public_hash(q.proto, q.src, q.sport)
-        if cls == _OUT:
+        if cls == OUT:
             return self._ep(p, s, sp)
-        if cls == _IN:
+        if cls == IN:
             return self._public_hash(p, d, dp)
-        if cls == _NO:
+        if cls == NO:
             return self._ep(p, d, dp)
-        return self._public_hash(p, s, sp) if s in self._public else None
+        return self._public_hash(p, s, sp) if self._class.is_public(s) else None
 
     # -- processing ------------------------------------------------------------
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
+        if self.fast_path:
+            return process_batch(self, batch, headers, state)
+        return self.process_each(batch, headers, state)
+
+    def bindings(self, state: BatchState) -> Bindings:
+        return Bindings(self.c, state.table("bind"), state.table("rev"), self.partitions, self._ep)
+
+    def process_each(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
+        """Every IP packet through decide(), one by one (the reference of the batch path)."""
         decisions, ip = triage(headers)
         ports, reasons, replaced = decisions.ports, decisions.reasons, decisions.replaced
         ts = batch.records["ts_ns"].tolist()
-        b = Bindings(self.c, state.table("bind"), state.table("rev"), self.partitions, self._ep)
+        b = self.bindings(state)
         frag = state.table("frag")
-        decide = self._decide
+        decide = self.decide
         for i in ip:
             try:
                 reason, pkt, _, _ = decide(batch, headers, i, ts[i], b, frag)
@@ -208,26 +220,26 @@ class Nat(NetworkFunction):
                 replaced[i] = bytes(pkt)
         return decisions
 
-    def _decide(
+    def decide(
         self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView
     ) -> Outcome:
         """An IP packet's outcome (the prelude, triage(), took the others)."""
         if h.version[i] != 4:
-            return _PASSED
+            return PASSED
         s, d = h.src[i], h.dst[i]
         cls = self._class(s, d)
-        if cls == _PASS:
-            return _PASSED
-        if cls == _NO:
-            return _drop(NO_BINDING)
+        if cls == PASS:
+            return PASSED
+        if cls == NO:
+            return drop(NO_BINDING)
         if h.frag[i] == FRAG_LATER:
             return self._later(batch, h, i, t, frag)
         off = batch.offsets
         if not 0 <= h.l3_off[i] < h.l4_off[i] <= off[i + 1] - off[i] - 4:
-            return _drop(MALFORMED)  # headers inconsistent with the bytes
+            return drop(MALFORMED)  # headers inconsistent with the bytes
         if h.proto[i] == 1 and h.icmp_type[i] in ERROR_TYPES:
             outcome = self._error(batch, h, i, t, b, cls)
-        elif cls == _OUT:
+        elif cls == OUT:
             outcome = self._outbound(batch, h, i, t, b)
         else:
             outcome = self._inbound(batch, h, i, t, b)
@@ -246,28 +258,28 @@ class Nat(NetworkFunction):
 
     def _outbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
         if not self._translatable(h, i):
-            return _drop(UNSUPPORTED)
+            return drop(UNSUPPORTED)
         p, s, sp = h.proto[i], h.src[i], h.sport[i]
         mapped = self.c.fwd_inside.get((p, s, sp))
         if mapped is None:
             flags = h.tcp_flags[i] if p == 6 else 0
             mapped = b.outbound(p, s, sp, h.dst[i], h.dport[i], flags, t)
             if mapped is None:
-                return _drop(PORTS_EXHAUSTED)
+                return drop(PORTS_EXHAUSTED)
         return self._rewrite(batch, h, i, "src", *mapped)
 
     def _inbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
         if not self._translatable(h, i):
-            return _drop(NO_BINDING)
+            return drop(NO_BINDING)
         p, d, dp = h.proto[i], h.dst[i], h.dport[i]
         mapped = self.c.fwd_public.get((p, d, dp))
         if mapped is None:
             found = b.public(p, d, dp, t)
             if found is None:
-                return _drop(NO_BINDING)
+                return drop(NO_BINDING)
             key, entry = found
             if not b.admits(entry, p, h.src[i], h.sport[i]):
-                return _drop(FILTERED)
+                return drop(FILTERED)
             b.inbound(key, entry, p, h.tcp_flags[i] if p == 6 else 0, t)
             mapped = (key[1:5], int.from_bytes(key[5:7], "big"))
         return self._rewrite(batch, h, i, "dst", *mapped)
@@ -289,18 +301,18 @@ class Nat(NetworkFunction):
         pkt = bytearray(batch.packet(i))
         q = quote_of(pkt, l3, l4)
         if q is None:
-            return _drop(MALFORMED)
+            return drop(MALFORMED)
         if q.sport < 0:
-            return _drop(NO_BINDING)
-        if cls == _IN:  # the quote is an outbound packet as we sent it: src is public
+            return drop(NO_BINDING)
+        if cls == IN:  # the quote is an outbound packet as we sent it: src is public
             mapped = self.c.fwd_public.get((q.proto, q.src, q.sport))
             if mapped is None:
                 found = b.public(q.proto, q.src, q.sport, t)
                 if found is None:
-                    return _drop(NO_BINDING)
+                    return drop(NO_BINDING)
                 key, entry = found
                 if not b.admits(entry, q.proto, q.dst, q.dport):
-                    return _drop(FILTERED)
+                    return drop(FILTERED)
                 mapped = (key[1:5], int.from_bytes(key[5:7], "big"))
             outer, inner = "dst", "src"
         else:  # from inside, about an inbound packet: the quote's dst is internal
@@ -308,7 +320,7 @@ class Nat(NetworkFunction):
             if mapped is None:
                 mapped = b.internal(q.proto, q.dst, q.dport, t)
                 if mapped is None:
-                    return _drop(NO_BINDING)
+                    return drop(NO_BINDING)
             outer, inner = "src", "dst"
         set_ipv4_addr(pkt, l3, l4, 1, outer, mapped[0])
         rewrite_quote(pkt, l4, q, inner, *mapped)
@@ -322,10 +334,10 @@ class Nat(NetworkFunction):
         if entry is None or t - entry[0] > FRAG_TTL_NS:
             if entry is not None:
                 frag.delete(fkey)
-            return _drop(FRAGMENT)
+            return drop(FRAGMENT)
         reason, which, addr = entry[1], entry[2], bytes.fromhex(entry[3])
         if reason:
-            return _drop(reason)
+            return drop(reason)
         pkt = bytearray(batch.packet(i))
         set_ipv4_addr(pkt, h.l3_off[i], -1, h.proto[i], which, addr)
         return ("", pkt, which, addr)

@@ -27,7 +27,7 @@ from snf.core.tables import TableView
 from .config import CompiledNat
 from .ports import EndpointHasher, pool_index, probe, start_port
 
-__all__ = ["MAX_REMOTES", "Bindings", "ep_key"]
+__all__ = ["MAX_REMOTES", "Bindings", "ep_key", "remote_key", "tcp_bits"]
 
 MAX_REMOTES = 64
 OUT, IN, FIN_OUT, FIN_IN, RST = 1, 2, 4, 8, 16
@@ -37,6 +37,11 @@ _FIN, _SYN, _RST, _ACK = 0x01, 0x02, 0x04, 0x10
 def ep_key(proto: int, addr: bytes, port: int) -> bytes:
     """Table key of an endpoint: proto byte, 4 address bytes, 2 port bytes."""
     return bytes((proto,)) + addr + port.to_bytes(2, "big")
+
+
+def remote_key(mode: int, proto: int, addr: bytes, port: int) -> str:
+    """How a binding's `remotes` lists a remote under filtering `mode` (1 ADF, 2 APDF)."""
+    return addr.hex() if mode == 1 or proto == 1 else addr.hex() + f"{port:04x}"
 
 
 def tcp_bits(bits: int, flags: int, outbound: bool) -> int:
@@ -82,7 +87,7 @@ class Bindings:
         return t - entry[2] <= self.timeout(proto, entry[3])
 
     def remote(self, proto: int, addr: bytes, port: int) -> str:
-        return addr.hex() if self.mode == 1 or proto == 1 else addr.hex() + f"{port:04x}"
+        return remote_key(self.mode, proto, addr, port)
 
     def _refresh(
         self,
