@@ -66,15 +66,20 @@ class Twin:
     def __init__(
         self, make: Callable[[], NetworkFunction], partitions: int = 1, linktype: int = 1
     ) -> None:
-        self.fast, self.each = make(), make()
-        self.each.fast_path = False  # type: ignore[attr-defined]
-        assert self.fast.fast_path  # type: ignore[attr-defined]
-        for core in (self.fast, self.each):
-            core.partitions = partitions
+        self.partitions = partitions
+        self.reconfigure(make)
         self.stores = [{t: JsonStore() for t in make().tables} for _ in range(2)]
         self.linktype = linktype
         self.seq = 0
         self.batches = 0
+
+    def reconfigure(self, make: Callable[[], NetworkFunction]) -> None:
+        """New cores (a new config, as a restarted worker), the same state."""
+        self.fast, self.each = make(), make()
+        self.each.fast_path = False  # type: ignore[attr-defined]
+        assert self.fast.fast_path  # type: ignore[attr-defined]
+        for core in (self.fast, self.each):
+            core.partitions = self.partitions
 
     def __call__(self, packets: Sequence[tuple[int, bytes]], batch_size: int = 512) -> list[Out]:
         out: list[Out] = []

@@ -29,7 +29,9 @@ __all__ = [
     "NO_BACKEND",
     "REASONS",
     "Balancer",
+    "PacketRun",
     "Service",
+    "client_hash",
     "key_hashes",
     "process_batch",
 ]
@@ -54,6 +56,7 @@ class Service:
     vport: int
     members: list[tuple[bytes, int]]  # (addr, port) in config order
     by_hex: dict[tuple[str, int], tuple[bytes, int]]  # (addr hex, port) -> member
+    ends: dict[tuple[str, int], bytes]  # (addr hex, port) -> member's address + port bytes
     table: list[int] = field(repr=False)  # Maglev slot -> index into members
     size: int
 
@@ -75,8 +78,9 @@ class Balancer(Protocol):
     ep_hashes: dict[tuple[int, bytes, int], int]  # endpoint_hash cache
 
 
-class _Run:
-    """One batch: the tables, the packet times and what was decided so far."""
+class PacketRun:
+    """One batch, packet by packet: the tables, the packet times and what was
+    decided so far (fastpath.py calls its methods for the packets it leaves)."""
 
     def __init__(
         self, lb: Balancer, batch: PacketBatch, headers: Headers, state: BatchState
@@ -250,17 +254,11 @@ def process_batch(
     lb: Balancer, batch: PacketBatch, headers: Headers, state: BatchState
 ) -> Decisions:
     """The Decisions of one batch, with its metrics (NEW, MOVED, TO_BACKEND, TO_CLIENT)."""
-    return _Run(lb, batch, headers, state).run()
+    return PacketRun(lb, batch, headers, state).run()
 
 
 def key_hashes(lb: Balancer, headers: Headers) -> list[int | None]:
-    """The client endpoint's endpoint_hash per packet, or None (no preference).
-
-    to a VIP: the source; from a VIP: the destination; from a backend
-    endpoint: the destination; to a backend endpoint: the source.
-    """
-    services, backends = lb.services, lb.backends
-    cache = lb.ep_hashes
+    """The client endpoint's endpoint_hash per packet, or None (no preference)."""
     kind, frag, proto = headers.kind, headers.frag, headers.proto
     src, dst, sport, dport = headers.src, headers.dst, headers.sport, headers.dport
     out: list[int | None] = []
@@ -269,20 +267,28 @@ def key_hashes(lb: Balancer, headers: Headers) -> list[int | None]:
         if kind[i] != KIND_IP or frag[i] == FRAG_LATER or (p != TCP and p != UDP):
             out.append(None)
             continue
-        s_ep, d_ep = (p, src[i], sport[i]), (p, dst[i], dport[i])
-        if d_ep in services:
-            ep = s_ep
-        elif s_ep in services or s_ep in backends:
-            ep = d_ep
-        elif d_ep in backends:
-            ep = s_ep
-        else:
-            out.append(None)
-            continue
-        value = cache.get(ep)
-        if value is None:
-            if len(cache) >= _EP_CACHE_MAX:
-                cache.clear()
-            value = cache[ep] = endpoint_hash(*ep)
-        out.append(value)
+        out.append(client_hash(lb, p, src[i], sport[i], dst[i], dport[i]))
     return out
+
+
+def client_hash(lb: Balancer, p: int, s: bytes, sp: int, d: bytes, dp: int) -> int | None:
+    """The endpoint_hash of a TCP/UDP packet's client end, None when it has none:
+    to a VIP, the source; from a VIP, the destination; from a backend endpoint,
+    the destination; to a backend endpoint, the source."""
+    services, backends = lb.services, lb.backends
+    s_ep, d_ep = (p, s, sp), (p, d, dp)
+    if d_ep in services:
+        ep = s_ep
+    elif s_ep in services or s_ep in backends:
+        ep = d_ep
+    elif d_ep in backends:
+        ep = s_ep
+    else:
+        return None
+    cache = lb.ep_hashes
+    value = cache.get(ep)
+    if value is None:
+        if len(cache) >= _EP_CACHE_MAX:
+            cache.clear()
+        value = cache[ep] = endpoint_hash(*ep)
+    return value
