@@ -36,6 +36,7 @@ from .process import (
     Balancer,
     PacketRun,
     client_hash,
+    key_hashes,
 )
 
 __all__ = ["Roles", "cached_key_hashes", "process_fast"]
@@ -109,6 +110,8 @@ class Roles:
 def cached_key_hashes(lb: Balancer, roles: Roles, h: Headers) -> list[int | None]:
     """process.key_hashes, its answer remembered per 5-tuple (a pure function of it)."""
     keys = roles.keys
+    if any(len(c) != len(h) for c in (h.frag, h.proto, h.src, h.sport, h.dst, h.dport)):
+        return key_hashes(lb, h)  # zip would stop at the shortest column
     known = keys.get
     ours = roles.addrs  # a packet with a client end has one end among these
     out: list[int | None] = []
@@ -138,7 +141,11 @@ def process_fast(
     lb: Balancer, roles: Roles, batch: PacketBatch, h: Headers, state: BatchState
 ) -> Decisions:
     """The Decisions of one batch, as process.process_batch gives them."""
-    return _Fast(lb, roles, PacketRun(lb, batch, h, state)).run()
+    run = PacketRun(lb, batch, h, state)
+    columns = (h.kind, h.version, h.frag, h.proto, h.src, h.sport, h.dst, h.dport, h.l3_off)
+    if any(len(c) != len(h) for c in (*columns, h.l4_off, h.tcp_flags)):
+        return run.run()  # the per-packet path: zip would stop at the shortest column
+    return _Fast(lb, roles, run).run()
 
 
 class _Fast:

@@ -60,6 +60,7 @@ Example
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import count
 from typing import ClassVar
 
 from snf.core.contract import Decisions, FunctionConfig, KeyKind, NetworkFunction, triage
@@ -147,22 +148,21 @@ class Nat(NetworkFunction):
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         h = headers
-        kind, version, frag, proto = h.kind, h.version, h.frag, h.proto
-        src, dst, sport, dport, icmp_type = h.src, h.dst, h.sport, h.dport, h.icmp_type
+        columns = (h.kind, h.version, h.frag, h.proto, h.src, h.sport, h.dst, h.dport)
+        if not self.fast_path or any(len(c) != len(h) for c in (*columns, h.icmp_type)):
+            return self.key_hashes_each(batch, h)
         # But for ICMP errors (keyed by their quote), a key is the 5-tuple's.
-        keys = self._keys if self.fast_path else {}
-        known = keys.get
+        keys, known = self._keys, self._keys.get
         out: list[int | None] = []
-        for i in range(len(h)):
-            if kind[i] != KIND_IP or version[i] != 4 or frag[i] == FRAG_LATER:
+        for i, kind, v, fr, p, s, sp, d, dp in zip(count(), *columns):
+            if kind != KIND_IP or v != 4 or fr == FRAG_LATER:
                 out.append(None)
                 continue
             try:
-                p = proto[i]
-                if p == 1 and icmp_type[i] in ERROR_TYPES:
+                if p == 1 and h.icmp_type[i] in ERROR_TYPES:
                     out.append(self._key(batch, h, i))
                     continue
-                five = (p, src[i], sport[i], dst[i], dport[i])
+                five = (p, s, sp, d, dp)
                 value = known(five, _UNKNOWN)
                 if value == _UNKNOWN:
                     value = self._key(batch, h, i)
@@ -170,6 +170,20 @@ class Nat(NetworkFunction):
                         keys.clear()
                     keys[five] = value
                 out.append(value)
+            except Exception:  # damaged headers: no preference
+                out.append(None)
+        return out
+
+    def key_hashes_each(self, batch: PacketBatch, headers: Headers) -> list[int | None]:
+        """key_hashes packet by packet, nothing remembered (the reference)."""
+        out: list[int | None] = []
+        h = headers
+        for i in range(len(h)):
+            if h.kind[i] != KIND_IP or h.version[i] != 4 or h.frag[i] == FRAG_LATER:
+                out.append(None)
+                continue
+            try:
+                out.append(self._key(batch, h, i))
             except Exception:  # damaged headers: no preference
                 out.append(None)
         return out

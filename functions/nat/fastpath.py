@@ -47,6 +47,8 @@ class Core(Protocol):
 
     def bindings(self, state: BatchState) -> Bindings: ...
 
+    def process_each(self, batch: PacketBatch, h: Headers, state: BatchState) -> Decisions: ...
+
     def decide(
         self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView
     ) -> Outcome: ...
@@ -54,7 +56,11 @@ class Core(Protocol):
 
 def process_batch(nat: Core, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
     """The Decisions of one batch, as Nat.process_each gives them."""
-    return _Run(nat, batch, headers, state).run()
+    h = headers
+    columns = (h.version, h.frag, h.proto, h.src, h.sport, h.dst, h.dport, h.l3_off, h.l4_off)
+    if any(len(c) != len(h) for c in (*columns, h.icmp_type, h.tcp_flags)):
+        return nat.process_each(batch, h, state)  # zip would stop at the shortest
+    return _Run(nat, batch, h, state).run()
 
 
 class _Run:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import snf.functions.loadbalancer.bulk as bulk
+from snf.core.tables import BatchState
 from snf.functions.loadbalancer import LoadBalancer, LoadBalancerConfig
 from snf.functions.loadbalancer.net import nat_rewrite
 from snf.packet.batch import PacketBatch
@@ -152,6 +153,35 @@ def test_damaged_packets(min_bulk: int, monkeypatch: Any) -> None:
         cut = rnd.choice([len(frame), len(frame), rnd.randint(0, len(frame))])
         packets.append((rnd.randrange(10**9), bytes(frame[:cut])))
     assert len(t(packets, batch_size=300)) == len(packets)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [{"dport": [80] * 9}, {"l4_off": [34] * 9}, {"tcp_flags": []}, {"l4_off": [20] * 10}],
+    ids=lambda d: ",".join(f"{k}{len(v)}" for k, v in d.items()),
+)
+def test_damaged_headers(damage: dict[str, list[Any]]) -> None:
+    """Columns of the wrong length or values no parser gives: both alike."""
+    t = twin(web(B[:3]))
+    first = [tcp4(CLIENT, VIP, 40000 + k, 80, "S") for k in range(5)]
+    backends = [".".join(map(str, frame[30:34])) for _, _, frame in t([(0, f) for f in first])]
+    frames = first + [tcp4(b, CLIENT, 8080, 40000 + k, "A") for k, b in enumerate(backends)]
+    batch = _batch(1, [(1, f) for f in frames])
+    got = []
+    for lb, stores in ((t.fast, t.stores[0]), (t.each, t.stores[1])):
+        headers = parse_packet_batch(batch)
+        broken = Headers(**{f: list(getattr(headers, f)) for f in Headers.__dataclass_fields__})
+        for name, value in damage.items():
+            setattr(broken, name, value)
+        state = BatchState(dict(stores), deferred=True)
+        d = lb.process(batch, broken, state)
+        try:
+            hashes: Any = lb.key_hashes(batch, broken)
+        except IndexError as e:  # the per-packet path's key_hashes does not catch
+            hashes = type(e)
+        got.append((d.ports, d.reasons, d.replaced, +d.metrics, state.pending(), hashes))
+    assert got[0][:4] == got[1][:4] and got[0][5] == got[1][5]
+    assert {k: dict(v) for k, v in got[0][4].items()} == {k: dict(v) for k, v in got[1][4].items()}
 
 
 def test_bulk_rewrite_is_nat_rewrite() -> None:

@@ -199,6 +199,9 @@ def _batch(frames: list[bytes], seconds: float = 0) -> PacketBatch:
         {"proto": [1] * 40},
         {"icmp_type": [0] * 40, "proto": [1] * 40},
         {"frag": [1] * 40},
+        {"l4_off": [34] * 39},
+        {"dport": [53] * 39},
+        {"tcp_flags": []},
     ],
     ids=lambda f: ",".join(f),
 )
