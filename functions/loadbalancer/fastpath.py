@@ -23,10 +23,13 @@ from snf.packet.batch import PacketBatch
 from snf.packet.headers import FRAG_LATER, KIND_IP, Headers
 
 from .bulk import Rewrites
+from .maglev import flow5_hash
 from .net import conn_key, side_key
 from .process import (
     ACK,
     FIN,
+    MOVED,
+    NEW,
     RST,
     SYN,
     TCP,
@@ -35,6 +38,7 @@ from .process import (
     UDP,
     Balancer,
     PacketRun,
+    Service,
     client_hash,
     key_hashes,
 )
@@ -47,8 +51,22 @@ _UNKNOWN = -1  # not in the key cache (a cached key may be None)
 _FIN_RST = FIN | RST
 
 FiveTuple = tuple[int, bytes, int, bytes, int]
-# (NONE,) | (REQUEST, service, conn key) | (REPLY, back key, source hex)
+# (NONE,) | (REQUEST, service, conn key, Pick or None) | (REPLY, back key, source hex)
 Facts = tuple[Any, ...]
+# A new flow's backend (Maglev, a pure function of the 5-tuple and the pool):
+# (backend hex, port, back key, back value, backend endpoint as address + port bytes)
+Pick = tuple[str, int, bytes, list[Any], bytes]
+
+
+def _pick(svc: Service, key: FiveTuple) -> Pick | None:
+    """PacketRun.request's choice for a new flow of `key` (None: an empty pool)."""
+    if not svc.table:
+        return None
+    p, s, sp, _, dp = key
+    slot = flow5_hash(p, s, sp, svc.vip, dp) % svc.size
+    addr, port = svc.members[svc.table[slot]]
+    back = side_key(p, addr, port, s, sp)
+    return (addr.hex(), port, back, [svc.vip.hex(), dp], addr + port.to_bytes(2, "big"))
 
 
 class Roles:
@@ -83,7 +101,7 @@ class Roles:
         p, s, sp, d, dp = key
         svc = self.services.get((p, d, dp))
         if svc is not None:
-            facts: Facts = (REQUEST, svc, conn_key(p, s, sp, svc.vip, dp))
+            facts: Facts = (REQUEST, svc, conn_key(p, s, sp, svc.vip, dp), _pick(svc, key))
         elif (p, s, sp) in self.backends:
             facts = (REPLY, side_key(p, s, sp, d, dp), s.hex())
         else:
@@ -154,9 +172,10 @@ class _Fast:
     def __init__(self, lb: Balancer, roles: Roles, run: PacketRun) -> None:
         self.lb, self.roles, self.run_ = lb, roles, run
         self.h = run.h
-        self.conn_get, self.conn_set, self.back_get = run.conn.get, run.conn.set, run.back.get
+        self.conn_get, self.conn_set = run.conn.get, run.conn.set
+        self.back_get, self.back_set, self.back_delete = run.back.get, run.back.set, run.back.delete
         self.rw = Rewrites(run.batch, run.h, run.replaced)
-        self.to_backend = self.to_client = 0
+        self.to_backend = self.to_client = self.new = self.moved = 0
 
     def run(self) -> Decisions:
         h, run = self.h, self.run_
@@ -198,30 +217,56 @@ class _Fast:
                 ports[i], reasons[i] = "drop", reason
         for i in self.rw.apply():  # none unless the batch's offsets overrun its bytes
             ports[i], reasons[i] = "drop", MALFORMED
-        run.metrics[TO_BACKEND] += self.to_backend
-        run.metrics[TO_CLIENT] += self.to_client
+        metrics = run.metrics
+        metrics[TO_BACKEND] += self.to_backend
+        metrics[TO_CLIENT] += self.to_client
+        metrics[NEW] += self.new
+        metrics[MOVED] += self.moved
         decisions.replaced = run.replaced
         decisions.metrics = +run.metrics  # without zero counts, as the per-packet path
         return decisions
 
     def request(self, i: int, p: int, t: int, facts: Facts) -> str:
-        """PacketRun.request for a flow with a live recorded backend (else itself)."""
-        _, svc, ck = facts
+        """PacketRun.request, but for an empty pool (left to it)."""
+        _, svc, ck, pick = facts
         entry = self.conn_get(ck)
-        if entry is None:
-            return self.run_.request(i, p, svc)
-        bhex, bport, last, fins = entry
-        ends = svc.ends.get((bhex, bport))
         flags = self.h.tcp_flags[i] if p == TCP else 0
-        if (
-            ends is None  # the backend left the pool
-            or t - last > self.run_.timeout(p, fins)
-            or (fins == 3 and flags & (SYN | ACK) == SYN)
-        ):
-            return self.run_.request(i, p, svc)
-        value = [bhex, bport, t if t > last else last, fins | _fin_bits(flags, 1)]
+        if entry is not None:
+            bhex, bport, last, fins = entry
+            ends = svc.ends.get((bhex, bport))
+            if (
+                ends is not None  # the backend is still in the pool
+                and t - last <= self.run_.timeout(p, fins)
+                and not (fins == 3 and flags & (SYN | ACK) == SYN)  # a new connection
+            ):
+                value = [bhex, bport, t if t > last else last, fins | _fin_bits(flags, 1)]
+                if value != entry:
+                    self.conn_set(ck, value)
+                self.rw.index[1].append(i)
+                self.rw.new[1].append(ends)
+                self.to_backend += 1
+                return ""
+        if pick is None:
+            return self.run_.request(i, p, svc)  # no backend: it forgets the flow
+        return self.new_flow(i, p, t, ck, entry, flags, svc, pick)
+
+    def new_flow(
+        self, i: int, p: int, t: int, ck: bytes, entry: Any, flags: int, svc: Service, pick: Pick
+    ) -> str:
+        """PacketRun.request's pick, its writes in the same order."""
+        bhex, bport, bk, want, ends = pick
+        value = [bhex, bport, t, _fin_bits(flags, 1)]
+        self.new += 1
+        if entry is not None and (entry[0], entry[1]) not in svc.by_hex:
+            self.moved += 1
         if value != entry:
             self.conn_set(ck, value)
+        if entry is not None and (entry[0], entry[1]) != (bhex, bport):
+            h = self.h
+            old = side_key(p, bytes.fromhex(entry[0]), entry[1], h.src[i], h.sport[i])
+            self.back_delete(old)
+        if self.back_get(bk) != want:
+            self.back_set(bk, list(want))
         self.rw.index[1].append(i)
         self.rw.new[1].append(ends)
         self.to_backend += 1
