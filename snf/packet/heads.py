@@ -21,11 +21,12 @@ import numpy as np
 
 from snf.packet.batch import PacketBatch
 from snf.packet.linktypes import LINKTYPE_ETHERNET
+from snf.packet.vectorised import windows
 
 __all__ = ["HEAD_WINDOW", "cut_heads", "head_lengths"]
 
 HEAD_WINDOW = 96  # bytes looked at: Ethernet + tag + IPv4 with options + TCP's offset byte
-_VLAN, _IPV4, _IPV6 = 0x8100, 0x0800, 0x86DD
+_IPV4, _IPV6 = 0x0800, 0x86DD
 _TCP, _UDP = 6, 17
 
 
@@ -37,24 +38,27 @@ def head_lengths(batch: PacketBatch) -> np.ndarray:
         return cap
     start = np.zeros(len(cap), dtype=np.int64)
     np.cumsum(cap[:-1], out=start[1:])
-    raw = np.frombuffer(batch.payload, dtype=np.uint8)
-    at = np.minimum(start[:, None] + np.arange(HEAD_WINDOW), max(len(raw) - 1, 0))
-    win = raw[at].astype(np.int64)
-    # Bytes past a packet's end (another packet's, or the clipped last byte)
-    # never pass the length check at the end, so what they hold does not matter.
-    tagged = (win[:, 12] << 8 | win[:, 13]) == _VLAN
-    l3 = np.where(tagged, 18, 14)
+    # Bytes past a packet's end (the next packet's) never pass the length check
+    # at the end, so what they hold does not matter; rows that would run past the
+    # buffer (short last packets) stay whole.
+    win, inside = windows(batch.payload, start, HEAD_WINDOW)
     rows = np.arange(len(cap))
-    ethertype = win[rows, l3 - 2] << 8 | win[rows, l3 - 1]
-    first = win[rows, l3]
+
+    def byte(col: np.ndarray | int) -> np.ndarray:
+        return (win[rows, col] if isinstance(col, np.ndarray) else win[:, col]).astype(np.int64)
+
+    tagged = (byte(12) == 0x81) & (byte(13) == 0x00)
+    l3 = np.where(tagged, 18, 14)
+    ethertype = byte(l3 - 2) << 8 | byte(l3 - 1)
+    first = byte(l3)
     v4 = (ethertype == _IPV4) & (first >> 4 == 4) & (first & 15 >= 5)
-    v4 &= ((win[rows, l3 + 6] << 8 | win[rows, l3 + 7]) & 0x3FFF) == 0  # no MF, offset 0
+    v4 &= ((byte(l3 + 6) << 8 | byte(l3 + 7)) & 0x3FFF) == 0  # no MF, offset 0
     v6 = (ethertype == _IPV6) & (first >> 4 == 6)
-    proto = np.where(v4, win[rows, l3 + 9], np.where(v6, win[rows, l3 + 6], -1))
+    proto = np.where(v4, byte(l3 + 9), np.where(v6, byte(l3 + 6), -1))
     l4 = l3 + np.where(v4, (first & 15) * 4, 40)
-    tcp_len = (win[rows, np.minimum(l4 + 12, HEAD_WINDOW - 1)] >> 4) * 4
+    tcp_len = (byte(np.minimum(l4 + 12, HEAD_WINDOW - 1)) >> 4) * 4
     l4_len = np.where(proto == _TCP, tcp_len, 8)
-    ok = (v4 | v6) & ((proto == _TCP) | (proto == _UDP)) & (l4_len >= 8)
+    ok = inside & (v4 | v6) & ((proto == _TCP) | (proto == _UDP))
     ok &= (proto != _TCP) | (tcp_len >= 20)
     ok &= l4 + 13 <= HEAD_WINDOW  # the TCP offset byte was in the window
     end = l4 + l4_len
@@ -70,12 +74,12 @@ def cut_heads(batch: PacketBatch) -> PacketBatch:
         return batch
     start = np.zeros(len(cap), dtype=np.int64)
     np.cumsum(cap[:-1], out=start[1:])
-    data = batch.payload
-    parts = map(data.__getitem__, map(slice, start.tolist(), (start + keep).tolist()))
+    # Heads are short: one numpy gather of their bytes beats slicing per packet.
+    ends = np.cumsum(keep)
+    index = np.repeat(start - (ends - keep), keep) + np.arange(int(ends[-1]))
+    heads = np.frombuffer(batch.payload, dtype=np.uint8)[index].tobytes()
     rec = batch.records.copy()
     already = rec["full_len"] > 0  # a head cut again keeps the whole packet's length
     rec["full_len"] = np.where(cut & ~already, cap, rec["full_len"])
     rec["cap_len"] = keep
-    return PacketBatch(
-        batch.linktype, rec, b"".join(parts), batch.sources, batch.reasons, batch.batch_id
-    )
+    return PacketBatch(batch.linktype, rec, heads, batch.sources, batch.reasons, batch.batch_id)

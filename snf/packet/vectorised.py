@@ -21,7 +21,7 @@ from snf.packet.headers import FRAG_NONE, KIND_IP, Headers
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.scalar import ETH_IPV4, ROW_FIELDS, parse_packet, parse_scalar
 
-__all__ = ["MIN_BATCH", "parse_ethernet_ipv4", "parse_ethernet_ipv4_at"]
+__all__ = ["MIN_BATCH", "parse_ethernet_ipv4", "parse_ethernet_ipv4_at", "windows"]
 
 MIN_BATCH = 64  # below this, numpy's fixed costs outweigh the per-packet savings
 _WIDTH = 48  # Ethernet 14 + IPv4 20 + TCP up to the flags byte (14)
@@ -41,18 +41,17 @@ def parse_ethernet_ipv4(packets: Sequence[bytes]) -> Headers:
 def parse_ethernet_ipv4_at(data: Any, starts: np.ndarray, lens: np.ndarray) -> Headers:
     """The same over packets in a shared buffer: packet i is data[starts[i]:][:lens[i]]."""
     n = len(starts)
-    raw = np.frombuffer(data, dtype=np.uint8)
-    # Row i holds the 48 bytes from packet i's start. Bytes past a packet's
-    # end belong to the next one (or are clipped to the buffer's last byte):
-    # such rows are never eligible, so what they hold does not matter.
-    at = np.minimum(starts[:, None] + np.arange(_WIDTH), max(len(raw) - 1, 0))
-    win = raw[at] if len(raw) else np.zeros((n, _WIDTH), dtype=np.uint8)
+    # Row i holds the 48 bytes from packet i's start. Bytes past a packet's end
+    # belong to the next one: such rows are never eligible, so what they hold
+    # does not matter; a row that would run past the buffer is not eligible.
+    win, inside = windows(data, starts, _WIDTH)
 
     proto = win[:, 23]
     tcp = proto == 6
     avail = np.minimum(_u16(win, 16), lens - 14) - 20  # L4 bytes within total length
     ok = (
-        (_u16(win, 12) == ETH_IPV4)
+        inside
+        & (_u16(win, 12) == ETH_IPV4)
         & (win[:, 14] == 0x45)
         & ((_u16(win, 20) & 0x3FFF) == 0)  # neither MF nor an offset
         & (tcp | (proto == 17))
@@ -109,6 +108,18 @@ def parse_ethernet_ipv4_at(data: Any, starts: np.ndarray, lens: np.ndarray) -> H
             for col, value in zip(lists, parse_packet(LINKTYPE_ETHERNET, packet), strict=True):
                 col[i] = value
     return Headers(*lists)
+
+
+def windows(data: Any, starts: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """(n, width) bytes from each start (one strided gather), and which rows lie
+    wholly inside the buffer; the others are shifted and must not be used."""
+    raw = np.frombuffer(data, dtype=np.uint8)
+    if len(raw) < width:
+        raw = np.concatenate([raw, np.zeros(width, dtype=np.uint8)])
+    last = len(raw) - width
+    inside = starts <= last
+    rows = np.lib.stride_tricks.sliding_window_view(raw, width)[np.minimum(starts, last)]
+    return rows, inside
 
 
 def _slices(data: Any, starts: np.ndarray, lens: np.ndarray) -> list[bytes]:

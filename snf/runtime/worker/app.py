@@ -60,6 +60,7 @@ class WorkerParts:
     committer: Committer
     lifecycle: Lifecycle
     stats: StatsWriter
+    state: FaustStateTable
 
 
 def create_app(
@@ -125,7 +126,8 @@ def _parts(
 
     coord, files = Coordination(), WorkerFiles(datadir)
     metrics = WorkerMetrics(fn.pipeline, fn.name, instance_name())
-    processor = Processor(fn, plan_pipeline(pipeline), FaustStateTable(table), send, metrics)
+    state = FaustStateTable(table)
+    processor = Processor(fn, plan_pipeline(pipeline), state, send, metrics)
     metrics.lag = lambda: _lag(app, processor)
     catch_up = CatchUp(
         processor,
@@ -144,7 +146,7 @@ def _parts(
     )
     lifecycle = Lifecycle(app, processor, committer, coord, files)
     stats = StatsWriter(files, processor.counters)
-    return WorkerParts(coord, files, processor, catch_up, committer, lifecycle, stats)
+    return WorkerParts(coord, files, processor, catch_up, committer, lifecycle, stats, state)
 
 
 def _connect(app: faust.App, w: WorkerParts) -> None:
@@ -198,9 +200,11 @@ def _connect(app: faust.App, w: WorkerParts) -> None:
         # Sent after Faust waited for the agent and flushed the producer. No
         # checkpoint: the tables of revoked partitions are being closed.
         await w.committer.commit(revoked, with_checkpoint=False)
+        w.state.forget()  # what comes back may have been written by another owner
 
     @app.on_rebalance_complete.connect
     async def record_assignment(sender: Any, **_: Any) -> None:
+        w.state.forget()  # recovery and standby promotion wrote behind the cache
         w.lifecycle.record_assignment()
 
     app.task(w.lifecycle.take_over_stops)
