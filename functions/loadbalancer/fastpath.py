@@ -185,7 +185,7 @@ class _Fast:
         vips, backends = self.roles.vip_addrs, self.roles.backend_addrs
         request, reply = self.request, self.reply
         version, sport, dport, l3_off, l4_off = h.version, h.sport, h.dport, h.l3_off, h.l4_off
-        sizes, ts = run.batch.records["cap_len"].tolist(), run.ts
+        offsets, ts = run.batch.offsets, run.ts
         for i, kind, fr, p, s, d in zip(count(), h.kind, h.frag, h.proto, h.src, h.dst):
             if kind != KIND_IP:
                 continue  # decided by triage()
@@ -202,8 +202,8 @@ class _Fast:
                     role = facts[0]
                     if role == NONE:
                         continue
-                    l3, l4 = l3_off[i], l4_off[i]
-                    plain = version[i] == 4 and not fr and 0 <= l3 <= l4 - 20 <= sizes[i] - 24
+                    l3, l4, size = l3_off[i], l4_off[i], offsets[i + 1] - offsets[i]
+                    plain = version[i] == 4 and not fr and 0 <= l3 <= l4 - 20 <= size - 24
                     if role == REQUEST:
                         reason = (
                             request(i, p, ts[i], facts) if plain else run.request(i, p, facts[1])

@@ -86,9 +86,8 @@ class Rewrites:
         n = len(h)
         index = self.index[0] + self.index[1]
         idx = np.fromiter(index, dtype=np.int64, count=len(index))
-        cap = batch.records["cap_len"].astype(np.int64)
-        end = np.cumsum(cap)[idx]  # batch.offsets, without a list in between
-        start = end - cap[idx]
+        offsets = np.asarray(batch.offsets, dtype=np.int64)
+        start, end = offsets[idx], offsets[idx + 1]
         new = np.frombuffer(b"".join(self.new[0]) + b"".join(self.new[1]), dtype=">u2")
         new = new.reshape(-1, 3).astype(np.int64)
         buf = np.frombuffer(batch.payload, dtype=np.uint8).copy()

@@ -89,10 +89,10 @@ class _Run:
         facts_of, learn = self.flows.get, self.flows.learn
         outbound, inbound, slow = self.outbound, self.inbound, self.slow
         icmp_type = h.icmp_type
-        sizes = self.batch.records["cap_len"].tolist()
-        for i, kind, v, fr, p, s, sp, d, dp, l3, l4, size, t in zip(
+        offsets = self.batch.offsets
+        for i, kind, v, fr, p, s, sp, d, dp, l3, l4, start, end, t in zip(
             count(), h.kind, h.version, h.frag, h.proto, h.src, h.sport, h.dst, h.dport,
-            h.l3_off, h.l4_off, sizes, self.ts,
+            h.l3_off, h.l4_off, offsets, offsets[1:], self.ts,
         ):  # fmt: skip
             if kind != KIND_IP:  # decided by triage()
                 continue
@@ -105,8 +105,10 @@ class _Run:
                 if cls == PASS:
                     continue
                 if cls == NO:
-                    reason = NO_BINDING
-                elif (
+                    ports[i], reasons[i] = "drop", NO_BINDING
+                    continue
+                size = end - start
+                if (
                     cls == SLOW
                     or fr
                     or not 0 <= l3 <= l4 - 20 <= size - 24
