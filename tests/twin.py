@@ -1,12 +1,12 @@
 """One function twice: its batch path and its per-packet path, side by side.
 
-The NAT, the load balancer and the flow monitor decide most packets on a
-batch path (`fast_path = True`) and keep the per-packet path they had before
-it (`fast_path = False`) as the reference. A `Twin` runs every batch through
+The NAT and the load balancer decide most packets on a batch path
+(`fast_path = True`) and keep the per-packet path they had before it
+(`fast_path = False`) as the reference. A `Twin` runs every batch through
 both, each core with its own state, and asserts that they agree on
 everything a core gives: ports, reasons, rewritten bytes, records, metrics,
 the state writes of every batch (keys and values, deletes included), the
-key hashes, and at the end the whole state and what finish() emits.
+key hashes, and at the end the whole state.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from snf.core.contract import Decisions, FinishContext, NetworkFunction
+from snf.core.contract import Decisions, NetworkFunction
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.capture_file import read_capture
@@ -111,18 +111,6 @@ class Twin:
             (port, reason, replaced.get(i, f))
             for i, (port, reason, (_, f)) in enumerate(zip(ports, reasons, packets, strict=True))
         ]
-
-    def finish(self, end_ts_ns: int) -> dict[str, list[dict[str, Any]]]:
-        """finish() on both: same records, same metrics, same state after it."""
-        got = []
-        for core, stores in ((self.fast, self.stores[0]), (self.each, self.stores[1])):
-            state = BatchState(dict(stores))
-            ctx = FinishContext(0, core.partitions, end_ts_ns)
-            got.append((core.finish(state, ctx), dict(ctx.metrics)))
-            state.write_back()
-        assert got[0] == got[1]
-        self.assert_same_state()
-        return got[0][0]
 
     def assert_same_state(self) -> None:
         for table in self.stores[0]:

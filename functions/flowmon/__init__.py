@@ -55,7 +55,6 @@ Example
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import Field
@@ -69,11 +68,10 @@ from snf.core.contract import (
     triage,
 )
 from snf.core.reasons import MALFORMED
-from snf.core.tables import BatchState, TableView
+from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 
-from .counting import Counted, columns, count_flows
 from .records import ACTIVE, END, END_REASONS, FORCED, IDLE, flow_record, new_entry
 
 __all__ = ["FlowMonitor", "FlowMonitorConfig"]
@@ -122,46 +120,13 @@ class FlowMonitor(NetworkFunction):
         self.config: FlowMonitorConfig = config
         self._idle_ns = round(config.idle_timeout * _NS)
         self._active_ns = round(config.active_timeout * _NS)
-        # The batch path (counting.py); False: the per-packet loop it replaced,
-        # which the equivalence tests compare it with.
-        self.fast_path = True
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         decisions, ip = triage(headers)
-        table = state.table(TABLE)
-        if self.fast_path and all(len(c) == len(headers) for c in columns(headers)):
-            live, before, records = count_flows(
-                batch, headers, table, decisions, self._idle_ns, self._active_ns
-            )
-        else:
-            live, before, records = self._count_each(batch, headers, table, decisions, ip)
-
-        # One write per changed flow, none for a flow born and ended in this batch.
-        for key, e in live.items():
-            if e != before[key]:
-                if e is None:
-                    table.delete(key)
-                else:
-                    table.set(key, e)
-
-        decisions.records["flows"] = records
-        if records:
-            ends = Counter(record["flowEndReason"] for record in records)
-            decisions.metrics = {END_METRICS[end]: n for end, n in ends.items()}
-        return decisions
-
-    def _count_each(
-        self,
-        batch: PacketBatch,
-        headers: Headers,
-        table: TableView,
-        decisions: Decisions,
-        ip: Sequence[int],
-    ) -> Counted:
-        """The per-packet path (the reference of counting.count_flows)."""
         ts = batch.records["ts_ns"].tolist()
         payload = batch.payload
         offsets = batch.offsets
+        table = state.table(TABLE)
         version, flow = headers.version, headers.flow
         direction, tcp_flags, l3_off = headers.direction, headers.tcp_flags, headers.l3_off
         idle_ns, active_ns = self._idle_ns, self._active_ns
@@ -218,7 +183,19 @@ class FlowMonitor(NetworkFunction):
                     e = None
             live[key] = e
 
-        return live, before, records
+        # One write per changed flow, none for a flow born and ended in this batch.
+        for key, e in live.items():
+            if e != before[key]:
+                if e is None:
+                    table.delete(key)
+                else:
+                    table.set(key, e)
+
+        decisions.records["flows"] = records
+        if records:
+            ends = Counter(record["flowEndReason"] for record in records)
+            decisions.metrics = {END_METRICS[end]: n for end, n in ends.items()}
+        return decisions
 
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """Emit and delete every flow left on this partition, by (ts_ns, flowStart, key)."""
