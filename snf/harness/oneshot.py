@@ -49,7 +49,13 @@ def run_pipeline(
         local = LocalPipeline(pipeline)
         hop = local.ingress_hop
         summary = replay(
-            captures, pipeline.partitions, local, opts.replay, console, keyers=hop.keyers
+            captures,
+            pipeline.partitions,
+            local,
+            opts.replay,
+            console,
+            keyers=hop.keyers,
+            keep_headers=True,
         )
         local.end_of_input(pipeline.name, summary.last_ts_ns)
         elapsed = time.perf_counter() - started

@@ -21,6 +21,7 @@ from snf.packet.batch import RECORD_DTYPE, PacketBatch
 from snf.packet.capture_chunk import CaptureChunk
 from snf.packet.capture_file import CapturedPacket
 from snf.packet.fragments import FlowRouter
+from snf.packet.headers import Headers
 from snf.packet.parse import parse_buffer
 from snf.pipeline.routing import key_hashes
 
@@ -46,6 +47,7 @@ class Batcher:
         max_bytes: int = 512 * 1024,
         first_seq: int = 0,
         keyers: Sequence[NetworkFunction] = (),
+        keep_headers: bool = False,
     ) -> None:
         self.partitions = partitions
         self.source_id = source_id
@@ -56,6 +58,9 @@ class Batcher:
         # The functions whose keys partition ingress (snf.pipeline.routing.plan, hop 0);
         # none: the flow hash.
         self.keyers = tuple(keyers)
+        # Attach the routing parse to each batch, for a consumer in this process
+        # (--local): it need not parse again. Over Kafka headers do not travel.
+        self.keep_headers = keep_headers
         self.stats = BatcherStats()
         # One pending batch per partition (and so one link type at a time).
         self._pending: dict[int, _Pending] = {}
@@ -99,7 +104,7 @@ class Batcher:
         parts = np.asarray(
             self.router.route(headers, run.ts_ns, self.partitions, hashes), dtype=np.int64
         )
-        segment = _Segment(run, self.seq)
+        segment = _Segment(run, self.seq, headers if self.keep_headers else None)
         # Stable grouping by partition keeps capture order within each one.
         order = np.argsort(parts, kind="stable")
         cuts = np.flatnonzero(np.diff(parts[order])) + 1
@@ -162,6 +167,7 @@ class _Segment:
 
     run: CaptureChunk
     first_seq: int
+    headers: Headers | None = None
 
 
 @dataclass
@@ -182,6 +188,7 @@ class _Pending:
         rec = np.zeros(self.count, dtype=RECORD_DTYPE)
         at = 0
         payload = []
+        heads = [s.headers.take(i.tolist()) for s, i in self.pieces if s.headers is not None]
         for segment, index in self.pieces:
             run, end = segment.run, at + len(index)
             rec["ts_ns"][at:end] = run.ts_ns[index]
@@ -190,6 +197,9 @@ class _Pending:
             rec["seq"][at:end] = index + segment.first_seq
             payload.append(run.payload(index))
             at = end
-        return PacketBatch(
+        batch = PacketBatch(
             self.linktype, rec, b"".join(payload), (source_id,), ("",), batch_id=batch_id
         )
+        if heads and len(heads) == len(self.pieces):
+            batch.headers = Headers.concat(heads)
+        return batch

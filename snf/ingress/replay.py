@@ -140,8 +140,10 @@ def replay(
     opts: ReplayOptions | None = None,
     console: Console | None = None,
     keyers: Sequence[NetworkFunction] = (),
+    keep_headers: bool = False,
 ) -> ReplaySummary:
-    """Read, batch and publish the captures, partitioned by `keyers` (snf.pipeline.routing)."""
+    """Read, batch and publish the captures, partitioned by `keyers` (snf.pipeline.routing).
+    `keep_headers`: batches carry their parsed headers (an in-process consumer)."""
     opts = opts or ReplayOptions()
     captures = [Path(c) for c in captures]
     console = console or Console(stderr=True)
@@ -155,6 +157,7 @@ def replay(
         max_bytes=opts.max_bytes,
         first_seq=opts.skip,  # resumed packets keep their ids: seq = position in the stream
         keyers=keyers,
+        keep_headers=keep_headers,
     )
     total = sum(p.stat().st_size for p in captures) * opts.loop
 

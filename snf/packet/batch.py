@@ -46,6 +46,9 @@ class PacketBatch:
     reasons: tuple[str, ...] = ("",)
     batch_id: int = 0
     _offsets: list[int] | None = field(default=None, repr=False)
+    # The parsed headers of these exact bytes, when an in-process producer has
+    # them (snf.packet.headers.Headers): the next stage need not parse again.
+    headers: Any = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -168,6 +171,9 @@ class PacketBatch:
             else:
                 code = {r: i for i, r in enumerate(reason_table)}
                 rec["reason"] = np.fromiter(map(code.__getitem__, reasons), np.int64, len(idx))
+        headers = None
+        if self.headers is not None and not replaced:
+            headers = self.headers if whole else self.headers.take(idx.tolist())
         return PacketBatch(
             linktype=self.linktype,
             records=rec,
@@ -175,4 +181,5 @@ class PacketBatch:
             sources=self.sources,
             reasons=reason_table,
             batch_id=self.batch_id if batch_id is None else batch_id,
+            headers=headers,
         )

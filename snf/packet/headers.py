@@ -6,7 +6,10 @@ their per-packet loops (plain Python lists index fast; numpy scalars do not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 
 __all__ = [
     "FRAG_FIRST",
@@ -52,3 +55,23 @@ class Headers:
 
     def __len__(self) -> int:
         return len(self.kind)
+
+    def take(self, index: Sequence[int]) -> Headers:
+        """The rows at `index`, in that order (one C-level pass per column)."""
+        if not len(index):
+            return Headers()
+        pick = operator.itemgetter(*index)
+        if len(index) == 1:
+            return Headers(*([pick(getattr(self, f))] for f in _FIELDS))
+        return Headers(*(list(pick(getattr(self, f))) for f in _FIELDS))
+
+    @classmethod
+    def concat(cls, parts: Sequence[Headers]) -> Headers:
+        if len(parts) == 1:
+            return parts[0]
+        return cls(
+            *(list(itertools.chain.from_iterable(getattr(h, f) for h in parts)) for f in _FIELDS)
+        )
+
+
+_FIELDS = tuple(f.name for f in fields(Headers))

@@ -52,8 +52,13 @@ def parse_buffer(
 
 
 def parse_packet_batch(batch: PacketBatch, *, vectorise: bool = True) -> Headers:
-    """parse_batch over a PacketBatch's packets and link type."""
+    """parse_batch over a PacketBatch's packets and link type (or the headers it
+    carries already: snf.packet.batch.PacketBatch.headers)."""
+    if batch.headers is not None and vectorise:
+        return batch.headers
     lens = batch.records["cap_len"].astype(np.int64)
     starts = np.zeros(len(lens), dtype=np.int64)
     np.cumsum(lens[:-1], out=starts[1:])
-    return parse_buffer(batch.linktype, batch.payload, starts, lens, vectorise=vectorise)
+    headers = parse_buffer(batch.linktype, batch.payload, starts, lens, vectorise=vectorise)
+    batch.headers = headers
+    return headers
