@@ -12,6 +12,8 @@ Summary
     port), and the source of the backend's replies back to the VIP, with
     incremental IPv4 header and TCP/UDP checksum updates (RFC 1624). IPv4 and
     IPv6 (a service's VIP and backends share one version). Time is packet time.
+    IPv4 packets of the services take a batch path (fastpath.py, bulk.py:
+    rewrites a batch at a time) with the per-packet path's results.
 
 Ports
     pass    everything that is not dropped: rewritten client and reply packets,

@@ -1,13 +1,14 @@
 """The load balancer's batch path (a helper of snf.functions.loadbalancer).
 
 Most packets are either nothing to the load balancer (no VIP, no backend) or
-belong to a flow whose backend is recorded and live. For those this path
-does what the per-packet path (process.PacketRun) does, with the same state
-reads and writes, only cheaper: a packet's role (to a VIP, from a backend,
-neither) and its keys come from a cache per 5-tuple, and the rewrite is only
-noted, to be written for the whole batch at once (bulk.py). Every other
-packet (a new or moved flow, an expired or stale one, a fragment, IPv6, odd
-offsets) goes to PacketRun's own methods in its place in the batch; this
+belong to a client flow of a service, or to its backend's replies. For those
+this path does what the per-packet path (process.PacketRun) does, with the
+same state reads and writes in the same order, only cheaper: a packet's role
+(to a VIP, from a backend, neither), its keys and a new flow's Maglev pick
+come from a cache per 5-tuple, and the rewrite is only noted, to be written
+for the whole batch at once (bulk.py). Every other packet (to a VIP with an
+empty pool, a reply whose flow moved, expired or is gone, a fragment, IPv6,
+odd offsets) goes to PacketRun's own methods in its place in the batch; this
 path writes nothing before it knows it takes the packet.
 """
 

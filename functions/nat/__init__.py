@@ -10,6 +10,8 @@ Summary
     bindings. ICMP echo identifiers are mapped like ports; ICMP errors about
     a translated flow are translated, quote included. Checksums are updated
     incrementally (RFC 1624, snf.packet.rewrite). Time is packet time.
+    Packets of a forward or a live binding take a batch path (fastpath.py,
+    bulk.py: rewrites a batch at a time) with the per-packet path's results.
 
 Ports
     pass    translated packets, and untouched ones: IPv6, non-IP, traffic
@@ -151,7 +153,7 @@ class Nat(NetworkFunction):
         columns = (h.kind, h.version, h.frag, h.proto, h.src, h.sport, h.dst, h.dport)
         if not self.fast_path or any(len(c) != len(h) for c in (*columns, h.icmp_type)):
             return self.key_hashes_each(batch, h)
-        # But for ICMP errors (keyed by their quote), a key is the 5-tuple's.
+        # A key is a function of the 5-tuple, remembered; an ICMP error's is its quote's.
         keys, known = self._keys, self._keys.get
         out: list[int | None] = []
         for i, kind, v, fr, p, s, sp, d, dp in zip(count(), *columns):
