@@ -115,11 +115,13 @@ class Roles:
     def link(self, p: int, client: bytes, cport: int, vip_hex: str, vport: int) -> Any:
         """(conn key, VIP endpoint as 6 bytes or None when not IPv4) of a back entry."""
         key = (p, client, cport, vip_hex, vport)
-        found = self._links.get(key)
+        found = self._links.get(key) if vport.__class__ is int else None
         if found is None:
             vip = bytes.fromhex(vip_hex)
             ends = vip + vport.to_bytes(2, "big")
             found = (conn_key(p, client, cport, vip, vport), ends if len(vip) == 4 else None)
+            if vport.__class__ is not int:  # state we never write (80.0 would find 80's)
+                return found
             if len(self._links) >= _CACHE_MAX:
                 self._links.clear()
             self._links[key] = found

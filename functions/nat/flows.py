@@ -119,6 +119,9 @@ class Flows:
     def owner(self, p: int, ip_hex: str, port: int) -> tuple[bytes, bytes | None]:
         """A rev entry's owner: its bind key, and its endpoint as 6 bytes (None
         when the key is not proto + 4 address bytes + port)."""
+        if port.__class__ is not int:  # state no NAT wrote (80.0 would find 80's entry)
+            key = ep_key(p, bytes.fromhex(ip_hex), port)
+            return (key, key[1:] if len(key) == 7 else None)
         found = self._owners.get((p, ip_hex, port))
         if found is None:
             key = ep_key(p, bytes.fromhex(ip_hex), port)

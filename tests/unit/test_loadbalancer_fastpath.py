@@ -231,3 +231,34 @@ def test_bulk_rewrite_is_nat_rewrite() -> None:
             int.from_bytes(new[4:], "big"),
         )
         assert together[i] == expected, i
+
+
+@pytest.mark.parametrize(
+    ("table", "damage"),
+    [
+        ("conn", lambda v: [v[0], float(v[1]), *v[2:]]),
+        ("conn", lambda v: ["zz", *v[1:]]),
+        ("conn", lambda v: v[:3]),
+        ("conn", lambda v: [*v[:3], 3.0]),
+        ("conn", lambda v: [v[0], v[1], float(v[2]), v[3]]),
+        ("back", lambda v: [v[0], float(v[1])]),
+        ("back", lambda v: [v[0][:4], v[1]]),
+        ("back", lambda v: [v[0], 70000]),
+    ],
+)
+def test_state_no_load_balancer_wrote(table: str, damage: Any) -> None:
+    """Values of another shape in the tables: both paths alike, nothing raised."""
+    t = twin(web(B[:3]))
+    requests = [tcp4(CLIENT, VIP, 40000 + k, 80, "S") for k in range(30)]
+    outs = t([(0, f) for f in requests])
+    replies = [
+        tcp4(".".join(map(str, f[30:34])), CLIENT, 8080, 40000 + k, "A")
+        for k, (_, _, f) in enumerate(outs)
+    ]
+    t([(1, f) for f in replies + requests])  # the caches know them all now
+    for stores in t.stores:
+        data = stores[table].data
+        for key in list(data)[::2]:
+            data[key] = damage(data[key])
+    t([(2, f) for f in replies + requests])
+    t.assert_same_state()

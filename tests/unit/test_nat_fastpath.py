@@ -279,3 +279,38 @@ def test_bulk_rewrite_is_the_per_packet_rewrite() -> None:
         rw.new[which].append(addr + port.to_bytes(2, "big"))
     assert len(rw) >= bulk.MIN_BULK and rw.apply() == []
     assert together == each
+
+
+@pytest.mark.parametrize(
+    ("table", "damage"),
+    [
+        ("bind", lambda v: [v[0], float(v[1]), *v[2:]]),
+        ("bind", lambda v: ["zz", *v[1:]]),
+        ("bind", lambda v: [v[0] + "00", *v[1:]]),
+        ("bind", lambda v: v[:4]),
+        ("bind", lambda v: [*v[:2], float(v[2]), *v[3:]]),
+        ("bind", lambda v: [*v[:3], 99, v[4]]),
+        ("bind", lambda v: [*v[:4], "c633"]),
+        ("rev", lambda v: [v[0], float(v[1])]),
+        ("rev", lambda v: [v[0][:6], v[1]]),
+        ("rev", lambda v: [v[0], 70000]),
+    ],
+)
+def test_state_no_nat_wrote(table: str, damage: Any) -> None:
+    """Values of another shape in the tables (never written by the NAT): both paths
+    alike, nothing raised."""
+    t = twin(cfg(filtering="address-dependent"))
+    hosts = [("10.0.0.1", 5000 + n) for n in range(30)]
+    outs = t([(at(0), tcp4(h, "198.51.100.1", p, 80, "S")) for h, p in hosts])
+    replies = [
+        tcp4("198.51.100.1", ".".join(map(str, f[26:30])), 80, int.from_bytes(f[34:36], "big"), "A")
+        for _, _, f in outs
+    ]
+    out_again = [tcp4(h, "198.51.100.1", p, 80, "A") for h, p in hosts]
+    t([(at(0.5), f) for f in replies + out_again])  # the caches know them all now
+    for stores in t.stores:
+        data = stores[table].data
+        for key in list(data)[::2]:
+            data[key] = damage(data[key])
+    t([(at(1), f) for f in replies + out_again])
+    t.assert_same_state()
