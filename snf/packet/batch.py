@@ -155,11 +155,13 @@ class PacketBatch:
             parts: list[Any] = list(map(view.__getitem__, cuts))
             if replaced:
                 # Where each replaced packet sits in the selection (-1: not selected).
-                at = np.full(len(self), -1, dtype=np.int64)
-                at[idx] = np.arange(len(idx))
+                where = np.full(len(self), -1, dtype=np.int64)
+                where[idx] = np.arange(len(idx))
+                at = where.tolist()  # list indexing: a numpy scalar per packet costs more
                 for i, data in replaced.items():
-                    if at[i] >= 0:
-                        parts[at[i]] = data
+                    j = at[i]
+                    if j >= 0:
+                        parts[j] = data
                 rec["cap_len"] = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
             payload = b"".join(parts)
         reason_table: tuple[str, ...] = self.reasons
