@@ -118,7 +118,14 @@ def _add_worker(sub: argparse._SubParsersAction) -> None:
     )
     wk.add_argument("--loglevel", default="info")
     wk.add_argument(
-        "--health-port", type=int, help="serve GET /livez and /readyz on this port (probes)"
+        "--health-port",
+        type=int,
+        help="serve GET /livez, /readyz and /metrics on this port (probes, Prometheus)",
+    )
+    wk.add_argument(
+        "--health-host",
+        default="0.0.0.0",
+        help="address of that server (default: every interface, as a pod's probes need)",
     )
     add_brokers(wk)
 
@@ -302,6 +309,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         args.datadir,
         loglevel=args.loglevel,
         health_port=args.health_port,
+        health_host=args.health_host,
     )
     return 0
 

@@ -88,6 +88,8 @@ def start_worker(
         loglevel,
         "--health-port",
         "0",
+        "--health-host",
+        "127.0.0.1",  # a local deployment's metrics are for this host only
     ]
     if name:
         cmd += ["--name", name]

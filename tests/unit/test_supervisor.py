@@ -393,3 +393,21 @@ def test_supervise_runs_until_sigterm(tmp_path: Path) -> None:
     assert not dp.supervisor_alive(tmp_path)
     (tmp_path / dp.PID_FILE).write_text(f"{os.getpid()}\n")  # alive, but not a supervisor
     assert not dp.supervisor_alive(tmp_path)
+
+
+def test_a_local_worker_serves_probes_and_metrics_on_loopback_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snf.ops import worker_process
+
+    started: list[list[str]] = []
+
+    def popen(cmd: list[str], **_: object) -> object:
+        started.append(cmd)
+        return object()
+
+    monkeypatch.setattr(worker_process.subprocess, "Popen", popen)
+    worker_process.start_worker(tmp_path / "p.yaml", "fw", 0, "127.0.0.1:9092", tmp_path)
+    cmd = started[0]
+    assert cmd[cmd.index("--health-port") + 1] == "0"
+    assert cmd[cmd.index("--health-host") + 1] == "127.0.0.1"

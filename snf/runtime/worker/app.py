@@ -70,6 +70,7 @@ def create_app(
     datadir: Path,
     *,
     health_port: int | None = None,
+    health_host: str = "0.0.0.0",
 ) -> faust.App:
     faust_compat.check_versions()
     faust_compat.shorten_fetch_wait(FETCH_MAX_WAIT_MS)
@@ -78,7 +79,7 @@ def create_app(
     parts = _parts(app, pipeline, fn, brokers, datadir)
     _connect(app, parts)
     if health_port is not None:
-        _serve_health(app, parts, health_port)
+        _serve_health(app, parts, health_port, health_host)
     return app
 
 
@@ -234,14 +235,15 @@ def _lag(app: faust.App, processor: Processor) -> dict[int, int]:
     return lag
 
 
-def _serve_health(app: faust.App, w: WorkerParts, port: int) -> None:
+def _serve_health(app: faust.App, w: WorkerParts, port: int, host: str) -> None:
     @app.task
     async def serve_health() -> None:
         # Ready once the first rebalance gave this worker its partitions.
         def ready() -> bool:
             return w.files.assignment_path.exists() and not app.rebalancing
 
-        server = await start_health_server(port, ready, registry=w.processor.metrics.registry)
+        registry = w.processor.metrics.registry
+        server = await start_health_server(port, ready, host, registry=registry)
         app.snf_health = server  # kept alive
         w.stats.health_port = server.sockets[0].getsockname()[1]  # port 0: the one picked
 
@@ -254,9 +256,12 @@ def run_worker(
     *,
     loglevel: str = "info",
     health_port: int | None = None,
+    health_host: str = "0.0.0.0",
 ) -> None:
     """Run one worker until SIGTERM/SIGINT (blocks)."""
     prepare_datadir(datadir)
-    app = create_app(pipeline, function_name, brokers, datadir, health_port=health_port)
+    app = create_app(
+        pipeline, function_name, brokers, datadir, health_port=health_port, health_host=health_host
+    )
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
