@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snf.packet.batch import PacketBatch
-from snf.packet.headers import Headers
+from snf.packet.bulk_rewrite import EndpointRewrites
 
 from .net import nat_rewrite
 
@@ -35,22 +34,13 @@ MIN_BULK = 40
 _WHICH = ("src", "dst")
 
 
-class Rewrites:
-    """The rewrites of one batch: per end, packet indices and new endpoints (6 bytes)."""
+class Rewrites(EndpointRewrites):
+    """The load balancer's rewrites of one batch (snf.packet.bulk_rewrite)."""
 
-    __slots__ = ("batch", "h", "index", "new", "replaced")
+    __slots__ = ()
+    min_bulk = MIN_BULK
 
-    def __init__(self, batch: PacketBatch, h: Headers, replaced: dict[int, bytes]) -> None:
-        self.batch = batch
-        self.h = h
-        self.replaced = replaced
-        self.index: tuple[list[int], list[int]] = ([], [])
-        self.new: tuple[list[bytes], list[bytes]] = ([], [])
-
-    def __len__(self) -> int:
-        return len(self.index[0]) + len(self.index[1])
-
-    def one(self, i: int, which: int, new: bytes) -> None:
+    def rewrite_one(self, i: int, which: int, new: bytes) -> None:
         h = self.h
         self.replaced[i] = nat_rewrite(
             self.batch.packet(i),
@@ -63,46 +53,17 @@ class Rewrites:
             int.from_bytes(new[4:], "big"),
         )
 
-    def apply(self) -> list[int]:
-        """Write every noted rewrite; return the packets that failed (none unless
-        the batch's offsets overrun its payload)."""
-        if len(self) >= MIN_BULK:
-            try:
-                self._bulk()
-                return []
-            except Exception:  # a damaged batch: packet by packet, each on its own
-                pass
-        failed = []
-        for which in (0, 1):
-            for i, new in zip(self.index[which], self.new[which], strict=True):
-                try:
-                    self.one(i, which, new)
-                except Exception:
-                    failed.append(i)
-        return failed
-
-    def _bulk(self) -> None:
-        batch, h = self.batch, self.h
-        n = len(h)
-        index = self.index[0] + self.index[1]
-        idx = np.fromiter(index, dtype=np.int64, count=len(index))
-        offsets = np.asarray(batch.offsets, dtype=np.int64)
-        start, end = offsets[idx], offsets[idx + 1]
-        new = np.frombuffer(b"".join(self.new[0]) + b"".join(self.new[1]), dtype=">u2")
-        buf = np.frombuffer(batch.payload, dtype=np.uint8).copy()
-        _rewrite_words(
-            buf,
-            start + np.fromiter(h.l3_off, dtype=np.int64, count=n)[idx],
-            start + np.fromiter(h.l4_off, dtype=np.int64, count=n)[idx],
-            end,
-            np.fromiter(h.proto, dtype=np.int64, count=n)[idx] == 17,
-            (np.arange(len(index)) >= len(self.index[0])).astype(np.int64),
-            new.reshape(-1, 3).astype(np.int64),
-        )
-        out = buf.tobytes()
-        replaced = self.replaced
-        for i, a, b in zip(index, start.tolist(), end.tolist(), strict=True):
-            replaced[i] = out[a:b]
+    def rewrite_rows(
+        self,
+        buf: np.ndarray,
+        l3: np.ndarray,
+        l4: np.ndarray,
+        end: np.ndarray,
+        proto: np.ndarray,
+        which: np.ndarray,
+        new: np.ndarray,
+    ) -> None:
+        _rewrite_words(buf, l3, l4, end, proto == 17, which, new)
 
 
 def _word(buf: np.ndarray, at: np.ndarray) -> np.ndarray:

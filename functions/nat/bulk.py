@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from snf.packet.batch import PacketBatch
-from snf.packet.headers import Headers
+from snf.packet.bulk_rewrite import EndpointRewrites
 from snf.packet.rewrite import set_ipv4_endpoint
 
 __all__ = ["MIN_BULK", "Rewrites"]
@@ -39,22 +38,11 @@ MIN_BULK = 24
 _WHICH = ("src", "dst")
 
 
-class Rewrites:
-    """The rewrites of one batch: per end ("src", "dst") the packet indices and
-    their new endpoints (address and port, 6 bytes); rewritten packets land in
-    `replaced`."""
+class Rewrites(EndpointRewrites):
+    """The NAT's rewrites of one batch (snf.packet.bulk_rewrite.EndpointRewrites)."""
 
-    __slots__ = ("batch", "h", "index", "new", "replaced")
-
-    def __init__(self, batch: PacketBatch, h: Headers, replaced: dict[int, bytes]) -> None:
-        self.batch = batch
-        self.h = h
-        self.replaced = replaced
-        self.index: tuple[list[int], list[int]] = ([], [])
-        self.new: tuple[list[bytes], list[bytes]] = ([], [])
-
-    def __len__(self) -> int:
-        return len(self.index[0]) + len(self.index[1])
+    __slots__ = ()
+    min_bulk = MIN_BULK
 
     def one(self, i: int, which: int, addr: bytes, port: int) -> None:
         """Rewrite packet i now, exactly as the per-packet path does (may raise)."""
@@ -63,49 +51,20 @@ class Rewrites:
         set_ipv4_endpoint(pkt, h.l3_off[i], h.l4_off[i], h.proto[i], _WHICH[which], addr, port)
         self.replaced[i] = bytes(pkt)
 
-    def apply(self) -> list[int]:
-        """Write every noted rewrite; return the packets that failed (none unless
-        the batch's offsets overrun its payload)."""
-        if len(self) >= MIN_BULK:
-            try:
-                self._bulk()
-                return []
-            except Exception:  # a damaged batch: packet by packet, each on its own
-                pass
-        failed = []
-        for which in (0, 1):
-            for i, new in zip(self.index[which], self.new[which], strict=True):
-                try:
-                    self.one(i, which, new[:4], int.from_bytes(new[4:], "big"))
-                except Exception:
-                    failed.append(i)
-        return failed
+    def rewrite_one(self, i: int, which: int, new: bytes) -> None:
+        self.one(i, which, new[:4], int.from_bytes(new[4:], "big"))
 
-    def _bulk(self) -> None:
-        batch, h = self.batch, self.h
-        n = len(h)
-        index = self.index[0] + self.index[1]
-        idx = np.fromiter(index, dtype=np.int64, count=len(index))
-        offsets = np.asarray(batch.offsets, dtype=np.int64)
-        start, end = offsets[idx], offsets[idx + 1]
-        new = np.frombuffer(b"".join(self.new[0]) + b"".join(self.new[1]), dtype=">u2")
-        size = len(batch.payload)
-        buf = np.zeros(size + 2, dtype=np.uint8)  # 2 spare bytes: checksums not captured
-        buf[:size] = np.frombuffer(batch.payload, dtype=np.uint8)
-        which = np.zeros(len(index), dtype=np.int64)
-        which[len(self.index[0]) :] = 1
-        _rewrite_fields(
-            buf,
-            start + np.fromiter(h.l3_off, dtype=np.int64, count=n)[idx],
-            start + np.fromiter(h.l4_off, dtype=np.int64, count=n)[idx],
-            end,
-            _KIND[np.fromiter(h.proto, dtype=np.int64, count=n)[idx] & 0xFF] + which,
-            new.reshape(-1, 3).astype(np.int64),
-        )
-        out = buf[:size].tobytes()
-        replaced = self.replaced
-        for i, a, b in zip(index, start.tolist(), end.tolist(), strict=True):
-            replaced[i] = out[a:b]
+    def rewrite_rows(
+        self,
+        buf: np.ndarray,
+        l3: np.ndarray,
+        l4: np.ndarray,
+        end: np.ndarray,
+        proto: np.ndarray,
+        which: np.ndarray,
+        new: np.ndarray,
+    ) -> None:
+        _rewrite_fields(buf, l3, l4, end, _KIND[proto & 0xFF] + which, new)
 
 
 # A rewrite's kind: 0/1 TCP source/destination, 2/3 UDP, 4/5 ICMP echo (either).

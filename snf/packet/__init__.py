@@ -9,6 +9,7 @@ parse            parse_batch: picks one of the two; identical results
 flowkey          canonical flow keys, flow and endpoint hashes
 fragments        the router that keeps IP fragments with their first fragment
 rewrite          in-place header rewrites with incremental checksums
+bulk_rewrite     a batch's address/port rewrites noted, then written at once
 heads            packets cut after their L4 header, for hops that need no payload
 capture_file     reading pcap and pcapng files, a chunk of arrays at a time
 capture_chunk    CaptureChunk: packets as columns over the file's bytes
