@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from kafka_ceiling import CLIENTS, broker, measure_ceiling, warm_up
-from loadwatch import LoadWatch, median_run
+from loadwatch import LoadWatch, add_disturbance_args, median_run
 from provenance import changed_since, code_state
 from rich.console import Console
 from rich.table import Table
@@ -207,14 +207,7 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--batches", default="256,512,1024,2048", help="packets per message")
     ap.add_argument("--client", default="snf", choices=CLIENTS, help="of the ceiling")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the loops (quick runs)")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per figure; the median is kept")
-    ap.add_argument("--tries", type=int, default=3, help="runs of a disturbed figure at most")
-    ap.add_argument(
-        "--max-disturbance",
-        type=float,
-        default=0.1,
-        help="re-run a figure when others used more than this share of the CPUs",
-    )
+    add_disturbance_args(ap, repeats=1)
     ap.add_argument(
         "--merge",
         action="store_true",

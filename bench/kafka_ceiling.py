@@ -47,7 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from loadwatch import LoadWatch, median_run
+from loadwatch import LoadWatch, add_disturbance_args, median_run
 from provenance import changed_since, code_state
 from rich.console import Console
 from rich.table import Table
@@ -540,14 +540,7 @@ def _arguments() -> argparse.Namespace:
     ap.add_argument("--hops", default="0,1,4", help="pass-through counts, comma separated")
     ap.add_argument("--clients", default=",".join(CLIENTS), help="comma separated")
     ap.add_argument("--ship", default="whole,heads", help="what topics after t0 carry")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per figure; the median is kept")
-    ap.add_argument("--tries", type=int, default=3, help="runs of a disturbed figure at most")
-    ap.add_argument(
-        "--max-disturbance",
-        type=float,
-        default=0.1,
-        help="re-run a figure when others used more than this share of the CPUs",
-    )
+    add_disturbance_args(ap, repeats=3)
     ap.add_argument(
         "--rerun-disturbed",
         action="store_true",

@@ -10,6 +10,7 @@ counts as a disturbance. Processes that start and end between two samples
 
 from __future__ import annotations
 
+import argparse
 import os
 import threading
 import time
@@ -31,6 +32,20 @@ class _Proc:
     name: str
     first: float  # CPU seconds when first seen (0 if it started after the watch did)
     last: float
+
+
+def add_disturbance_args(ap: argparse.ArgumentParser, repeats: int) -> None:
+    """--repeats, --tries and --max-disturbance, as every benchmark here takes them."""
+    ap.add_argument(
+        "--repeats", type=int, default=repeats, help="runs per figure; the median is kept"
+    )
+    ap.add_argument("--tries", type=int, default=3, help="runs of a disturbed figure at most")
+    ap.add_argument(
+        "--max-disturbance",
+        type=float,
+        default=0.1,
+        help="re-run a figure when others used more than this share of the CPUs",
+    )
 
 
 def _read(pid: str) -> tuple[int, str, float, float] | None:
