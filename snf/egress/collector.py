@@ -100,9 +100,8 @@ class Collector:
         if not len(batch):
             self._view = None
             return 0
-        kept = _fresh_whole(term, batch)
-        if kept is None:
-            kept = _fresh_each(term, batch)
+        fresh = _fresh_whole(term, batch)
+        kept = batch if fresh is not None else _fresh_each(term, batch)
         repeats = len(batch) - len(kept)
         self.duplicates += repeats
         self.duplicates_at[where] += repeats
@@ -112,7 +111,7 @@ class Collector:
         term.count += len(kept)
         self._view = None
         new = 0
-        for sid, seqs in _ids_by_source(kept).items():
+        for sid, seqs in (fresh if fresh is not None else _ids_by_source(kept)).items():
             seen = self._seen.setdefault(sid, set())
             before = len(seen)
             seen.update(seqs)
@@ -220,8 +219,9 @@ def _ids_by_source(batch: PacketBatch) -> dict[int, list[int]]:
     return {batch.sources[s]: seqs[src == s].tolist() for s in np.unique(src).tolist()}
 
 
-def _fresh_whole(term: _Terminal, batch: PacketBatch) -> PacketBatch | None:
-    """The batch itself when every id in it is new to the terminal, else None."""
+def _fresh_whole(term: _Terminal, batch: PacketBatch) -> dict[int, set[int]] | None:
+    """The batch's ids by source when every one is new to the terminal (then
+    recorded there), else None."""
     by_source = _ids_by_source(batch)
     fresh = {sid: set(seqs) for sid, seqs in by_source.items()}
     if sum(map(len, fresh.values())) != len(batch):
@@ -230,7 +230,7 @@ def _fresh_whole(term: _Terminal, batch: PacketBatch) -> PacketBatch | None:
         return None
     for sid, seqs in fresh.items():
         term.ids.setdefault(sid, set()).update(seqs)
-    return batch
+    return fresh
 
 
 def _fresh_each(term: _Terminal, batch: PacketBatch) -> PacketBatch:
