@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from snf import wire
 from snf.core.engine import StageOutput
 from snf.guarantee.lineage import Lineage
+from snf.packet.batch import PacketBatch
 from snf.packet.heads import cut_heads
 from snf.pipeline.model import PipelineFunction
 from snf.pipeline.routing import PipelinePlan, deliveries
@@ -57,10 +58,15 @@ class Outputs:
         """Send a batch's outputs; return the packets sent and the send futures."""
         event = _Event(self._send, f"{self.fn.name}/{partition}", offset)
         sent = 0
+        # A batch fanned out to several topics is cut once; holding it keeps its id unique.
+        heads: dict[int, tuple[PacketBatch, PacketBatch]] = {}
         for _port, route, p, batch in deliveries(out, partition, self.fn, self.routers):
             assert route.topic is not None  # deliveries never yields a discarded port
             if route.heads:  # no reader downstream needs the payload (snf.packet.heads)
-                batch = cut_heads(batch)
+                held = heads.get(id(batch))
+                if held is None:
+                    held = heads[id(batch)] = (batch, cut_heads(batch))
+                batch = held[1]
             await event.send(route.topic, wire.encode(batch), p)
             sent += len(batch)
         if out.records:
