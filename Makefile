@@ -5,17 +5,23 @@ PY     := $(VENV)/bin/python
 SNF    := $(VENV)/bin/snf
 STAMP  := $(VENV)/.installed
 OUT    := out
+# Every dependency pinned with its hashes: the runtime (the image installs it)
+# and runtime + test (make setup). `make lock` regenerates both.
+LOCK      := requirements.lock
+TEST_LOCK := requirements-test.lock
+UV        := build/uv/bin/uv
 
-.PHONY: setup demo test unit integration lint bench kafka-jars clean
+.PHONY: setup demo test unit integration lint bench kafka-jars lock clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK) $(TEST_LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "snf needs Python >= 3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --require-hashes -r $(TEST_LOCK)
+	$(PY) -m pip install -q --no-deps -e .
 	@$(PY) -c 'import crc32c' || { echo "crc32c C extension missing"; exit 1; }
 	touch $(STAMP)
 
@@ -55,6 +61,17 @@ bench: setup kafka-jars
 	$(PY) bench/guarantee_cost.py --captures pipelines/captures/edge.pcapng --loop 100 --out bench/results/guarantee.json
 	$(PY) bench/chaos_suite.py --kills 20 --out bench/results/chaos.json
 	$(PY) bench/chaos_suite.py --kills 20 --warm --out bench/results/chaos_warm.json
+
+# After a change to pyproject.toml's dependencies. Pins already in the locks
+# are kept; `make lock UPGRADE=--upgrade` moves everything to the newest releases.
+# Resolved for Linux and the Python of the image (3.11); the test lock takes the
+# runtime lock as constraints, so both install the same versions.
+UV_FLAGS = --generate-hashes --python-version 3.11 --python-platform linux \
+	--custom-compile-command 'make lock' -q $(UPGRADE)
+lock:
+	test -x $(UV) || { $(PYTHON) -m venv build/uv && build/uv/bin/pip install -q uv==0.13.9; }
+	$(UV) pip compile pyproject.toml $(UV_FLAGS) -o $(LOCK)
+	$(UV) pip compile pyproject.toml --extra test -c $(LOCK) $(UV_FLAGS) -o $(TEST_LOCK)
 
 clean:
 	rm -rf $(VENV) $(OUT) build *.egg-info

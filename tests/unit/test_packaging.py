@@ -7,6 +7,9 @@ import pkgutil
 import tomllib
 from pathlib import Path
 
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
 import snf.functions
 from snf.core.registry import BUILTIN, get_function
 
@@ -62,3 +65,47 @@ def test_kafka_python_uses_the_c_crc32c() -> None:
     from kafka.record import util
 
     assert util.crc32c_c is not None
+
+
+def _locked(path: Path) -> dict[str, tuple[str, list[str]]]:
+    """name -> (pinned version, hashes) of a `make lock` file."""
+    out: dict[str, tuple[str, list[str]]] = {}
+    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        spec, *rest = line.split()
+        name, _, version = spec.partition("==")
+        assert version, f"{path.name}: {spec} is not pinned with =="
+        hashes = [h.removeprefix("--hash=sha256:") for h in rest if h.startswith("--hash=")]
+        out[canonicalize_name(name)] = (version, hashes)
+    return out
+
+
+def test_the_locks_pin_every_dependency_with_hashes() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = _locked(ROOT / "requirements.lock")
+    test = _locked(ROOT / "requirements-test.lock")
+    everything = project["dependencies"] + project["optional-dependencies"]["test"]
+    wanted = [(runtime, r) for r in project["dependencies"]] + [(test, r) for r in everything]
+    for lock, text in wanted:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in lock, f"{req.name} is not in the lock: run make lock"
+        assert req.specifier.contains(lock[name][0]), f"{text}: locked {lock[name][0]}"
+    for lock in (runtime, test):
+        for name, (_, hashes) in lock.items():
+            assert hashes and all(len(h) == 64 for h in hashes), f"{name} has no sha256 hash"
+    # One version of each package, whichever lock installs it.
+    assert all(test[name][0] == version for name, (version, _) in runtime.items())
+
+
+def test_setup_and_the_image_install_from_the_locks() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    stamp = next(line for line in makefile.splitlines() if line.startswith("$(STAMP):"))
+    assert "$(LOCK)" in stamp and "$(TEST_LOCK)" in stamp, "setup must rerun on a new lock"
+    assert "--require-hashes -r $(TEST_LOCK)" in makefile
+    assert "--no-deps -e ." in makefile
+    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
+    assert "--require-hashes -r requirements.lock" in dockerfile
+    assert "pip install --no-cache-dir --no-deps ." in dockerfile
