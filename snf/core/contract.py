@@ -23,6 +23,38 @@ says what the core needs from the partitioning of its input.
               must reach one partition (any flow-consistent key will do)
     "custom"  key_hashes() decides, packet by packet; `key_flow_consistent`
               says whether that key also keeps every flow together
+
+Bounded state (docs/ARCHITECTURE.md, "Bounded state"): a core whose entries
+expire sets `sweep_interval_ns` (BoundedStateConfig.sweep_interval does it)
+and implements sweep(). The engine keeps, per partition, the next point of a
+fixed grid of packet time (multiples of the interval) in the control table;
+when the running maximum of the packets' timestamps reaches it, the engine
+cuts the batch there: process() the packets before, sweep() at that grid
+point, process() the rest. A packet that jumps over several grid points
+sweeps once, at the last. Sweeps therefore depend on the packets alone, never
+on how they were cut into batches, and a takeover (which restores the tables
+and the control table) sweeps exactly as the first owner did.
+
+    sweep(state, ctx)  remove the entries expired as of packet time ctx.now_ns
+                       (the lazy path would treat them as absent at that
+                       time), at most ctx.limit per table, the earliest
+                       (expiry, key) first; the rest go at the next grid
+                       point. All writes of one input message are one
+                       journal entry, hence the limit. May emit records (a
+                       flow monitor's exports) and count metrics.
+    forget(partition)  drop every in-memory structure derived from this
+                       partition's tables. The shell calls it when the tables
+                       may have changed beneath the core (a new assignment,
+                       a recovery's undo); the engine calls it when a batch
+                       fails. A derived index (snf.core.expiry) must be a
+                       deterministic function of the table contents, rebuilt
+                       lazily on the next batch of the partition.
+
+`BoundedStateConfig.max_entries` caps a table per partition. When an insert
+finds it full, a core evicts (embryonic entries first, e.g. half-open TCP,
+then the entry closest to expiry; counted in its metric "evicted") or, where
+evicting would be wrong, drops the packet with reason TABLE_FULL. Either is
+decided per packet, from the table alone, so it is deterministic too.
 """
 
 from __future__ import annotations
@@ -33,7 +65,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from snf.core.reasons import MALFORMED, NON_IP
 from snf.core.tables import BatchState
@@ -41,12 +73,17 @@ from snf.packet.batch import PacketBatch
 from snf.packet.headers import KIND_IP, KIND_NON_IP, Headers
 
 __all__ = [
+    "EVICTED",
+    "SWEEP_LIMIT",
+    "TABLE_FULL",
+    "BoundedStateConfig",
     "Decisions",
     "FinishContext",
     "FunctionConfig",
     "KeyKind",
     "NetworkFunction",
     "Record",
+    "SweepContext",
     "triage",
 ]
 
@@ -54,8 +91,36 @@ KeyKind = Literal["any", "flow", "custom"]
 Record = dict[str, Any]  # one JSON object on a record port
 
 
+_NS = 1_000_000_000
+# At most this many expiries per table per sweep: a sweep's deletes (and their
+# before-images) share the journal entry of the input message that crossed the
+# grid point, and a Kafka message holds ~1 MB.
+SWEEP_LIMIT = 1000
+TABLE_FULL = "table_full"  # reason: the table is at max_entries and this core does not evict
+EVICTED = "evicted"  # metric: entries removed to make room for a new one
+
+
 class FunctionConfig(BaseModel, extra="forbid"):
     """Base of every function's config model: unknown fields are errors."""
+
+
+class BoundedStateConfig(FunctionConfig):
+    """Config of a function whose tables expire and are capped (module docstring)."""
+
+    max_entries: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most entries of the function's main table per partition; when an insert "
+        "finds it full, embryonic entries (half-open TCP) are evicted first, then the entry "
+        "closest to its expiry.",
+    )
+    sweep_interval: float = Field(
+        default=1.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="Seconds of packet time between sweeps of expired entries (0: no sweeps, "
+        "expiry only when a later packet of the same key finds its entry).",
+    )
 
 
 @dataclass(slots=True)
@@ -71,6 +136,17 @@ class Decisions:
     records: dict[str, list[Record]] = field(default_factory=dict)
     # declared metric -> how much this batch adds (the engine counts it)
     metrics: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SweepContext:
+    """A sweep of one partition at a grid point of packet time (module docstring)."""
+
+    partition: int
+    now_ns: int
+    limit: int = SWEEP_LIMIT
+    # declared metric -> count: sweep() adds to it, the engine counts it
+    metrics: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,9 +183,14 @@ class NetworkFunction(ABC):
     # batch (PipelineFunction.create); a core that picks keys (the NAT's
     # public ports) uses it to land them on the right partition.
     partitions: int = 1
+    # Packet time between sweeps (0: never swept); set from the config's
+    # sweep_interval when it has one.
+    sweep_interval_ns: int = 0
 
     def __init__(self, config: FunctionConfig) -> None:
         self.config = config
+        if isinstance(config, BoundedStateConfig):
+            self.sweep_interval_ns = round(config.sweep_interval * _NS)
 
     @abstractmethod
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
@@ -131,6 +212,16 @@ class NetworkFunction(ABC):
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """End of input on ctx.partition: emit what is still pending (records only)."""
         return {}
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        """Remove what expired by ctx.now_ns on state.partition (module docstring)."""
+        return {}
+
+    def forget(self, partition: int) -> None:
+        """Drop any in-memory structure derived from this partition's tables: the
+        shell calls it when the partition's tables may have changed beneath the core
+        (a new assignment, a recovery's undo). Rebuild lazily, from the tables."""
+        return None  # a core without derived structures has nothing to drop
 
 
 def triage(headers: Headers, *, drop_non_ip: bool = False) -> tuple[Decisions, Sequence[int]]:

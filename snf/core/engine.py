@@ -14,6 +14,11 @@ End markers (snf.wire.EndMarker) end a replay's input: a partition records
 the origins of one end id's markers in the control table (so a restarted
 worker keeps them), and on the `expected`-th distinct one calls the core's
 finish() once.
+
+Sweeps (snf.core.contract, "Bounded state"): the control table holds each
+partition's next grid point of packet time; `handle` cuts a batch where the
+running maximum of its timestamps reaches it and sweeps there, so outputs and
+state do not depend on how the packets were cut into batches.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from snf.core.contract import Decisions, FinishContext, NetworkFunction, Record
+from snf.core.contract import Decisions, FinishContext, NetworkFunction, Record, SweepContext
 from snf.core.reasons import ERROR, ReasonCheck
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.packet.batch import PacketBatch
@@ -35,6 +40,8 @@ from snf.wire import EndMarker
 __all__ = ["FunctionEngine", "StageOutput"]
 
 log = logging.getLogger("snf.core.engine")
+
+SWEEP_KEY = b"sweep"  # control table: the partition's next grid point of packet time (ns)
 
 
 @dataclass
@@ -61,12 +68,16 @@ class FunctionEngine:
         """Decide a batch, write its state back, return the output per port."""
         try:
             headers = parse_packet_batch(batch)
-            decisions = self.function.process(batch, headers, state)
+            if self.function.sweep_interval_ns > 0 and len(batch):
+                decisions = self._swept(batch, headers, state)
+            else:
+                decisions = self.function.process(batch, headers, state)
         except Exception:  # a core bug must not kill the worker or lose packets
             log.exception(
                 "%s failed on batch %d; dropping it whole", self.function.kind, batch.batch_id
             )
             state.discard()
+            self.function.forget(state.partition)  # its index may hold the discarded writes
             port = "drop" if "drop" in self.ports else self.ports[-1]
             decisions = Decisions([port] * len(batch), [ERROR] * len(batch))
         state.write_back()
@@ -87,6 +98,42 @@ class FunctionEngine:
         out.records = self._checked_records(decisions.records)
         if decisions.metrics:
             self._count_metrics(decisions.metrics)
+        return out
+
+    def forget(self, partition: int) -> None:
+        """The partition's tables may have changed beneath the core (a new
+        assignment, a recovery's undo): drop what the core derived from them."""
+        self.function.forget(partition)
+
+    def _swept(self, batch: PacketBatch, headers: object, state: BatchState) -> Decisions:
+        """process() between the sweeps at the grid points this batch reaches."""
+        core, interval = self.function, self.function.sweep_interval_ns
+        control = state.table(CONTROL_TABLE)
+        ts = batch.records["ts_ns"]
+        top = np.maximum.accumulate(ts)
+        stored = control.get(SWEEP_KEY)
+        tick = (int(ts[0]) // interval + 1) * interval if stored is None else int(stored)
+        cuts: list[tuple[int, int]] = []  # (first packet after the sweep, grid point)
+        while int(top[-1]) >= tick:
+            at = int(np.searchsorted(top, tick, side="left"))
+            last = int(top[at]) // interval * interval  # a jump over several points: sweep once
+            cuts.append((at, last))
+            tick = last + interval
+        if tick != stored:
+            control.set(SWEEP_KEY, tick)
+        if not cuts:
+            return core.process(batch, headers, state)  # type: ignore[arg-type]
+        out = Decisions()
+        start = 0
+        for at, now in [*cuts, (len(batch), -1)]:
+            if at > start:
+                part = batch.select(range(start, at))
+                part.headers = headers.take(range(start, at))  # type: ignore[attr-defined]
+                _extend(out, core.process(part, part.headers, state), start)
+            if now >= 0:
+                ctx = SweepContext(state.partition, now)
+                _extend(out, Decisions(records=core.sweep(state, ctx), metrics=ctx.metrics), 0)
+            start = at
         return out
 
     def end_of_input(
@@ -111,6 +158,7 @@ class FunctionEngine:
         except Exception:
             log.exception("%s failed to finish partition %d", self.function.kind, partition)
             state.discard()
+            self.function.forget(partition)
             view.set(key, seen)
             records = {}
             ctx.metrics.clear()
@@ -137,6 +185,18 @@ class FunctionEngine:
                 out[port] = items
                 self.counters[port] += len(items)
         return out
+
+
+def _extend(out: Decisions, part: Decisions, offset: int) -> None:
+    """Append the decisions of a slice that starts at packet `offset`."""
+    out.ports += part.ports
+    out.reasons += part.reasons
+    for i, data in part.replaced.items():
+        out.replaced[offset + i] = data
+    for port, items in part.records.items():
+        out.records.setdefault(port, []).extend(items)
+    for name, n in part.metrics.items():
+        out.metrics[name] = out.metrics.get(name, 0) + n
 
 
 def _by_port(ports: list[str]) -> dict[str, np.ndarray | None]:

@@ -129,10 +129,18 @@ class TableView:
 
 
 class BatchState:
-    """The tables of one function on one partition, for one batch."""
+    """The tables of one function on one partition, for one batch.
 
-    def __init__(self, stores: dict[str, Store], *, deferred: bool = False) -> None:
+    `partition` is the input partition whose tables these are: a core that keeps
+    an in-memory index derived from its tables (snf.core.expiry) keys it by this."""
+
+    __slots__ = ("_views", "partition")
+
+    def __init__(
+        self, stores: dict[str, Store], *, deferred: bool = False, partition: int = 0
+    ) -> None:
         self._views = {name: TableView(store, deferred=deferred) for name, store in stores.items()}
+        self.partition = partition
 
     def table(self, name: str) -> TableView:
         return self._views[name]

@@ -57,7 +57,8 @@ class LocalPipeline:
 
     def _stage(self, name: str, partition: int, batch: PacketBatch) -> None:
         pf = self.pipeline.function(name)
-        out = self.engines[name].handle(batch, BatchState(self.stores[name][partition]))
+        state = BatchState(self.stores[name][partition], partition=partition)
+        out = self.engines[name].handle(batch, state)
         self._emit(name, out)
         for port, route, p, b in deliveries(out, partition, pf, self.routers[name]):
             if self.heads and route.heads:
@@ -94,6 +95,7 @@ class LocalPipeline:
         for name in self.pipeline.graph.order:
             engine = self.engines[name]
             for p, store in enumerate(self.stores[name]):
-                out = engine.end_of_input(EndMarker(end_id, end_ts_ns, 1), p, BatchState(store))
+                state = BatchState(store, partition=p)
+                out = engine.end_of_input(EndMarker(end_id, end_ts_ns, 1), p, state)
                 if out is not None:
                     self._emit(name, out)
