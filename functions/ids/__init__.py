@@ -62,6 +62,7 @@ from pydantic import (
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, Record, triage
+from snf.core.limits import FileLimitError, read_text_file
 from snf.core.reasons import MALFORMED, numbered
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch, format_packet_id
@@ -150,21 +151,20 @@ class IdsConfig(FunctionConfig):
             base = (info.context or {}).get("base_dir")
             if base is not None and not path.is_absolute():
                 path = Path(base) / path
+            # A regular file of at most 4 MiB. The input of an error is the path, never
+            # a line of the file, so that no message quotes it.
             try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as exc:
-                raise _rule_error(
-                    ("rules_file",), f"cannot read rules file {str(path)!r}: {exc}", self.rules_file
-                ) from None
+                text = read_text_file(path, "rules file")
+            except FileLimitError as exc:
+                raise _rule_error(("rules_file",), str(exc), path) from None
             lines = [(f"{self.rules_file}:{n}", t) for n, t in enumerate(text.splitlines(), 1)]
         try:
-            self._compiled = compile_rules(lines, self.vars)
+            self._compiled = compile_rules(lines, self.vars, from_file=self.rules is None)
         except RuleError as exc:
             if self.rules is not None and exc.index is not None:
                 loc: tuple[str | int, ...] = ("rules", exc.index)
                 raise _rule_error(loc, str(exc), self.rules[exc.index]) from None
-            line = lines[exc.index][1] if exc.index is not None else self.rules_file
-            raise _rule_error(("rules_file",), str(exc), line) from None
+            raise _rule_error(("rules_file",), str(exc), Path(self.rules_file or "")) from None
         return self
 
     @property

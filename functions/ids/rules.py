@@ -242,11 +242,15 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
     )  # fmt: skip
 
 
-def compile_rules(lines: Iterable[tuple[str, str]], vars_: Mapping[str, str]) -> list[Rule]:
+def compile_rules(
+    lines: Iterable[tuple[str, str]], vars_: Mapping[str, str], from_file: bool = False
+) -> list[Rule]:
     """(where, text) pairs -> rules; blank and '#' lines are skipped.
 
     Raises RuleError("<where>: <problem>") at the first bad rule, with `index`
-    set to that rule's position in `lines`.
+    set to that rule's position in `lines`. With `from_file`, a line that does
+    not start with an action is reported by its number alone: a file named by
+    mistake (or on purpose, such as /etc/shadow) never has its content shown.
     """
     rules: list[Rule] = []
     sids: dict[int, str] = {}
@@ -254,6 +258,8 @@ def compile_rules(lines: Iterable[tuple[str, str]], vars_: Mapping[str, str]) ->
         if not text.strip() or text.lstrip().startswith("#"):
             continue
         try:
+            if from_file and text.split(None, 1)[0].lower() not in ACTIONS:
+                raise RuleError("not a rule: expected it to start with alert, drop or pass")
             rule = parse_rule(where, text, vars_)
             if rule.sid in sids:
                 raise RuleError(f"duplicate sid {rule.sid} (also {sids[rule.sid]})")

@@ -7,4 +7,5 @@ cidr        CIDR specs of function configs, parsed once into ints
 tables      the state interface: Store, MemoryStore, TableView, BatchState
 engine      FunctionEngine: parse, run the core, write state back, count, split by port
 registry    function type name -> class (built-ins and the entry-point group)
+limits      bounds on configuration: durations (Seconds), files it names (read_text_file)
 """

@@ -7,6 +7,7 @@ they are to the independent dpkt model.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -17,6 +18,7 @@ import pytest
 from pydantic import ValidationError
 
 from snf.core.engine import FunctionEngine
+from snf.core.limits import MAX_FILE_BYTES
 from snf.core.tables import BatchState
 from snf.functions.ids import Ids, IdsConfig
 from snf.functions.ids.match import Matcher
@@ -335,6 +337,31 @@ def test_rules_file_comments_blank_lines_and_line_numbers(
         "rules.txt:12: expected '->' or '<>' after the source port, found '=>'"
     )
     assert "cannot read rules file" in config_error({"rules_file": "missing.rules"})["msg"]
+
+
+def test_a_rules_file_is_a_small_regular_file_and_never_quoted(tmp_path: Path) -> None:
+    def problem(path: str | Path) -> str:
+        err = config_error({"rules_file": str(path)})
+        assert err["loc"] == ("rules_file",)
+        return err["msg"]
+
+    os.mkfifo(tmp_path / "fifo")  # reading it would block until a writer came
+    assert problem(tmp_path / "fifo").endswith("rules file must be a regular file, not a FIFO")
+    assert problem("/dev/zero").endswith("must be a regular file, not a device")
+    assert problem(tmp_path).endswith("must be a regular file, not a directory")
+    big = tmp_path / "big.rules"
+    big.write_bytes(b"#" * (MAX_FILE_BYTES + 1))
+    assert problem(big) == f"{big}: rules file is larger than {MAX_FILE_BYTES} bytes (the limit)"
+    # A file that is not a rules file: named by its line, its content never shown.
+    secret = tmp_path / "shadow"
+    secret.write_text(f"{ANY} (sid:1;)\ns3cr3t:$6$hash:19000:0:99999:7:::\n")
+    msg = problem(secret)
+    assert msg == f"{secret}:2: not a rule: expected it to start with alert, drop or pass"
+    secret.write_bytes(b"\n\ns3cr3t\xff\n")
+    assert problem(secret) == f"{secret}: rules file is not UTF-8 text (line 3)"
+    with pytest.raises(ValidationError) as info:
+        IdsConfig.model_validate({"rules_file": str(secret)})
+    assert "s3cr3t" not in str(info.value)
 
 
 def test_vars_address_and_port_nested_negated() -> None:
