@@ -18,6 +18,7 @@ from snf.errors import ConfigError
 from snf.pipeline import names
 
 __all__ = [
+    "MAX_DEPTH",
     "Loc",
     "PipelineError",
     "Problem",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 Loc = tuple[str | int, ...]
+
+MAX_DEPTH = 64  # levels of YAML nesting in a pipeline file
 
 
 @dataclass(frozen=True)
@@ -52,11 +55,26 @@ class PipelineError(ConfigError):
 
 
 class YamlLoader(yaml.SafeLoader):
-    """SafeLoader that records duplicate keys; plain YAML keeps the last silently."""
+    """SafeLoader that records duplicate keys (plain YAML keeps the last silently)
+    and refuses nesting deeper than MAX_DEPTH levels."""
 
     def __init__(self, stream: str) -> None:
         super().__init__(stream)
         self.duplicates: list[tuple[yaml.MappingNode, yaml.Node, yaml.Node]] = []
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        # PyYAML composes recursively: thousands of levels end in a RecursionError,
+        # here and in every walk of the tree after it. A pipeline needs about ten.
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                what = f"nested deeper than {MAX_DEPTH} levels (the limit)"
+                raise yaml.composer.ComposerError(None, None, what, mark)
+            return super().compose_node(parent, index)  # type: ignore[misc]
+        finally:
+            self.depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: dict[tuple[str, str], yaml.Node] = {}

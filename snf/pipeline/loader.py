@@ -3,7 +3,9 @@
 Loading checks the YAML, the schema, every function type and every function
 config, the wiring graph and the partition counts before it returns, and
 raises all problems together as one PipelineError, one line each:
-"file:line: field.path: what was expected".
+"file:line: field.path: what was expected". The file itself is bounded first:
+a regular file of at most 4 MiB (snf.core.limits), at most 64 levels of YAML
+nesting (errors.MAX_DEPTH).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from snf.core.contract import FunctionConfig, NetworkFunction
+from snf.core.limits import MAX_FILE_BYTES, read_text_file
 from snf.core.registry import get_function
 from snf.errors import ConfigError
 from snf.pipeline.errors import (
@@ -38,10 +41,8 @@ def load_pipeline(path: str | Path, base_dir: Path | None = None) -> Pipeline:
     """Load and validate a file; relative paths in configs resolve against
     `base_dir` (default: the file's directory)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read pipeline file: {exc}") from exc
+    # A regular file of at most 4 MiB (snf.core.limits): never a FIFO or /dev/zero.
+    text = read_text_file(path, "pipeline file")
     return _build(text, str(path), path, base_dir)
 
 
@@ -50,6 +51,9 @@ def parse_pipeline(text: str, source: str = "<string>") -> Pipeline:
 
 
 def _build(text: str, source: str, path: Path | None, base_dir: Path | None = None) -> Pipeline:
+    if len(text) > MAX_FILE_BYTES:  # characters: at least as many bytes
+        msg = f"larger than {MAX_FILE_BYTES} bytes (the limit of a pipeline file)"
+        raise PipelineError([Problem(source, 1, "", msg)])
     loader = YamlLoader(text)
     try:
         root = loader.get_single_node()
