@@ -48,6 +48,11 @@ CONTROL_MAGIC = b"SNFC"
 RECORDS_MAGIC = b"SNFR"
 VERSION = 1
 _HEADER = struct.Struct("<4sBBHIQHHI")
+# Bounds on control data (anyone who can write a topic can write a message):
+MAX_CONTROL_BYTES = 4096  # an end marker is ~100 bytes
+MAX_RECORDS_BYTES = 16 << 20  # a records block is cut at ~512 KiB
+MAX_END_ID = 128
+MAX_EXPECTED = 1 << 16
 
 
 class WireError(SnfError):
@@ -187,9 +192,13 @@ def _block(texts: list[str], end: str, origin: str) -> bytes:
     return RECORDS_MAGIC + body.encode()
 
 
-def _json(message: bytes, what: str) -> dict[str, Any]:
+def _json(message: bytes, what: str, limit: int) -> dict[str, Any]:
+    if len(message) > limit:
+        raise WireError(f"{what} message of {len(message)} bytes (at most {limit})")
     try:
-        body = json.loads(message[4:])
+        body = json.loads(message[4:], parse_constant=_no_constant)
+    except RecursionError:
+        raise WireError(f"{what} message nests too deep") from None
     except ValueError as exc:
         raise WireError(f"{what} message is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
@@ -197,22 +206,38 @@ def _json(message: bytes, what: str) -> dict[str, Any]:
     return body
 
 
+def _no_constant(name: str) -> Any:
+    raise WireError(f"{name} is not a number snf accepts")
+
+
+def _end_marker(body: dict[str, Any]) -> EndMarker:
+    """The fields of an end marker, each checked: type, range, length."""
+    end_id, ts, expected = body.get("flush"), body.get("end_ts_ns"), body.get("expected")
+    origin = body.get("origin", "")
+    if not isinstance(end_id, str) or not 0 < len(end_id) <= MAX_END_ID:
+        raise WireError(f"bad control message: flush must be a string of 1..{MAX_END_ID} chars")
+    if type(ts) is not int or not 0 <= ts < 1 << 63:
+        raise WireError("bad control message: end_ts_ns must be an integer in [0, 2^63)")
+    if type(expected) is not int or not 1 <= expected <= MAX_EXPECTED:
+        raise WireError(f"bad control message: expected must be an integer in [1, {MAX_EXPECTED}]")
+    if not isinstance(origin, str) or len(origin) > MAX_END_ID:
+        raise WireError(f"bad control message: origin must be a string of <= {MAX_END_ID} chars")
+    return EndMarker(end_id, ts, expected, origin)
+
+
 def decode_any(message: bytes) -> PacketBatch | EndMarker | RecordBlock:
-    """Decode any message found on an snf topic."""
+    """Decode any message found on an snf topic.
+
+    Raises WireError, and nothing else, on anything that is not one: a null
+    (tombstone) value, a truncated batch, control JSON too big, too deep or
+    with numbers out of range."""
+    if not isinstance(message, bytes | bytearray | memoryview):
+        raise WireError("a null (tombstone) value" if message is None else "not bytes")
     magic = bytes(message[:4])
     if magic == CONTROL_MAGIC:
-        body = _json(message, "control")
-        try:
-            return EndMarker(
-                str(body["flush"]),
-                int(body["end_ts_ns"]),
-                int(body["expected"]),
-                str(body.get("origin", "")),
-            )
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WireError(f"bad control message: {exc!r}") from None
+        return _end_marker(_json(message, "control", MAX_CONTROL_BYTES))
     if magic == RECORDS_MAGIC:
-        body = _json(message, "records")
+        body = _json(message, "records", MAX_RECORDS_BYTES)
         records = body.get("records")
         if not isinstance(records, list):
             raise WireError("records message without a records list")

@@ -12,7 +12,7 @@ from typing import Any
 
 from snf import wire
 from snf.guarantee.journal import JOURNAL_PREFIX
-from snf.guarantee.lineage import Lineage
+from snf.guarantee.lineage import MAX_LINEAGE_VALUE, Lineage
 from snf.packet.batch import PacketBatch
 from snf.pipeline.loader import parse_pipeline
 from snf.pipeline.model import Pipeline
@@ -30,6 +30,7 @@ __all__ = [
     "user_state",
 ]
 
+CAPTURE = "capture:test/0"  # the lineage origin of the records input_records makes
 FLOWMON = "name: j\npartitions: 1\nfunctions:\n  - {name: fm, function: flowmon}\n"
 
 
@@ -78,8 +79,9 @@ class Send:
     topic: str
     value: bytes
     partition: int
-    lineage: Lineage
+    lineage: Lineage | None  # None: a dead letter
     future: asyncio.Future
+    headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
 @dataclass
@@ -93,9 +95,10 @@ class Sends:
         self, topic: str, value: bytes, partition: int, headers: list[tuple[str, bytes]]
     ) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
-        lineage = Lineage.from_headers(headers)
-        assert lineage is not None
-        self.sent.append(Send(topic, value, partition, lineage, future))
+        dead = topic.endswith(".dlq")  # keeps the original headers, however malformed
+        lineage = None if dead else Lineage.from_headers(headers)
+        assert lineage is not None or dead
+        self.sent.append(Send(topic, value, partition, lineage, future, list(headers)))
         if self.auto_ack:
             future.set_result(None)
         return future
@@ -132,7 +135,7 @@ FLOWS = [(f"10.0.0.{1 + i % 3}", f"192.0.2.{1 + i % 2}", 1000 + i, 80) for i in 
 
 
 def input_records(n: int, rng: Any, *, end: bool = True) -> list[InputRecord]:
-    """`n` batches of 1-4 packets of a few TCP flows (each with an upstream lineage),
+    """`n` batches of 1-4 packets of a few TCP flows (each with a capture lineage),
     then an end marker: what partition 0 of a function's input topic holds."""
     records = []
     seq = 0
@@ -144,10 +147,10 @@ def input_records(n: int, rng: Any, *, end: bool = True) -> list[InputRecord]:
             rows.append((1_000_000_000 * (offset + 1) + seq, len(frame), frame, 7, seq, ""))
             seq += 1
         value = wire.encode(PacketBatch.from_rows(1, rows, batch_id=offset))
-        headers = [Lineage("up/0", offset, 0).header()]
+        headers = [Lineage(CAPTURE, seq - 1, 0).header()]  # stamped as the capture agent does
         records.append(InputRecord(0, offset, value, headers))
     if end:
         marker = wire.EndMarker("run", 1_000_000_000 * (n + 1))
-        headers = [Lineage("up/0", n, 0).header()]
+        headers = [Lineage(CAPTURE, MAX_LINEAGE_VALUE - 1, 0).header()]
         records.append(InputRecord(0, n, wire.encode_end_marker(marker), headers))
     return records

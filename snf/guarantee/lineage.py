@@ -11,6 +11,7 @@ the packets a resumed replay sends again (`drop_replayed`).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,12 +20,28 @@ import numpy as np
 
 from snf.packet.batch import PacketBatch
 
-__all__ = ["CAPTURE_ORIGIN", "LINEAGE_HEADER", "Lineage", "Watermarks", "drop_replayed"]
+__all__ = [
+    "CAPTURE_ORIGIN",
+    "LINEAGE_HEADER",
+    "MAX_LINEAGE_VALUE",
+    "Lineage",
+    "LineageError",
+    "Watermarks",
+    "drop_replayed",
+    "lineage_value",
+]
 
 LINEAGE_HEADER = "snf-lineage"
 # Lineage origin of the capture agent's batches: "capture:<session>/<partition>", the
 # offset the batch's highest packet seq (a replay's seqs rise along each partition).
 CAPTURE_ORIGIN = "capture:"
+# Bounds on what a header may claim (anyone who can write a topic can write one):
+# offsets and seqs stay below 2^53, far beyond any real run and exact in JSON.
+MAX_LINEAGE_BYTES = 256
+MAX_LINEAGE_VALUE = 1 << 53
+MAX_CAPTURE_ORIGINS = 32  # capture sessions remembered per input partition
+_ORIGIN = re.compile(r"(capture:[A-Za-z0-9._-]{1,64}|[a-z][a-z0-9-]{0,47})/[0-9]{1,5}")
+_DIGITS = re.compile(r"[0-9]{1,16}")
 
 
 @dataclass(frozen=True, order=True)
@@ -42,14 +59,48 @@ class Lineage:
     def from_headers(
         cls, headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None
     ) -> Lineage | None:
-        if not headers:
-            return None
-        items = headers.items() if isinstance(headers, Mapping) else headers
-        for name, value in items:
-            if name == LINEAGE_HEADER and value:
-                origin, offset, index = bytes(value).decode().rsplit("|", 2)
-                return cls(origin, int(offset), int(index))
+        """The lineage a message's headers carry, None without one.
+
+        Raises LineageError on a malformed one: headers come from anyone who can
+        write the topic, so the value is bounded before it is parsed."""
+        value = lineage_value(headers)
+        return None if value is None else cls.parse(value)
+
+    @classmethod
+    def parse(cls, value: bytes) -> Lineage:
+        if len(value) > MAX_LINEAGE_BYTES:
+            raise LineageError(
+                f"lineage header of {len(value)} bytes (at most {MAX_LINEAGE_BYTES})"
+            )
+        try:
+            origin, offset, index = bytes(value).decode("ascii").rsplit("|", 2)
+        except (UnicodeDecodeError, ValueError):
+            raise LineageError("lineage header is not ASCII 'origin|offset|index'") from None
+        if not _ORIGIN.fullmatch(origin) or not (
+            _DIGITS.fullmatch(offset) and _DIGITS.fullmatch(index)
+        ):
+            raise LineageError(f"lineage header {value[:80]!r} is not 'origin|offset|index'")
+        lineage = cls(origin, int(offset), int(index))
+        if lineage.offset >= MAX_LINEAGE_VALUE or lineage.index >= MAX_LINEAGE_VALUE:
+            raise LineageError(f"lineage {lineage.offset}|{lineage.index} out of range")
+        return lineage
+
+
+class LineageError(ValueError):
+    """A malformed snf-lineage header."""
+
+
+def lineage_value(
+    headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None, name: str = LINEAGE_HEADER
+) -> bytes | None:
+    """The raw value of header `name` (the first), None if absent or empty."""
+    if not headers:
         return None
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for key, value in items:
+        if key == name and value:
+            return bytes(value)
+    return None
 
 
 @dataclass
@@ -69,8 +120,17 @@ class Watermarks:
         return mark is None or (lineage.offset, lineage.index) > mark
 
     def advance(self, lineage: Lineage | None) -> None:
-        if lineage is not None:
-            self.marks[lineage.origin] = (lineage.offset, lineage.index)
+        if lineage is None:
+            return
+        marks, origin = self.marks, lineage.origin
+        if origin not in marks and origin.startswith(CAPTURE_ORIGIN):
+            # Every replay is a new session: keep the newest few, so the marks (in
+            # every journal entry) stay small. A replay resumed after that many
+            # newer ones may deliver some packets twice.
+            sessions = [o for o in marks if o.startswith(CAPTURE_ORIGIN)]
+            for old in sessions[: max(0, len(sessions) - MAX_CAPTURE_ORIGINS + 1)]:
+                del marks[old]
+        marks[origin] = (lineage.offset, lineage.index)
 
     def copy(self) -> Watermarks:
         return Watermarks(dict(self.marks))

@@ -2,7 +2,8 @@
 
 Each batch carries the lineage of its replay session (snf.guarantee.lineage:
 origin `capture:<session>/<partition>`, offset the batch's highest seq), so
-the first function drops the packets a resumed replay sends again.
+the first function drops the packets a resumed replay sends again. With a
+control key in the environment every lineage is signed (control_auth).
 `on_delivered` hears of every batch the brokers acknowledged, with its
 packets' seqs, from the producer's I/O thread and in any order across
 partitions: the replay checkpoint (snf/ingress/checkpoint.py) is built on it.
@@ -16,11 +17,14 @@ from functools import partial
 import numpy as np
 
 from snf import wire
-from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage
+from snf.guarantee.control_auth import AUTH_HEADER, key_from_env, sign
+from snf.guarantee.lineage import CAPTURE_ORIGIN, MAX_LINEAGE_VALUE, Lineage
 from snf.kafka.producer import TopicProducer
 from snf.packet.batch import PacketBatch
 
 __all__ = ["BatchPublisher"]
+
+END_OFFSET = MAX_LINEAGE_VALUE - 1  # an end marker's lineage: after every batch's
 
 
 class BatchPublisher:
@@ -37,22 +41,38 @@ class BatchPublisher:
         self.session = session  # None: no lineage (tests that publish by hand)
         self.on_delivered = on_delivered  # called with the seqs of each acknowledged batch
         self.producer = TopicProducer(bootstrap, topic)
+        self.key = key_from_env()  # the pipeline's control key (snf.guarantee.control_auth)
 
     def __call__(self, partition: int, batch: PacketBatch) -> None:
-        headers = None
+        value, headers = wire.encode(batch), None
         if self.session is not None and len(batch):
             last = int(batch.records["seq"].max())
-            headers = [Lineage(f"{CAPTURE_ORIGIN}{self.session}/{partition}", last, 0).header()]
+            headers = self._headers(Lineage(self._origin(partition), last, 0), value)
         on_acked = None
         if self.on_delivered is not None:
             # Only a copy of the seqs waits for the ack, not the whole batch.
             on_acked = partial(self.on_delivered, batch.records["seq"].copy())
-        self.producer.send(partition, wire.encode(batch), headers, on_acked)
+        self.producer.send(partition, value, headers, on_acked)
 
     def send_end_markers(self, marker: wire.EndMarker, partitions: int) -> None:
-        """End of input: one end marker to every partition, after its last batch."""
+        """End of input: one end marker to every partition, after its last batch.
+        With a session it carries the session's last lineage (after any seq), so
+        a resumed replay's marker counts as sent again and a signed one is trusted."""
+        value = wire.encode_end_marker(marker)
         for p in range(partitions):
-            self.producer.send(p, wire.encode_end_marker(marker))
+            headers = None
+            if self.session is not None:
+                headers = self._headers(Lineage(self._origin(p), END_OFFSET, 0), value)
+            self.producer.send(p, value, headers)
+
+    def _origin(self, partition: int) -> str:
+        return f"{CAPTURE_ORIGIN}{self.session}/{partition}"
+
+    def _headers(self, lineage: Lineage, value: bytes) -> list[tuple[str, bytes]]:
+        headers = [lineage.header()]
+        if self.key is not None:
+            headers.append((AUTH_HEADER, sign(self.key, headers[0][1], value)))
+        return headers
 
     def close(self, timeout: float = 60.0) -> None:
         """Deliver everything; raises PublishError if a batch failed."""

@@ -145,6 +145,11 @@ class PipelineFunction:
             return names.ingress_topic(self.pipeline)
         return names.input_topic(self.pipeline, self.name)
 
+    @property
+    def dlq_topic(self) -> str:
+        """Where the worker puts input messages it cannot process (snf dlq)."""
+        return names.dlq_topic(self.input_topic)
+
     def route(self, port: str, dest: Dest) -> Route:
         lay = self.layout
         if dest.kind == "function":
@@ -318,6 +323,9 @@ class Pipeline:
                 specs[topic] = TopicSpec(
                     fn.partitions, fn.replication, topic_configs(fn.replication, compact=True)
                 )
+            specs[fn.dlq_topic] = TopicSpec(
+                fn.partitions, fn.replication, topic_configs(fn.replication)
+            )
         return specs
 
     def topics(self) -> dict[str, int]:

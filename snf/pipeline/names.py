@@ -5,6 +5,8 @@ One pattern, documented in docs/ARCHITECTURE.md:
     snf.<pipeline>.ingress                 capture agent -> the entry function
     snf.<pipeline>.<function>.in           input of every other function
     snf.<pipeline>.<function>.<port>       an output port wired to no function
+    <input topic>.dlq                      a function's dead letters: input messages
+                                           it could not process, with the reason
     snf.<pipeline>.egress                  the pipeline's output (`egress` links)
     snf.<pipeline>.<function>              consumer group and Faust app id
     snf.<pipeline>.<function>-state-changelog   all its state (Faust's name for the
@@ -21,6 +23,7 @@ import re
 __all__ = [
     "NAME_PATTERN",
     "changelog_topic",
+    "dlq_topic",
     "egress_topic",
     "group_id",
     "ingress_topic",
@@ -59,6 +62,11 @@ def private_topic(pipeline: str, external: str) -> str:
 
 def port_topic(pipeline: str, function: str, port: str) -> str:
     return f"{PREFIX}.{_check('pipeline', pipeline)}.{_check('function', function)}.{port}"
+
+
+def dlq_topic(input_topic: str) -> str:
+    # Per function, after its input (Kafka Connect's errors.deadletterqueue is per connector).
+    return f"{input_topic}.dlq"
 
 
 def group_id(pipeline: str, function: str) -> str:

@@ -185,7 +185,9 @@ def test_watermarks_skip_what_they_have_seen_per_origin() -> None:
 def test_lineage_header_round_trip() -> None:
     lin = Lineage("flows/12", 123456789, 3)
     assert Lineage.from_headers([("other", b"x"), lin.header()]) == lin
-    assert Lineage.from_headers({"snf-lineage": b"a|b/1|2|3"}) == Lineage("a|b/1", 2, 3)
+    assert Lineage.from_headers({"snf-lineage": b"capture:s-1/0|2|3"}) == Lineage(
+        "capture:s-1/0", 2, 3
+    )
     assert Lineage.from_headers(None) is None and Lineage.from_headers([]) is None
 
 

@@ -189,6 +189,8 @@ def test_three_function_chain_topics() -> None:
         "snf.p.f2.in",
         "snf.p.f3.in",
         *(f"snf.p.{f}.{port}" for f in ("f1", "f2", "f3") for port in ("drop", "alerts")),
+        # each function's dead letters, after its input
+        *("snf.p.ingress.dlq", "snf.p.f2.in.dlq", "snf.p.f3.in.dlq"),
     }
     assert pipeline.changelog_topics() == {
         f"snf.p.{f}-state-changelog": 8 for f in ("f1", "f2", "f3")

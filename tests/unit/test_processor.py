@@ -93,7 +93,11 @@ def test_an_undecodable_message_is_counted_and_passed_over() -> None:
 
     run(go())
     assert processor.counters["bad_batch"] == 2
-    assert processor.done[0] == 1 and not sends.sent
+    assert processor.done[0] == 1
+    assert [(s.topic, s.partition) for s in sends.sent] == [("snf.j.ingress.dlq", 0)] * 2
+    assert [s.value for s in sends.sent] == [b"not a batch", block]
+    why = dict(sends.sent[1].headers)
+    assert why["snf.errors.offset"] == b"1" and why["snf.errors.class"] == b"WireError"
 
 
 def test_a_full_journal_ring_waits_for_the_oldest_acknowledgement() -> None:

@@ -2,6 +2,9 @@
 
 app             the Faust wiring: app, topics, table, agent, timers, signals
 processor       Processor: one input record, from decode to journal, state and outputs
+admission       what of an input record may be trusted: decode, lineage, control data
+dead_letters    DeadLetter and the headers of a record sent to the function's DLQ
+attempts        the offset each partition is on, in a file: poison records that crash
 outputs         one event's output messages, each stamped with its lineage
 partition       PartitionState: per input partition, settled point and watermarks
 state_table     each core table as a prefix of the function's single state table

@@ -26,10 +26,13 @@ from typing import Any
 import faust
 
 from snf.core.tables import STATE_TABLE
+from snf.guarantee.control_auth import key_from_env
+from snf.kafka.security import WorkerAuth, worker_auth
 from snf.kafka.side_reader import SideReader
 from snf.pipeline.model import Pipeline, PipelineFunction
 from snf.pipeline.routing import plan_pipeline
 from snf.runtime.worker import faust_compat
+from snf.runtime.worker.attempts import ATTEMPTS_FILE
 from snf.runtime.worker.catch_up import CatchUp
 from snf.runtime.worker.commit import COMMIT_INTERVAL, Committer
 from snf.runtime.worker.coordination import Coordination
@@ -40,7 +43,7 @@ from snf.runtime.worker.lifecycle import Lifecycle, die, prepare_datadir
 from snf.runtime.worker.metrics import WorkerMetrics, instance_name
 from snf.runtime.worker.processor import InputRecord, Processor
 
-__all__ = ["create_app", "run_worker"]
+__all__ = ["broker_credentials", "create_app", "run_worker"]
 
 log = logging.getLogger("snf.worker")
 FETCH_MAX_WAIT_MS = 200  # Faust's 1500 delayed every step of a takeover (faust_compat)
@@ -100,6 +103,23 @@ def _faust_app(fn: PipelineFunction, brokers: str, datadir: Path) -> faust.App:
         broker_heartbeat_interval=0.5,  # a survivor learns of a rebalance sooner
         broker_commit_interval=COMMIT_INTERVAL,
         producer_max_request_size=4 * 1024 * 1024,
+        broker_credentials=broker_credentials(worker_auth()),
+    )
+
+
+def broker_credentials(auth: WorkerAuth | None) -> faust.types.auth.CredentialsT | None:
+    """Faust's credentials for the process's Kafka settings (snf.kafka.security)."""
+    if auth is None:
+        return None
+    if auth.protocol == "SSL":
+        assert auth.ssl_context is not None
+        return faust.SSLCredentials(auth.ssl_context)
+    # SASL_SSL when given a context, SASL_PLAINTEXT without.
+    return faust.SASLCredentials(
+        username=auth.username,
+        password=auth.password,
+        mechanism=auth.mechanism,
+        ssl_context=auth.ssl_context,
     )
 
 
@@ -114,6 +134,7 @@ def _parts(
         for r in routes
         if r.topic is not None
     }
+    outputs[fn.dlq_topic] = app.topic(fn.dlq_topic, partitions=fn.partitions, **raw)
     # All tables of the core live in one Faust table, so one changelog partition
     # per input partition holds every state write and journal entry, in order.
     table = app.Table(STATE_TABLE, partitions=fn.partitions, key_type=bytes, default=None)
@@ -128,7 +149,16 @@ def _parts(
     coord, files = Coordination(), WorkerFiles(datadir)
     metrics = WorkerMetrics(fn.pipeline, fn.name, instance_name())
     state = FaustStateTable(table)
-    processor = Processor(fn, plan_pipeline(pipeline), state, send, metrics)
+    key = control_key()
+    processor = Processor(
+        fn,
+        plan_pipeline(pipeline),
+        state,
+        send,
+        metrics,
+        control_key=key,
+        attempts_path=datadir / ATTEMPTS_FILE,
+    )
     metrics.lag = lambda: _lag(app, processor)
     catch_up = CatchUp(
         processor,
@@ -219,6 +249,16 @@ def _connect(app: faust.App, w: WorkerParts) -> None:
     @app.timer(STATS_INTERVAL)
     async def write_stats() -> None:
         w.stats.write(assigned=w.lifecycle.assigned())
+
+
+def control_key() -> bytes | None:
+    key = key_from_env()
+    if key is None:
+        log.warning(
+            "no SNF_CONTROL_KEY: lineage and end markers are checked for shape and"
+            " origin only, not authenticated (docs/FAULT-TOLERANCE.md)"
+        )
+    return key
 
 
 def _lag(app: faust.App, processor: Processor) -> dict[int, int]:

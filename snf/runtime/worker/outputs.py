@@ -7,7 +7,8 @@ partition sends its records, an end block on every record destination, and
 the end marker on to every packet destination, after its last batch there.
 Packets bound where no reader needs their payload go as heads (Route.heads).
 Every message carries the lineage (origin, input offset, index) by which the
-next stage and the sink skip what a redo sends again (snf.guarantee.lineage).
+next stage and the sink skip what a redo sends again (snf.guarantee.lineage),
+and, with a control key, its `snf-auth` tag (snf.guarantee.control_auth).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from snf import wire
 from snf.core.engine import StageOutput
+from snf.guarantee.control_auth import AUTH_HEADER, sign
 from snf.guarantee.lineage import Lineage
 from snf.packet.batch import PacketBatch
 from snf.packet.heads import cut_heads
@@ -32,22 +34,29 @@ Send = Callable[[str, bytes, int, list[tuple[str, bytes]]], Awaitable[asyncio.Fu
 class _Event:
     """The outputs of one input event: numbered in order, their acks collected."""
 
-    def __init__(self, send: Send, origin: str, offset: int) -> None:
+    def __init__(self, send: Send, origin: str, offset: int, key: bytes | None) -> None:
         self._send = send
         self.origin = origin
         self.offset = offset
+        self.key = key
         self.futures: list[asyncio.Future] = []
 
     async def send(self, topic: str, value: bytes, partition: int) -> None:
         lineage = Lineage(self.origin, self.offset, len(self.futures))
-        self.futures.append(await self._send(topic, value, partition, [lineage.header()]))
+        headers = [lineage.header()]
+        if self.key is not None:  # readers trust the lineage only with the tag
+            headers.append((AUTH_HEADER, sign(self.key, headers[0][1], value)))
+        self.futures.append(await self._send(topic, value, partition, headers))
 
 
 class Outputs:
     """Sends what the engine made of one input event, for one function."""
 
-    def __init__(self, fn: PipelineFunction, plan: PipelinePlan, send: Send) -> None:
+    def __init__(
+        self, fn: PipelineFunction, plan: PipelinePlan, send: Send, key: bytes | None = None
+    ) -> None:
         self.fn = fn
+        self.key = key  # the control key (snf.guarantee.control_auth): outputs are signed
         self.plan = plan
         self.routers = plan.routers(fn.name)
         self._send = send
@@ -56,7 +65,7 @@ class Outputs:
         self, out: StageOutput, partition: int, offset: int
     ) -> tuple[int, Sequence[asyncio.Future]]:
         """Send a batch's outputs; return the packets sent and the send futures."""
-        event = _Event(self._send, f"{self.fn.name}/{partition}", offset)
+        event = _Event(self._send, f"{self.fn.name}/{partition}", offset, self.key)
         sent = 0
         # A batch fanned out to several topics is cut once; holding it keeps its id unique.
         heads: dict[int, tuple[PacketBatch, PacketBatch]] = {}
@@ -78,7 +87,7 @@ class Outputs:
     ) -> Sequence[asyncio.Future]:
         """A finished partition's records and end blocks, then its end markers."""
         origin = f"{self.fn.name}/{partition}"
-        event = _Event(self._send, origin, offset)
+        event = _Event(self._send, origin, offset, self.key)
         await self._records(event, out, partition, end=marker.end_id)
         passed_on = wire.encode_end_marker(
             wire.EndMarker(marker.end_id, marker.end_ts_ns, 1, origin)

@@ -6,7 +6,11 @@ Per record, in order (docs/FAULT-TOLERANCE.md, "The mechanism"):
 2. journaled: on first sight of the partition, plan its recovery from the
    journal and undo (`begin`); skip what an earlier owner did (before the
    recovery start) and what an upstream redo sends again (watermarks);
-3. decode (an undecodable message is counted and skipped);
+3. admit (snf.runtime.worker.admission): decode, check lineage and control
+   data; a record that fails, or that the engine refuses, or that took
+   worker processes down twice (snf.runtime.worker.attempts), goes to the
+   function's dead-letter topic with the reason (dead_letters) and the
+   worker goes on;
 4. run the engine on the batch or end marker, state writes deferred;
 5. journaled: write the journal entry (before-images, watermarks, settled
    point), then apply the state writes, then advance the watermarks;
@@ -24,11 +28,11 @@ Each step is timed once per record into the worker's metrics
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from snf import wire
 from snf.core.engine import FunctionEngine, StageOutput
@@ -41,10 +45,13 @@ from snf.guarantee.journal import (
     journal_keys,
     table_key,
 )
-from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage, drop_replayed
+from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage, LineageError, drop_replayed
 from snf.packet.batch import PacketBatch
 from snf.pipeline.model import PipelineFunction
 from snf.pipeline.routing import PipelinePlan
+from snf.runtime.worker.admission import Admission
+from snf.runtime.worker.attempts import MAX_TRIES, Attempts
+from snf.runtime.worker.dead_letters import DeadLetter, dead_letter_headers
 from snf.runtime.worker.metrics import WorkerMetrics
 from snf.runtime.worker.outputs import Outputs, Send
 from snf.runtime.worker.partition import PartitionState
@@ -53,6 +60,8 @@ from snf.runtime.worker.state_table import CountingStore, PrefixedStore
 __all__ = ["InputRecord", "Processor"]
 
 log = logging.getLogger("snf.worker")
+# What one bad record can raise: it is dead-lettered, and the worker goes on.
+REJECTED = (DeadLetter, wire.WireError, LineageError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +70,7 @@ class InputRecord:
 
     partition: int
     offset: int
-    value: bytes
+    value: bytes | None  # None: a tombstone, which no snf writer sends
     headers: Sequence[tuple[str, bytes]] | None = None
     timestamp: float | None = None  # its Kafka timestamp (producer's send time), in s
 
@@ -76,12 +85,18 @@ class Processor:
         table: Store,
         send: Send,
         metrics: WorkerMetrics | None = None,
+        *,
+        control_key: bytes | None = None,
+        attempts_path: Path | None = None,
     ) -> None:
         self.fn = fn
         self.table = CountingStore(table)
         self.engine = FunctionEngine(plan.cores[fn.name])
         self.counters = self.engine.counters
-        self.outputs = Outputs(fn, plan, send)
+        self.outputs = Outputs(fn, plan, send, control_key)
+        self.send = send
+        self.admission = Admission(fn, plan.pipeline, control_key)
+        self.attempts = Attempts(attempts_path)
         self.ends_expected = plan.ends_expected(fn.name)
         self.journaled = fn.journaled
         self.stores = {name: PrefixedStore(self.table, name) for name in fn.state_tables}
@@ -101,16 +116,24 @@ class Processor:
             # would apply its state effects twice and send its outputs again.
             self.counters["redelivered"] += 1
             return
-        lineage = Lineage.from_headers(record.headers)
         part = self.begin(partition, offset) if self.journaled else None
-        if part is not None and (offset < part.start or not part.marks.is_new(lineage)):
-            self._skip(offset < part.start, lineage, record.value)
+        if part is not None and offset < part.start:
+            self.counters["skipped"] += 1  # done by an earlier owner: its effects are in
         else:
-            started = time.perf_counter()
-            message = self._decode(record)
-            if message is not None:
-                since = self.metrics.lap("decode", started)
-                await self._process(message, record, lineage, part, since)
+            died = self.attempts.start(partition, offset)
+            try:
+                if died >= MAX_TRIES:
+                    raise DeadLetter("Crashed", f"{died} worker processes died handling it")
+                started = time.perf_counter()
+                lineage, message = self.admission.admit(record.value, record.headers)
+                if part is not None and not part.marks.is_new(lineage):
+                    self._skip(lineage, message)
+                else:
+                    since = self.metrics.lap("decode", started)
+                    await self._process(message, record, lineage, part, since)
+            except REJECTED as exc:
+                await self._dead_letter(record, exc, part)
+            self.attempts.done(partition)
         self.done[partition] = offset
 
     def begin(self, partition: int, offset: int) -> PartitionState:
@@ -138,6 +161,7 @@ class Processor:
                 table.delete(key)
             else:
                 table.set(key, value)
+        self.engine.forget(partition)  # what the core derived may predate the undo
         if entries and offset > recovery.start:
             log.error(
                 "%s: partition %d starts at %d, after its recovery point %d",
@@ -148,31 +172,33 @@ class Processor:
             )
         return part
 
-    def _skip(self, before_start: bool, lineage: Lineage | None, value: bytes) -> None:
-        """Done before a takeover, or a copy sent again by an upstream redo: its
-        effects are in already."""
-        self.counters["skipped" if before_start else "duplicate_in"] += 1
-        if not before_start and lineage is not None and lineage.origin.startswith(CAPTURE_ORIGIN):
-            # A resumed replay's batch of repeats only: count its packets too.
-            with contextlib.suppress(wire.WireError):
-                self.counters["duplicate_in_packets"] += len(wire.decode_any(value))
+    def _skip(self, lineage: Lineage | None, message: PacketBatch | wire.EndMarker) -> None:
+        """A copy sent again by an upstream redo: its effects are in already."""
+        self.counters["duplicate_in"] += 1
+        capture = lineage is not None and lineage.origin.startswith(CAPTURE_ORIGIN)
+        if capture and isinstance(message, PacketBatch):  # a resumed replay's repeats only
+            self.counters["duplicate_in_packets"] += len(message)
 
-    def _decode(self, record: InputRecord) -> PacketBatch | wire.EndMarker | None:
-        try:
-            message = wire.decode_any(record.value)
-            if isinstance(message, wire.RecordBlock):
-                raise wire.WireError("a records message on a packet topic")
-        except wire.WireError as exc:
+    async def _dead_letter(
+        self, record: InputRecord, error: BaseException, part: PartitionState | None
+    ) -> None:
+        """The record to the function's DLQ with the reason; processing goes on."""
+        fn, where = self.fn, (self.fn.input_topic, record.partition, record.offset)
+        self.counters["dead_letters"] += 1
+        if isinstance(error, wire.WireError):
             self.counters["bad_batch"] += 1
-            log.error(
-                "skipping undecodable message at %s/%d@%d: %s",
-                self.fn.input_topic,
-                record.partition,
-                record.offset,
-                exc,
-            )
-            return None
-        return message
+        log.error(
+            "%s: dead-lettering %s/%d@%d: %s: %s",
+            fn.name,
+            *where,
+            type(error).__name__,
+            str(error)[:200],
+        )
+        headers = dead_letter_headers(record.headers, where, fn.name, error)
+        value = record.value if isinstance(record.value, bytes | None) else bytes(record.value)
+        future = await self.send(fn.dlq_topic, value, record.partition, headers)  # type: ignore[arg-type]
+        if part is not None:
+            part.inflight.append((record.offset, [future]))  # settled once it is stored
 
     async def _process(
         self,
@@ -188,16 +214,20 @@ class Processor:
             message = drop_replayed(message, lineage, part.marks)  # a resumed replay's repeats
             if len(message) < n:
                 self.counters["duplicate_in_packets"] += n - len(message)
-        state = BatchState(self.stores, deferred=self.journaled)
-        if isinstance(message, wire.EndMarker):
-            # The topology, not the sender, knows how many origins feed this partition.
-            marker = wire.EndMarker(
-                message.end_id, message.end_ts_ns, self.ends_expected, message.origin
-            )
-            out: StageOutput | None = self.engine.end_of_input(marker, partition, state)
-        else:
-            out = self.engine.handle(message, state)
-            metrics.batches += 1
+        state = BatchState(self.stores, deferred=self.journaled, partition=partition)
+        try:
+            if isinstance(message, wire.EndMarker):
+                # The topology, not the sender, knows how many origins feed this partition.
+                marker = wire.EndMarker(
+                    message.end_id, message.end_ts_ns, self.ends_expected, message.origin
+                )
+                out: StageOutput | None = self.engine.end_of_input(marker, partition, state)
+            else:
+                out = self.engine.handle(message, state)
+                metrics.batches += 1
+        except Exception as exc:  # the engine refused the core's answer: no state written
+            state.discard()
+            raise DeadLetter(type(exc).__name__, f"{self.fn.cls.kind}: {exc}") from exc
         since = metrics.lap("engine", since)
         if part is not None:
             since = await self._journal(part, offset, lineage, state, since)
@@ -292,6 +322,7 @@ class Processor:
         mine = set(partitions)
         for p in set(self.done) - mine:
             del self.done[p]
+            self.engine.forget(p)
         for p in set(self.parts) - mine:
             del self.parts[p]
         self.first_output.intersection_update(mine)
