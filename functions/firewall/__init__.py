@@ -59,7 +59,18 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, field_validator
 
 from snf.core.cidr import parse_cidrs
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, triage
+from snf.core.contract import (
+    EVICTED,
+    BoundedStateConfig,
+    Decisions,
+    FunctionConfig,
+    NetworkFunction,
+    Record,
+    SweepContext,
+    triage,
+)
+from snf.core.expiry import ExpiryIndex
+from snf.core.limits import Seconds
 from snf.core.reasons import MALFORMED, NON_IP, numbered
 from snf.core.tables import BatchState, TableView
 from snf.packet.batch import PacketBatch
@@ -74,6 +85,8 @@ _FIN = 0x01
 _SYN = 0x02
 _RST = 0x04
 _ACK = 0x10
+_SYN_ACK = _SYN | _ACK
+_HALF_OPEN = 0x0C  # state bits 2+d: opened by a bare SYN from direction d, no reply yet
 _NS = 1_000_000_000
 DEFAULT = "default"  # no live connection, no matching rule, default drop
 FRAGMENT = "fragment"  # a later fragment whose first fragment was not seen (or expired)
@@ -132,13 +145,18 @@ class FirewallRule(BaseModel, extra="forbid"):
 class FirewallTimeouts(BaseModel, extra="forbid"):
     """Idle lifetimes in seconds (packet time) of tracked state."""
 
-    tcp: float = Field(default=3600, gt=0, description="TCP connection idle timeout.")
-    tcp_closing: float = Field(
-        default=10, gt=0, description="TCP connection after a FIN was seen in both directions."
+    tcp: Seconds = Field(default=3600, description="TCP connection idle timeout.")
+    tcp_syn: Seconds = Field(
+        default=120,
+        description="TCP connection opened by a bare SYN that has seen no reply yet "
+        "(half-open; Linux conntrack's syn_sent).",
     )
-    udp: float = Field(default=60, gt=0, description="UDP flow idle timeout.")
-    icmp: float = Field(default=30, gt=0, description="ICMP and ICMPv6 idle timeout.")
-    other: float = Field(default=60, gt=0, description="Any other IP protocol.")
+    tcp_closing: Seconds = Field(
+        default=10, description="TCP connection after a FIN was seen in both directions."
+    )
+    udp: Seconds = Field(default=60, description="UDP flow idle timeout.")
+    icmp: Seconds = Field(default=30, description="ICMP and ICMPv6 idle timeout.")
+    other: Seconds = Field(default=60, description="Any other IP protocol.")
     fragment: float = Field(
         default=30,
         gt=0,
@@ -149,7 +167,7 @@ class FirewallTimeouts(BaseModel, extra="forbid"):
     )
 
 
-class FirewallConfig(FunctionConfig):
+class FirewallConfig(BoundedStateConfig):
     """Config of the firewall function."""
 
     default: Literal["allow", "drop"] = Field(
@@ -174,6 +192,7 @@ class Firewall(NetworkFunction):
     kind: ClassVar[str] = "firewall"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
     reasons: ClassVar[tuple[str, ...]] = (MALFORMED, NON_IP, DEFAULT, FRAGMENT, numbered(RULE))
+    metrics: ClassVar[tuple[str, ...]] = (EVICTED,)
     key: ClassVar[str] = "flow"
     tables: ClassVar[tuple[str, ...]] = ("conn", "frag")
     Config: ClassVar[type[FunctionConfig]] = FirewallConfig
@@ -189,12 +208,59 @@ class Firewall(NetworkFunction):
         ]
         t = config.timeouts
         self._tcp_ns = round(t.tcp * _NS)
+        self._syn_ns = round(t.tcp_syn * _NS)
         self._closing_ns = round(t.tcp_closing * _NS)
         self._other_ns = round(t.other * _NS)
         self._frag_ns = round(t.fragment * _NS)
         icmp_ns = round(t.icmp * _NS)
         # Non-TCP timeout by protocol number; TCP is handled apart (FIN state).
         self._timeout_ns: dict[int, int] = {17: round(t.udp * _NS), 1: icmp_ns, 58: icmp_ns}
+        # Per partition, when each conn and frag entry expires (snf.core.expiry).
+        self._conn_due: dict[int, ExpiryIndex] = {}
+        self._frag_due: dict[int, ExpiryIndex] = {}
+
+    def _timeout(self, proto: int, fins: int) -> int:
+        if proto != 6:
+            return self._timeout_ns.get(proto, self._other_ns)
+        if fins & 3 == 3:
+            return self._closing_ns
+        return self._syn_ns if fins & _HALF_OPEN else self._tcp_ns
+
+    def _conn_entry_due(self, key: bytes, value: Any) -> tuple[int, bool]:
+        """(due, embryonic) of a conn entry: the lazy path treats it as absent from due."""
+        fins = value[1]
+        return value[0] + self._timeout(key[1], fins) + 1, bool(fins & _HALF_OPEN)
+
+    def _frag_entry_due(self, key: bytes, value: Any) -> tuple[int, bool]:
+        return value[0] + self._frag_ns + 1, False
+
+    def _indexes(self, state: BatchState) -> tuple[ExpiryIndex, ExpiryIndex]:
+        """This partition's indexes, rebuilt from its tables after forget()."""
+        p = state.partition
+        conn = self._conn_due.get(p)
+        if conn is None:
+            conn = self._conn_due[p] = ExpiryIndex.build(
+                state.table("conn").items(), self._conn_entry_due
+            )
+        frag = self._frag_due.get(p)
+        if frag is None:
+            frag = self._frag_due[p] = ExpiryIndex.build(
+                state.table("frag").items(), self._frag_entry_due
+            )
+        return conn, frag
+
+    def forget(self, partition: int) -> None:
+        self._conn_due.pop(partition, None)
+        self._frag_due.pop(partition, None)
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        """Delete the conn and frag entries expired by ctx.now_ns, earliest first."""
+        for name, index in zip(("conn", "frag"), self._indexes(state), strict=True):
+            view = state.table(name)
+            for key in index.expired(ctx.now_ns, ctx.limit):
+                view.delete(key)
+                index.discard(key)
+        return {}
 
     def _rule_verdict(self, h: Headers, i: int, proto: int) -> tuple[bool, str]:
         """(allowed, reason) from the rules, or from `default` when none matches."""
@@ -210,20 +276,20 @@ class Firewall(NetworkFunction):
         decisions, ip = triage(headers, drop_non_ip=self.config.non_ip == "drop")
         ports, reasons = decisions.ports, decisions.reasons
         ts = batch.records["ts_ns"].tolist()
+        conn_due, frag_due = self._indexes(state)
         conn = state.table("conn")
         frags = state.table("frag")
-        conn_get, conn_set, conn_del = conn.get, conn.set, conn.delete
-        frag_get, frag_set = frags.get, frags.set
+        conn_get, frag_get, frag_set = conn.get, frags.get, frags.set
         frag, proto, flow = headers.frag, headers.proto, headers.flow
         tcp_flags, direction = headers.tcp_flags, headers.direction
-        timeout_get = self._timeout_ns.get
-        tcp_ns, closing_ns, other_ns = self._tcp_ns, self._closing_ns, self._other_ns
-        rule_verdict, later_fragment = self._rule_verdict, self._later_fragment
+        timeout, frag_ns = self._timeout, self._frag_ns
+        rule_verdict, later_fragment, track = self._rule_verdict, self._later_fragment, self._track
+        evicted = 0
 
         for i in ip:
             try:
                 if frag[i] == FRAG_LATER:
-                    allow, reason = later_fragment(headers, i, ts[i], frags)
+                    allow, reason = later_fragment(headers, i, ts[i], frags, frag_due)
                 else:
                     t = ts[i]
                     p = proto[i]
@@ -233,45 +299,82 @@ class Firewall(NetworkFunction):
                     entry = conn_get(ckey)
                     live = expired = False
                     if entry is not None:
-                        last, fins = entry[0], entry[1]
-                        if p != 6:
-                            timeout = timeout_get(p, other_ns)
-                        else:
-                            timeout = closing_ns if fins == 3 else tcp_ns
-                        expired = t - last > timeout
+                        fins = entry[1]
+                        expired = t - entry[0] > timeout(p, fins)
                         # After FIN both ways a bare SYN opens a new connection on
                         # the same ports, which the rules must admit (conntrack does
                         # the same in TIME_WAIT); other packets ride the old entry.
-                        live = not expired and not (fins == 3 and flags & (_SYN | _ACK) == _SYN)
+                        live = not expired and not (fins & 3 == 3 and flags & (_SYN | _ACK) == _SYN)
                     if live:
                         allow, reason = True, ""
                     else:
                         allow, reason = rule_verdict(headers, i, p)
                     # State changes come last, so a failure above writes nothing.
-                    if allow:
-                        if flags & _RST:
-                            if entry is not None:
-                                conn_del(ckey)
-                        elif live:
-                            new_last = t if t > last else last  # packet time may step back
-                            new_fins = fins | (1 << direction[i]) if flags & _FIN else fins
-                            if new_last != last or new_fins != fins:
-                                conn_set(ckey, [new_last, new_fins])
-                        else:
-                            conn_set(ckey, [t, (1 << direction[i]) if flags & _FIN else 0])
-                    elif expired:
-                        conn_del(ckey)  # stale entry; dropped packets create nothing
+                    if allow or expired:
+                        evicted += track(
+                            conn, conn_due, ckey, entry, live, allow, t, flags, direction[i]
+                        )
                     if first_key is not None:
                         value = [t, 1 if allow else 0, reason]
                         if frag_get(first_key) != value:  # a repeated first fragment renews it
                             frag_set(first_key, value)
+                            frag_due.set(first_key, t + frag_ns + 1)
             except Exception:  # crafted content broke an assumption: drop, never raise
                 allow, reason = False, MALFORMED
             if not allow:
                 ports[i], reasons[i] = "drop", reason
+        if evicted:
+            decisions.metrics[EVICTED] = evicted
         return decisions
 
-    def _later_fragment(self, h: Headers, i: int, t: int, frags: TableView) -> tuple[bool, str]:
+    def _track(
+        self,
+        conn: TableView,
+        due: ExpiryIndex,
+        ckey: bytes,
+        entry: list[int] | None,
+        live: bool,
+        allow: bool,
+        t: int,
+        flags: int,
+        d: int,
+    ) -> int:
+        """Conntrack after a verdict (allowed, or an expired entry found); returns
+        the number of entries evicted to make room (0 or 1)."""
+        if not allow or flags & _RST:
+            if entry is not None:
+                conn.delete(ckey)  # expired and dropped, or reset: the entry goes
+                due.discard(ckey)
+            return 0
+        if live:
+            assert entry is not None
+            last, fins = entry[0], entry[1]
+            new_last = t if t > last else last  # packet time may step back
+            new_fins = fins | (1 << d) if flags & _FIN else fins
+            if new_fins & _HALF_OPEN and not new_fins & (4 << d):
+                new_fins &= ~_HALF_OPEN  # the other side answered
+            if new_last == last and new_fins == fins:
+                return 0
+            value = [new_last, new_fins]
+        else:
+            value = [
+                t,
+                ((1 << d) if flags & _FIN else 0) | (4 << d if flags & _SYN_ACK == _SYN else 0),
+            ]
+        evicted = 0
+        if entry is None and len(due) >= self.config.max_entries:
+            victim = due.victim()  # full: half-open first, then the closest to expiry
+            if victim is not None:
+                conn.delete(victim)
+                due.discard(victim)
+                evicted = 1
+        conn.set(ckey, value)
+        due.set(ckey, *self._conn_entry_due(ckey, value))
+        return evicted
+
+    def _later_fragment(
+        self, h: Headers, i: int, t: int, frags: TableView, due: ExpiryIndex
+    ) -> tuple[bool, str]:
         """A non-first fragment has no L4 header: it inherits its first fragment's
         verdict (stored reason included), and never touches conntrack."""
         fkey = datagram_key_of(h, i)
@@ -280,4 +383,5 @@ class Firewall(NetworkFunction):
             return fentry[1] == 1, fentry[2]
         if fentry is not None:
             frags.delete(fkey)  # expired
+            due.discard(fkey)
         return False, FRAGMENT

@@ -145,6 +145,9 @@ class BatchState:
     def table(self, name: str) -> TableView:
         return self._views[name]
 
+    def __contains__(self, name: str) -> bool:
+        return name in self._views
+
     def write_back(self) -> int:
         return sum(v.write_back() for v in self._views.values())
 

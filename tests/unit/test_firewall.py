@@ -334,7 +334,9 @@ def test_dropped_packets_create_no_entry() -> None:
     ("timeout", "out", "back"),
     [
         (60, udp4(CLIENT, SERVER, 5000, 53), udp4(SERVER, CLIENT, 53, 5000)),
-        (3600, tcp4(CLIENT, SERVER, 5000, 80, "S"), tcp4(SERVER, CLIENT, 80, 5000, "SA")),
+        (3600, tcp4(CLIENT, SERVER, 5000, 80, "A"), tcp4(SERVER, CLIENT, 80, 5000, "A")),
+        # A bare SYN with no reply yet is half-open: timeouts.tcp_syn.
+        (120, tcp4(CLIENT, SERVER, 5000, 80, "S"), tcp4(SERVER, CLIENT, 80, 5000, "SA")),
         (30, icmp4(CLIENT, SERVER, 8), icmp4(SERVER, CLIENT, 0)),
         (30, icmp6("fd00::1", "2001:db8::1", 128), icmp6("2001:db8::1", "fd00::1", 129)),
         (60, proto4(CLIENT, SERVER, 47), proto4(SERVER, CLIENT, 47)),
@@ -416,9 +418,10 @@ def test_new_syn_on_closing_connection_is_decided_by_rules() -> None:
     # and the closing entry stays.
     assert run.one(at(3), tcp4(SERVER, CLIENT, 80, 5000, "S")) == ("drop", "default")
     assert list(run.conn.values()) == [[at(2), 3]]
-    # The client reopening is allowed and gets a fresh entry with the long timeout.
+    # The client reopening is allowed and gets a fresh entry, half-open (state bit
+    # 4 << direction) until the server answers.
     assert run.one(at(4), tcp4(CLIENT, SERVER, 5000, 80, "S")) == PASS
-    assert list(run.conn.values()) == [[at(4), 0]]
+    assert list(run.conn.values()) == [[at(4), 4]]
     assert run.one(at(100), tcp4(SERVER, CLIENT, 80, 5000, "SA")) == PASS
 
 
