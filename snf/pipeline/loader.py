@@ -50,7 +50,8 @@ def parse_pipeline(text: str, source: str = "<string>") -> Pipeline:
     return _build(text, source, None)
 
 
-def _build(text: str, source: str, path: Path | None, base_dir: Path | None = None) -> Pipeline:
+def _compose(text: str, source: str) -> tuple[YamlLoader, yaml.Node, Any]:
+    """The YAML's loader (its duplicate keys), node tree and data, or a PipelineError."""
     if len(text) > MAX_FILE_BYTES:  # characters: at least as many bytes
         msg = f"larger than {MAX_FILE_BYTES} bytes (the limit of a pipeline file)"
         raise PipelineError([Problem(source, 1, "", msg)])
@@ -64,7 +65,11 @@ def _build(text: str, source: str, path: Path | None, base_dir: Path | None = No
         loader.dispose()
     if root is None:
         raise PipelineError([Problem(source, 1, "", "empty file; expected a pipeline mapping")])
+    return loader, root, data
 
+
+def _build(text: str, source: str, path: Path | None, base_dir: Path | None = None) -> Pipeline:
+    loader, root, data = _compose(text, source)
     report = Report(source, root)
     for mapping, first, dup in loader.duplicates:
         loc = (*(find_loc(root, mapping) or ()), dup.value)
