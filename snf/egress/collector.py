@@ -5,9 +5,16 @@ results through it, so their files can be compared byte for byte. Output is
 ordered by packet id (source, seq), i.e. capture order, which keeps every
 flow in order whatever the interleaving of partitions was.
 
+Memory is bounded, so a run of any length fits: packets go to a Spool per
+terminal (snf.egress.spool: sorted runs on disk past SPOOL_BYTES, merged by
+id when written), ids to exact bitmaps (snf.egress.seen: 1 bit per packet
+per terminal), and the ingress copies that complete heads to a spool of
+their own, joined with each terminal's heads by a merge on id.
+
 Records (JSON objects from record ports such as ids.alerts or flowmon.flows)
 are deduplicated by their canonical JSON text, which is why cores must emit
-deterministic records, and written ordered by (ts_ns, text).
+deterministic records, and written ordered by (ts_ns, text); they stay in
+memory (a record summarises many packets).
 """
 
 from __future__ import annotations
@@ -15,18 +22,20 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from snf.egress.wholes import WholeStore
+from snf.egress.seen import SeenIds
+from snf.egress.spool import ROW, SPOOL_BYTES, Chunk, Spool
 from snf.packet.batch import PacketBatch, format_packet_id
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.model import EGRESS, PortKey
 
-__all__ = ["Collector"]
+__all__ = ["Collector", "packet_rows"]
 
 PacketId = tuple[int, int]  # (source id, seq)
 
@@ -42,11 +51,20 @@ class _Packet:
 
 @dataclass
 class _Terminal:
-    """What reached one terminal: the batches as they came, minus repeats."""
+    """What reached one terminal, minus repeats."""
 
-    parts: list[PacketBatch] = field(default_factory=list)
-    ids: dict[int, set[int]] = field(default_factory=dict)  # source id -> seqs
+    spool: Spool
+    seen: SeenIds = field(default_factory=SeenIds)
     count: int = 0
+    reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class Wholes:
+    """Whole copies of packets (from ingress), to complete heads (snf.packet.heads)."""
+
+    spool: Spool
+    missing: int = 0  # heads written without their copy (kept as heads)
 
 
 @dataclass
@@ -58,13 +76,19 @@ class Collector:
     records: dict[PortKey, dict[str, tuple[int, dict[str, Any]]]] = field(default_factory=dict)
     duplicate_records: int = 0
     duplicates_at: Counter[PortKey] = field(default_factory=Counter)  # `duplicates` per terminal
+    spool_bytes: int = SPOOL_BYTES  # held in memory by all spools together, then spilled
+    total: int = 0  # distinct packet ids, any terminal
     _terminals: dict[PortKey, _Terminal] = field(default_factory=dict, repr=False)
-    _seen: dict[int, set[int]] = field(default_factory=dict, repr=False)  # any terminal
-    # Whole copies of the packets (from ingress), to complete heads (snf.packet.heads).
-    wholes: WholeStore = field(default_factory=WholeStore, repr=False)
+    _any: SeenIds = field(default_factory=SeenIds, repr=False)
+    _reasons: dict[str, int] = field(default_factory=dict, repr=False)  # reason -> row index
+    _arrival: int = field(default=0, repr=False)
+    wholes: Wholes = field(init=False, repr=False)
     _view: tuple[int, dict[PortKey, dict[PacketId, _Packet]]] | None = field(
         default=None, repr=False
     )
+
+    def __post_init__(self) -> None:
+        self.wholes = Wholes(Spool(None))
 
     def add_records(self, where: PortKey, records: list[dict[str, Any]]) -> int:
         """Add records from a record port; return how many were new."""
@@ -81,7 +105,11 @@ class Collector:
 
     def add_payloads(self, batch: PacketBatch) -> None:
         """Keep an ingress batch's whole packets, to complete heads that come out."""
-        self.wholes.add(batch)
+        whole = batch.records["full_len"] == 0
+        if whole.any():
+            kept = batch if whole.all() else batch.select(np.flatnonzero(whole))
+            self.wholes.spool.add(self._rows(kept), kept.payload)
+            self._within_budget()
 
     def record_list(self, where: PortKey) -> list[dict[str, Any]]:
         """The records of one port in output order."""
@@ -93,76 +121,99 @@ class Collector:
 
         Deduplicated per terminal: with fan-out one id may reach several
         terminals (`conflicts` counts those; without fan-out each is a bug).
-        A batch of new ids from one source, the common case, is checked with
-        set operations and kept whole.
         """
-        term = self._terminals.setdefault(where, _Terminal())
+        term = self._terminals.get(where)
+        if term is None:
+            term = self._terminals[where] = _Terminal(Spool(None))
         if not len(batch):
-            self._view = None
             return 0
-        fresh = _fresh_whole(term, batch)
-        kept = batch if fresh is not None else _fresh_each(term, batch)
-        repeats = len(batch) - len(kept)
-        self.duplicates += repeats
-        self.duplicates_at[where] += repeats
-        if not len(kept):
+        rec = batch.records
+        sources = np.asarray(batch.sources, dtype=np.uint64)[rec["source"]]
+        fresh = term.seen.fresh(sources, rec["seq"])
+        n = int(fresh.sum())
+        self.duplicates += len(batch) - n
+        self.duplicates_at[where] += len(batch) - n
+        if not n:
             return 0
-        term.parts.append(kept)
-        term.count += len(kept)
-        self._view = None
-        new = 0
-        for sid, seqs in (fresh if fresh is not None else _ids_by_source(kept)).items():
-            seen = self._seen.setdefault(sid, set())
-            before = len(seen)
-            seen.update(seqs)
-            new += len(seen) - before
-        self.conflicts += len(kept) - new
+        kept = batch if n == len(batch) else batch.select(np.flatnonzero(fresh))
+        rows = self._rows(kept)
+        term.spool.add(rows, kept.payload)
+        self._within_budget()
+        term.count += n
+        counts = np.bincount(kept.records["reason"], minlength=len(kept.reasons)).tolist()
+        term.reasons.update({r: k for r, k in zip(kept.reasons, counts, strict=True) if k})
+        new = int(self._any.fresh(rows["source"], rows["seq"]).sum())
+        self.conflicts += n - new
+        self.total += new
         return new
+
+    def _within_budget(self) -> None:
+        """Spill the largest spools until what they hold fits `spool_bytes`."""
+        spools = [self.wholes.spool, *(t.spool for t in self._terminals.values())]
+        held = sum(s.held for s in spools)
+        while held > self.spool_bytes:
+            big = max(spools, key=lambda s: s.held)
+            held -= big.held
+            big.spill()
+
+    def _rows(self, batch: PacketBatch) -> np.ndarray:
+        """The spool rows (snf.egress.spool.ROW) of a batch, in its order."""
+        rec = batch.records
+        rows = np.empty(len(rec), dtype=ROW)
+        rows["source"] = np.asarray(batch.sources, dtype=np.uint64)[rec["source"]]
+        for name in ("seq", "ts_ns", "orig_len", "cap_len", "full_len"):
+            rows[name] = rec[name]
+        rows["arrival"] = np.arange(self._arrival, self._arrival + len(rec))
+        self._arrival += len(rec)
+        rows["linktype"] = batch.linktype
+        table = [self._reasons.setdefault(r, len(self._reasons)) for r in batch.reasons]
+        rows["reason"] = np.asarray(table, dtype=np.uint32)[rec["reason"]]
+        return rows
+
+    def _chunks(self, where: PortKey, data: bool = True) -> Iterator[Chunk]:
+        """A terminal's packets in id order, heads joined with their tails."""
+        term = self._terminals.get(where)
+        if term is None:
+            return
+        join = _Join(self.wholes) if data else None
+        for rows, datas in term.spool.chunks(data):
+            yield rows, join(rows, datas) if join is not None else datas
 
     @property
     def packets(self) -> dict[PortKey, dict[PacketId, _Packet]]:
-        """terminal -> packet id -> packet, in arrival order (built on demand, for
-        checks and tests; the writers read the batches directly)."""
-        version = sum(t.count for t in self._terminals.values())
-        if (
-            self._view is None
-            or self._view[0] != version
-            or len(self._view[1]) != len(self._terminals)
-        ):
-            view = {
-                where: _packet_dict(t.parts, self.wholes) for where, t in self._terminals.items()
-            }
-            self._view = (version, view)
+        """terminal -> packet id -> packet, in arrival order (built on demand, in
+        memory: for checks and tests; the writers stream from the spools)."""
+        if self._view is None or self._view[0] != self._arrival:
+            self._view = (self._arrival, {w: self._packet_dict(w) for w in self._terminals})
         return self._view[1]
 
-    @property
-    def total(self) -> int:
-        return sum(len(seqs) for seqs in self._seen.values())
+    def _packet_dict(self, where: PortKey) -> dict[PacketId, _Packet]:
+        names = list(self._reasons)
+        found = []
+        keys = ("arrival", "source", "seq", "linktype", "ts_ns", "orig_len", "reason")
+        for rows, datas in self._chunks(where):
+            found.extend(zip(*(rows[k].tolist() for k in keys), datas, strict=True))
+        found.sort(key=lambda row: row[0])
+        return {
+            (s, q): _Packet(lt, ts, orig, bytes(d), names[r])
+            for _, s, q, lt, ts, orig, r, d in found
+        }
 
     def count(self, where: PortKey) -> int:
         term = self._terminals.get(where)
         return term.count if term else 0
 
     def reasons(self, where: PortKey) -> Counter[str]:
-        found: Counter[str] = Counter()
         term = self._terminals.get(where)
-        for part in term.parts if term else ():
-            counts = np.bincount(part.records["reason"], minlength=len(part.reasons))
-            for reason, n in zip(part.reasons, counts.tolist(), strict=True):
-                if n:
-                    found[reason] += n
-        return found
+        return Counter(term.reasons) if term else Counter()
 
     def write_pcapng(self, path: Path, where: PortKey = EGRESS) -> int:
         """The packets of one terminal in packet id order, each id in its comment."""
-        term = self._terminals.get(where)
         with PcapngWriter(path) as w:
-            if term is None or not term.count:
-                return 0
-            cols = _sorted_columns(term.parts, self.wholes)
-            comments = _comments(cols["source"], cols["seq"])
-            w.write_batch(cols["linktype"], cols["ts_ns"], cols["orig_len"], cols["data"], comments)
-        return term.count
+            for rows, datas in self._chunks(where):
+                comments = _comments(rows["source"], rows["seq"])
+                w.write_batch(rows["linktype"], rows["ts_ns"], rows["orig_len"], datas, comments)
+        return self.count(where)
 
     def write_events(self, directory: Path) -> list[Path]:
         """One JSON Lines file per terminal but egress: <function>.<port>.jsonl
@@ -175,29 +226,32 @@ class Collector:
                 for record in self.record_list((function, port)):
                     f.write(json.dumps(record) + "\n")
             written.append(path)
-        for (function, port), bucket in sorted(self.packets.items()):
-            bucket = dict(sorted(bucket.items()))
+        names = list(self._reasons)
+        for function, port in sorted(self._terminals):
             if (function, port) == EGRESS:
                 continue
             path = directory / f"{function}.{port}.jsonl"
             with path.open("w") as f:
-                for pid, p in bucket.items():
-                    f.write(
-                        json.dumps(
-                            {
-                                "ts": p.ts_ns / 1e9,
-                                "ts_ns": p.ts_ns,
-                                "packet_id": format_packet_id(*pid),
-                                "function": function,
-                                "port": port,
-                                "reason": p.reason,
-                                "len": p.orig_len,
-                            }
-                        )
-                        + "\n"
-                    )
+                for rows, _ in self._chunks((function, port), data=False):
+                    f.writelines(packet_rows(rows, names, function, port))
             written.append(path)
         return written
+
+
+def packet_rows(rows: np.ndarray, reasons: list[str], function: str, port: str) -> Iterator[str]:
+    """The JSON Lines of packets at a side port: one line per row (spool.ROW)."""
+    cols = (rows[k].tolist() for k in ("ts_ns", "source", "seq", "reason", "orig_len"))
+    for ts, sid, seq, reason, length in zip(*cols, strict=True):
+        line = {
+            "ts": ts / 1e9,
+            "ts_ns": ts,
+            "packet_id": format_packet_id(sid, seq),
+            "function": function,
+            "port": port,
+            "reason": reasons[reason],
+            "len": length,
+        }
+        yield json.dumps(line) + "\n"
 
 
 def _comments(source: np.ndarray, seq: np.ndarray) -> list[bytes]:
@@ -211,78 +265,58 @@ def _comments(source: np.ndarray, seq: np.ndarray) -> list[bytes]:
     return out
 
 
-def _ids_by_source(batch: PacketBatch) -> dict[int, list[int]]:
-    src = batch.records["source"]
-    seqs = batch.records["seq"]
-    if len(batch.sources) == 1:
-        return {batch.sources[0]: seqs.tolist()}
-    return {batch.sources[s]: seqs[src == s].tolist() for s in np.unique(src).tolist()}
+class _Join:
+    """Heads completed from their whole copies: a merge join of a terminal's chunks
+    with the ingress copies, both in id order, one chunk of copies held at a time."""
+
+    def __init__(self, wholes: Wholes) -> None:
+        self.wholes = wholes
+        self.copies: Iterator[Chunk] | None = None
+        self.rows = np.zeros(0, dtype=ROW)
+        self.datas: list[bytes] = []
+
+    def __call__(self, rows: np.ndarray, datas: list[bytes]) -> list[bytes]:
+        cut = np.flatnonzero(rows["full_len"] > 0)
+        if not len(cut):
+            return datas
+        if self.copies is None:
+            self.copies = self.wholes.spool.chunks()
+        out = list(datas)
+        left = cut
+        last = (int(rows["source"][-1]), int(rows["seq"][-1]))
+        while len(left):
+            left = self._fill(rows, out, left)
+            if len(self.rows) and _last(self.rows) >= last:
+                break  # these copies reach past the chunk: keep them for the next
+            nxt = next(self.copies, None)
+            if nxt is None:
+                break
+            self.rows, self.datas = nxt
+        self.wholes.missing += len(left)
+        return out
+
+    def _fill(self, rows: np.ndarray, out: list[bytes], want: np.ndarray) -> np.ndarray:
+        """Join the heads at `want` found among the held copies; return the rest."""
+        if not len(self.rows):
+            return want
+        have_src, have_seq = self.rows["source"], self.rows["seq"]
+        found = np.full(len(want), -1, dtype=np.int64)
+        src, seq = rows["source"][want], rows["seq"][want]
+        for sid in np.unique(src).tolist():
+            lo = int(np.searchsorted(have_src, sid, side="left"))
+            hi = int(np.searchsorted(have_src, sid, side="right"))
+            at = np.flatnonzero(src == sid)
+            pos = np.searchsorted(have_seq[lo:hi], seq[at]) + lo
+            ok = pos < hi
+            ok[ok] = have_seq[pos[ok]] == seq[at][ok]
+            found[at[ok]] = pos[ok]
+        hit = np.flatnonzero(found >= 0)
+        cap, full = rows["cap_len"][want].tolist(), rows["full_len"][want].tolist()
+        for k in hit.tolist():
+            i = int(want[k])
+            out[i] = out[i] + self.datas[found[k]][cap[k] : full[k]]
+        return want[found < 0]
 
 
-def _fresh_whole(term: _Terminal, batch: PacketBatch) -> dict[int, set[int]] | None:
-    """The batch's ids by source when every one is new to the terminal (then
-    recorded there), else None."""
-    by_source = _ids_by_source(batch)
-    fresh = {sid: set(seqs) for sid, seqs in by_source.items()}
-    if sum(map(len, fresh.values())) != len(batch):
-        return None  # an id repeats within the batch
-    if any(not term.ids.get(sid, set()).isdisjoint(seqs) for sid, seqs in fresh.items()):
-        return None
-    for sid, seqs in fresh.items():
-        term.ids.setdefault(sid, set()).update(seqs)
-    return fresh
-
-
-def _fresh_each(term: _Terminal, batch: PacketBatch) -> PacketBatch:
-    """The packets whose id the terminal has not seen yet, first copy kept."""
-    keep = []
-    for i, (sid, seq) in enumerate(batch.packet_ids()):
-        seqs = term.ids.setdefault(sid, set())
-        if seq not in seqs:
-            seqs.add(seq)
-            keep.append(i)
-    return batch.select(keep)
-
-
-def _packet_dict(parts: list[PacketBatch], wholes: WholeStore) -> dict[PacketId, _Packet]:
-    out = {}
-    for part in parts:
-        lt = part.linktype
-        rec = part.records
-        ids = part.packet_ids()
-        datas = wholes.join(ids, part.packets(), rec["cap_len"], rec["full_len"])
-        for (ts, orig, _, sid, seq, reason), data in zip(part.rows(), datas, strict=True):
-            out[(sid, seq)] = _Packet(lt, ts, orig, bytes(data), reason)
-    return out
-
-
-def _sorted_columns(parts: list[PacketBatch], wholes: WholeStore) -> dict[str, Any]:
-    """Every packet of `parts` as columns, sorted by packet id (source, seq), heads
-    joined with their tails."""
-    recs = [p.records for p in parts]
-    source = np.concatenate(
-        [
-            np.asarray(p.sources, dtype=np.uint64)[r["source"]]
-            for p, r in zip(parts, recs, strict=True)
-        ]
-    )
-    seq = np.concatenate([r["seq"] for r in recs])
-    order = np.lexsort((seq, source))
-    cap = np.concatenate([r["cap_len"] for r in recs]).astype(np.int64)
-    end = np.cumsum(cap)
-    start = end - cap
-    whole = b"".join(p.payload for p in parts)  # one copy; then plain byte slices, the fastest
-    data = list(map(whole.__getitem__, map(slice, start[order].tolist(), end[order].tolist())))
-    full = np.concatenate([r["full_len"] for r in recs]).astype(np.int64)[order]
-    if full.any():
-        ids = list(zip(source[order].tolist(), seq[order].tolist(), strict=True))
-        data = wholes.join(ids, data, cap[order], full)
-    kinds = np.repeat([p.linktype for p in parts], [len(r) for r in recs])[order]
-    return {
-        "source": source[order],
-        "seq": seq[order],
-        "linktype": kinds,
-        "ts_ns": np.concatenate([r["ts_ns"] for r in recs])[order],
-        "orig_len": np.concatenate([r["orig_len"] for r in recs])[order],
-        "data": data,
-    }
+def _last(rows: np.ndarray) -> tuple[int, int]:
+    return int(rows["source"][-1]), int(rows["seq"][-1])

@@ -118,7 +118,8 @@ def test_heads_are_really_shipped() -> None:
     got = _run(
         ROOT / "pipelines" / "edge.yaml", ROOT / "pipelines" / "captures" / "edge.pcapng", True, 1
     )
-    parts = [p for t in got._terminals.values() for p in t.parts]
-    cut = sum(int(np.count_nonzero(p.records["full_len"])) for p in parts)
+    chunks = [c for t in got._terminals.values() for c in t.spool.chunks()]  # as received
+    cut = sum(int(np.count_nonzero(rows["full_len"])) for rows, _ in chunks)
     assert cut > 0
-    assert sum(len(p.payload) for p in parts) < sum(int(p.records["full_len"].sum()) for p in parts)
+    kept = sum(len(d) for _, datas in chunks for d in datas)
+    assert kept < sum(int(rows["full_len"].sum()) for rows, _ in chunks)
