@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from snf.errors import SnfError
+from snf.guarantee.control_auth import CONTROL_KEY_ENV, parse_key
 from snf.kafka import admin
 from snf.ops import deployment_dir as dp
 from snf.ops.deployment_dir import Deployment, FunctionTarget
@@ -218,6 +219,7 @@ def deploy(
     dep_dir.mkdir(parents=True, exist_ok=True)
     copy = dep_dir / "pipeline.yaml"
     shutil.copyfile(path, copy)
+    use_control_key(dep_dir)
     previous = dp.load(dep_dir) if (dep_dir / dp.DEPLOYMENT_FILE).exists() else None
     if previous is not None and previous.brokers != brokers and dp.supervisor_alive(dep_dir):
         raise DeployError(
@@ -241,6 +243,18 @@ def deploy(
     if wait:
         wait_assigned(dep_dir, pipeline, wait)
     return dep, p, created
+
+
+def use_control_key(dep_dir: Path) -> None:
+    """The deployment's control key in this process's environment, where the
+    supervisor, its workers and an in-process replay find it, and in the
+    deployment's directory, where `snf replay` finds it: SNF_CONTROL_KEY if
+    set, else the deployment's own (made on first deploy)."""
+    given = os.environ.get(CONTROL_KEY_ENV)
+    if given:
+        parse_key(given)  # a bad key fails here, not in every worker
+    key = dp.control_key(dep_dir, create=True, value=given)
+    os.environ[CONTROL_KEY_ENV] = key
 
 
 def _start_supervisor(dep_dir: Path) -> None:

@@ -27,15 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from snf.errors import SnfError
+from snf.guarantee.control_auth import new_key
 from snf.kafka.settings import snf_home
 from snf.ops.worker_process import WorkerProcess
 from snf.runtime.worker.files import WorkerFiles
 
 __all__ = [
+    "CONTROL_KEY_FILE",
     "Deployment",
     "DeploymentError",
     "FunctionTarget",
     "Instance",
+    "control_key",
     "deployments_root",
     "directory",
     "kill_orphans",
@@ -55,6 +58,7 @@ DEPLOYMENT_FILE = "deployment.json"
 STATE_FILE = "supervisor.json"
 PID_FILE = "supervisor.pid"
 LOG_FILE = "supervisor.log"
+CONTROL_KEY_FILE = "control.key"  # the key that signs lineage (snf.guarantee.control_auth)
 FORMAT_VERSION = 1
 
 
@@ -130,6 +134,21 @@ def workers_dir(dep_dir: Path) -> Path:
 def worker_files(dep_dir: Path, function: str, instance: int) -> WorkerFiles:
     """The datadir of instance `instance` of `function`: its assignment.json, stats.json."""
     return WorkerFiles(workers_dir(dep_dir) / f"{function}-{instance}")
+
+
+def control_key(dep_dir: Path, *, create: bool = False, value: str | None = None) -> str:
+    """The deployment's control key (hex): `value` if given (stored), else the
+    stored one, else a new one if `create` (stored with mode 0600), else ""."""
+    path = dep_dir / CONTROL_KEY_FILE
+    stored = ""
+    with contextlib.suppress(FileNotFoundError):
+        stored = path.read_text().strip()
+    key = value or stored or (new_key() if create else "")
+    if key and key != stored:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+    return key
 
 
 def write_json(path: Path, obj: Any) -> None:
