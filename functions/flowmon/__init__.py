@@ -67,6 +67,7 @@ from snf.core.contract import (
     Record,
     triage,
 )
+from snf.core.limits import Seconds
 from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
@@ -87,17 +88,13 @@ END_METRICS = {reason: f"flows:{reason}" for reason in END_REASONS}
 class FlowMonitorConfig(FunctionConfig):
     """Config of the flow monitor."""
 
-    idle_timeout: float = Field(
+    idle_timeout: Seconds = Field(
         default=15,
-        gt=0,
-        allow_inf_nan=False,
         description="Seconds of packet time without a packet after which a flow ends "
         "('idle timeout'); checked when the flow's next packet arrives, and at the end of input.",
     )
-    active_timeout: float = Field(
+    active_timeout: Seconds = Field(
         default=300,
-        gt=0,
-        allow_inf_nan=False,
         description="Seconds of packet time after its first packet after which a long "
         "flow's record is emitted ('active timeout') and a new record started.",
     )

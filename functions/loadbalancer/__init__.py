@@ -78,6 +78,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
+from snf.core.limits import Seconds
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
@@ -150,11 +151,11 @@ class LBService(BaseModel, extra="forbid"):
 class LBTimeouts(BaseModel, extra="forbid"):
     """Idle lifetimes in seconds (packet time) of a flow's recorded backend."""
 
-    tcp: float = Field(default=900, gt=0, description="TCP flow idle timeout (IPVS: 15 min).")
-    tcp_fin: float = Field(
-        default=120, gt=0, description="TCP flow after a FIN in both directions, or a RST."
+    tcp: Seconds = Field(default=900, description="TCP flow idle timeout (IPVS: 15 min).")
+    tcp_fin: Seconds = Field(
+        default=120, description="TCP flow after a FIN in both directions, or a RST."
     )
-    udp: float = Field(default=300, gt=0, description="UDP flow idle timeout (IPVS: 5 min).")
+    udp: Seconds = Field(default=300, description="UDP flow idle timeout (IPVS: 5 min).")
 
 
 class LoadBalancerConfig(FunctionConfig):

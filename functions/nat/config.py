@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from snf.core.cidr import parse_cidrs
 from snf.core.contract import FunctionConfig
+from snf.core.limits import Seconds
 
 __all__ = [
     "FILTERING",
@@ -101,17 +102,16 @@ class PortForward(BaseModel, extra="forbid"):
 class NatTimeouts(BaseModel, extra="forbid"):
     """Idle lifetimes of dynamic bindings in seconds of packet time (RFC 4787, 5382, 5508)."""
 
-    tcp: float = Field(
-        default=7440, gt=0, description="TCP binding once packets were seen both ways (RFC 5382)."
+    tcp: Seconds = Field(
+        default=7440, description="TCP binding once packets were seen both ways (RFC 5382)."
     )
-    tcp_transitory: float = Field(
+    tcp_transitory: Seconds = Field(
         default=240,
-        gt=0,
         description="TCP binding before traffic was seen both ways, after FIN both ways, or "
         "after a RST.",
     )
-    udp: float = Field(default=300, gt=0, description="UDP binding (RFC 4787 REQ-5).")
-    icmp: float = Field(default=60, gt=0, description="ICMP echo (query) binding (RFC 5508).")
+    udp: Seconds = Field(default=300, description="UDP binding (RFC 4787 REQ-5).")
+    icmp: Seconds = Field(default=60, description="ICMP echo (query) binding (RFC 5508).")
 
 
 class NatConfig(FunctionConfig):

@@ -111,7 +111,7 @@ class Report:
             if err["type"] == "invalid_key":
                 loc = loc[:-1]  # its last part is the bad key itself; report on the mapping
             line, depth = _locate(self.root, loc)
-            shown = loc[:depth]
+            shown = tuple(p for p in loc[:depth] if not _is_tag(p))
             if err["type"] in ("missing", "extra_forbidden"):
                 # Name the absent fields, but not union member tags such as "list[Rule]".
                 shown += tuple(p for p in loc[depth:] if not _is_tag(p) or p == loc[-1])
@@ -207,13 +207,15 @@ def _children(node: yaml.Node) -> list[tuple[str | int, yaml.Node, yaml.Node]]:
 def _locate(root: yaml.Node, loc: Loc) -> tuple[int, int]:
     """(1-based line, number of loc parts found in the YAML) for an error location."""
     node, line, depth = root, root.start_mark.line + 1, 0
-    for part in loc:
+    for k, part in enumerate(loc):
         # The last matching key wins, as it does in the loaded data.
         match = [(at, child) for key, at, child in _children(node) if str(key) == str(part)]
         if not match:
+            if _is_tag(part) and isinstance(node, yaml.MappingNode):
+                continue  # a union member (instances: Autoscale): its fields are below
             break
         at, node = match[-1]
-        line, depth = at.start_mark.line + 1, depth + 1
+        line, depth = at.start_mark.line + 1, k + 1
     return line, depth
 
 

@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from snf.core.limits import Seconds
 from snf.pipeline import names
 from snf.pipeline.errors import Loc, dotted
 
@@ -28,7 +29,7 @@ class Autoscale(BaseModel):
     min: int = Field(default=0, ge=0)  # 0: scale to zero when idle (the serverless shape)
     max: int = Field(ge=1)  # at most the function's partitions
     lag_threshold: int = Field(default=10, ge=1)  # messages of input lag per instance
-    cooldown: float = Field(default=60.0, gt=0)  # idle seconds before scaling to zero
+    cooldown: Seconds = 60.0  # idle seconds before scaling to zero
 
     @model_validator(mode="after")
     def _ordered(self) -> Autoscale:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from snf.core.limits import MAX_FILE_BYTES
+from snf.core.limits import MAX_FILE_BYTES, MAX_SECONDS
 from snf.errors import ConfigError
 from snf.pipeline.errors import MAX_DEPTH, PipelineError, Problem
 from snf.pipeline.loader import load_pipeline, parse_pipeline
@@ -62,3 +62,55 @@ def test_a_pipeline_file_is_a_small_regular_file(tmp_path: Path) -> None:
     path.write_bytes(b"name: p\n# caf\xe9\n")
     with pytest.raises(ConfigError, match=r"p\.yaml: pipeline file is not UTF-8 text \(line 2\)"):
         load_pipeline(path)
+
+
+# -- durations: finite, above 0, at most MAX_SECONDS -------------------------------------
+
+NAT = "{inside: [10.1.0.0/16], public_ips: [198.51.100.1], timeouts: {FIELD: VALUE}}"
+LB = "{services: [{vip: '203.0.113.10:80', proto: tcp, backends: [{address: '10.2.0.1:80'}]}], "
+DURATIONS = [
+    ("firewall", "{timeouts: {FIELD: VALUE}}", ["tcp", "tcp_closing", "udp", "icmp", "other"]),
+    ("nat", NAT, ["tcp", "tcp_transitory", "udp", "icmp"]),
+    ("loadbalancer", LB + "timeouts: {FIELD: VALUE}}", ["tcp", "tcp_fin", "udp"]),
+    ("flowmon", "{FIELD: VALUE}", ["idle_timeout", "active_timeout"]),
+]
+
+
+def with_duration(kind: str, config: str, field: str, value: str) -> str:
+    config = config.replace("FIELD", field).replace("VALUE", value)
+    return f"name: p\nfunctions:\n  - name: f\n    function: {kind}\n    config: {config}\n"
+
+
+@pytest.mark.parametrize(("kind", "config", "fields"), DURATIONS, ids=[d[0] for d in DURATIONS])
+def test_durations_are_finite_and_bounded(kind: str, config: str, fields: list[str]) -> None:
+    nested = "timeouts" in config
+    for field in fields:
+        path = f"functions[0].config.{'timeouts.' if nested else ''}{field}"
+        for value, expected in [
+            (".inf", "input should be a finite number, got inf"),
+            (".nan", "input should be a finite number, got nan"),
+            ("1.0e+300", f"input should be less than or equal to {MAX_SECONDS}, got 1e+300"),
+            ("1e300", f"input should be less than or equal to {MAX_SECONDS}, got '1e300'"),
+            ("0", "input should be greater than 0, got 0"),
+        ]:
+            (found,) = problems(with_duration(kind, config, field, value))
+            assert (found.file, found.line, found.path) == ("pipe.yaml", 5, path), found
+            assert found.message == expected
+        # The longest allowed runs: its nanoseconds fit the 64-bit packet clock.
+        pipeline = parse_pipeline(with_duration(kind, config, field, str(MAX_SECONDS)))
+        fn = pipeline.functions[0]
+        fn.cls(fn.config)
+        assert MAX_SECONDS * 10**9 * 2 < 2**63
+
+
+def test_autoscale_cooldown_is_finite_and_bounded() -> None:
+    text = GOOD.replace("flowmon}", "flowmon, instances: {max: 2, cooldown: VALUE}}")
+    for value, expected in [
+        (".inf", "input should be a finite number, got inf"),
+        (".nan", "input should be a finite number, got nan"),
+        ("1.0e+300", f"input should be less than or equal to {MAX_SECONDS}, got 1e+300"),
+    ]:
+        found = problems(text.replace("VALUE", value))
+        # The field inside the union member (Autoscale), not just `instances`.
+        assert Problem("pipe.yaml", 3, "functions[0].instances.cooldown", expected) in found
+    assert parse_pipeline(text.replace("VALUE", "30")).spec.functions[0].instances.cooldown == 30
