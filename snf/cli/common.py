@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_brokers",
+    "add_kafka_config",
     "add_timing",
+    "apply_kafka_config",
     "console",
     "pipeline_file",
     "replay_options",
@@ -32,6 +35,28 @@ def add_brokers(p: argparse.ArgumentParser) -> None:
         help="bootstrap servers host:port[,...] (default: $SNF_BROKERS, "
         "else the cluster started by `snf kafka up`)",
     )
+
+
+def add_kafka_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--kafka-config",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="Kafka client security settings (security.protocol, sasl.*, ssl.*) as "
+        "properties or YAML; default $SNF_KAFKA_CONFIG. Any key can be overridden by "
+        "SNF_KAFKA_<KEY> (e.g. SNF_KAFKA_SASL_PASSWORD). See docs/DEPLOY.md",
+    )
+
+
+def apply_kafka_config(args: argparse.Namespace) -> None:
+    """Validate the Kafka client settings before anything starts, and make them this
+    process's and its children's (workers, supervisors) through the environment."""
+    if args.kafka_config is None and not any(k.startswith("SNF_KAFKA_") for k in os.environ):
+        return  # plaintext; and `snf --help`-fast: no pydantic import
+    from snf.kafka.security import use_config
+
+    use_config(args.kafka_config)
 
 
 def add_timing(p: argparse.ArgumentParser, default_top: bool) -> None:

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from snf.cli import deploy_commands, run_commands, top_command
-from snf.cli.common import console
+from snf.cli.common import add_kafka_config, apply_kafka_config, console
 from snf.errors import ConfigError, SnfError
 
 __all__ = ["main"]
@@ -22,6 +22,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="snf", description="Network functions as stream functions on Apache Kafka."
     )
     parser.add_argument("-v", "--verbose", action="store_true")
+    add_kafka_config(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     run_commands.add_parsers(sub)
     deploy_commands.add_parsers(sub)
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kafka").setLevel(logging.ERROR)
     try:
+        apply_kafka_config(args)
         return COMMANDS[args.command](args)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)  # unwrapped: file:line: path must stay greppable

@@ -32,6 +32,12 @@ def _add_kafka(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=1, choices=(1, 3))
     up.add_argument("--name", default="default")
     down = ksub.add_parser("down", help="stop the cluster this tool started")
+    up.add_argument(
+        "--secure",
+        action="store_true",
+        help="clients must use SASL_SSL (SCRAM-SHA-512 over TLS); writes the cluster's "
+        "client config (CA, user, password; mode 0600) and prints its path",
+    )
     down.add_argument("--name", default="default")
     st = ksub.add_parser("status", help="show the recorded cluster")
     st.add_argument("--name", default="default")
@@ -134,13 +140,19 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     from snf.kafka import cluster
 
     if args.kafka_command == "up":
-        info = cluster.up(nodes=args.nodes, name=args.name)
+        info = cluster.up(nodes=args.nodes, name=args.name, secure=args.secure)
         console.print(
             f"Kafka {cluster.KAFKA_VERSION} up: [bold]{info.bootstrap}[/] "
             f"({len(info.nodes)} node(s), data in {info.data_dir})"
         )
         print(info.bootstrap)
+        if info.client_config:
+            console.print(
+                f"SASL_SSL only; clients: [bold]snf --kafka-config {info.client_config}[/] ..."
+            )
         return 0
+        if info.client_config:
+            print(info.client_config)
     if args.kafka_command == "down":
         stopped = cluster.down(name=args.name)
         console.print("stopped" if stopped else "nothing was running")

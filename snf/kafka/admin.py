@@ -21,6 +21,8 @@ from kafka.net.compat import KafkaNetClient
 
 from snf.kafka.errors import BrokerError
 from snf.kafka.kraft_config import HOST
+from snf.kafka.login_probe import refusals
+from snf.kafka.security import KafkaSecurity, client_kwargs
 
 __all__ = [
     "UNREACHABLE",
@@ -60,8 +62,11 @@ def quiet() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def admin_client(bootstrap: str, timeout: float = 10.0) -> Iterator[KafkaAdminClient]:
-    """A KafkaAdminClient that is always closed, even when bootstrapping fails."""
+def admin_client(
+    bootstrap: str, timeout: float = 10.0, security: KafkaSecurity | None = None
+) -> Iterator[KafkaAdminClient]:
+    """A KafkaAdminClient that is always closed, even when bootstrapping fails;
+    `security` defaults to the process's (snf.kafka.security.current)."""
     made: list[KafkaNetClient] = []
 
     def factory(**configs: Any) -> KafkaNetClient:
@@ -70,14 +75,16 @@ def admin_client(bootstrap: str, timeout: float = 10.0) -> Iterator[KafkaAdminCl
 
     ms = max(int(timeout * 1000), 500)
     try:
-        client = KafkaAdminClient(
-            bootstrap_servers=bootstrap,
-            client_id="snf-admin",
-            kafka_client=factory,
-            bootstrap_timeout_ms=ms,
-            request_timeout_ms=ms,
-            reconnect_backoff_max_ms=1000,
-        )
+        with refusals(bootstrap, security):
+            client = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="snf-admin",
+                kafka_client=factory,
+                bootstrap_timeout_ms=ms,
+                request_timeout_ms=ms,
+                reconnect_backoff_max_ms=1000,
+                **client_kwargs(security),
+            )
     except Exception:
         # A failed bootstrap in __init__ leaves kafka-python's IO thread running.
         for net_client in made:
@@ -100,9 +107,11 @@ def tcp_open(bootstrap: str, timeout: float = 1.0) -> bool:
     return False
 
 
-def broker_count(bootstrap: str, timeout: float = 5.0) -> int:
+def broker_count(
+    bootstrap: str, timeout: float = 5.0, security: KafkaSecurity | None = None
+) -> int:
     """Unfenced brokers the cluster reports, after a successful topic listing."""
-    with admin_client(bootstrap, timeout) as admin:
+    with admin_client(bootstrap, timeout, security) as admin:
         admin.list_topics()
         return sum(not b.get("is_fenced", False) for b in admin.describe_cluster()["brokers"])
 

@@ -21,16 +21,21 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from snf.errors import SnfError
 from snf.kafka import kraft_config as config
+from snf.kafka import secure_cluster
 from snf.kafka.admin import broker_count, quiet, tcp_open
 from snf.kafka.errors import BrokerError
 from snf.kafka.kraft_config import ClusterInfo, NodeInfo
+from snf.kafka.security import KafkaSecurity, load
 from snf.kafka.settings import brokers_from_env, snf_home
 
 __all__ = [
     "KAFKA_VERSION",
     "ClusterInfo",
     "NodeInfo",
+    "check_name",
+    "cluster_security",
     "down",
     "ensure_jars",
     "is_reachable",
@@ -48,8 +53,28 @@ DEPLOY_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
 JVM_OPTS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 
 
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def check_name(name: str) -> str:
+    """A cluster name is one directory name under SNF_HOME/clusters: never a path."""
+    if not _NAME.fullmatch(name) or name in (".", "..") or name.endswith(".lock"):
+        raise BrokerError(
+            f"invalid cluster name {name!r}: use letters, digits, '.', '_' and '-'"
+            " (not '.' or '..', not ending in .lock)"
+        )
+    return name
+
+
 def _cluster_dir(name: str) -> Path:
-    return snf_home() / "clusters" / name  # its lock file sits next to it: <name>.lock
+    # Its lock file sits next to it: <name>.lock.
+    return snf_home() / "clusters" / check_name(name)
+
+
+def cluster_security(info: ClusterInfo) -> KafkaSecurity:
+    """How to talk to a cluster we started: its own client config, or plaintext
+    (explicitly, whatever the process's settings are)."""
+    return load(Path(info.client_config)) if info.client_config else KafkaSecurity()
 
 
 @contextlib.contextmanager
@@ -94,13 +119,21 @@ def ensure_jars(progress: Callable[[str], None] | None = None) -> Path:
         return libs
 
 
-def is_reachable(bootstrap: str, timeout: float = 5.0) -> bool:
-    """Whether a broker at `bootstrap` answers a metadata request within about `timeout`."""
+def is_reachable(
+    bootstrap: str, timeout: float = 5.0, security: KafkaSecurity | None = None
+) -> bool:
+    """Whether a broker at `bootstrap` answers a metadata request within about `timeout`.
+
+    A broker that answers but refuses our credentials or TLS is no "no": that is
+    raised as a BrokerError naming the cause, as retrying would never help.
+    """
     if not tcp_open(bootstrap, min(timeout, 2.0)):
         return False
     try:
         with quiet():
-            return broker_count(bootstrap, timeout) > 0
+            return broker_count(bootstrap, timeout, security) > 0
+    except SnfError:
+        raise  # refused (snf.kafka.security.refusals) or misconfigured, not unreachable
     except Exception:
         return False
 
@@ -148,7 +181,7 @@ def recorded(name: str = "default") -> ClusterInfo | None:
 
 def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
     """Block until every node is registered and unfenced; BrokerError if a node dies."""
-    deadline = time.monotonic() + timeout
+    deadline, sec = time.monotonic() + timeout, cluster_security(info)
     while True:
         for node in info.nodes:
             if not _alive(node):  # its log exists: _spawn opened it before starting it
@@ -162,24 +195,35 @@ def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
         # killed incarnation until its session times out.
         addresses = [f"{config.HOST}:{n.port}" for n in info.nodes]
         with contextlib.suppress(Exception), quiet():
-            if all(tcp_open(a) and broker_count(a) >= len(addresses) for a in addresses):
+            if all(tcp_open(a) and broker_count(a, 5.0, sec) >= len(addresses) for a in addresses):
                 return
         if time.monotonic() > deadline:
             raise BrokerError(f"Kafka cluster {info.name!r} not ready after {timeout:.0f}s")
         time.sleep(0.25)
 
 
-def _create(name: str, nodes: int, libs: Path) -> ClusterInfo:
-    """Lay out and format fresh storage for every node (formats run in parallel)."""
+def _create(name: str, nodes: int, libs: Path, secure: bool) -> ClusterInfo:
+    """Lay out and format fresh storage for every node (formats run in parallel).
+
+    `secure`: TLS material, SCRAM users (created by the format) and the client
+    config file first (snf.kafka.secure_cluster).
+    """
     data_dir = _cluster_dir(name)
     shutil.rmtree(data_dir, ignore_errors=True)  # stale state never leaks between runs
     info = config.plan(name, nodes, data_dir, config.free_ports(2 * nodes))
+    data_dir.mkdir(parents=True, mode=0o700)  # server.properties holds a password if secure
+    setup = secure_cluster.prepare(data_dir) if secure else None
+    if setup is not None:
+        client = data_dir / "client.properties"
+        info.client_config = str(secure_cluster.write_client_config(client, setup, name))
     specs, cluster_id, formats = config.specs_of(info), config.new_cluster_id(), []
     for node, spec in zip(info.nodes, specs, strict=True):
         node.props.parent.mkdir(parents=True)
-        node.props.write_text(config.render_properties(config.node_properties(spec, specs)))
+        props = config.node_properties(spec, specs, setup)
+        node.props.write_text(config.render_properties(props))
         cmd = [_tool("java"), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format"]
         cmd += ["-t", cluster_id, "-c", str(node.props)]
+        cmd += secure_cluster.scram_args(setup) if setup else []
         formats.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     for node, proc in zip(info.nodes, formats, strict=True):
         out = proc.communicate(timeout=120)[0].decode(errors="replace")
@@ -188,23 +232,31 @@ def _create(name: str, nodes: int, libs: Path) -> ClusterInfo:
     return info
 
 
-def up(nodes: int = 1, name: str = "default", wait_timeout: float = 90.0) -> ClusterInfo:
-    """Start a fresh `nodes`-broker cluster, or return cluster `name` if it already runs."""
+def up(
+    nodes: int = 1, name: str = "default", wait_timeout: float = 90.0, secure: bool = False
+) -> ClusterInfo:
+    """Start a fresh `nodes`-broker cluster, or return cluster `name` if it already runs.
+
+    `secure`: clients must use SASL_SSL (SCRAM-SHA-512 over TLS) with the settings
+    in the file `ClusterInfo.client_config` names.
+    """
     if nodes < 1:
         raise BrokerError(f"a Kafka cluster needs at least one node, not {nodes}")
     with _locked(_cluster_dir(name).parent / f"{name}.lock"):
         current = recorded(name)
-        if current and all(map(_alive, current.nodes)) and is_reachable(current.bootstrap):
-            if len(current.nodes) != nodes:
+        if current and all(map(_alive, current.nodes)) and _answers(current):
+            shape = (len(current.nodes), bool(current.client_config))
+            if shape != (nodes, secure):
                 raise BrokerError(
-                    f"Kafka cluster {name!r} already runs with {len(current.nodes)} nodes,"
-                    f" not {nodes}; run down({name!r}) first"
+                    f"Kafka cluster {name!r} already runs with {len(current.nodes)} nodes"
+                    f" ({'secure' if current.client_config else 'plaintext'}), not {nodes}"
+                    f" ({'secure' if secure else 'plaintext'}); run down({name!r}) first"
                 )
             return current
         if current:
             _stop(name, current, 30.0)  # leftovers of a crashed or half-started run
         libs = ensure_jars()
-        info = _create(name, nodes, libs)
+        info = _create(name, nodes, libs, secure)
         for node in info.nodes:
             node.pid = _spawn(node, libs)
         info.save()  # before waiting, so down() can clean up an interrupted start
@@ -214,6 +266,13 @@ def up(nodes: int = 1, name: str = "default", wait_timeout: float = 90.0) -> Clu
             _stop(name, info, 10.0)
             raise
         return info
+
+
+def _answers(info: ClusterInfo) -> bool:
+    try:
+        return is_reachable(info.bootstrap, security=cluster_security(info))
+    except SnfError:  # say, its client config was deleted
+        return False
 
 
 def _stop(name: str, info: ClusterInfo, timeout: float) -> bool:
@@ -250,7 +309,7 @@ def status(name: str = "default") -> dict[str, Any]:
     if info is None:
         return {"name": name, "recorded": False, "running": False}
     nodes = [{**asdict(n), "alive": _alive(n)} for n in info.nodes]
-    reachable = is_reachable(info.bootstrap)
+    reachable = _answers(info)
     running = reachable and all(n["alive"] for n in nodes)
     head = {"name": name, "recorded": True, "running": running, "reachable": reachable}
     return {**head, "bootstrap": info.bootstrap, "data_dir": str(info.data_dir), "nodes": nodes}

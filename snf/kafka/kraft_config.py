@@ -19,12 +19,14 @@ __all__ = [
     "ClusterInfo",
     "NodeInfo",
     "NodeSpec",
+    "SecureSetup",
     "free_ports",
     "new_cluster_id",
     "node_properties",
     "plan",
     "quorum_voters",
     "render_properties",
+    "secure_properties",
     "specs_of",
 ]
 
@@ -53,7 +55,56 @@ def quorum_voters(specs: Sequence[NodeSpec]) -> str:
     return ",".join(f"{s.node_id}@{HOST}:{s.controller_port}" for s in specs)
 
 
-def node_properties(spec: NodeSpec, specs: Sequence[NodeSpec]) -> dict[str, str]:
+@dataclass(frozen=True)
+class SecureSetup:
+    """What a `--secure` cluster's nodes share (made by snf.kafka.secure_cluster)."""
+
+    ca: Path  # the CA certificate (PEM): the brokers' truststore and the clients' CA
+    keystore: Path  # the brokers' private key and certificate chain (PEM)
+    admin_password: str  # SCRAM user `admin`: inter-broker traffic
+    users: dict[str, str] = field(default_factory=dict)  # SCRAM-SHA-512 users to create
+
+    @property
+    def scram_users(self) -> dict[str, str]:
+        return {ADMIN_USER: self.admin_password, **self.users}
+
+
+ADMIN_USER = "admin"
+SCRAM = "SCRAM-SHA-512"
+
+
+def secure_properties(spec: NodeSpec, secure: SecureSetup) -> dict[str, str]:
+    """The client and inter-broker listener as SASL_SSL (SCRAM-SHA-512 over TLS).
+
+    The controller listener stays PLAINTEXT: it binds to loopback only and carries
+    the KRaft quorum among the nodes, never a client. Every broker authenticates to
+    the others as `admin`.
+    """
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        f' username="{ADMIN_USER}" password="{secure.admin_password}";'
+    )
+    return {
+        "listeners": f"SASL_SSL://{HOST}:{spec.port},CONTROLLER://{HOST}:{spec.controller_port}",
+        "advertised.listeners": f"SASL_SSL://{HOST}:{spec.port}",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_SSL",
+        "sasl.enabled.mechanisms": SCRAM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM,
+        f"listener.name.sasl_ssl.{SCRAM.lower()}.sasl.jaas.config": jaas,
+        "ssl.keystore.type": "PEM",
+        "ssl.keystore.location": str(secure.keystore),
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(secure.ca),
+        "ssl.client.auth": "none",
+        # No authorizer: every authenticated user may do anything. docs/DEPLOY.md
+        # has the ACLs a production cluster should have.
+    }
+
+
+def node_properties(
+    spec: NodeSpec, specs: Sequence[NodeSpec], secure: SecureSetup | None = None
+) -> dict[str, str]:
     """Properties for node `spec` of the cluster `specs` (which includes it)."""
     factor, min_isr = replication_for(len(specs))
     return {
@@ -90,6 +141,7 @@ def node_properties(spec: NodeSpec, specs: Sequence[NodeSpec]) -> dict[str, str]
         "num.network.threads": "2",
         "num.io.threads": "4",
         "num.recovery.threads.per.data.dir": "1",
+        **(secure_properties(spec, secure) if secure else {}),
     }
 
 
@@ -124,6 +176,7 @@ class ClusterInfo:
     bootstrap: str
     nodes: list[NodeInfo] = field(default_factory=list)
     data_dir: Path = Path()
+    client_config: str = ""  # a `--secure` cluster: its clients' settings (0600)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "data_dir": str(self.data_dir)}, indent=2)

@@ -18,6 +18,8 @@ from kafka.errors import KafkaError as ClientError
 from kafka.errors import KafkaTimeoutError
 
 from snf.kafka.errors import PublishError
+from snf.kafka.login_probe import refusals
+from snf.kafka.security import client_kwargs
 
 __all__ = ["TopicProducer", "connect_producer"]
 
@@ -29,9 +31,13 @@ def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProd
     delay = 0.5
     for attempt in range(1, tries + 1):
         try:
-            return KafkaProducer(
-                bootstrap_servers=bootstrap.split(","), bootstrap_timeout_ms=2500, **config
-            )
+            with refusals(bootstrap):  # wrong credentials: at once, not after every try
+                return KafkaProducer(
+                    bootstrap_servers=bootstrap.split(","),
+                    bootstrap_timeout_ms=2500,
+                    **client_kwargs(),
+                    **config,
+                )
         except KafkaTimeoutError:
             if attempt == tries:
                 break

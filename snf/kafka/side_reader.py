@@ -16,6 +16,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from snf.kafka.security import client_kwargs
+
 __all__ = ["SideReader", "SideRecord"]
 
 # What a read returns: kafka-python's ConsumerRecord (offset, value, headers, ...).
@@ -34,6 +36,7 @@ class SideReader:
                 bootstrap_servers=self.brokers.split(","),
                 enable_auto_commit=False,
                 max_partition_fetch_bytes=16 << 20,
+                **client_kwargs(),
             )
         return self.consumer
 

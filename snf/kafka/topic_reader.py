@@ -11,6 +11,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+from snf.kafka.security import client_kwargs
+
 __all__ = ["TopicReader"]
 
 
@@ -23,6 +25,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=16 << 20,
             fetch_max_bytes=64 << 20,
+            **client_kwargs(),
         )
         self.partitions: dict[str, int] = {}  # topic -> partitions found at start
         assignment = []
