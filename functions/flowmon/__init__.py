@@ -60,19 +60,23 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from snf.core.contract import (
+    EVICTED,
+    BoundedStateConfig,
     Decisions,
     FinishContext,
     FunctionConfig,
     NetworkFunction,
     Record,
+    SweepContext,
     triage,
 )
 from snf.core.limits import Seconds
 from snf.core.reasons import MALFORMED
-from snf.core.tables import BatchState
+from snf.core.tables import BatchState, TableView
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 
+from .bounds import FlowExpiry
 from .records import ACTIVE, END, END_REASONS, FORCED, IDLE, flow_record, new_entry
 
 __all__ = ["FlowMonitor", "FlowMonitorConfig"]
@@ -85,7 +89,7 @@ TABLE = "flows"
 END_METRICS = {reason: f"flows:{reason}" for reason in END_REASONS}
 
 
-class FlowMonitorConfig(FunctionConfig):
+class FlowMonitorConfig(BoundedStateConfig):
     """Config of the flow monitor."""
 
     idle_timeout: Seconds = Field(
@@ -107,7 +111,7 @@ class FlowMonitor(NetworkFunction):
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
     record_ports: ClassVar[tuple[str, ...]] = ("flows",)
     reasons: ClassVar[tuple[str, ...]] = (MALFORMED,)
-    metrics: ClassVar[tuple[str, ...]] = tuple(END_METRICS.values())
+    metrics: ClassVar[tuple[str, ...]] = (*END_METRICS.values(), EVICTED)
     key: ClassVar[str] = "flow"
     tables: ClassVar[tuple[str, ...]] = (TABLE,)
     Config: ClassVar[type[FunctionConfig]] = FlowMonitorConfig
@@ -117,6 +121,7 @@ class FlowMonitor(NetworkFunction):
         self.config: FlowMonitorConfig = config
         self._idle_ns = round(config.idle_timeout * _NS)
         self._active_ns = round(config.active_timeout * _NS)
+        self._expiry = FlowExpiry(self._idle_ns, self._active_ns, config.max_entries)
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         decisions, ip = triage(headers)
@@ -124,14 +129,19 @@ class FlowMonitor(NetworkFunction):
         payload = batch.payload
         offsets = batch.offsets
         table = state.table(TABLE)
+        expiry = self._expiry
+        index = expiry.index(state.partition, table)
         version, flow = headers.version, headers.flow
         direction, tcp_flags, l3_off = headers.direction, headers.tcp_flags, headers.l3_off
-        idle_ns, active_ns = self._idle_ns, self._active_ns
-        # This batch's entries (key -> entry, None once ended) and what the store held.
+        idle_ns, active_ns, most = self._idle_ns, self._active_ns, expiry.max_entries
+        # This batch's entries (key -> entry, None once ended) and what the store held;
+        # `dirty`: keys changed since the index last heard of them.
         live: dict[bytes, list[int] | None] = {}
         before: dict[bytes, Any] = {}
+        dirty: set[bytes] = set()
         records: list[Record] = []
         emit = records.append
+        evicted = 0
 
         for i in ip:
             try:
@@ -155,13 +165,17 @@ class FlowMonitor(NetworkFunction):
                 stored = before[key] = table.get(key)
                 e = list(stored) if stored is not None else None  # never mutate the store's copy
             if e is not None:
-                if t - e[1] > idle_ns:
+                if e[3] + e[5] == 0:  # left by a sweep's active timeout: the next record
+                    e = new_entry(t, e[2], e[8]) if t - e[1] <= idle_ns else None
+                elif t - e[1] > idle_ns:
                     emit(flow_record(key, e, IDLE))
                     e = None
                 elif t - e[0] > active_ns:
                     emit(flow_record(key, e, ACTIVE))
                     e = new_entry(t, e[2], e[8])
             if e is None:
+                if len(index) + len(dirty) >= most:  # maybe full: count exactly
+                    evicted += expiry.make_room(key, table, index, live, before, dirty, emit)
                 e = new_entry(t, d)
             if d == e[2]:
                 e[3] += 1
@@ -179,20 +193,26 @@ class FlowMonitor(NetworkFunction):
                     emit(flow_record(key, e, END))
                     e = None
             live[key] = e
+            dirty.add(key)
 
-        # One write per changed flow, none for a flow born and ended in this batch.
-        for key, e in live.items():
-            if e != before[key]:
-                if e is None:
-                    table.delete(key)
-                else:
-                    table.set(key, e)
-
+        expiry.flush(index, live, dirty)
+        _write(table, live, before)
         decisions.records["flows"] = records
-        if records:
-            ends = Counter(record["flowEndReason"] for record in records)
-            decisions.metrics = {END_METRICS[end]: n for end, n in ends.items()}
+        decisions.metrics = _end_metrics(records)
+        if evicted:
+            decisions.metrics[EVICTED] = evicted
         return decisions
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        """Export the flows that ended by ctx.now_ns with no packet to find them."""
+        table = state.table(TABLE)
+        index = self._expiry.index(state.partition, table)
+        records = self._expiry.sweep(table, index, ctx.now_ns, ctx.limit)
+        ctx.metrics.update(_end_metrics(records))
+        return {"flows": records}
+
+    def forget(self, partition: int) -> None:
+        self._expiry.forget(partition)
 
     def finish(self, state: BatchState, ctx: FinishContext) -> dict[str, list[Record]]:
         """Emit and delete every flow left on this partition, by (ts_ns, flowStart, key)."""
@@ -200,8 +220,28 @@ class FlowMonitor(NetworkFunction):
         entries = sorted((e[1], e[0], key, e) for key, e in table.items())
         records: list[Record] = []
         for last, _start, key, e in entries:
+            table.delete(key)
+            if e[3] + e[5] == 0:
+                continue  # an active timeout's empty remainder: nothing to report
             reason = IDLE if ctx.end_ts_ns - last > self._idle_ns else FORCED
             records.append(flow_record(key, e, reason))
-            table.delete(key)
             ctx.metrics[END_METRICS[reason]] += 1
+        self._expiry.forget(ctx.partition)
         return {"flows": records}
+
+
+def _write(table: TableView, live: dict[bytes, list[int] | None], before: dict[bytes, Any]) -> None:
+    """One write per changed flow, none for a flow born and ended in this batch."""
+    for key, e in live.items():
+        if e != before[key]:
+            if e is None:
+                table.delete(key)
+            else:
+                table.set(key, e)
+
+
+def _end_metrics(records: list[Record]) -> dict[str, int]:
+    if not records:
+        return {}
+    ends = Counter(record["flowEndReason"] for record in records)
+    return {END_METRICS[end]: n for end, n in ends.items()}

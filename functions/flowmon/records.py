@@ -20,6 +20,7 @@ __all__ = [
     "END_REASONS",
     "FORCED",
     "IDLE",
+    "LACK",
     "flow_record",
     "format_address",
     "new_entry",
@@ -30,9 +31,11 @@ IDLE = "idle timeout"
 ACTIVE = "active timeout"
 END = "end of flow detected"
 FORCED = "forced end"
-END_REASONS = (IDLE, ACTIVE, END, FORCED)
+LACK = "lack of resources"  # value 5: evicted from a full table (max_entries)
+END_REASONS = (IDLE, ACTIVE, END, FORCED, LACK)
 
-# Indices into a state entry.
+# Indices into a state entry. An entry that counts no packet is what a sweep's
+# active timeout leaves: the initiator and FINs for the flow's next record.
 START, LAST, INIT, FWD_PKTS, FWD_OCTETS, REV_PKTS, REV_OCTETS, FLAGS, FINS = range(9)
 
 

@@ -30,7 +30,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from snf.core.contract import Decisions, FinishContext, NetworkFunction, Record, SweepContext
+from snf.core.contract import (
+    SWEEP_LIMIT,
+    Decisions,
+    FinishContext,
+    NetworkFunction,
+    Record,
+    SweepContext,
+)
 from snf.core.reasons import ERROR, ReasonCheck
 from snf.core.tables import CONTROL_TABLE, BatchState
 from snf.packet.batch import PacketBatch
@@ -57,6 +64,7 @@ class FunctionEngine:
         self.ports = function.ports
         self.record_ports = function.record_ports
         self.counters: Counter[str] = Counter()
+        self.sweep_limit = SWEEP_LIMIT  # expiries per table per sweep
         self._check_reason = ReasonCheck(function.kind, function.reasons)
         self._metrics = frozenset(function.metrics)
         taken = {"in", "flushes", *self.ports, *self.record_ports}
@@ -133,7 +141,7 @@ class FunctionEngine:
                 part.headers = headers.take(range(start, at))  # type: ignore[attr-defined]
                 _extend(out, core.process(part, part.headers, state), start)
             if now >= 0:
-                ctx = SweepContext(state.partition, now)
+                ctx = SweepContext(state.partition, now, self.sweep_limit)
                 _extend(out, Decisions(records=core.sweep(state, ctx), metrics=ctx.metrics), 0)
             start = at
         return out

@@ -63,6 +63,9 @@ class Run:
     """One flow monitor in a FunctionEngine, with state that persists across batches."""
 
     def __init__(self, linktype: int = LINKTYPE_ETHERNET, **config: Any) -> None:
+        # The lazy path, as tests/flowmon_model.py models it, unless a test asks for
+        # sweeps (tests/unit/test_bounded_state.py covers them).
+        config.setdefault("sweep_interval", 0)
         self.fm = FlowMonitor(FlowMonitorConfig.model_validate(config))
         self.engine = FunctionEngine(self.fm)
         self.linktype = linktype
