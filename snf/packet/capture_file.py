@@ -46,7 +46,9 @@ __all__ = [
 ]
 
 CHUNK_PACKETS = 8192  # packets per CaptureChunk: numpy's fixed costs amortised, memory small
-_TS_MIN, _TS_MAX = -(1 << 63), (1 << 63) - 1  # a timestamp must fit int64 ns
+# A timestamp must fit int64 ns and not precede 1970: the wire format, the pcapng
+# writer and packet-time expiry all take it as an unsigned count (0 .. 2^63-1 ns).
+_TS_MIN, _TS_MAX = 0, (1 << 63) - 1
 
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"  # SHB block type: the same in both byte orders
 _BOM = 0x1A2B3C4D
@@ -301,7 +303,8 @@ def _pcapng_chunks(
             bad = f"corrupt block at byte {off} (trailing length differs)"
             break
         if btype in (_EPB, _PB, _SPB):
-            row, bad = _packet_block(buf, off, btype, blen, ifaces, ts, (epb, pb, u32))
+            number = count + len(start) + 1
+            row, bad = _packet_block(buf, off, btype, blen, ifaces, (ts, number), (epb, pb, u32))
             if bad:
                 break
             for col, value in zip(cols, row, strict=True):
@@ -339,11 +342,15 @@ def _packet_block(
     btype: int,
     blen: int,
     ifaces: list[tuple[int, int, int, int, int]],
-    ts: int,
+    previous: tuple[int, int],
     unpack: tuple[Callable[..., Any], ...],
 ) -> tuple[tuple[int, int, int, int, int], str]:
-    """(start, caplen, origlen, ts_ns, linktype) of a packet block, or the damage."""
+    """(start, caplen, origlen, ts_ns, linktype) of a packet block, or the damage.
+
+    `previous` is (the previous packet's ts_ns, this packet's 1-based number).
+    """
     epb, pb, u32 = unpack
+    ts, number = previous
     if btype == _SPB:  # no timestamp: keep the previous one
         if not ifaces or blen < 16:
             return (
@@ -368,7 +375,9 @@ def _packet_block(
     linktype, mul, div, tsoff, _snaplen = ifaces[iface]
     ts = ((hi << 32 | lo) * mul) // div + tsoff
     if not _TS_MIN <= ts <= _TS_MAX:
-        return (0,) * 5, f"corrupt packet block at byte {off} (timestamp out of range)"
+        offset = f" (if_tsoffset {tsoff // 1_000_000_000} s)" if tsoff else ""
+        what = f"timestamp {ts} ns{offset} is outside 0..2^63-1 ns (1970 to 2262)"
+        return (0,) * 5, f"packet {number} at byte {off}: {what}"
     return (off + 28, caplen, origlen, ts, linktype), ""
 
 

@@ -21,7 +21,9 @@ from typing import Any, BinaryIO
 import dpkt.pcapng as dpng
 import numpy as np
 
-__all__ = ["PcapngWriter"]
+from snf.errors import SnfError
+
+__all__ = ["PcapngWriteError", "PcapngWriter"]
 
 _EPB = 6
 _EPB_HEAD = struct.Struct("<IIIIIII")  # type, length, iface, ts high, ts low, caplen, origlen
@@ -30,6 +32,13 @@ _OPT_HEAD = struct.Struct("<HH")
 _END_OF_OPTS = b"\0\0\0\0"
 _ZEROS = (b"", b"\0", b"\0\0", b"\0\0\0")
 _WRITE_PACKETS = 4096  # packets per join in write_batch: bounded memory, few writes
+# pcapng holds u64 ns, but snf's packet time is int64 (and its reader refuses more):
+# what snf writes, snf reads back.
+_TS_LIMIT = 1 << 63
+
+
+class PcapngWriteError(SnfError, ValueError):
+    """A packet pcapng (or snf's reader of it) cannot hold; nothing of it was written."""
 
 
 def _option(code: int, value: bytes) -> dpng.PcapngOptionLE:
@@ -50,6 +59,7 @@ class PcapngWriter:
         else:
             self._file = target
             self._owned = False
+        self.name = str(target) if self._owned else str(getattr(target, "name", "<stream>"))
         self._interfaces: dict[int, int] = {}  # link type -> interface id
         self.packets = 0
         end = _option(dpng.PCAPNG_OPT_ENDOFOPT, b"")
@@ -75,6 +85,11 @@ class PcapngWriter:
             iface = self._interfaces[linktype] = len(self._interfaces)
         return iface
 
+    def _bad_time(self, index: int, ts_ns: int) -> PcapngWriteError:
+        number = self.packets + index + 1
+        what = f"timestamp {ts_ns} ns is outside 0..2^63-1 ns (1970 to 2262)"
+        return PcapngWriteError(f"{self.name}: cannot write packet {number}: {what}")
+
     def write(
         self,
         linktype: int,
@@ -84,8 +99,8 @@ class PcapngWriter:
         comment: str | None = None,
     ) -> None:
         """Append one packet; `comment` becomes its opt_comment (Wireshark: pkt_comment)."""
-        if not 0 <= ts_ns < 1 << 64:
-            raise ValueError(f"timestamp {ts_ns} ns is outside pcapng's unsigned 64 bits")
+        if not 0 <= ts_ns < _TS_LIMIT:
+            raise self._bad_time(0, ts_ns)
         caplen = len(data)
         orig = caplen if orig_len is None else orig_len
         if caplen >= 1 << 32 or not 0 <= orig < 1 << 32:
@@ -140,8 +155,9 @@ class PcapngWriter:
         ts = np.asarray(ts_ns, dtype=np.int64)
         orig = np.asarray(orig_len, dtype=np.int64)
         caplen = np.fromiter(map(len, datas), dtype=np.int64, count=n)
-        if ts.min() < 0:
-            raise ValueError(f"timestamp {int(ts.min())} ns is outside pcapng's unsigned 64 bits")
+        if ts.min() < 0:  # int64: never past the top
+            first = int(np.argmax(ts < 0))
+            raise self._bad_time(first, int(ts[first]))
         if caplen.max() >= 1 << 32 or orig.min() < 0 or orig.max() >= 1 << 32:
             raise ValueError("packet lengths do not fit 32 bits")
         kinds = np.asarray(linktypes, dtype=np.int64)

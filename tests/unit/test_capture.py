@@ -325,6 +325,30 @@ def test_corrupt_pcapng_trailer(tmp_path: Path) -> None:
     assert len(found) == 1 and "trailing length" in found[0]
 
 
+def test_pcapng_timestamps_outside_int64_ns_are_damage(tmp_path: Path) -> None:
+    # 2^63 ns and more, or before 1970 (a negative if_tsoffset): the packets
+    # before it are read, then one warning names the file, the packet and the range.
+    path = tmp_path / "late.pcapng"
+    path.write_bytes(
+        shb("<") + idb("<", 1, tsresol=9) + epb("<", 0, 10**18, b"a") + epb("<", 0, 1 << 63, b"b")
+    )
+    got, found = read_all(path)
+    assert [p.data for p in got] == [b"a"]
+    assert found == [
+        f"{path}: packet 2 at byte {len(path.read_bytes()) - 36}: timestamp {1 << 63} ns is "
+        "outside 0..2^63-1 ns (1970 to 2262); read 1 packets before the damage"
+    ]
+    path.write_bytes(shb("<") + idb("<", 1, tsresol=9, tsoffset=-10) + epb("<", 0, 2000, b"a"))
+    got, found = read_all(path)
+    assert got == [] and len(found) == 1
+    assert (
+        "packet 1 at byte 72: timestamp -9999998000 ns (if_tsoffset -10 s) is outside" in found[0]
+    )
+    # A negative offset is fine while the time stays after 1970.
+    path.write_bytes(shb("<") + idb("<", 1, tsoffset=-10) + epb("<", 0, 11 * 10**6, b"a"))
+    assert [p.ts_ns for p in read_capture(path)] == [10**9]
+
+
 def test_default_warning_is_a_capture_warning(tmp_path: Path) -> None:
     path = tmp_path / "cut.pcap"
     path.write_bytes(pcap(RECORDS)[:-1])

@@ -9,13 +9,15 @@ import subprocess
 from pathlib import Path
 
 import dpkt
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from snf.errors import SnfError
 from snf.packet.capture_file import read_capture
 from snf.packet.linktypes import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW
-from snf.packet.pcapng_writer import PcapngWriter
+from snf.packet.pcapng_writer import PcapngWriteError, PcapngWriter
 
 LINKTYPES = [0, 1, 101, 108, 113, 228, 229, 276]
 
@@ -89,11 +91,29 @@ def test_path_target_is_closed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("linktype", "ts_ns", "orig_len"),
-    [(1, -1, None), (1, 2**64, None), (1, 0, -1), (1, 0, 2**32), (70000, 0, None)],
+    [(1, -1, None), (1, 2**63, None), (1, 0, -1), (1, 0, 2**32), (70000, 0, None)],
 )
 def test_rejects_what_pcapng_cannot_hold(linktype: int, ts_ns: int, orig_len: int | None) -> None:
     with PcapngWriter(io.BytesIO()) as w, pytest.raises(ValueError):
         w.write(linktype, ts_ns, b"x", orig_len)
+
+
+def test_a_timestamp_it_cannot_hold_is_a_clear_error(tmp_path: Path) -> None:
+    # An SnfError (the CLI prints it, no traceback) naming the file and the packet.
+    path = tmp_path / "out.pcapng"
+    with PcapngWriter(path) as w:
+        w.write(1, 5, b"x")
+        with pytest.raises(PcapngWriteError) as info:
+            w.write(1, 1 << 63, b"y")
+        assert str(info.value) == (
+            f"{path}: cannot write packet 2: timestamp {1 << 63} ns is outside "
+            "0..2^63-1 ns (1970 to 2262)"
+        )
+        ts = np.array([7, -1], dtype=np.int64)
+        with pytest.raises(PcapngWriteError, match="cannot write packet 3: timestamp -1 ns"):
+            w.write_batch(np.ones(2, dtype=np.int64), ts, np.ones(2, dtype=np.int64), [b"a", b"b"])
+        assert isinstance(info.value, SnfError) and w.packets == 1
+    assert [p.data for p in read_capture(path)] == [b"x"]
 
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
