@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter
@@ -17,11 +20,11 @@ from snf.runtime.worker.health import start_health_server
 Check = Callable[[int], Awaitable[None]]
 
 
-def serve(ready: Callable[[], bool], check: Check) -> None:
+def serve(ready: Callable[[], bool], check: Check, **limits: Any) -> None:
     """Start the server on a free port, run check(port) against it, close it."""
 
     async def main() -> None:
-        server = await start_health_server(0, ready, host="127.0.0.1")
+        server = await start_health_server(0, ready, host="127.0.0.1", **limits)
         port = server.sockets[0].getsockname()[1]
         try:
             await check(port)
@@ -148,6 +151,69 @@ def test_a_client_that_connects_and_leaves_does_not_stop_the_server() -> None:
         assert status == "HTTP/1.1 200 OK"
 
     serve(lambda: True, check)
+
+
+async def closed_by_server(reader: asyncio.StreamReader, within: float) -> bool:
+    """True when the server closes (or resets) the connection within `within` seconds."""
+    try:
+        return await asyncio.wait_for(reader.read(), within) == b""
+    except ConnectionResetError:
+        return True
+
+
+async def livez_within(port: int, seconds: float) -> str:
+    """The status of /livez, retried while a slot is still being freed."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return (await raw(port, get("/livez")))[0]
+        except (ConnectionError, ValueError):  # closed unanswered: the server was full
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.02)
+
+
+def test_connections_past_the_cap_are_closed_at_once() -> None:
+    async def check(port: int) -> None:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/livez"))
+        started = time.monotonic()
+        assert await closed_by_server(reader, 2.0)  # unanswered, long before any timeout
+        assert time.monotonic() - started < 2.0
+        writer.close()
+        for _, w in idle[:1]:  # one slot comes free: probes are answered again
+            w.close()
+        assert await livez_within(port, 2.0) == "HTTP/1.1 200 OK"
+        for _, w in idle[1:]:
+            w.close()
+
+    serve(lambda: True, check, max_connections=4, timeouts=(30.0, 30.0))
+
+
+def test_a_slowloris_client_is_dropped_and_frees_its_slot() -> None:
+    async def check(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /livez HTTP/1.1\r\n")
+        started = time.monotonic()
+
+        async def trickle() -> None:  # a header byte at a time, never the blank line
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    writer.write(b"X")
+                    await writer.drain()
+                    await asyncio.sleep(0.02)
+
+        task = asyncio.create_task(trickle())
+        try:
+            assert await closed_by_server(reader, 5.0)
+        finally:
+            task.cancel()
+        assert 0.2 <= time.monotonic() - started < 5.0
+        # Its one slot is free again (max_connections=1).
+        assert await livez_within(port, 2.0) == "HTTP/1.1 200 OK"
+
+    serve(lambda: True, check, max_connections=1, timeouts=(0.2, 1.0))
 
 
 def test_probes_are_served_while_the_loop_is_busy_with_other_tasks() -> None:

@@ -9,6 +9,9 @@
 Stdlib only: probes need no framework, and a handler on the worker's loop is
 exactly what liveness should measure. Every answer is HTTP/1.1 with a
 Content-Length and `Connection: close`, so probes never hold a connection open.
+Nor can anyone else: at most MAX_CONNECTIONS are served at once (one more is
+closed at once, unanswered), and each gets CONNECTION_TIMEOUT seconds for its
+whole exchange, so a slowloris client costs a slot for seconds, never the worker.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ __all__ = ["start_health_server"]
 log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 5.0  # seconds to send the request head; a stalled client is dropped
+CONNECTION_TIMEOUT = 10.0  # seconds for a whole exchange, the answer included
+MAX_CONNECTIONS = 64  # served at once; probes and scrapes need a few
 MAX_LINE = 8192  # bytes per request line or header line
 MAX_HEADERS = 100
 
@@ -43,23 +48,39 @@ async def start_health_server(
     ready: Callable[[], bool],
     host: str = "0.0.0.0",
     registry: CollectorRegistry | None = None,
+    max_connections: int = MAX_CONNECTIONS,
+    timeouts: tuple[float, float] = (REQUEST_TIMEOUT, CONNECTION_TIMEOUT),
 ) -> asyncio.AbstractServer:
     """Serve /livez, /readyz (and /metrics, given a registry) on host:port (port 0
-    picks a free port) until closed."""
+    picks a free port) until closed. `timeouts`: (request head, whole exchange)."""
+    serving: set[asyncio.StreamWriter] = set()
+
+    async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await asyncio.wait_for(_read_head(reader), timeouts[0])
+        status, body, extra = _answer(head, ready, registry)
+        method = head[0] if head else ""
+        writer.write(_response(status, body, extra, send_body=method != "HEAD"))
+        await writer.drain()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(serving) >= max_connections:
+            writer.transport.abort()  # full: closed at once, nothing read or written
+            return
+        serving.add(writer)
+        done = False
         try:
-            head = await asyncio.wait_for(_read_head(reader), REQUEST_TIMEOUT)
-            status, body, extra = _answer(head, ready, registry)
-            method = head[0] if head else ""
-            writer.write(_response(status, body, extra, send_body=method != "HEAD"))
-            await writer.drain()
+            await asyncio.wait_for(exchange(reader, writer), timeouts[1])
+            done = True
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away or stalled: nothing to answer
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+            serving.discard(writer)
+            if done:
+                writer.close()
+                with contextlib.suppress(ConnectionError):
+                    await writer.wait_closed()
+            else:  # a client that stopped reading must not hold the close either
+                writer.transport.abort()
 
     return await asyncio.start_server(handle, host, port, limit=MAX_LINE)
 
