@@ -9,6 +9,7 @@ import json
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -21,6 +22,9 @@ from snf.cli.common import (
     require_brokers,
 )
 from snf.errors import SnfError
+
+if TYPE_CHECKING:
+    from snf.egress.collector import Collector
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -79,6 +83,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     sk.add_argument("--events", type=Path, help="side ports and records as JSON Lines")
     sk.add_argument("--follow", action="store_true", help="stream until Ctrl-C")
     sk.add_argument("--idle", type=float, default=5.0, help="stop after this long without news")
+    sk.add_argument(
+        "--json", type=Path, help="also write the summary (counts, foreign messages) as JSON here"
+    )
     add_brokers(sk)
 
     sv = sub.add_parser("supervise", help="(internal) run a deployment's supervisor")
@@ -257,31 +264,58 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
 
 def _cmd_sink(args: argparse.Namespace) -> int:
+    from snf.egress.collector import Collector
     from snf.egress.sink import KafkaSink, follow
+    from snf.egress.stream import Stream
     from snf.pipeline.loader import load_pipeline
-    from snf.pipeline.model import EGRESS
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
     brokers = require_brokers(args.brokers)
     sink = KafkaSink.of(brokers, pipeline)
     try:
-        if args.follow:
+        if args.follow:  # written as it comes, in bounded memory (snf.egress.stream)
             console.print(f"following {pipeline.name}; Ctrl-C to stop")
-            collector = follow(sink, args.out)
-        else:
-            collector = follow(sink, None, idle=args.idle)
+            stream = Stream(args.out, args.events)
+            try:
+                follow(sink, stream, after_poll=stream.flush)
+            finally:
+                stream.close()
+            summary = stream.summary()
+        else:  # up to now, sorted by packet id (snf.egress.collector)
+            collector = Collector()
+            follow(sink, collector, idle=args.idle)
             if args.out:
                 collector.write_pcapng(args.out)
+            if args.events:
+                collector.write_events(args.events)
+            summary = _sink_summary(collector)
     finally:
         sink.close()
-    if args.events:
-        collector.write_events(args.events)
-    records = sum(len(r) for r in collector.records.values())
+    summary["foreign"] = dict(sink.foreign)
+    foreign = sum(sink.foreign.values())
     console.print(
-        f"{collector.count(EGRESS)} packets at egress, {collector.total} distinct in all, "
-        f"{records} records" + (f"; wrote {args.out}" if args.out else "")
+        f"{summary['egress']} packets at egress, {summary['distinct']} distinct in all, "
+        f"{summary['records']} records"
+        + (f"; wrote {args.out}" if args.out else "")
+        + (f"; skipped {foreign} foreign messages" if foreign else "")
     )
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def _sink_summary(collector: Collector) -> dict:
+    from snf.pipeline.model import EGRESS
+
+    return {
+        "egress": collector.count(EGRESS),
+        "distinct": collector.total,
+        "records": sum(len(r) for r in collector.records.values()),
+        "duplicates": collector.duplicates,
+        "duplicate_records": collector.duplicate_records,
+        "redelivered": collector.redelivered,
+        "conflicts": collector.conflicts,
+    }
 
 
 def _cmd_chaos(args: argparse.Namespace) -> int:

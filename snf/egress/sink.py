@@ -1,4 +1,4 @@
-"""KafkaSink: read a pipeline's terminal topics into a Collector.
+"""KafkaSink: read a pipeline's terminal topics into a Collector or a Stream.
 
 Completion comes from end markers: at the end of input, every writer
 partition of a terminal topic sends one end (an EndMarker on packet topics,
@@ -10,27 +10,53 @@ of that input is in.
 With heads after ingress (the pipeline's `ship: heads`, snf.packet.heads),
 the sink also reads the ingress topic (`wholes_from`) and keeps its whole
 packets in the collector, which joins each head with its tail.
+
+Anything on a terminal topic that is not snf's (`topic:NAME` topics are
+shared with other producers) is skipped and counted by kind in `foreign`,
+with one log line per kind: a null value, bad headers, not the wire format,
+or the wrong kind of message for the topic (packets on a record port's
+topic, records on a packet port's). The sink never stops for one.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any, Protocol
 
 from snf import wire
-from snf.egress.collector import Collector
-from snf.egress.wholes import WholeStore
 from snf.guarantee.lineage import Lineage, Watermarks
 from snf.kafka.topic_reader import TopicReader
-from snf.packet.batch import format_packet_id
-from snf.packet.pcapng_writer import PcapngWriter
-from snf.pipeline.model import EGRESS, Pipeline, PortKey
+from snf.pipeline.model import Pipeline, PortKey
 
-__all__ = ["FOLLOW_WHOLES_BYTES", "MAX_WAITING", "KafkaSink", "follow"]
+__all__ = ["KafkaSink", "Receiver", "follow", "topic_kinds"]
 
-FOLLOW_WHOLES_BYTES = 512 << 20  # ingress copies a following sink keeps to join heads
-MAX_WAITING = 64  # egress batches that wait for their ingress copies before going as heads
+log = logging.getLogger("snf.egress.sink")
+
+PACKETS, RECORDS = "packets", "records"
+
+
+class Receiver(Protocol):
+    """What a sink fills: the one-shot Collector, or the following Stream."""
+
+    redelivered: int
+    total: int
+
+    def add(self, where: PortKey, batch: wire.PacketBatch) -> int: ...
+
+    def add_records(self, where: PortKey, records: list[dict[str, Any]]) -> int: ...
+
+    def add_payloads(self, batch: wire.PacketBatch) -> None: ...
+
+
+def topic_kinds(pipeline: Pipeline) -> dict[str, set[str]]:
+    """Terminal topic -> the kinds of message its writers send (packets, records)."""
+    return {
+        topic: {RECORDS if port in fn.cls.record_ports else PACKETS for fn, port, _ in writers}
+        for topic, writers in pipeline.terminals().items()
+    }
 
 
 class KafkaSink:
@@ -42,24 +68,31 @@ class KafkaSink:
         topics: dict[str, PortKey],
         ends: dict[str, list[int]] | None = None,
         wholes_from: str | None = None,
+        kinds: dict[str, set[str]] | None = None,
+        reader: TopicReader | None = None,  # tests pass one that needs no broker
     ) -> None:
         self.topics = topics
         self.wholes_from = wholes_from
+        self.kinds = kinds or {}  # topic -> kinds accepted there (default: both)
+        self.foreign: Counter[str] = Counter()  # skipped messages by kind of problem
         self.ends = ends or {}
         # topic -> partition -> end id -> origins whose end arrived
         self.ends_in: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
         # per terminal partition, the highest lineage read per origin (snf.guarantee.lineage):
         # a message at or below it is an output sent again by a redo after a crash
         self.marks: dict[tuple[str, int], Watermarks] = {}
-        self.reader = TopicReader(bootstrap, [*topics, *([wholes_from] if wholes_from else [])])
+        wanted = [*topics, *([wholes_from] if wholes_from else [])]
+        self.reader = reader or TopicReader(bootstrap, wanted)
         self.partitions = self.reader.partitions
 
     @classmethod
-    def of(cls, bootstrap: str, pipeline: Pipeline) -> KafkaSink:
-        """The sink of a pipeline: its terminals, their ends, and the ingress copies
-        its heads are joined with (`ship: heads`)."""
-        wholes_from = pipeline.ingress_topic if pipeline.spec.ship == "heads" else None
-        return cls(bootstrap, pipeline.sink_topics(), pipeline.terminal_ends(), wholes_from)
+    def of(cls, bootstrap: str, pipeline: Pipeline, wholes: bool = True) -> KafkaSink:
+        """The sink of a pipeline: its terminals, their ends, and (`wholes`) the
+        ingress copies its heads are joined with (`ship: heads`)."""
+        heads = wholes and pipeline.spec.ship == "heads"
+        wholes_from = pipeline.ingress_topic if heads else None
+        ends, kinds = pipeline.terminal_ends(), topic_kinds(pipeline)
+        return cls(bootstrap, pipeline.sink_topics(), ends, wholes_from, kinds)
 
     def _end(self, topic: str, partition: int, end_id: str, origin: str) -> None:
         origins = self.ends_in[topic].setdefault(partition, {}).setdefault(end_id, set())
@@ -67,26 +100,28 @@ class KafkaSink:
 
     def poll(
         self,
-        collector: Collector,
+        receiver: Receiver,
         timeout_ms: int = 200,
         on_batch: Callable[[PortKey, wire.PacketBatch], None] | None = None,
     ) -> int:
         new = 0
         for topic, partition, records in self.reader.poll(timeout_ms):
             if topic == self.wholes_from:
-                _keep_wholes(collector, records)
+                _keep_wholes(receiver, records)
                 continue
             where = self.topics[topic]
             marks = self.marks.setdefault((topic, partition), Watermarks())
             for record in records:
-                lineage = Lineage.from_headers(record.headers)
+                got = self._decode(topic, record)
+                if got is None:
+                    continue
+                lineage, msg = got
                 if not marks.is_new(lineage):
-                    collector.redelivered += 1
+                    receiver.redelivered += 1
                     continue
                 marks.advance(lineage)
-                msg = wire.decode_any(record.value)
                 if isinstance(msg, wire.RecordBlock):
-                    new += collector.add_records(where, msg.records)
+                    new += receiver.add_records(where, msg.records)
                     if msg.end:
                         self._end(topic, partition, msg.end, msg.origin)
                         new += 1  # progress, even when the block is empty
@@ -94,10 +129,36 @@ class KafkaSink:
                     self._end(topic, partition, msg.end_id, msg.origin)
                     new += 1
                 else:
-                    new += collector.add(where, msg)
+                    new += receiver.add(where, msg)
                     if on_batch is not None:
                         on_batch(where, msg)
         return new
+
+    def _decode(self, topic: str, record: Any) -> tuple[Lineage | None, Any] | None:
+        """A record's lineage and message, or None (counted) when it is not snf's."""
+        try:
+            lineage = Lineage.from_headers(record.headers)
+        except (ValueError, TypeError):  # LineageError is a ValueError
+            return self._foreign(topic, "bad headers")
+        if record.value is None:
+            return self._foreign(topic, "null value")
+        try:
+            msg = wire.decode_any(record.value)
+        except wire.WireError:
+            return self._foreign(topic, "not snf wire format")
+        kinds = self.kinds.get(topic)
+        kind = RECORDS if isinstance(msg, wire.RecordBlock) else PACKETS
+        if kinds and kind not in kinds and not isinstance(msg, wire.EndMarker):
+            return self._foreign(topic, f"{kind} on a topic of {'/'.join(sorted(kinds))}")
+        return lineage, msg
+
+    def _foreign(self, topic: str, kind: str) -> None:
+        if not self.foreign[kind]:
+            log.warning(
+                "skipping foreign messages on %s: %s (counted, not logged again)", topic, kind
+            )
+        self.foreign[kind] += 1
+        return None
 
     def _missing(self, end_id: str) -> dict[str, tuple[int, int]]:
         """Terminal topic -> (partitions complete, partitions) where some end is missing."""
@@ -119,7 +180,7 @@ class KafkaSink:
 
     def collect(
         self,
-        collector: Collector,
+        collector: Receiver,
         timeout: float,
         *,
         end_id: str | None = None,
@@ -147,67 +208,34 @@ class KafkaSink:
         self.reader.close()
 
 
-def _keep_wholes(collector: Collector, records: list) -> None:
+def _keep_wholes(receiver: Receiver, records: list) -> None:
     for record in records:
         try:
             msg = wire.decode_any(record.value)
         except wire.WireError:
             continue  # the workers dead-letter what they cannot read; nothing to join
         if isinstance(msg, wire.PacketBatch):
-            collector.add_payloads(msg)
+            receiver.add_payloads(msg)
 
 
 def follow(
     sink: KafkaSink,
-    out: Path | None,
+    receiver: Receiver,
     on_progress: Callable[[int], None] | None = None,
     idle: float | None = None,
-) -> Collector:
-    """Stream egress into a pcapng as packets arrive, until interrupted (or `idle`
-    seconds pass without news). Each packet is written whole (a head once its
-    ingress copy is in, waiting at most MAX_WAITING batches) and the file is
-    flushed after every poll, so Ctrl-C leaves a valid file of all received."""
-    collector = Collector(wholes=WholeStore(max_bytes=FOLLOW_WHOLES_BYTES))
-    writer = PcapngWriter(out) if out is not None else None
-    written: set[tuple[int, int]] = set()
-    waiting: list[wire.PacketBatch] = []
-
-    def write(batch: wire.PacketBatch) -> None:
-        assert writer is not None
-        rec = batch.records
-        ids = batch.packet_ids()
-        datas = collector.wholes.join(ids, batch.packets(), rec["cap_len"], rec["full_len"])
-        for (ts, orig, _, sid, seq, _reason), data in zip(batch.rows(), datas, strict=True):
-            if (sid, seq) in written:
-                continue
-            written.add((sid, seq))
-            comment = f"snf id={format_packet_id(sid, seq)}"
-            writer.write(batch.linktype, ts, bytes(data), orig, comment=comment)
-
-    def arrived(where: PortKey, batch: wire.PacketBatch) -> None:
-        if writer is not None and where == EGRESS:
-            waiting.append(batch)
-
-    def write_ready(final: bool = False) -> None:
-        while waiting and (
-            final or len(waiting) > MAX_WAITING or collector.wholes.has_all(waiting[0])
-        ):
-            write(waiting.pop(0))
-
+    after_poll: Callable[[], None] | None = None,
+) -> None:
+    """Poll into `receiver` until interrupted (or `idle` seconds pass without
+    news), calling `after_poll` after each poll that brought news (a Stream's
+    flush: snf.egress.stream)."""
     last_news = time.monotonic()
     try:
         while idle is None or time.monotonic() - last_news < idle:
-            if sink.poll(collector, on_batch=arrived):
+            if sink.poll(receiver):
                 last_news = time.monotonic()
-                write_ready()
-                if writer is not None:
-                    writer.flush()
+                if after_poll is not None:
+                    after_poll()
                 if on_progress:
-                    on_progress(collector.total)
+                    on_progress(receiver.total)
     except KeyboardInterrupt:
         pass
-    finally:
-        if writer is not None:
-            write_ready(final=True)
-            writer.close()
-    return collector

@@ -7,8 +7,9 @@ ingress topic in `snf sink`) and joins: head + whole[len(head):full_len].
 Functions never change a packet's length past its head, so the result is
 the packet the function would have produced from the whole packet.
 
-Memory is bounded by `max_bytes`: the oldest copies go first (`evicted`);
-a head whose copy is gone is kept as it is and counted (`missing`).
+Memory is bounded by `max_bytes` of payload and `max_packets` index
+entries (~150 bytes each): the oldest copies go first (`evicted`); a head
+whose copy is gone is kept as it is and counted (`missing`).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ _second = operator.itemgetter(1)
 
 
 class WholeStore:
-    def __init__(self, max_bytes: int | None = None) -> None:
+    def __init__(self, max_bytes: int | None = None, max_packets: int | None = None) -> None:
         self.max_bytes = max_bytes
+        self.max_packets = max_packets
         self.bytes = 0
         self.evicted = 0  # packets whose copy was dropped to stay within max_bytes
         self.missing = 0  # heads joined without a copy (kept as heads)
@@ -57,8 +59,13 @@ class WholeStore:
         self._ids[seg] = ids
         self._at.update(zip(ids, zip(itertools.repeat(seg), starts), strict=True))
         self.bytes += len(batch.payload)
-        while self.max_bytes is not None and self.bytes > self.max_bytes and len(self._ids) > 1:
+        while len(self._ids) > 1 and self._over():
             self._evict()
+
+    def _over(self) -> bool:
+        return (self.max_bytes is not None and self.bytes > self.max_bytes) or (
+            self.max_packets is not None and len(self._at) > self.max_packets
+        )
 
     def _evict(self) -> None:
         seg = next(iter(self._ids))

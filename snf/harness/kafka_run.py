@@ -133,7 +133,7 @@ def _publish_and_collect(
 ) -> ReplaySummary:
     """Replay while a sink thread reads the terminals, so processing overlaps the
     replay as it does for a deployed pipeline; then wait for every end marker."""
-    sink = KafkaSink(brokers, run.sink_topics(), run.terminal_ends())
+    sink = KafkaSink.of(brokers, run, wholes=False)  # the copies are this process's
     publishing = threading.Event()
     publishing.set()
     failure: list[BaseException] = []
