@@ -20,11 +20,13 @@ Ports
             live binding or forward, or from outside straight to an inside
             address; an ICMP error about no live binding, either way),
             "filtered" (the binding's filter refuses the remote),
-            "ports_exhausted", "unsupported" (outbound protocol other than
-            TCP, UDP, ICMP echo and ICMP errors: it cannot be translated and
-            must not leak the inside address), "fragment" (a later fragment
-            of a translated datagram whose first fragment was not seen in
-            the last 30 s), "malformed"
+            "ports_exhausted" (every port of the partition held by a live
+            binding), "table_full" (max_entries bindings, none half-open),
+            "unsupported" (outbound protocol other than TCP, UDP, ICMP echo
+            and ICMP errors: it cannot be translated and must not leak the
+            inside address), "fragment" (a later fragment of a translated
+            datagram whose first fragment was not seen in the last 30 s),
+            "malformed"
 
 Config (NatConfig, functions/nat/config.py)
     inside        IPv4 CIDRs of the inside networks
@@ -34,13 +36,18 @@ Config (NatConfig, functions/nat/config.py)
     timeouts      seconds: tcp 7440, tcp_transitory 240, udp 300, icmp 60
     filtering     endpoint-independent | address-dependent |
                   address-and-port-dependent (default)
+    max_entries   bindings per partition, 1,000,000; sweep_interval 1 s
 
 State (functions/nat/bindings.py)
     bind  internal endpoint -> [pub IP hex, pub port, last_seen_ns, tcp_bits, remotes]
     rev   public endpoint -> [internal IP hex, internal port]
     frag  version byte + src + dst + proto + 4-byte IP id of a translated first
           fragment -> [ts_ns, reason, "src"|"dst"|"", new address hex]; 30 s
-    Expiry is lazy. Forwards need no state. Keys are written on change only.
+    Sweeps (every sweep_interval of packet time) delete expired bindings and
+    frag entries; packets also treat them as absent. A new binding takes the
+    first free port of its partition from a hashed start, else the port of
+    the binding that expired first (portsets.py: O(1) whatever the fill).
+    Forwards need no state. Keys are written on change only.
 
 Partitioning
     key "custom" (flow-consistent): outbound by the internal endpoint,
@@ -49,7 +56,8 @@ Partitioning
     to land on their internal endpoint's partition. See docs/functions/nat.md.
 
 Metrics
-    the engine's counters: "in", "pass", "drop:<reason>".
+    the engine's counters: "in", "pass", "drop:<reason>", "evicted" (half-open
+    TCP bindings evicted at max_entries).
 
 Example
     - type: nat
@@ -65,9 +73,19 @@ from collections.abc import Sequence
 from itertools import count
 from typing import ClassVar
 
-from snf.core.contract import Decisions, FunctionConfig, KeyKind, NetworkFunction, triage
+from snf.core.contract import (
+    EVICTED,
+    TABLE_FULL,
+    Decisions,
+    FunctionConfig,
+    KeyKind,
+    NetworkFunction,
+    Record,
+    SweepContext,
+    triage,
+)
 from snf.core.reasons import MALFORMED
-from snf.core.tables import BatchState, TableView
+from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.fragments import FRAG_TTL_NS, datagram_key_of
 from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, Headers
@@ -89,6 +107,7 @@ from .outcome import (
     drop,
 )
 from .ports import EndpointHasher
+from .state import Derived, FragView
 
 __all__ = ["Nat", "NatConfig", "NatTimeouts", "PortForward"]
 
@@ -110,7 +129,9 @@ class Nat(NetworkFunction):
         PORTS_EXHAUSTED,
         UNSUPPORTED,
         FRAGMENT,
+        TABLE_FULL,
     )
+    metrics: ClassVar[tuple[str, ...]] = (EVICTED,)
     tables: ClassVar[tuple[str, ...]] = ("bind", "rev", "frag")
     Config: ClassVar[type[FunctionConfig]] = NatConfig
     key: KeyKind = "custom"
@@ -124,6 +145,7 @@ class Nat(NetworkFunction):
         self.flows = Flows(self.c, self._class)
         self._ep = EndpointHasher()
         self._keys: dict[tuple[int, bytes, int, bytes, int], int | None] = {}
+        self.derived = Derived(self.c, self._ep, config.max_entries)
         # The batch path (fastpath.py); False: every packet through decide(), as
         # before it, which the equivalence tests compare it with.
         self.fast_path = True
@@ -215,7 +237,17 @@ class Nat(NetworkFunction):
         return self.process_each(batch, headers, state)
 
     def bindings(self, state: BatchState) -> Bindings:
-        return Bindings(self.c, state.table("bind"), state.table("rev"), self.partitions, self._ep)
+        return self.derived.bindings(state, self.partitions)
+
+    def frag(self, state: BatchState) -> FragView:
+        return self.derived.frag(state)
+
+    def forget(self, partition: int) -> None:
+        self.derived.forget(partition)
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        self.derived.sweep(state, ctx, self.partitions)
+        return {}
 
     def process_each(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         """Every IP packet through decide(), one by one (the reference of the batch path)."""
@@ -223,7 +255,7 @@ class Nat(NetworkFunction):
         ports, reasons, replaced = decisions.ports, decisions.reasons, decisions.replaced
         ts = batch.records["ts_ns"].tolist()
         b = self.bindings(state)
-        frag = state.table("frag")
+        frag = self.frag(state)
         decide = self.decide
         for i in ip:
             try:
@@ -234,10 +266,12 @@ class Nat(NetworkFunction):
                 ports[i], reasons[i] = "drop", reason
             elif pkt is not None:
                 replaced[i] = bytes(pkt)
+        if b.evicted:
+            decisions.metrics[EVICTED] = b.evicted
         return decisions
 
     def decide(
-        self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView
+        self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: FragView
     ) -> Outcome:
         """An IP packet's outcome (the prelude, triage(), took the others)."""
         if h.version[i] != 4:
@@ -280,8 +314,8 @@ class Nat(NetworkFunction):
         if mapped is None:
             flags = h.tcp_flags[i] if p == 6 else 0
             mapped = b.outbound(p, s, sp, h.dst[i], h.dport[i], flags, t)
-            if mapped is None:
-                return drop(PORTS_EXHAUSTED)
+            if isinstance(mapped, str):
+                return drop(mapped)  # ports_exhausted, table_full
         return self._rewrite(batch, h, i, "src", *mapped)
 
     def _inbound(self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings) -> Outcome:
@@ -343,7 +377,7 @@ class Nat(NetworkFunction):
         return ("", pkt, outer, mapped[0])
 
     @staticmethod
-    def _later(batch: PacketBatch, h: Headers, i: int, t: int, frag: TableView) -> Outcome:
+    def _later(batch: PacketBatch, h: Headers, i: int, t: int, frag: FragView) -> Outcome:
         """A non-first fragment of a datagram that needs translation."""
         fkey = datagram_key_of(h, i)
         entry = frag.get(fkey)

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from snf.core.cidr import parse_cidrs
-from snf.core.contract import FunctionConfig
+from snf.core.contract import BoundedStateConfig
 from snf.core.limits import Seconds
 
 __all__ = [
@@ -114,8 +114,9 @@ class NatTimeouts(BaseModel, extra="forbid"):
     icmp: Seconds = Field(default=60, description="ICMP echo (query) binding (RFC 5508).")
 
 
-class NatConfig(FunctionConfig):
-    """Config of the NAT44 function. Fields are validated in this order."""
+class NatConfig(BoundedStateConfig):
+    """Config of the NAT44 function. Fields are validated in this order (max_entries
+    and sweep_interval, from BoundedStateConfig, first)."""
 
     inside: list[str] = Field(
         description="The inside networks as IPv4 CIDRs; a bare address is a /32.", min_length=1

@@ -17,9 +17,9 @@ from __future__ import annotations
 from itertools import count
 from typing import Protocol
 
-from snf.core.contract import Decisions, triage
+from snf.core.contract import EVICTED, Decisions, triage
 from snf.core.reasons import MALFORMED
-from snf.core.tables import BatchState, TableView
+from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import KIND_IP, Headers
 
@@ -30,6 +30,7 @@ from .bulk import Rewrites
 from .config import CompiledNat
 from .flows import NO, OUT, PASS, SLOW, FlowFacts, Flows
 from .outcome import FILTERED, NO_BINDING, Outcome
+from .state import FragView
 
 __all__ = ["Core", "process_batch"]
 
@@ -47,10 +48,12 @@ class Core(Protocol):
 
     def bindings(self, state: BatchState) -> Bindings: ...
 
+    def frag(self, state: BatchState) -> FragView: ...
+
     def process_each(self, batch: PacketBatch, h: Headers, state: BatchState) -> Decisions: ...
 
     def decide(
-        self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: TableView
+        self, batch: PacketBatch, h: Headers, i: int, t: int, b: Bindings, frag: FragView
     ) -> Outcome: ...
 
 
@@ -72,7 +75,7 @@ class _Run:
         self.h = h
         self.ts: list[int] = batch.records["ts_ns"].tolist()
         self.b = b = nat.bindings(state)
-        self.frag = state.table("frag")
+        self.frag = nat.frag(state)
         self.bind_get, self.bind_set, self.rev_get = b.bind.get, b.bind.set, b.rev.get
         self.flows = nat.flows
         self.tcp_ns = [b.timeout(TCP, bits) for bits in range(32)]  # by bits & 31
@@ -125,6 +128,8 @@ class _Run:
                 ports[i], reasons[i] = "drop", reason
         for i in self.rw.apply():  # none unless the batch's offsets overrun its bytes
             ports[i], reasons[i] = "drop", MALFORMED
+        if self.b.evicted:
+            decisions.metrics[EVICTED] = self.b.evicted
         return decisions
 
     def slow(self, i: int) -> str:
@@ -149,7 +154,12 @@ class _Run:
             if t - last > self.tcp_ns[bits & 31]:  # the timeout reads bits 0..4 only
                 return self.slow(i)  # expired: a new allocation
             flags = self.h.tcp_flags[i]
-            new_bits = tcp_bits(bits, flags, True) if flags & _FIN_SYN_RST else bits | OUT_BIT
+            if flags & _FIN_SYN_RST:
+                new_bits = tcp_bits(bits, flags, True)
+                if new_bits != bits:
+                    self.b.retimed(p, entry, last if last > t else t, new_bits)
+            else:
+                new_bits = bits | OUT_BIT
         else:
             if t - last > (self.udp_ns if p == UDP else self.icmp_ns):
                 return self.slow(i)
@@ -188,7 +198,12 @@ class _Run:
             if t - last > self.tcp_ns[bits & 31]:
                 return self.slow(i)  # expired: the slow path deletes it
             flags = self.h.tcp_flags[i]
-            new_bits = tcp_bits(bits, flags, False) if flags & _FIN_SYN_RST else bits | IN_BIT
+            if flags & _FIN_SYN_RST:
+                new_bits = tcp_bits(bits, flags, False)
+                if new_bits != bits:
+                    self.b.retimed(p, entry, last if last > t else t, new_bits)
+            else:
+                new_bits = bits | IN_BIT
         else:
             if t - last > (self.udp_ns if p == UDP else self.icmp_ns):
                 return self.slow(i)

@@ -9,51 +9,63 @@ internal endpoint, wrote:
     endpoint_hash(proto, pub_ip, port) % partitions
         == endpoint_hash(proto, in_ip, in_port) % partitions
 
-`probe()` walks the range from a start port derived from the internal
-endpoint, wrapping around, and yields the ports that land on the endpoint's
-partition. So a given endpoint tends to get the same port whatever the order
-in which endpoints arrive, an allocation hashes about `partitions` ports, and
-only a full range (exhaustion) costs a walk over all of it. Each port's
-partition is remembered per process. Every hash is blake2b based
-(snf.packet.flowkey), never Python's salted hash().
+`Layout` says, for one (proto, public IP, range, partition count), which
+ports land on which partition: every port is hashed once per process. The
+allocator (portsets.py) then keeps, per partition, which of its ports are
+held. Every hash is blake2b based (snf.packet.flowkey), never Python's
+salted hash().
 """
 
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator
 
 from snf.packet.flowkey import endpoint_hash, flow_hash
 
-__all__ = ["EndpointHasher", "pool_index", "probe", "start_port"]
+__all__ = ["EndpointHasher", "Layout", "ep_key", "layout", "pool_index", "start_port"]
 
-# (proto, public IP, lo, hi, partitions) -> per port of lo..hi: its partition + 1 (0: not yet)
-_PARTITION_OF: dict[tuple[int, bytes, int, int, int], array[int]] = {}
+_LAYOUTS: dict[tuple[int, bytes, int, int, int], Layout] = {}
 
 
-def probe(
-    proto: int, pub_ip: bytes, lo: int, hi: int, partitions: int, target: int, start: int
-) -> Iterator[int]:
-    """Ports of lo..hi whose public endpoint lands on `target`, from lo + start, wrapping."""
-    size = hi - lo + 1
-    if partitions == 1:
-        for k in range(size):
-            yield lo + (start + k) % size
-        return
+class Layout:
+    """Which ports of lo..hi land on which partition, for one (proto, public IP).
+
+    `share[q]`: the ports of partition q, ascending; `part[port - lo]`: a
+    port's partition; `slot[port - lo]`: its index in its partition's share."""
+
+    __slots__ = ("hi", "lo", "part", "share", "slot")
+
+    def __init__(self, proto: int, pub_ip: bytes, lo: int, hi: int, partitions: int) -> None:
+        self.lo, self.hi = lo, hi
+        if partitions == 1:
+            self.part = array("H", bytes(2 * (hi - lo + 1)))
+            self.share = [array("H", range(lo, hi + 1))]
+            self.slot = array("I", range(hi - lo + 1))
+            return
+        self.part = array(
+            "H", [endpoint_hash(proto, pub_ip, p) % partitions for p in range(lo, hi + 1)]
+        )
+        self.share = [array("H") for _ in range(partitions)]
+        self.slot = array("I", bytes(4 * (hi - lo + 1)))
+        for off, q in enumerate(self.part):
+            self.slot[off] = len(self.share[q])
+            self.share[q].append(lo + off)
+
+
+def layout(proto: int, pub_ip: bytes, lo: int, hi: int, partitions: int) -> Layout:
+    """The Layout of (proto, public IP, lo..hi, partitions), made once per process."""
     key = (proto, pub_ip, lo, hi, partitions)
-    known = _PARTITION_OF.get(key)
-    if known is None:
-        if len(_PARTITION_OF) >= 256:  # a process serves few (proto, ip, range) combinations
-            _PARTITION_OF.clear()
-        known = _PARTITION_OF[key] = array("H", bytes(2 * size))
-    want = target + 1
-    for k in range(size):
-        i = (start + k) % size
-        part = known[i]
-        if not part:
-            part = known[i] = endpoint_hash(proto, pub_ip, lo + i) % partitions + 1
-        if part == want:
-            yield lo + i
+    found = _LAYOUTS.get(key)
+    if found is None:
+        if len(_LAYOUTS) >= 256:  # a process serves few (proto, ip, range) combinations
+            _LAYOUTS.clear()
+        found = _LAYOUTS[key] = Layout(proto, pub_ip, lo, hi, partitions)
+    return found
+
+
+def ep_key(proto: int, addr: bytes, port: int) -> bytes:
+    """Table key of an endpoint: proto byte, 4 address bytes, 2 port bytes."""
+    return bytes((proto,)) + addr + port.to_bytes(2, "big")
 
 
 def pool_index(in_ip: bytes, n: int) -> int:
