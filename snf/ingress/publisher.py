@@ -11,6 +11,7 @@ partitions: the replay checkpoint (snf/ingress/checkpoint.py) is built on it.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from functools import partial
 
@@ -59,14 +60,15 @@ class BatchPublisher:
         With a session it carries the session's last lineage (after any seq), so
         a resumed replay's marker counts as sent again and a signed one is trusted."""
         value = wire.encode_end_marker(marker)
+        # Without a session (batches published by hand) the marker still needs a
+        # lineage to be trusted: one of its own.
+        session = self.session or f"end-{secrets.token_hex(6)}"
         for p in range(partitions):
-            headers = None
-            if self.session is not None:
-                headers = self._headers(Lineage(self._origin(p), END_OFFSET, 0), value)
-            self.producer.send(p, value, headers)
+            lineage = Lineage(self._origin(p, session), END_OFFSET, 0)
+            self.producer.send(p, value, self._headers(lineage, value))
 
-    def _origin(self, partition: int) -> str:
-        return f"{CAPTURE_ORIGIN}{self.session}/{partition}"
+    def _origin(self, partition: int, session: str | None = None) -> str:
+        return f"{CAPTURE_ORIGIN}{session or self.session}/{partition}"
 
     def _headers(self, lineage: Lineage, value: bytes) -> list[tuple[str, bytes]]:
         headers = [lineage.header()]

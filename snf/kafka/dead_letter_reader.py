@@ -62,11 +62,15 @@ def read_dead_letters(bootstrap: str, topic: str, timeout: float = 30.0) -> list
 
 
 def republish(bootstrap: str, topic: str, records: list[DeadLetterRecord]) -> int:
-    """Send each record's value and headers to `topic`, same partition; the count."""
+    """Send each record's value and headers to `topic`, same partition; the count.
+    Tombstones are left out: a null value is never a message to process."""
     producer = TopicProducer(bootstrap, topic)
+    sent = 0
     try:
         for r in records:
-            producer.send(r.partition, r.value, r.headers or None)  # type: ignore[arg-type]
+            if r.value is not None:
+                producer.send(r.partition, r.value, r.headers or None)
+                sent += 1
     finally:
         producer.close()
-    return len(records)
+    return sent

@@ -195,7 +195,8 @@ class Processor:
             str(error)[:200],
         )
         headers = dead_letter_headers(record.headers, where, fn.name, error)
-        value = record.value if isinstance(record.value, bytes | None) else bytes(record.value)
+        # A tombstone is kept as an empty value: Kafka wants a key or a value.
+        value = b"" if record.value is None else bytes(record.value)
         future = await self.send(fn.dlq_topic, value, record.partition, headers)  # type: ignore[arg-type]
         if part is not None:
             part.inflight.append((record.offset, [future]))  # settled once it is stored
