@@ -361,6 +361,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
+    from snf.kafka.security import current
     from snf.ops import k8s
     from snf.pipeline.loader import load_pipeline
 
@@ -371,6 +372,7 @@ def _cmd_render(args: argparse.Namespace) -> int:
         namespace=args.namespace or k8s.DEFAULT_NAMESPACE,
         brokers=args.brokers,
         pipeline_text=args.pipeline.read_text(),
+        kafka=current(),  # --kafka-config: the pods read theirs from a Secret
     )
     written = k8s.write_manifests(objs, args.out)
     if isinstance(written, str):

@@ -10,6 +10,12 @@ One set of objects per pipeline, all named `snf-<pipeline>[-<part>]`:
 
 Objects are plain dicts in Kubernetes' own field names, so they can be checked
 against the Kubernetes schemas and written as YAML without a client library.
+
+With Kafka client security settings (snf.kafka.security), every pod mounts the
+Secret `snf-<pipeline>-kafka`, which the operator creates, at /etc/snf-kafka:
+SNF_KAFKA_CONFIG names its `client.properties`, and the SASL password (and a
+client key's password) come from its keys `sasl.password` (`ssl.key.password`)
+through secretKeyRef. No secret value is ever written into a manifest.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import yaml
 from snf import __version__
 
 if TYPE_CHECKING:
+    from snf.kafka.security import KafkaSecurity
     from snf.pipeline.model import Pipeline, PipelineFunction
 
 __all__ = [
@@ -32,7 +39,9 @@ __all__ = [
     "DEFAULT_IMAGE",
     "DEFAULT_NAMESPACE",
     "HEALTH_PORT",
+    "KAFKA_DIR",
     "SCRAPE_ANNOTATIONS",
+    "kafka_secret_name",
     "render_k8s",
     "write_manifests",
 ]
@@ -56,12 +65,26 @@ RUN_AS = 10001  # docker/Dockerfile's user `snf`; any non-root uid works
 REQUESTS = {"cpu": "250m", "memory": "256Mi"}
 LIMITS = {"cpu": "1", "memory": "1Gi"}
 BROKERS_ENV = "SNF_BROKERS"
+KAFKA_DIR = (
+    "/etc/snf-kafka"  # the Kafka Secret's files (its own mount: /etc/snf is the ConfigMap's)
+)
+KAFKA_CONFIG_KEY = "client.properties"
 
 
 def render_k8s(
-    pipeline: Pipeline, *, image: str, namespace: str, brokers: str, pipeline_text: str
+    pipeline: Pipeline,
+    *,
+    image: str,
+    namespace: str,
+    brokers: str,
+    pipeline_text: str,
+    kafka: KafkaSecurity | None = None,
 ) -> list[Obj]:
-    """All objects for one pipeline, in apply order (config, topics, workers)."""
+    """All objects for one pipeline, in apply order (config, topics, workers).
+
+    `kafka`: the client security settings in effect; the pods then read theirs
+    from the Secret `kafka_secret_name(pipeline)` (module docstring).
+    """
     objs = [
         _config_map(pipeline, namespace, pipeline_text),
         _topics_job(pipeline, namespace, image, brokers),
@@ -71,7 +94,36 @@ def render_k8s(
         objs.append(_deployment(pipeline, fn, namespace, image, brokers, digest))
         if fn.autoscaled:
             objs.append(_scaled_object(pipeline, fn, namespace, brokers))
+    if kafka is not None and kafka.security_protocol != "PLAINTEXT":
+        for obj in objs:
+            if obj["kind"] in ("Job", "Deployment"):
+                _mount_kafka_secret(
+                    obj["spec"]["template"]["spec"], kafka_secret_name(pipeline), kafka
+                )
     return objs
+
+
+def kafka_secret_name(pipeline: Pipeline) -> str:
+    return f"snf-{pipeline.name}-kafka"
+
+
+def _mount_kafka_secret(pod: Obj, secret: str, kafka: KafkaSecurity) -> None:
+    """The Secret's files at KAFKA_DIR, and its secrets as environment variables."""
+    from snf.kafka.security import env_name
+
+    # 0440: readable through the pod's fsGroup, as the worker runs as a non-root user.
+    pod["volumes"].append({"name": "kafka", "secret": {"secretName": secret, "defaultMode": 0o440}})
+    env: list[Obj] = [{"name": "SNF_KAFKA_CONFIG", "value": f"{KAFKA_DIR}/{KAFKA_CONFIG_KEY}"}]
+    keys = ["sasl.password"] if kafka.sasl else []
+    keys += ["ssl.key.password"] if kafka.ssl_key_password is not None else []
+    for key in keys:
+        ref = {"secretKeyRef": {"name": secret, "key": key}}
+        env.append({"name": env_name(key), "valueFrom": ref})
+    for container in pod["containers"]:
+        container["env"] += env
+        container["volumeMounts"].append(
+            {"name": "kafka", "mountPath": KAFKA_DIR, "readOnly": True}
+        )
 
 
 def write_manifests(objs: list[Obj], out_dir: Path | None) -> str | list[Path]:

@@ -379,3 +379,57 @@ def test_topics_job_args_parse_with_the_snf_command_line() -> None:
     args = _parser().parse_args(c["args"])
     assert args.command == "plan"
     assert args.apply_topics is True
+
+
+# --- secured Kafka -----------------------------------------------------------------------
+
+
+def test_kafka_security_comes_from_a_secret_never_from_the_manifests(tmp_path: Path) -> None:
+    from snf.kafka.security import KafkaSecurity
+
+    (tmp_path / "key.pem").write_text("x")
+    (tmp_path / "cert.pem").write_text("x")
+    secret_values = ("pw-in-the-local-file", "key-pw-in-the-local-file")
+    kafka = KafkaSecurity.model_validate(
+        {
+            "security.protocol": "SASL_SSL",
+            "sasl.mechanism": "SCRAM-SHA-512",
+            "sasl.username": "snf",
+            "sasl.password": secret_values[0],
+            "ssl.certificate.location": tmp_path / "cert.pem",
+            "ssl.key.location": tmp_path / "key.pem",
+            "ssl.key.password": secret_values[1],
+        }
+    )
+    objs = render(kafka=kafka)
+    text = write_manifests(objs, None)
+    assert isinstance(text, str) and not any(v in text for v in secret_values)
+    assert "Secret" not in {o["kind"] for o in objs}  # the operator creates it
+    pods = [o["spec"]["template"]["spec"] for o in objs if o["kind"] in ("Job", "Deployment")]
+    assert len(pods) == 3
+    for pod in pods:
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "kafka"]
+        assert volume["secret"]["secretName"] == "snf-edge-kafka"
+        (c,) = pod["containers"]
+        assert {"name": "kafka", "mountPath": "/etc/snf-kafka", "readOnly": True} in c[
+            "volumeMounts"
+        ]
+        env = {e["name"]: e for e in c["env"]}
+        assert env["SNF_KAFKA_CONFIG"]["value"] == "/etc/snf-kafka/client.properties"
+        for name, key in (
+            ("SNF_KAFKA_SASL_PASSWORD", "sasl.password"),
+            ("SNF_KAFKA_SSL_KEY_PASSWORD", "ssl.key.password"),
+        ):
+            ref = env[name]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": "snf-edge-kafka", "key": key}
+    for obj in objs:
+        if obj["kind"] != "ScaledObject":
+            kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_plaintext_kafka_mounts_no_secret() -> None:
+    from snf.kafka.security import KafkaSecurity
+
+    for kafka in (None, KafkaSecurity()):
+        text = write_manifests(render(kafka=kafka), None)
+        assert isinstance(text, str) and "snf-edge-kafka" not in text and "SNF_KAFKA" not in text
