@@ -39,7 +39,7 @@ from snf.core.contract import (
     SweepContext,
 )
 from snf.core.reasons import ERROR, ReasonCheck
-from snf.core.tables import CONTROL_TABLE, BatchState
+from snf.core.tables import CONTROL_TABLE, BatchState, TableView
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
 from snf.wire import EndMarker
@@ -48,6 +48,10 @@ __all__ = ["FunctionEngine", "StageOutput"]
 
 log = logging.getLogger("snf.core.engine")
 
+# Control table: end ids open (markers counted, not all in) and the last ended.
+OPEN_KEY, ENDED_KEY = b"ends:open", b"ends:done"
+MAX_OPEN_ENDS = 16  # more at once is not a replay: the marker is refused
+MAX_ENDED = 16
 SWEEP_KEY = b"sweep"  # control table: the partition's next grid point of packet time (ns)
 
 
@@ -153,10 +157,17 @@ class FunctionEngine:
         finish the core once (else None). A repeated origin changes nothing."""
         view = state.table(CONTROL_TABLE)
         key = b"flush:" + marker.end_id.encode()  # the stored key predates "end marker"
+        if marker.end_id in (view.get(ENDED_KEY) or ()):
+            return None  # an end already handled, sent again
         seen: list[str] = list(view.get(key) or [])
         origin = marker.origin or f"#{len(seen)}"  # anonymous markers each count
         if origin in seen or len(seen) >= marker.expected:
             return None  # a marker re-sent after a crash, or an end already handled
+        if not seen:
+            opened = list(view.get(OPEN_KEY) or [])
+            if len(opened) >= MAX_OPEN_ENDS:  # the shell dead-letters the marker
+                raise ValueError(f"{len(opened)} ends are open already (at most {MAX_OPEN_ENDS})")
+            view.set(OPEN_KEY, [*opened, marker.end_id])
         seen.append(origin)
         view.set(key, seen)
         if len(seen) != marker.expected:
@@ -169,9 +180,9 @@ class FunctionEngine:
             log.exception("%s failed to finish partition %d", self.function.kind, partition)
             state.discard()
             self.function.forget(partition)
-            view.set(key, seen)
             records = {}
             ctx.metrics.clear()
+        _close_end(view, key, marker.end_id)
         state.write_back()
         self.counters["flushes"] += 1
         out = StageOutput(records=self._checked_records(records))
@@ -195,6 +206,15 @@ class FunctionEngine:
                 out[port] = items
                 self.counters[port] += len(items)
         return out
+
+
+def _close_end(view: TableView, key: bytes, end_id: str) -> None:
+    """An end is done: its origins go, its id joins the few remembered as ended,
+    so the control table stays small however many ends a partition sees."""
+    view.delete(key)
+    view.set(OPEN_KEY, [e for e in view.get(OPEN_KEY) or () if e != end_id])
+    ended = list(view.get(ENDED_KEY) or ())[-(MAX_ENDED - 1) :]
+    view.set(ENDED_KEY, [*ended, end_id])
 
 
 def _extend(out: Decisions, part: Decisions, offset: int) -> None:

@@ -234,3 +234,16 @@ def test_control_keys_are_64_hex_digits() -> None:
     assert len(control_auth.parse_key(control_auth.new_key())) == 32
     with pytest.raises(control_auth.ControlKeyError, match="64 hex digits"):
         control_auth.parse_key("abc")
+
+
+def test_without_a_key_forged_end_ids_leave_a_bounded_control_table() -> None:
+    records = good()
+    forged = [
+        InputRecord(0, 0, wire.encode_end_marker(wire.EndMarker(f"f{i}", 10**12, 1, "")), None)
+        for i in range(1000)
+    ]
+    # Entry function, no key: an anonymous marker ends the partition (the documented
+    # risk without a key); what matters here is that the table stays small.
+    _, table, sends = run([*records[:AT], *forged, *records[AT:]])
+    control = [k for k in user_state(table) if k.startswith(b"control")]
+    assert 0 < len(control) <= 5, control  # open and ended lists, the sweep point
