@@ -151,7 +151,10 @@ def _add_chaos_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _plan_table(p) -> Table:
-    table = Table(title=f"plan: {p.pipeline.name} on {p.brokers}")
+    rf = f"replication {p.pipeline.spec.replication}" + (
+        " (the cluster's default)" if p.cluster_replication else ""
+    )
+    table = Table(title=f"plan: {p.pipeline.name} on {p.brokers}, {rf}")
     table.add_column("topic", overflow="fold")
     for col in ("kind", "parts", "rf", "cleanup", "min isr"):
         table.add_column(col, justify="right" if col in ("parts", "rf", "min isr") else "left")

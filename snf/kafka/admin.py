@@ -28,6 +28,7 @@ __all__ = [
     "UNREACHABLE",
     "admin_client",
     "broker_count",
+    "cluster_replication",
     "delete_topics",
     "describe_cluster",
     "ensure_topics",
@@ -114,6 +115,17 @@ def broker_count(
     with admin_client(bootstrap, timeout, security) as admin:
         admin.list_topics()
         return sum(not b.get("is_fenced", False) for b in admin.describe_cluster()["brokers"])
+
+
+def cluster_replication(bootstrap: str, retries: int = 5) -> int:
+    """The replication factor a topic gets from this cluster when none is asked for:
+    min(3, brokers), so a lost broker loses nothing once there are three."""
+
+    def action(admin: KafkaAdminClient) -> int:
+        brokers = admin.describe_cluster()["brokers"]
+        return max(1, min(3, sum(not b.get("is_fenced", False) for b in brokers)))
+
+    return retrying(bootstrap, retries, action)
 
 
 def retrying(bootstrap: str, retries: int, action: Callable[[KafkaAdminClient], T]) -> T:

@@ -76,6 +76,7 @@ class Plan:
     brokers: str
     topics: list[TopicChange]
     groups: list[GroupState]
+    cluster_replication: bool = False  # the pipeline left its replication to the cluster
 
     @property
     def refused(self) -> list[TopicChange]:
@@ -85,6 +86,7 @@ class Plan:
         return {
             "pipeline": self.pipeline.name,
             "brokers": self.brokers,
+            "replication": self.pipeline.spec.replication,
             "topics": [
                 {
                     "topic": t.topic,
@@ -113,7 +115,13 @@ def _kinds(pipeline: Pipeline) -> dict[str, str]:
 
 
 def plan(pipeline: Pipeline, brokers: str) -> Plan:
-    """What deploying `pipeline` would change on the cluster at `brokers` (read-only)."""
+    """What deploying `pipeline` would change on the cluster at `brokers` (read-only).
+
+    Replication left to the cluster is resolved here: Plan.pipeline has it.
+    """
+    cluster_default = pipeline.unresolved
+    if cluster_default:
+        pipeline = pipeline.resolved(admin.cluster_replication(brokers))
     specs = pipeline.topic_specs()
     existing, groups = admin.describe_cluster(brokers, list(specs))
     kinds = _kinds(pipeline)
@@ -141,7 +149,7 @@ def plan(pipeline: Pipeline, brokers: str) -> Plan:
         g = groups.get(fn.group_id)
         state = (g.get("group_state") or g.get("state") or "") if isinstance(g, dict) else ""
         states.append(GroupState(fn.group_id, fn.name, g is not None, str(state)))
-    return Plan(pipeline, brokers, changes, states)
+    return Plan(pipeline, brokers, changes, states, cluster_default)
 
 
 _DEFAULTS = {"cleanup.policy": "delete", "min.insync.replicas": "1"}

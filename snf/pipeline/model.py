@@ -86,7 +86,7 @@ class PipelineFunction:
     outputs: dict[str, tuple[Dest, ...]]  # port -> destinations
     inputs: tuple[tuple[str, str], ...]  # upstream (function, port); () for the entry
     layout: Layout
-    replication: int
+    replication: int | None  # None: the cluster's (Pipeline.resolved)
 
     @property
     def partitions(self) -> int:
@@ -301,8 +301,23 @@ class Pipeline:
             ends[topic] = counts
         return ends
 
+    @property
+    def unresolved(self) -> bool:
+        """Whether a replication factor is left to the cluster (resolved at deploy)."""
+        return self.spec.replication is None or any(f.replication is None for f in self.functions)
+
+    def resolved(self, replication: int) -> Pipeline:
+        """Every replication factor left to the cluster set to `replication`."""
+        spec = self.spec.model_copy(update={"replication": self.spec.replication or replication})
+        fns = [
+            dataclasses.replace(f, replication=f.replication or replication) for f in self.functions
+        ]
+        return Pipeline(spec, self.path, fns, self.graph)
+
     def topic_specs(self) -> dict[str, TopicSpec]:
         """Every topic to create before starting, changelogs included."""
+        if self.unresolved:  # no cluster asked: as on one broker
+            return self.resolved(1).topic_specs()
         specs: dict[str, TopicSpec] = {}
         rep = self.spec.replication
         entry = self.function(self.graph.entry)

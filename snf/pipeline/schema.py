@@ -61,7 +61,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "partitions": "Partitions of every function's input topic, unless the function "
         "sets its own.",
         "replication": "Replication factor of the pipeline's topics, unless a function "
-        "sets its own.",
+        "sets its own (default: the cluster's, min(3, brokers); 1 in a --local run).",
         "ship": "heads (default): topics after ingress carry each plain TCP/UDP packet cut "
         "after its L4 header where no function downstream reads payload, and snf's sink "
         "joins the payload back from ingress; whole: every topic carries whole packets, "

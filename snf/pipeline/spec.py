@@ -71,7 +71,9 @@ class PipelineSpec(BaseModel):
 
     name: str = Field(pattern=names.NAME_PATTERN)  # first part of every derived name
     partitions: int = Field(default=4, ge=1, le=1024)  # default of every function
-    replication: int = Field(default=1, ge=1, le=16)  # topic replication factor (default)
+    # Topic replication factor (default); None: the cluster's, min(3, brokers), as
+    # Kafka Streams leaves it to the broker. Resolved at deploy (Pipeline.resolved).
+    replication: int | None = Field(default=None, ge=1, le=16)
     # heads: topics after ingress carry packet heads where no function downstream
     # reads payload, and readers of terminals join the payload back from ingress;
     # whole: every topic carries whole packets (for consumers other than snf's sink).

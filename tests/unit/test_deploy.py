@@ -18,9 +18,34 @@ REPO = Path(__file__).resolve().parents[2]
 TAP = REPO / "pipelines" / "tap.yaml"
 
 
-def _fake_cluster(monkeypatch: pytest.MonkeyPatch, existing: dict[str, dict[str, Any]]) -> None:
+def _fake_cluster(
+    monkeypatch: pytest.MonkeyPatch, existing: dict[str, dict[str, Any]], brokers: int = 1
+) -> None:
     fake = lambda brokers, topics: (existing, {"snf.tap.ids": {}})  # noqa: E731
     monkeypatch.setattr(dep.admin, "describe_cluster", fake)
+    monkeypatch.setattr(dep.admin, "cluster_replication", lambda _: min(3, brokers))
+
+
+@pytest.mark.parametrize(("brokers", "expected"), [(1, 1), (2, 2), (5, 3)])
+def test_replication_left_to_the_cluster_is_min_3_brokers(
+    monkeypatch: pytest.MonkeyPatch, brokers: int, expected: int
+) -> None:
+    _fake_cluster(monkeypatch, {}, brokers)
+    text = TAP.read_text()
+    assert "replication" not in text
+    p = dep.plan(parse_pipeline(text), "b:9092")
+    assert p.cluster_replication and p.pipeline.spec.replication == expected
+    assert {t.want.replication for t in p.topics} == {expected}
+    assert p.to_json()["replication"] == expected
+    assert parse_pipeline(text).topic_specs()["snf.tap.ingress"].replication == 1  # no cluster
+
+
+def test_an_explicit_replication_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cluster(monkeypatch, {}, brokers=5)
+    text = TAP.read_text().replace("name: tap\n", "name: tap\nreplication: 2\n", 1)
+    p = dep.plan(parse_pipeline(text), "b:9092")
+    assert not p.cluster_replication and p.pipeline.spec.replication == 2
+    assert {t.want.replication for t in p.topics} == {2}
 
 
 def test_plan_on_an_empty_cluster_creates_everything(monkeypatch: pytest.MonkeyPatch) -> None:

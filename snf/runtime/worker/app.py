@@ -27,6 +27,7 @@ import faust
 
 from snf.core.tables import STATE_TABLE
 from snf.guarantee.control_auth import key_from_env
+from snf.kafka.admin import cluster_replication
 from snf.kafka.security import WorkerAuth, worker_auth
 from snf.kafka.side_reader import SideReader
 from snf.pipeline.model import Pipeline, PipelineFunction
@@ -93,7 +94,8 @@ def _faust_app(fn: PipelineFunction, brokers: str, datadir: Path) -> faust.App:
         store="rocksdb://",
         datadir=str(datadir),
         topic_partitions=fn.partitions,
-        topic_replication_factor=fn.replication,
+        # Faust creates only its assignor topic; snf created the rest (snf.ops.deploy).
+        topic_replication_factor=fn.replication or cluster_replication(brokers),
         table_standby_replicas=fn.standby_replicas,
         processing_guarantee="at_least_once",  # exactly_once is snf.guarantee's
         consumer_auto_offset_reset="earliest",
