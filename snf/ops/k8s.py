@@ -16,6 +16,8 @@ Secret `snf-<pipeline>-kafka`, which the operator creates, at /etc/snf-kafka:
 SNF_KAFKA_CONFIG names its `client.properties`, and the SASL password (and a
 client key's password) come from its keys `sasl.password` (`ssl.key.password`)
 through secretKeyRef. No secret value is ever written into a manifest.
+Workers read the pipeline's control key (SNF_CONTROL_KEY) the same way, from
+key `key` of the Secret `snf-<pipeline>-control`.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from snf import __version__
+from snf.guarantee.control_auth import CONTROL_KEY_ENV
 
 if TYPE_CHECKING:
     from snf.kafka.security import KafkaSecurity
@@ -41,6 +44,7 @@ __all__ = [
     "HEALTH_PORT",
     "KAFKA_DIR",
     "SCRAPE_ANNOTATIONS",
+    "control_key_ref",
     "kafka_secret_name",
     "render_k8s",
     "write_manifests",
@@ -90,8 +94,12 @@ def render_k8s(
         _topics_job(pipeline, namespace, image, brokers),
     ]
     digest = hashlib.sha256(pipeline_text.encode()).hexdigest()
+    control = {"name": CONTROL_KEY_ENV, "valueFrom": {"secretKeyRef": control_key_ref(pipeline)}}
     for fn in pipeline.functions:
-        objs.append(_deployment(pipeline, fn, namespace, image, brokers, digest))
+        deployment = _deployment(pipeline, fn, namespace, image, brokers, digest)
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            container["env"].append(dict(control))  # workers trust only signed lineage
+        objs.append(deployment)
         if fn.autoscaled:
             objs.append(_scaled_object(pipeline, fn, namespace, brokers))
     if kafka is not None and kafka.security_protocol != "PLAINTEXT":
@@ -101,6 +109,12 @@ def render_k8s(
                     obj["spec"]["template"]["spec"], kafka_secret_name(pipeline), kafka
                 )
     return objs
+
+
+def control_key_ref(pipeline: Pipeline) -> Obj:
+    """The pipeline's control key (snf.guarantee.control_auth): key `key` of the
+    Secret `snf-<pipeline>-control`, which the operator creates."""
+    return {"name": f"snf-{pipeline.name}-control", "key": "key"}
 
 
 def kafka_secret_name(pipeline: Pipeline) -> str:

@@ -433,3 +433,12 @@ def test_plaintext_kafka_mounts_no_secret() -> None:
     for kafka in (None, KafkaSecurity()):
         text = write_manifests(render(kafka=kafka), None)
         assert isinstance(text, str) and "snf-edge-kafka" not in text and "SNF_KAFKA" not in text
+
+
+def test_workers_read_the_control_key_from_a_secret_never_a_value() -> None:
+    deployments = of_kind(render(), "Deployment")
+    assert deployments
+    for d in deployments.values():
+        [key] = [e for e in container(d)["env"] if e["name"] == "SNF_CONTROL_KEY"]
+        assert "value" not in key
+        assert key["valueFrom"]["secretKeyRef"] == {"name": "snf-edge-control", "key": "key"}
