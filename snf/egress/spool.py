@@ -3,8 +3,9 @@
 The one-shot collector must write its packets ordered by id, and a run may
 hold more packets than memory. So packets wait in memory up to `limit`
 bytes, then go to a temporary file as one run sorted by id (source, seq);
-reading merges the runs (a k-way merge, a block of each run at a time), so
-memory holds k blocks, not the packets. What never reached `limit` is
+reading merges the runs (a k-way merge, a block of each run at a time,
+blocks sized to hold MERGE_BYTES together), so memory holds the blocks,
+not the packets. What never reached `limit` is
 sorted in memory and never touches the disk, so small runs (and --local on
 the bundled captures) cost what they did. With `limit=None` the owner
 decides when to `spill()` (the collector, one budget for all its spools).
@@ -39,7 +40,9 @@ ROW = np.dtype(
     ]
 )
 SPOOL_BYTES = 64 << 20  # bytes held in memory before a run goes to disk
-BLOCK_ROWS = 16384  # rows read from each run at a time while merging
+BLOCK_ROWS = 16384  # rows read from each run at a time while merging (at most)
+MIN_BLOCK_ROWS = 256  # ... and at least: past MERGE_BYTES / 256 rows runs, memory grows
+MERGE_BYTES = 32 << 20  # what the blocks of one merge hold together
 
 Chunk = tuple[np.ndarray, list[bytes]]  # rows sorted by id, and their bytes (or [])
 
@@ -98,18 +101,20 @@ class Spool:
 
     def chunks(self, data: bool = True, size: int = BLOCK_ROWS) -> Iterator[Chunk]:
         """Every row, sorted by id, in chunks; with their bytes when `data`."""
-        held = _Sorted(self._parts)
         if not self._runs:  # all in memory: one sort
+            held = _Sorted(self._parts)
             for at in range(0, len(held.rows), size):
                 yield held.rows[at : at + size], held.datas(at, at + size) if data else []
             return
+        self.spill()  # the rest too, so that merging holds one block per run, no more
         f = self._file
         assert f is not None
         f.flush()
-        cursors = [_Cursor(f.fileno(), run, data) for run in self._runs]
-        if self._parts:
-            cursors.append(_Cursor.of(held.rows, held.datas(0, len(held.rows)) if data else []))
-        yield from _merge(cursors)
+        # Blocks shrink as runs add up, so that the merge holds ~MERGE_BYTES however many.
+        size_per_row = ROW.itemsize + 64 + sum(r.size for r in self._runs) // max(self.rows, 1)
+        block = MERGE_BYTES // (len(self._runs) * size_per_row)
+        block = max(MIN_BLOCK_ROWS, min(BLOCK_ROWS, block))
+        yield from _merge([_Cursor(f.fileno(), run, data, block) for run in self._runs])
 
     def close(self) -> None:
         if self._file is not None:
@@ -145,27 +150,20 @@ class _Sorted:
 class _Cursor:
     """A block at a time of one sorted run."""
 
-    def __init__(self, fd: int, run: _Run, data: bool) -> None:
-        self.fd, self.run, self.data = fd, run, data
+    def __init__(self, fd: int, run: _Run, data: bool, block: int = BLOCK_ROWS) -> None:
+        self.fd, self.run, self.data, self.block = fd, run, data, block
         self.next_row = 0  # the first row not loaded yet
         self.next_byte = run.at + run.rows * ROW.itemsize  # its bytes
         self.rows = np.zeros(0, dtype=ROW)
         self.datas: list[bytes] = []
         self._load()
 
-    @classmethod
-    def of(cls, rows: np.ndarray, datas: list[bytes]) -> _Cursor:
-        """A run in memory: one block, nothing more to load."""
-        c = cls.__new__(cls)
-        c.run, c.next_row, c.rows, c.datas = _Run(0, len(rows), 0), len(rows), rows, datas
-        return c
-
     @property
     def more(self) -> bool:
         return self.next_row < self.run.rows
 
     def _load(self) -> None:
-        n = min(BLOCK_ROWS, self.run.rows - self.next_row)
+        n = min(self.block, self.run.rows - self.next_row)
         at = self.run.at + self.next_row * ROW.itemsize
         self.rows = np.frombuffer(os.pread(self.fd, n * ROW.itemsize, at), dtype=ROW)
         self.next_row += n
