@@ -27,7 +27,7 @@ from snf.kafka import secure_cluster
 from snf.kafka.admin import broker_count, quiet, tcp_open
 from snf.kafka.errors import BrokerError
 from snf.kafka.kraft_config import ClusterInfo, NodeInfo
-from snf.kafka.security import KafkaSecurity, load
+from snf.kafka.security import CONFIG_ENV, KafkaSecurity, load
 from snf.kafka.settings import brokers_from_env, snf_home
 
 __all__ = [
@@ -316,13 +316,21 @@ def status(name: str = "default") -> dict[str, Any]:
 
 
 def resolve_brokers(explicit: str | None = None) -> str | None:
-    """explicit > $SNF_BROKERS > the recorded default cluster, if a node of it lives > None."""
+    """explicit > $SNF_BROKERS > the recorded default cluster, if a node of it lives > None.
+
+    A secure default cluster brings its client config along, unless one is set:
+    `snf kafka up --secure` then `snf run ...` needs no --kafka-config.
+    """
     if explicit:
         return explicit
     if env := brokers_from_env():
         return env
     info = recorded("default")
-    return info.bootstrap if info and any(map(_alive, info.nodes)) else None
+    if info is None or not any(map(_alive, info.nodes)):
+        return None
+    if info.client_config and not os.environ.get(CONFIG_ENV):
+        os.environ[CONFIG_ENV] = info.client_config  # children (workers) inherit it
+    return info.bootstrap
 
 
 def kill_node(info: ClusterInfo, node_id: int, sig: int = signal.SIGKILL) -> bool:

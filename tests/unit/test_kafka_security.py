@@ -228,3 +228,21 @@ def test_secure_node_properties(tmp_path: Path, tls: tuple[Path, Path]) -> None:
     assert 'password="adminpw"' in props["listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config"]
     plain = kraft_config.node_properties(specs[0], specs)
     assert plain["listeners"].startswith("PLAINTEXT://") and "sasl.enabled.mechanisms" not in plain
+
+
+def test_a_secure_default_cluster_brings_its_client_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SNF_HOME", str(tmp_path))
+    monkeypatch.delenv("SNF_BROKERS", raising=False)
+    monkeypatch.delenv(security.CONFIG_ENV, raising=False)  # restored after the test
+    info = kraft_config.plan("default", 1, tmp_path / "clusters" / "default", [9001, 9002])
+    info.client_config = str(tmp_path / "client.properties")
+    info.data_dir.mkdir(parents=True)
+    info.save()
+    monkeypatch.setattr(cluster, "_alive", lambda node: True)
+    assert cluster.resolve_brokers() == "127.0.0.1:9001"
+    assert os.environ[security.CONFIG_ENV] == info.client_config
+    monkeypatch.setenv(security.CONFIG_ENV, "/elsewhere.properties")
+    assert cluster.resolve_brokers() == "127.0.0.1:9001"
+    assert os.environ[security.CONFIG_ENV] == "/elsewhere.properties"  # a set one wins
