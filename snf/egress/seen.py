@@ -22,6 +22,8 @@ import numpy as np
 
 __all__ = ["SeenIds"]
 
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)  # numpy < 2 too
+
 
 class SeenIds:
     def __init__(self, window: int | None = None, max_sources: int = 64) -> None:
@@ -105,7 +107,7 @@ class _Bitmap:
         return out
 
     def count(self) -> int:
-        return int(np.bitwise_count(self.bits).sum())
+        return int(_POPCOUNT[self.bits].sum())
 
 
 class _Ring:
@@ -125,7 +127,7 @@ class _Ring:
             self.top = top
         elif top > self.top:  # the window moves up: forget what falls out of it
             gone = np.arange(self.top, min(top, self.top + size)) % size
-            self.owner.evicted += int(np.bitwise_count(self.bits[gone]).sum())
+            self.owner.evicted += int(_POPCOUNT[self.bits[gone]].sum())
             self.bits[gone] = 0
             self.top = top
         out = np.ones(len(seqs), dtype=bool)  # too old to tell: let through
@@ -138,4 +140,4 @@ class _Ring:
         return out
 
     def count(self) -> int:
-        return int(np.bitwise_count(self.bits).sum())
+        return int(_POPCOUNT[self.bits].sum())
