@@ -265,8 +265,8 @@ class Bindings:
             # forget(). Rebuild them from the tables, once, and choose again.
             del self.sets[self.partition]
             return self._allocate(p, s, sp, key, entry, t)
-        top = ports.earliest(self.due_of)
-        if top is None or top[0] > t:
+        top = ports.earliest(self.due_of, t)
+        if top is None:
             return None
         found = self.holder(p, pub_ip, top[1])
         return pub_ip, top[1], None if found is None else found[0]
@@ -276,8 +276,8 @@ class Bindings:
         sets = self.port_sets()
         n = 0
         while n < limit:
-            top = sets.first(self.due_of)
-            if top is None or top[0] > now:
+            top = sets.first(self.due_of, now)
+            if top is None:
                 break
             rkey = top[1]
             p, pub, port = rkey[0], rkey[1:5], int.from_bytes(rkey[5:7], "big")

@@ -111,10 +111,11 @@ class PortSet:
             self.heap = [(d, p) for p, d in best.items()]
             heapify(self.heap)
 
-    def earliest(self, due_of: DueOf) -> tuple[int, int] | None:
-        """(due, port) of the held port that expires first, ties by port."""
+    def earliest(self, due_of: DueOf, by: int) -> tuple[int, int] | None:
+        """(due, port) of the held port that expires first (ties by port) if it
+        expires by `by`, else None. Items above `by` need no fixing up."""
         heap, held, index = self.heap, self.held, self.index
-        while heap:
+        while heap and heap[0][0] <= by:
             d, port = heap[0]
             if held[index(port)] != HELD:
                 heappop(heap)
@@ -214,23 +215,26 @@ class PortSets:
         s = self.find(rkey[0], rkey[1:5], port)
         return rkey in self.others if s is None else s.holds(port)
 
-    def first(self, due_of: DueOf) -> tuple[int, bytes] | None:
-        """(due, rev key) of the binding that expires first, ties by rev key."""
+    def first(self, due_of: DueOf, by: int) -> tuple[int, bytes] | None:
+        """(due, rev key) of the binding that expires first (ties by rev key) if it
+        expires by `by`, else None."""
         best: tuple[int, bytes] | None = None
         for s in self.sets.values():
-            top = s.earliest(due_of)
-            if top is not None and (
-                best is None or (top[0], ep_key(s.proto, s.pub, top[1])) < best
-            ):
-                best = top[0], ep_key(s.proto, s.pub, top[1])
-        top = _lazy_first(self.other_heap, due_of, lambda k, _: k in self.others)
+            head = s.earliest(due_of, by)
+            if head is not None:
+                mine = head[0], ep_key(s.proto, s.pub, head[1])
+                if best is None or mine < best:
+                    best = mine
+        top = _lazy_first(self.other_heap, due_of, lambda k, _: k in self.others, by)
         if top is not None and (best is None or top < best):
             best = top
         return best
 
     def victim(self, due_of: DueOf) -> bytes | None:
         """Rev key of the embryonic binding that expires first (ties by rev key), or None."""
-        top = _lazy_first(self.embryonic, due_of, lambda k, found: found[1] and self._held(k))
+        top = _lazy_first(
+            self.embryonic, due_of, lambda k, found: found[1] and self._held(k), 1 << 64
+        )
         return None if top is None else top[1]
 
 
@@ -238,9 +242,11 @@ def _lazy_first(
     heap: list[tuple[int, bytes]],
     due_of: DueOf,
     keep: Callable[[bytes, tuple[int, bool]], bool],
+    by: int,
 ) -> tuple[int, bytes] | None:
-    """The head of a heap of lowest dues by rev key, fixed up from the tables."""
-    while heap:
+    """The head of a heap of lowest dues by rev key, fixed up from the tables, if
+    it is due by `by`."""
+    while heap and heap[0][0] <= by:
         d, rkey = heap[0]
         found = due_of(rkey[0], rkey[1:5], int.from_bytes(rkey[5:7], "big"))
         if found is None or not keep(rkey, found):
