@@ -129,7 +129,7 @@ class Stream:
         f = self._files.get(where)
         if f is None:
             assert self.events is not None
-            f = self._files[where] = (self.events / f"{where[0]}.{where[1]}.jsonl").open("a")
+            f = self._files[where] = (self.events / f"{where[0]}.{where[1]}.jsonl").open("w")
         return f
 
     def flush(self, final: bool = False) -> None:

@@ -7,7 +7,9 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from snf.egress import spool
 from snf.egress.collector import Collector
 from snf.packet.batch import PacketBatch
 from snf.packet.capture_file import read_capture
@@ -178,9 +180,15 @@ def _files(col: Collector, where: Path) -> dict[str, bytes]:
     return {str(p.relative_to(where)): p.read_bytes() for p in sorted(where.rglob("*.*"))}
 
 
-def test_spilled_runs_merge_to_the_same_files(tmp_path: Path) -> None:
+@pytest.mark.parametrize("blocks", ["whole runs", "small blocks"])
+def test_spilled_runs_merge_to_the_same_files(
+    tmp_path: Path, blocks: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A tiny budget spills a sorted run every few batches; the merge by id must
-    # give exactly what one sort in memory gives.
+    # give exactly what one sort in memory gives, whatever the blocks it reads.
+    if blocks == "small blocks":
+        monkeypatch.setattr(spool, "MERGE_BYTES", 1)
+        monkeypatch.setattr(spool, "MIN_BLOCK_ROWS", 16)
     memory, spilled = Collector(), Collector(spool_bytes=4000)
     for i, batch in enumerate(_shuffled_batches(900, 37, seed=1)):
         where = DROP if i % 4 == 0 else EGRESS
