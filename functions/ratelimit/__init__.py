@@ -33,13 +33,15 @@ State
     bucket  key: Headers.flow (key flow) or the 4/16 address bytes (src/dst)
             value: [tokens, last_ts_ns]; tokens scaled by 1e9 per packet (pps)
             or per bit (bit rates), so a refill is elapsed_ns * rate, exact
-            expiry: none needed: a full bucket is not stored (absent = full),
-            so a key whose bucket is full after its packet writes nothing or
-            deletes its entry. Keys never seen again keep their entry.
+            expiry: a full bucket is not stored (absent = full), so a key whose
+            bucket is full after its packet writes nothing or deletes its
+            entry; the sweep deletes buckets that refilled since (bounds.py),
+            and a full table (max_entries) evicts the one that refills first.
     frag    (key flow only) key: version + src + dst + proto + 4-byte IP id
             value: [first_fragment_ts_ns, flow key hex]; lets a datagram's
             later fragments (no ports) use their flow's bucket for 30 s
-            (snf.packet.fragments.FRAG_TTL_NS, as the router); expiry: lazy
+            (snf.packet.fragments.FRAG_TTL_NS, as the router); expiry: lazy,
+            and by the sweep
     Each batch reads a key once, works on a local copy and writes it once at
     the end, and only when its value changed.
 
@@ -63,7 +65,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, triage
+from snf.core.contract import (
+    EVICTED,
+    BoundedStateConfig,
+    Decisions,
+    FunctionConfig,
+    NetworkFunction,
+    Record,
+    SweepContext,
+    triage,
+)
+from snf.core.expiry import ExpiryIndex
 from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
@@ -72,6 +84,7 @@ from snf.packet.fragments import FRAG_TTL_NS, datagram_key_of
 from snf.packet.headers import FRAG_FIRST, FRAG_LATER, FRAG_NONE, KIND_IP, Headers
 from snf.packet.rewrite import set_dscp
 
+from .bounds import BucketExpiry
 from .rate import RATE_FORMS, parse_rate
 
 __all__ = ["MAX_BURST", "RateLimit", "RateLimitConfig", "address_hash"]
@@ -83,7 +96,7 @@ RATE = "rate"  # exceeded, action drop: port exceed
 MARKED = "marked"  # exceeded, action mark: port pass, DSCP rewritten
 
 
-class RateLimitConfig(FunctionConfig):
+class RateLimitConfig(BoundedStateConfig):
     """Config of the ratelimit function."""
 
     key: Literal["flow", "src", "dst"] = Field(
@@ -141,6 +154,7 @@ class RateLimit(NetworkFunction):
     kind: ClassVar[str] = "ratelimit"
     ports: ClassVar[tuple[str, ...]] = ("pass", "exceed", "drop")
     reasons: ClassVar[tuple[str, ...]] = (MALFORMED, RATE, MARKED)
+    metrics: ClassVar[tuple[str, ...]] = (EVICTED,)
     tables: ClassVar[tuple[str, ...]] = ("bucket", "frag")
     Config: ClassVar[type[FunctionConfig]] = RateLimitConfig
 
@@ -158,6 +172,16 @@ class RateLimit(NetworkFunction):
             self.key = "custom"
             self.key_flow_consistent = False
         self._hashes: dict[bytes, int] = {}
+        self._expiry = BucketExpiry(self.cap, self.rate_per_s, config.max_entries)
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        """Delete the buckets full again by ctx.now_ns (absent = full: no verdict
+        changes) and the expired fragment records."""
+        self._expiry.sweep(state, ctx.now_ns, ctx.limit)
+        return {}
+
+    def forget(self, partition: int) -> None:
+        self._expiry.forget(partition)
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         """Key flow: the flow hash. Key src / dst: address_hash of that address for IP
@@ -188,11 +212,16 @@ class RateLimit(NetworkFunction):
         ts = records["ts_ns"].tolist()
         costs = [x * 8 * SCALE for x in records["orig_len"].tolist()] if self.bits else [SCALE] * n
         table = state.table("bucket")
-        keys = self._bucket_keys(headers, ts, state)
-        cap, rate, mark = self.cap, self.rate_per_s, self.mark
-        # key -> (tokens, last_ts) or None (full); `before` holds what the store had.
+        expiry = self._expiry
+        index, frag_index = expiry.indexes(state)
+        keys = self._bucket_keys(headers, ts, state, frag_index)
+        cap, rate, mark, most = self.cap, self.rate_per_s, self.mark, expiry.max_entries
+        # key -> (tokens, last_ts) or None (full); `before` holds what the store had;
+        # `dirty`: keys changed since the index last heard of them.
         work: dict[bytes, tuple[int, int] | None] = {}
         before: dict[bytes, tuple[int, int] | None] = {}
+        dirty: set[bytes] = set()
+        evicted = 0
 
         for i in ip:
             try:
@@ -223,7 +252,10 @@ class RateLimit(NetworkFunction):
                         replaced[i] = new
                 else:
                     port, reason = "exceed", RATE
+                if tokens < cap and len(index) + len(dirty) >= most:  # maybe full
+                    evicted += expiry.make_room(bkey, table, index, work, before, dirty)
                 work[bkey] = None if tokens >= cap else (tokens, last)
+                dirty.add(bkey)
             except Exception:  # crafted content broke an assumption: drop, never raise
                 port, reason = "drop", MALFORMED
                 replaced.pop(i, None)
@@ -236,6 +268,9 @@ class RateLimit(NetworkFunction):
                     table.delete(bkey)
                 else:
                     table.set(bkey, [bucket[0], bucket[1]])
+        expiry.flush(index, work, dirty)
+        if evicted:
+            decisions.metrics[EVICTED] = evicted
         return decisions
 
     def _marked(self, packet: bytes, headers: Headers, i: int) -> bytes | None:
@@ -249,7 +284,9 @@ class RateLimit(NetworkFunction):
         set_dscp(pkt, l3, version, self.dscp)
         return bytes(pkt)
 
-    def _bucket_keys(self, h: Headers, ts: list[int], state: BatchState) -> list[bytes]:
+    def _bucket_keys(
+        self, h: Headers, ts: list[int], state: BatchState, due: ExpiryIndex
+    ) -> list[bytes]:
         """The bucket key of every packet (b"" for frames without IP)."""
         key = self.config.key
         if key == "src":
@@ -273,9 +310,11 @@ class RateLimit(NetworkFunction):
                 value = [t, keys[i].hex()]
                 if entry != value:
                     frags.set(dgram, value)
+                    due.set(dgram, t + FRAG_TTL_NS + 1)
             elif f == FRAG_LATER and entry is not None:
                 if abs(t - entry[0]) <= FRAG_TTL_NS:
                     keys[i] = bytes.fromhex(entry[1])
                 elif t - entry[0] > FRAG_TTL_NS:
                     frags.delete(dgram)  # expired
+                    due.discard(dgram)
         return keys

@@ -20,6 +20,7 @@ from snf.core.engine import SWEEP_KEY, FunctionEngine
 from snf.core.tables import CONTROL_TABLE
 from snf.functions.firewall import Firewall, FirewallConfig
 from snf.functions.flowmon import FlowMonitor, FlowMonitorConfig
+from snf.functions.ratelimit import RateLimit, RateLimitConfig
 from snf.packet.batch import PacketBatch
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from tests.harness import JsonStore, handle
@@ -109,7 +110,16 @@ def flowmon(**config: Any) -> Factory:
     return lambda: FlowMonitor(FlowMonitorConfig.model_validate({**base, **config}))
 
 
-CORES = {"firewall": firewall(), "flowmon": flowmon()}
+def ratelimit(**config: Any) -> Factory:
+    base = {"rate": "1pps", "burst": 3, "max_entries": 20}
+    return lambda: RateLimit(RateLimitConfig.model_validate({**base, **config}))
+
+
+CORES = {
+    "firewall": firewall(),
+    "flowmon": flowmon(),
+    "ratelimit": ratelimit(rate="8bps", burst=1500),
+}
 
 
 @pytest.mark.parametrize("name", sorted(CORES))
@@ -199,3 +209,11 @@ def test_flowmon_active_timeout_from_the_sweep_keeps_the_initiator() -> None:
     )
     assert first["sourceIPv4Address"] == second["sourceIPv4Address"] == c
     assert first["packetDeltaCount"] + first["reversePacketDeltaCount"] == 4
+
+
+def test_ratelimit_sweep_deletes_refilled_buckets_and_changes_no_verdict() -> None:
+    packets = mixed_capture(seed=3)
+    swept = Run(ratelimit(max_entries=1_000_000)).feed(packets, 64)
+    lazy = Run(ratelimit(max_entries=1_000_000, sweep_interval=0)).feed(packets, 64)
+    assert swept.verdicts == lazy.verdicts
+    assert len(swept.stores["bucket"].data) < 10 < len(lazy.stores["bucket"].data)
