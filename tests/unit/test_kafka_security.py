@@ -174,13 +174,12 @@ def test_mutual_tls_loads_the_client_certificate(tls: tuple[Path, Path], tmp_pat
 def test_cli_exports_the_config_for_child_processes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.delenv(security.CONFIG_ENV, raising=False)
+    monkeypatch.setenv(security.CONFIG_ENV, "")  # main() sets it; restored after the test
     bad = write(tmp_path / "bad.properties", "security.protocol=SASL_SSL\n")
     assert main(["--kafka-config", str(bad), "kafka", "status", "--name", "nothing-here"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "sasl.mechanism is required" in err
     good = write(tmp_path / "good.properties", "security.protocol=PLAINTEXT\n")
-    monkeypatch.setenv(security.CONFIG_ENV, "")  # restored after the test
     assert main(["--kafka-config", str(good), "kafka", "status", "--name", "nothing-here"]) == 0
     assert os.environ[security.CONFIG_ENV] == str(good.resolve())
 
@@ -235,7 +234,7 @@ def test_a_secure_default_cluster_brings_its_client_config(
 ) -> None:
     monkeypatch.setenv("SNF_HOME", str(tmp_path))
     monkeypatch.delenv("SNF_BROKERS", raising=False)
-    monkeypatch.delenv(security.CONFIG_ENV, raising=False)  # restored after the test
+    monkeypatch.setenv(security.CONFIG_ENV, "")  # resolve_brokers sets it; restored after
     info = kraft_config.plan("default", 1, tmp_path / "clusters" / "default", [9001, 9002])
     info.client_config = str(tmp_path / "client.properties")
     info.data_dir.mkdir(parents=True)
