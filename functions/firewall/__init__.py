@@ -23,23 +23,30 @@ Config (FirewallConfig)
     rules     ordered list of {action, proto, src, dst, sport, dport}; a
               missing field matches anything; matched against the packet as
               it travels (its own source and destination)
-    timeouts  seconds: tcp 3600, tcp_closing 10 (after FIN both ways),
-              udp 60, icmp 30 (ICMP and ICMPv6), other 60, fragment 30
+    timeouts  seconds: tcp 3600, tcp_syn 120 (half-open), tcp_closing 10
+              (after FIN both ways), udp 60, icmp 30 (ICMP and ICMPv6),
+              other 60, fragment 30
+    max_entries     conn entries per partition, default 1,000,000
+    sweep_interval  seconds of packet time between sweeps, default 1 (0: none)
 
 State
     conn  key: the canonical bidirectional flow key (Headers.flow)
           value: [last_seen_ns, fin_mask] (bit d set: FIN seen in direction d)
-          expiry: lazy; an entry older than its class timeout counts as absent
+          expiry: an entry older than its class timeout (tcp_syn while
+          half-open: state bit 2+d, opened by a bare SYN from direction d, no
+          reply yet) counts as absent; the sweep deletes it (snf.core.expiry),
+          and a full table (max_entries) evicts half-open entries first
           and is overwritten (packet allowed) or deleted (packet dropped); a
           passing RST deletes its entry
     frag  key: version byte + src + dst + proto byte + 4-byte IP id
           value: [first_fragment_ts_ns, allowed 0|1, reason]
-          expiry: lazy, after `timeouts.fragment`
+          expiry: after `timeouts.fragment`, lazily and by the sweep
     A key is written only when its value changes, and the batch view writes
     it at most once per batch.
 
 Metrics
-    the engine's counters: "in", "pass", "drop:<reason>" (e.g. "drop:rule:2").
+    the engine's counters: "in", "pass", "drop:<reason>" (e.g. "drop:rule:2");
+    "evicted" (conn entries evicted from a full table).
 
 Example
     - type: firewall

@@ -40,7 +40,9 @@ State
            (fin_bits: bit d set when a FIN was seen in Headers.direction d)
            written at most once per flow per batch; deleted when the flow's
            record is emitted and no packet continues it
-    Expiry is lazy (a packet finds its flow expired) plus finish() at the end.
+    Expiry: a packet finds its flow expired, the sweep ends it every
+    sweep_interval of packet time (bounds.py: same records), finish() at the
+    end; a full table (max_entries) ends a flow with "lack of resources".
 
 Metrics
     the engine's counters: "in", "pass", "drop:malformed", "flows" (records);

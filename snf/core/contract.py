@@ -95,7 +95,7 @@ _NS = 1_000_000_000
 # At most this many expiries per table per sweep: a sweep's deletes (and their
 # before-images) share the journal entry of the input message that crossed the
 # grid point, and a Kafka message holds ~1 MB.
-SWEEP_LIMIT = 1000
+SWEEP_LIMIT = 4000
 TABLE_FULL = "table_full"  # reason: the table is at max_entries and this core does not evict
 EVICTED = "evicted"  # metric: entries removed to make room for a new one
 
