@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from snf.guarantee.control_auth import CONTROL_KEY_ENV
 
 
 def traffic_dir() -> Path:
@@ -32,3 +35,15 @@ def traffic(traffic_dir: Path) -> Callable[[str], Path]:
         return path
 
     return find
+
+
+@pytest.fixture(autouse=True)
+def _control_key_of_this_test() -> Iterator[None]:
+    """`snf deploy` puts its control key in the process environment (where its
+    workers and an in-process replay find it): in tests, for that test only."""
+    saved = os.environ.get(CONTROL_KEY_ENV)
+    yield
+    if saved is None:
+        os.environ.pop(CONTROL_KEY_ENV, None)
+    else:
+        os.environ[CONTROL_KEY_ENV] = saved

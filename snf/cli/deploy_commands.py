@@ -21,6 +21,7 @@ from snf.cli.common import (
     replay_options,
     require_brokers,
 )
+from snf.cli.run_commands import use_deployment_key
 from snf.errors import SnfError
 
 if TYPE_CHECKING:
@@ -273,6 +274,7 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     from snf.pipeline.loader import load_pipeline
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
+    use_deployment_key(pipeline.name)  # trust only what its workers signed
     brokers = require_brokers(args.brokers)
     sink = KafkaSink.of(brokers, pipeline)
     try:

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from snf import wire
-from snf.guarantee.lineage import Lineage, Watermarks
+from snf.guarantee.control_auth import AUTH_HEADER, key_from_env, verify
+from snf.guarantee.lineage import Lineage, Watermarks, lineage_value
 from snf.kafka.topic_reader import TopicReader
 from snf.pipeline.model import Pipeline, PortKey
 
@@ -75,6 +76,9 @@ class KafkaSink:
         self.wholes_from = wholes_from
         self.kinds = kinds or {}  # topic -> kinds accepted there (default: both)
         self.foreign: Counter[str] = Counter()  # skipped messages by kind of problem
+        # With the pipeline's control key, only messages its workers signed count
+        # (snf.guarantee.control_auth): a forged lineage cannot hide real output.
+        self.key = key_from_env()
         self.ends = ends or {}
         # topic -> partition -> end id -> origins whose end arrived
         self.ends_in: dict[str, dict[int, dict[str, set[str]]]] = {t: {} for t in topics}
@@ -142,6 +146,8 @@ class KafkaSink:
             return self._foreign(topic, "bad headers")
         if record.value is None:
             return self._foreign(topic, "null value")
+        if self.key is not None and not self._signed(record):
+            return self._foreign(topic, "not signed with the control key")
         try:
             msg = wire.decode_any(record.value)
         except wire.WireError:
@@ -151,6 +157,11 @@ class KafkaSink:
         if kinds and kind not in kinds and not isinstance(msg, wire.EndMarker):
             return self._foreign(topic, f"{kind} on a topic of {'/'.join(sorted(kinds))}")
         return lineage, msg
+
+    def _signed(self, record: Any) -> bool:
+        raw = lineage_value(record.headers)
+        tag = lineage_value(record.headers, AUTH_HEADER)
+        return raw is not None and verify(self.key, raw, bytes(record.value), tag)  # type: ignore[arg-type]
 
     def _foreign(self, topic: str, kind: str) -> None:
         if not self.foreign[kind]:
