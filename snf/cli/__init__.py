@@ -5,5 +5,6 @@ run_commands      kafka, validate, replay, run, worker
 deploy_commands   plan, deploy, scale, status, undeploy, logs, sink, supervise,
                   schema, chaos, render
 top_command       top: live rates and stage times from every worker's /metrics
+dlq_command       dlq: a function's dead letters, and --replay
 common            what they share: the console, flags, pipeline lookup, brokers
 """

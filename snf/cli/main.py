@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from snf.cli import deploy_commands, run_commands, top_command
+from snf.cli import deploy_commands, dlq_command, run_commands, top_command
 from snf.cli.common import add_kafka_config, apply_kafka_config, console
 from snf.errors import ConfigError, SnfError
 
@@ -27,10 +27,16 @@ def _parser() -> argparse.ArgumentParser:
     run_commands.add_parsers(sub)
     deploy_commands.add_parsers(sub)
     top_command.add_parsers(sub)
+    dlq_command.add_parsers(sub)
     return parser
 
 
-COMMANDS = {**run_commands.COMMANDS, **deploy_commands.COMMANDS, **top_command.COMMANDS}
+COMMANDS = {
+    **run_commands.COMMANDS,
+    **deploy_commands.COMMANDS,
+    **top_command.COMMANDS,
+    **dlq_command.COMMANDS,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from rich.table import Table
@@ -182,6 +183,16 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
+def use_deployment_key(pipeline: str) -> None:
+    """Sign with the deployment's control key (snf.guarantee.control_auth) unless
+    SNF_CONTROL_KEY says otherwise: its workers trust only signed lineage."""
+    from snf.guarantee.control_auth import CONTROL_KEY_ENV
+    from snf.ops import deployment_dir as dp
+
+    if not os.environ.get(CONTROL_KEY_ENV) and (key := dp.control_key(dp.directory(pipeline))):
+        os.environ[CONTROL_KEY_ENV] = key
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.ingress.checkpoint import (
         CheckpointSession,
@@ -197,6 +208,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     pipeline = load_pipeline(pipeline_file(args.pipeline))
     brokers = require_brokers(args.brokers)
+    use_deployment_key(pipeline.name)
     opts = replay_options(args)
     check_captures(args.captures)
     opts.source_id = source_id_for(args.captures)
