@@ -280,3 +280,22 @@ def test_max_entries_evicts_half_open_tcp_first_then_refuses() -> None:
     assert len(shell.table("bind")) == len(shell.table("rev")) == 3
     assert shell.one(at(5), udp4("10.0.0.5", R1, 5000, 53))[:2] == ("drop", "table_full")
     assert shell.one(at(5), udp4("10.0.0.4", R1, 5000, 53))[:2] == ("pass", "")  # existing
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_batch_cuts_change_nothing_with_sweeps_and_max_entries(partitions: int) -> None:
+    config = {**PROP_CONFIG, "ports": "40000-40030", "max_entries": 4}
+    ref, traffic, packets = Shell(config, partitions), Traffic(8), []
+    for _ in range(30):
+        batch = traffic.round(12)
+        traffic.learn(batch, ref(batch, 512))
+        packets += batch
+    results = []
+    for size in (1, 7, 512):
+        shell = Shell(config, partitions)
+        outs = shell(packets, size)
+        tables = [shell.table(t) for t in (*Nat.tables, CONTROL_TABLE)]
+        results.append((outs, tables, shell.engine.counters))
+    assert results[0] == results[1] == results[2]
+    counters = results[0][2]
+    assert counters["evicted"] and counters["drop:table_full"], counters
