@@ -13,6 +13,7 @@ from snf.errors import ConfigError, SnfError
 
 if TYPE_CHECKING:
     from snf.ingress.replay import ReplayOptions
+    from snf.pipeline.model import Pipeline
 
 __all__ = [
     "add_brokers",
@@ -20,6 +21,7 @@ __all__ = [
     "add_timing",
     "apply_kafka_config",
     "console",
+    "keyed_pipeline",
     "pipeline_file",
     "replay_options",
     "require_brokers",
@@ -135,3 +137,19 @@ def require_brokers(
     if brokers is None:
         raise SnfError(f"no Kafka cluster configured: {hint}")
     return brokers
+
+
+def keyed_pipeline(ref: str) -> Pipeline:
+    """The pipeline of `ref` (as pipeline_file finds it), with its deployment's
+    control key in the environment unless SNF_CONTROL_KEY is set: the capture
+    agent signs with it and the sink trusts only what it signs
+    (snf.guarantee.control_auth)."""
+    from snf.guarantee.control_auth import CONTROL_KEY_ENV
+    from snf.ops import deployment_dir as dp
+    from snf.pipeline.loader import load_pipeline
+
+    pipeline = load_pipeline(pipeline_file(ref))
+    key = os.environ.get(CONTROL_KEY_ENV) or dp.control_key(dp.directory(pipeline.name))
+    if key:
+        os.environ[CONTROL_KEY_ENV] = key
+    return pipeline

@@ -17,11 +17,10 @@ from snf.cli.common import (
     add_brokers,
     add_timing,
     console,
-    pipeline_file,
+    keyed_pipeline,
     replay_options,
     require_brokers,
 )
-from snf.cli.run_commands import use_deployment_key
 from snf.errors import SnfError
 
 if TYPE_CHECKING:
@@ -271,10 +270,8 @@ def _cmd_sink(args: argparse.Namespace) -> int:
     from snf.egress.collector import Collector
     from snf.egress.sink import KafkaSink, follow
     from snf.egress.stream import Stream
-    from snf.pipeline.loader import load_pipeline
 
-    pipeline = load_pipeline(pipeline_file(args.pipeline))
-    use_deployment_key(pipeline.name)  # trust only what its workers signed
+    pipeline = keyed_pipeline(args.pipeline)  # trust only what its workers signed
     brokers = require_brokers(args.brokers)
     sink = KafkaSink.of(brokers, pipeline)
     try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from rich.table import Table
@@ -13,7 +12,7 @@ from snf.cli.common import (
     add_brokers,
     add_timing,
     console,
-    pipeline_file,
+    keyed_pipeline,
     replay_options,
     require_brokers,
 )
@@ -183,16 +182,6 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
     return 0
 
 
-def use_deployment_key(pipeline: str) -> None:
-    """Sign with the deployment's control key (snf.guarantee.control_auth) unless
-    SNF_CONTROL_KEY says otherwise: its workers trust only signed lineage."""
-    from snf.guarantee.control_auth import CONTROL_KEY_ENV
-    from snf.ops import deployment_dir as dp
-
-    if not os.environ.get(CONTROL_KEY_ENV) and (key := dp.control_key(dp.directory(pipeline))):
-        os.environ[CONTROL_KEY_ENV] = key
-
-
 def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.ingress.checkpoint import (
         CheckpointSession,
@@ -202,13 +191,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     )
     from snf.ingress.publisher import BatchPublisher
     from snf.ingress.replay import check_captures, replay, source_id_for
-    from snf.pipeline.loader import load_pipeline
     from snf.pipeline.routing import plan_pipeline
     from snf.wire import EndMarker
 
-    pipeline = load_pipeline(pipeline_file(args.pipeline))
+    pipeline = keyed_pipeline(args.pipeline)
     brokers = require_brokers(args.brokers)
-    use_deployment_key(pipeline.name)
     opts = replay_options(args)
     check_captures(args.captures)
     opts.source_id = source_id_for(args.captures)
