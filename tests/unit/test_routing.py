@@ -203,8 +203,9 @@ def test_engine_finishes_once_on_the_last_expected_marker() -> None:
     assert engine.end_of_input(marker, 1, BatchState(stores)) is None
     out = engine.end_of_input(marker, 1, BatchState(stores))
     assert out is not None and out.records == {"flows": [{"ts_ns": 99, "partition": 1}]}
-    # The count is state (a restarted worker keeps it): a replayed marker does not finish again.
-    assert stores[CONTROL_TABLE].data == {b"flush:run": ["#0", "#1", "#2"]}
+    # The end is state (a restarted worker keeps it), pruned to its id among the ended:
+    # a replayed marker does not finish again.
+    assert stores[CONTROL_TABLE].data == {b"ends:open": [], b"ends:done": ["run"]}
     assert engine.end_of_input(marker, 1, BatchState(stores)) is None
 
 
