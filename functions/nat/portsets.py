@@ -19,7 +19,7 @@ share), a `PortSet`:
   by port.
 
 `PortSets` holds a partition's PortSets, the held public endpoints none
-covers (a public IP or port an older config had), and the embryonic (TCP,
+covers (a public IP, port or forward's port an older config had), and the embryonic (TCP,
 nothing seen inbound) bindings in a lazy heap of their own, for max_entries.
 All of it is a function of the `bind` and `rev` contents: built from them on
 the partition's first need after forget() (Bindings.port_sets), then kept in
@@ -75,6 +75,11 @@ class PortSet:
     def holds(self, port: int) -> bool:
         i = self.index(port)
         return i >= 0 and self.held[i] == HELD
+
+    def covers(self, port: int) -> bool:
+        """In the share and not a forward's: a port this set keeps count of."""
+        i = self.index(port)
+        return i >= 0 and self.held[i] != FORWARD
 
     def first_free(self, start: int) -> int | None:
         """The first free port at or after `start`, wrapping around; None when full."""
@@ -169,7 +174,7 @@ class PortSets:
     def hold(self, proto: int, pub: bytes, port: int, due: int, embryonic: bool) -> None:
         """A binding now holds (proto, pub, port), expiring at `due`."""
         s = self.find(proto, pub, port)
-        if s is not None:
+        if s is not None and s.covers(port):  # a forward's port stays one (older config)
             s.hold(port, due)
         else:
             self._other(ep_key(proto, pub, port), due)
@@ -213,7 +218,7 @@ class PortSets:
     def _held(self, rkey: bytes) -> bool:
         port = int.from_bytes(rkey[5:7], "big")
         s = self.find(rkey[0], rkey[1:5], port)
-        return rkey in self.others if s is None else s.holds(port)
+        return (s is not None and s.holds(port)) or rkey in self.others
 
     def first(self, due_of: DueOf, by: int) -> tuple[int, bytes] | None:
         """(due, rev key) of the binding that expires first (ties by rev key) if it

@@ -299,3 +299,14 @@ def test_batch_cuts_change_nothing_with_sweeps_and_max_entries(partitions: int) 
     assert results[0] == results[1] == results[2]
     counters = results[0][2]
     assert counters["evicted"] and counters["drop:table_full"], counters
+
+
+def test_a_forward_port_held_by_an_older_binding_is_never_allocated() -> None:
+    forward = {"proto": "udp", "public": "192.0.2.1:40000", "inside": "10.0.0.5:53"}
+    config = cfg(inside=["10.0.0.0/8"], ports="40000-40001", port_forwards=[forward])
+    shell = Shell({**config, "sweep_interval": 0}, 1)
+    fill(shell, [40000], at(0))  # left by a config without the forward
+    assert fields(shell.one(at(1), new_flow(1))[2])[2] == 40001
+    assert shell.one(at(1), new_flow(2))[1] == "ports_exhausted"
+    assert fields(shell.one(at(1000), new_flow(3))[2])[2] == 40001  # new_flow(1)'s, expired
+    assert shell.one(at(1000), new_flow(4))[1] == "ports_exhausted"
