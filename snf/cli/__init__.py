@@ -2,6 +2,7 @@
 
 main              the parser: the commands of the modules below, and main()
 run_commands      kafka, validate, replay, run, worker
+acls_command      kafka acls: a pipeline's ACLs on a secured cluster
 deploy_commands   plan, deploy, scale, status, undeploy, logs, sink, supervise,
                   schema, chaos, render
 top_command       top: live rates and stage times from every worker's /metrics

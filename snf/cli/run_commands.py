@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from snf.cli import acls_command
 from snf.cli.common import (
     add_brokers,
     add_timing,
@@ -42,6 +43,7 @@ def _add_kafka(sub: argparse._SubParsersAction) -> None:
     st = ksub.add_parser("status", help="show the recorded cluster")
     st.add_argument("--name", default="default")
     st.add_argument("--json", action="store_true")
+    acls_command.add_parser(ksub)
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:
@@ -153,6 +155,8 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
         return 0
         if info.client_config:
             print(info.client_config)
+    if args.kafka_command == "acls":
+        return acls_command.run(args)
     if args.kafka_command == "down":
         stopped = cluster.down(name=args.name)
         console.print("stopped" if stopped else "nothing was running")

@@ -9,6 +9,7 @@ cluster        `snf kafka up/down`: a KRaft cluster on loopback from Maven jars
 kraft_config   what such a cluster is: nodes, server.properties, its record
 settings       SNF_HOME and SNF_BROKERS
 secure_cluster a `--secure` cluster's CA, certificates, SCRAM users, client config
+acls           who may do what on it: ACLs as data, created by an admin
 security       TLS and SASL settings of every client (--kafka-config, SNF_KAFKA_*)
 login_probe    why a secured broker refused us: one TLS + SASL login by hand
 errors         BrokerError and PublishError

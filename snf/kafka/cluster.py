@@ -205,8 +205,8 @@ def wait_ready(info: ClusterInfo, timeout: float = 90.0) -> None:
 def _create(name: str, nodes: int, libs: Path, secure: bool) -> ClusterInfo:
     """Lay out and format fresh storage for every node (formats run in parallel).
 
-    `secure`: TLS material, SCRAM users (created by the format) and the client
-    config file first (snf.kafka.secure_cluster).
+    `secure`: TLS material, SCRAM users (created by the format) and their client
+    config files first (snf.kafka.secure_cluster).
     """
     data_dir = _cluster_dir(name)
     shutil.rmtree(data_dir, ignore_errors=True)  # stale state never leaks between runs
@@ -214,8 +214,7 @@ def _create(name: str, nodes: int, libs: Path, secure: bool) -> ClusterInfo:
     data_dir.mkdir(parents=True, mode=0o700)  # server.properties holds a password if secure
     setup = secure_cluster.prepare(data_dir) if secure else None
     if setup is not None:
-        client = data_dir / "client.properties"
-        info.client_config = str(secure_cluster.write_client_config(client, setup, name))
+        info.client_config = str(secure_cluster.write_client_configs(data_dir, setup, name))
     specs, cluster_id, formats = config.specs_of(info), config.new_cluster_id(), []
     for node, spec in zip(info.nodes, specs, strict=True):
         node.props.parent.mkdir(parents=True)
@@ -238,7 +237,8 @@ def up(
     """Start a fresh `nodes`-broker cluster, or return cluster `name` if it already runs.
 
     `secure`: clients must use SASL_SSL (SCRAM-SHA-512 over TLS) with the settings
-    in the file `ClusterInfo.client_config` names.
+    in the file `ClusterInfo.client_config` names, and need ACLs: that file's user
+    gets all rights on names starting `snf.` (secure_cluster.grant_clients).
     """
     if nodes < 1:
         raise BrokerError(f"a Kafka cluster needs at least one node, not {nodes}")
@@ -262,6 +262,8 @@ def up(
         info.save()  # before waiting, so down() can clean up an interrupted start
         try:
             wait_ready(info, wait_timeout)
+            if secure:
+                secure_cluster.grant_clients(info)
         except BaseException:
             _stop(name, info, 10.0)
             raise

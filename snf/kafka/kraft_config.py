@@ -78,7 +78,9 @@ def secure_properties(spec: NodeSpec, secure: SecureSetup) -> dict[str, str]:
 
     The controller listener stays PLAINTEXT: it binds to loopback only and carries
     the KRaft quorum among the nodes, never a client. Every broker authenticates to
-    the others as `admin`.
+    the others as `admin`. StandardAuthorizer denies what no ACL allows (snf.kafka.acls
+    grants); the brokers' principals are super users: `admin`, and User:ANONYMOUS,
+    which is what the PLAINTEXT controller listener calls every peer.
     """
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required"
@@ -97,8 +99,11 @@ def secure_properties(spec: NodeSpec, secure: SecureSetup) -> dict[str, str]:
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(secure.ca),
         "ssl.client.auth": "none",
-        # No authorizer: every authenticated user may do anything. docs/DEPLOY.md
-        # has the ACLs a production cluster should have.
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "allow.everyone.if.no.acl.found": "false",
+        # Without ANONYMOUS the brokers could not register with the controllers. Anyone
+        # on this host reaching a controller port is a super user: see docs/DEPLOY.md.
+        "super.users": f"User:{ADMIN_USER};User:ANONYMOUS",
     }
 
 

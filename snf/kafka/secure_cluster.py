@@ -1,9 +1,12 @@
 """The secrets of a `snf kafka up --secure` cluster: a CA, the brokers' certificate,
-SCRAM users, and the client config file that `snf --kafka-config` reads.
+SCRAM users, the client config files that `snf --kafka-config` reads, and the ACLs
+of its clients.
 
 Made with `openssl` into `<cluster dir>/tls/` (PEM, which Kafka reads as
 `ssl.keystore.type=PEM`); the SCRAM users are created when the storage is
-formatted (`kafka-storage format --add-scram`). Everything secret is mode 0600.
+formatted (`kafka-storage format --add-scram`): `admin` (the brokers, a super
+user), `snf` (every snf client) and `capture` (a capture agent, no rights until
+`snf kafka acls` gives it a pipeline's ingress). Everything secret is mode 0600.
 """
 
 from __future__ import annotations
@@ -13,12 +16,31 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from snf.kafka import acls
 from snf.kafka.errors import BrokerError
-from snf.kafka.kraft_config import HOST, SCRAM, SecureSetup
+from snf.kafka.kraft_config import ADMIN_USER, HOST, SCRAM, ClusterInfo, SecureSetup
+from snf.kafka.security import load
 
-__all__ = ["CLIENT_USER", "prepare", "scram_args", "write_client_config"]
+__all__ = [
+    "CAPTURE_USER",
+    "CLIENT_USER",
+    "grant_clients",
+    "prepare",
+    "scram_args",
+    "user_config",
+    "write_client_config",
+    "write_client_configs",
+]
 
 CLIENT_USER = "snf"  # what snf's clients authenticate as
+CAPTURE_USER = "capture"  # the one writer of a pipeline's ingress, once `snf kafka acls` ran
+# snf.pipeline.names.PREFIX + ".": every topic, group and transactional id snf names.
+CLIENT_PREFIX = "snf."
+CONFIG_FILES = {
+    CLIENT_USER: "client.properties",
+    CAPTURE_USER: "capture.properties",
+    ADMIN_USER: "admin.properties",
+}
 DAYS = "825"  # the longest validity macOS and browsers accept; a local cluster lives less
 
 
@@ -75,7 +97,7 @@ def make_tls(tls_dir: Path) -> tuple[Path, Path]:
 def prepare(cluster_dir: Path) -> SecureSetup:
     """Certificates and fresh passwords for a new secure cluster in `cluster_dir`."""
     ca, keystore = make_tls(cluster_dir / "tls")
-    users = {CLIENT_USER: secrets.token_urlsafe(24)}
+    users = {user: secrets.token_urlsafe(24) for user in (CLIENT_USER, CAPTURE_USER)}
     return SecureSetup(ca, keystore, secrets.token_urlsafe(24), users)
 
 
@@ -87,15 +109,37 @@ def scram_args(setup: SecureSetup) -> list[str]:
     return out
 
 
-def write_client_config(path: Path, setup: SecureSetup, cluster: str) -> Path:
-    """The client settings of the cluster (snf.kafka.security's keys), mode 0600."""
+def write_client_config(
+    path: Path, setup: SecureSetup, cluster: str, user: str = CLIENT_USER
+) -> Path:
+    """The client settings of `user` on the cluster (snf.kafka.security's keys), mode 0600."""
     lines = [
         f"# Written by `snf kafka up --secure --name {cluster}`: use it with",
         f"#   snf --kafka-config {path} ...",
         "security.protocol=SASL_SSL",
         f"sasl.mechanism={SCRAM}",
-        f"sasl.username={CLIENT_USER}",
-        f"sasl.password={setup.users[CLIENT_USER]}",
+        f"sasl.username={user}",
+        f"sasl.password={setup.scram_users[user]}",
         f"ssl.ca.location={setup.ca}",
     ]
     return _private(path, "\n".join(lines) + "\n")
+
+
+def write_client_configs(cluster_dir: Path, setup: SecureSetup, cluster: str) -> Path:
+    """One file per user (CONFIG_FILES) in `cluster_dir`; returns `snf`'s, client.properties."""
+    for user, name in CONFIG_FILES.items():
+        write_client_config(cluster_dir / name, setup, cluster, user)
+    return cluster_dir / CONFIG_FILES[CLIENT_USER]
+
+
+def user_config(info: ClusterInfo, user: str) -> Path:
+    """The client config of `user` on secure cluster `info`: next to client.properties."""
+    if not info.client_config:
+        raise BrokerError(f"Kafka cluster {info.name!r} is not secure: it has no users")
+    return Path(info.client_config).with_name(CONFIG_FILES[user])
+
+
+def grant_clients(info: ClusterInfo) -> None:
+    """As `admin`: `snf` may do all a one-shot `snf run` does on names starting `snf.`."""
+    admin = load(user_config(info, ADMIN_USER))
+    acls.apply_acls(info.bootstrap, acls.client_acls(CLIENT_USER, CLIENT_PREFIX), admin)

@@ -28,6 +28,7 @@ __all__ = [
     "group_id",
     "ingress_topic",
     "input_topic",
+    "pipeline_prefix",
     "port_topic",
     "private_topic",
 ]
@@ -41,6 +42,12 @@ def _check(kind: str, name: str) -> str:
     if not _NAME.match(name):
         raise ValueError(f"{kind} name {name!r} must match {NAME_PATTERN}")
     return name
+
+
+def pipeline_prefix(pipeline: str) -> str:
+    # Every topic, group and transactional id of the pipeline starts so (its ACLs'
+    # prefix), and a one-shot run's `snf.<pipeline>-r<hex>.` ones do not.
+    return f"{PREFIX}.{_check('pipeline', pipeline)}."
 
 
 def ingress_topic(pipeline: str) -> str:

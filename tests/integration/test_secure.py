@@ -1,5 +1,6 @@
 """A secured cluster end to end: `snf kafka up --secure` (SASL_SSL, SCRAM-SHA-512),
-a pipeline run over it identical to --local, and a wrong password refused in one line."""
+a pipeline run over it identical to --local, a wrong password refused in one line,
+and the ACLs of `snf kafka acls`: only the capture agent's user writes ingress."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import kafka.errors as kerrors
 import pytest
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from snf.kafka import cluster
-from snf.kafka.security import KafkaSecurity
+from snf.kafka import admin, cluster
+from snf.kafka.secure_cluster import CAPTURE_USER, CLIENT_USER, user_config
+from snf.kafka.security import KafkaSecurity, client_kwargs, load
+from snf.pipeline import names
 from tests.integration.conftest import _remove_cluster
 
 pytestmark = pytest.mark.integration
@@ -84,3 +90,41 @@ def test_wrong_password_fails_in_one_line(
     assert lines[0].startswith(f"error: Kafka at {secure_cluster.bootstrap} refused us:")
     assert "authentication failed" in lines[0] and "Traceback" not in got.stderr
     assert "not-the-password" not in got.stderr
+
+
+def _as(info: cluster.ClusterInfo, user: str) -> dict[str, Any]:
+    """kafka-python's settings for logging in as `user` (its config file, written by up)."""
+    return {"bootstrap_servers": info.bootstrap, **client_kwargs(load(user_config(info, user)))}
+
+
+def test_only_the_capture_user_writes_ingress(secure_cluster: cluster.ClusterInfo) -> None:
+    ingress = names.ingress_topic("acl")
+    worker = load(Path(secure_cluster.client_config))
+    with admin.admin_client(secure_cluster.bootstrap, security=worker) as client:
+        client.create_topics({ingress: {"num_partitions": 1, "replication_factor": 1}})
+    assert stat.S_IMODE(user_config(secure_cluster, CAPTURE_USER).stat().st_mode) == 0o600
+
+    # `capture` has no ACLs yet: it may not even find where to start reading.
+    reader = KafkaConsumer(**_as(secure_cluster, CAPTURE_USER))
+    try:
+        reader.assign([partition := TopicPartition(ingress, 0)])
+        with pytest.raises(kerrors.TopicAuthorizationFailedError):
+            reader.position(partition)
+    finally:
+        reader.close()
+
+    got = _snf("kafka", "acls", "acl", "--name", secure_cluster.name)
+    assert got.returncode == 0, got.stderr
+    assert f"DENY User:snf WRITE topic {ingress} (literal)" in got.stdout
+
+    for user, allowed in ((CLIENT_USER, False), (CAPTURE_USER, True)):
+        producer = KafkaProducer(**_as(secure_cluster, user), retries=0)
+        try:
+            sent = producer.send(ingress, b"packet")
+            if allowed:
+                sent.get(timeout=15)
+            else:
+                with pytest.raises(kerrors.TopicAuthorizationFailedError):
+                    sent.get(timeout=15)
+        finally:
+            producer.close(timeout=5)

@@ -214,6 +214,24 @@ def test_secure_cluster_files(tmp_path: Path, tls: tuple[Path, Path]) -> None:
     ]  # fmt: skip
 
 
+def test_every_user_of_a_secure_cluster_has_a_config(
+    tmp_path: Path, tls: tuple[Path, Path]
+) -> None:
+    setup = kraft_config.SecureSetup(*tls, "adminpw", {"snf": SECRET, "capture": "cpw"})
+    client = secure_cluster.write_client_configs(tmp_path, setup, "t")
+    info = kraft_config.plan("t", 1, tmp_path, [9001, 9002])
+    info.client_config = str(client)
+    for user, password in (("snf", SECRET), ("capture", "cpw"), ("admin", "adminpw")):
+        path = secure_cluster.user_config(info, user)
+        assert path.parent == tmp_path and stat.S_IMODE(path.stat().st_mode) == 0o600
+        sec = load(path, environ={})
+        assert sec is not None and sec.sasl_username == user and sec.sasl_password is not None
+        assert sec.sasl_password.get_secret_value() == password
+    assert secure_cluster.user_config(info, "snf") == client
+    with pytest.raises(BrokerError, match="not secure"):
+        secure_cluster.user_config(kraft_config.plan("p", 1, tmp_path, [1, 2]), "snf")
+
+
 def test_secure_node_properties(tmp_path: Path, tls: tuple[Path, Path]) -> None:
     ca, keystore = tls
     info = kraft_config.plan("t", 1, tmp_path / "t", [9001, 9002])
