@@ -32,13 +32,13 @@ def _add_kafka(sub: argparse._SubParsersAction) -> None:
     up = ksub.add_parser("up", help="fetch, format and start a local cluster")
     up.add_argument("--nodes", type=int, default=1, choices=(1, 3))
     up.add_argument("--name", default="default")
-    down = ksub.add_parser("down", help="stop the cluster this tool started")
     up.add_argument(
         "--secure",
         action="store_true",
         help="clients must use SASL_SSL (SCRAM-SHA-512 over TLS); writes the cluster's "
         "client config (CA, user, password; mode 0600) and prints its path",
     )
+    down = ksub.add_parser("down", help="stop the cluster this tool started")
     down.add_argument("--name", default="default")
     st = ksub.add_parser("status", help="show the recorded cluster")
     st.add_argument("--name", default="default")
@@ -147,14 +147,14 @@ def _cmd_kafka(args: argparse.Namespace) -> int:
             f"Kafka {cluster.KAFKA_VERSION} up: [bold]{info.bootstrap}[/] "
             f"({len(info.nodes)} node(s), data in {info.data_dir})"
         )
-        print(info.bootstrap)
         if info.client_config:
             console.print(
                 f"SASL_SSL only; clients: [bold]snf --kafka-config {info.client_config}[/] ..."
             )
-        return 0
+        print(info.bootstrap)
         if info.client_config:
             print(info.client_config)
+        return 0
     if args.kafka_command == "acls":
         return acls_command.run(args)
     if args.kafka_command == "down":

@@ -244,6 +244,6 @@ def test_without_a_key_forged_end_ids_leave_a_bounded_control_table() -> None:
     ]
     # Entry function, no key: an anonymous marker ends the partition (the documented
     # risk without a key); what matters here is that the table stays small.
-    _, table, sends = run([*records[:AT], *forged, *records[AT:]])
+    _, table, _ = run([*records[:AT], *forged, *records[AT:]])
     control = [k for k in user_state(table) if k.startswith(b"control")]
     assert 0 < len(control) <= 5, control  # open and ended lists, the sweep point
