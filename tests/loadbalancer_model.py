@@ -12,7 +12,8 @@ Semantics modelled (IPv4 and IPv6 over Ethernet, optionally 802.1Q-tagged;
 fragments are not modelled)
     * A TCP/UDP packet to a VIP (proto, address, port): if the client flow
       (proto, client, client port, VIP, VIP port) has a record that is live
-      (idle <= tcp 900 / tcp_fin 120 once both FIN bits are set / udp 300),
+      (idle <= tcp 900 / tcp_fin 120 once both FIN bits are set / tcp_syn 120
+      while half-open / udp 300),
       whose backend is still in the pool, and the packet is not a bare SYN on
       a closed (both FIN bits) record, the recorded backend is kept; else the
       backend is table[H(5-tuple) mod M] (empty pool: drop "no_backend" and
@@ -21,7 +22,9 @@ fragments are not modelled)
       backend-side flow is linked to a live client flow on that very backend:
       the source becomes the VIP. A link without such a flow is forgotten.
     * FIN adds bit 0 (client) or 1 (backend) to the record, RST sets both;
-      packet time never moves the record's last-seen time back.
+      packet time never moves the record's last-seen time back. A new record
+      is unanswered (bit 3) and, when a bare SYN opened it, half-open (bit 2);
+      a packet from the backend clears both.
     * Everything else passes untouched; frames claiming IP but cut short: drop
       "malformed".
 """
@@ -40,7 +43,8 @@ __all__ = ["LBModel", "Outcome", "checksums_ok", "endpoints", "maglev_table"]
 NS = 1_000_000_000
 FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 PROTOS = {"tcp": 6, "udp": 17}
-TIMEOUTS = {"tcp": 900.0, "tcp_fin": 120.0, "udp": 300.0}
+TIMEOUTS = {"tcp": 900.0, "tcp_fin": 120.0, "tcp_syn": 120.0, "udp": 300.0}
+HALF_OPEN, UNANSWERED = 4, 8
 
 Ep = tuple[bytes, int]  # (packed address, port)
 
@@ -153,7 +157,9 @@ class LBModel:
         if proto == 17:
             limit = self.timeouts["udp"]
         else:
-            limit = self.timeouts["tcp_fin" if rec[2] == 3 else "tcp"]
+            bits = rec[2]
+            name = "tcp_fin" if bits & 3 == 3 else "tcp_syn" if bits & HALF_OPEN else "tcp"
+            limit = self.timeouts[name]
         return t - rec[1] <= limit
 
     def packet(self, t: int, frame: bytes) -> Outcome:
@@ -181,7 +187,7 @@ class LBModel:
                 rec is not None
                 and rec[0] in members
                 and self._live(proto, rec, t)
-                and not (rec[2] == 3 and flags & (SYN | ACK) == SYN)
+                and not (rec[2] & 3 == 3 and flags & (SYN | ACK) == SYN)
             )
             if keep:
                 rec[1], rec[2] = max(rec[1], t), rec[2] | fin
@@ -194,7 +200,8 @@ class LBModel:
                 five = bytes([proto]) + src[0] + src[1].to_bytes(2, "big")
                 five += dst[0] + dst[1].to_bytes(2, "big")
                 backend = table[h64(five, b"maglev-flow") % len(table)]
-                rec = self.conn[key] = [backend, t, fin]
+                opened = UNANSWERED | (HALF_OPEN if flags & (SYN | ACK) == SYN else 0)
+                rec = self.conn[key] = [backend, t, fin | opened]
                 self.back[proto, backend, src] = dst
             return Outcome("pass", "", self._rewrite(frame, off, ip, "dst", rec[0]))
         if (proto, src) in self.backend_eps and (proto, src, dst) in self.back:
@@ -205,7 +212,8 @@ class LBModel:
                 if rec is not None and rec[0] == src:
                     del self.conn[proto, dst, vip]
                 return Outcome("pass", "", None)
-            rec[1], rec[2] = max(rec[1], t), rec[2] | (3 if fin == 3 else 2 if fin else 0)
+            bits = rec[2] | (3 if fin == 3 else 2 if fin else 0)
+            rec[1], rec[2] = max(rec[1], t), bits & ~(HALF_OPEN | UNANSWERED)
             return Outcome("pass", "", self._rewrite(frame, off, ip, "src", vip))
         return Outcome("pass", "", None)
 

@@ -30,20 +30,28 @@ Config (LoadBalancerConfig)
     table_size  Maglev table size per service, a prime >= every pool's size
                 (default 65537)
     timeouts    idle seconds (packet time): tcp 900, tcp_fin 120 (after a FIN
-                both ways or a RST), udp 300
+                both ways or a RST), tcp_syn 120 (opened by a bare SYN, no
+                reply yet: half-open), udp 300
+    max_entries     conn entries per partition, default 1,000,000
+    sweep_interval  seconds of packet time between sweeps, default 1 (0: none)
 
 State
     conn  key: proto u8 + client addr + client port u16 + vip addr + vip port u16
-          value: [backend addr hex, backend port, last_seen_ns, fin_mask]
-          (bit 0: FIN from the client, bit 1: FIN from the backend; a RST sets
-          both)
+          value: [backend addr hex, backend port, last_seen_ns, bits]
+          (bit 0: FIN from the client, bit 1: FIN from the backend, a RST sets
+          both; bit 2: half-open, opened by a bare SYN; bit 3: unanswered;
+          a packet from the backend clears bits 2 and 3)
     back  key: proto u8 + backend addr + backend port u16 + client addr + client port u16
           value: [vip addr hex, vip port]; how a reply finds its conn entry
     frag  key: version u8 + src + dst + proto u8 + IP id u32 (the first fragment
           as received) -> [first_fragment_ts_ns, new addr hex, 0: dst | 1: src]
-    Expiry is lazy: an expired conn entry counts as absent (a client packet
-    re-picks and overwrites it; a reply finding it deletes it and its back
-    entry). A key is written only when its value changes.
+    Expiry: an expired conn entry counts as absent (a client packet re-picks
+    and overwrites it; a reply finding it deletes it and its back entry), and
+    the sweep deletes it with its back entry; frag entries go 30 s after
+    their first fragment, lazily and by the sweep (bounds.py). A full conn
+    table (max_entries) evicts, before a new flow is stored, the unanswered
+    flow due first, else the flow due first. A key is written only when its
+    value changes.
 
 Partitioning
     key "custom", flow-consistent: key_hashes() gives each packet the
@@ -55,7 +63,8 @@ Partitioning
 Metrics
     the engine's counters: "in", "pass", "drop:<reason>"; and the core's
     metrics "to_backend", "to_client" (packets rewritten each way), "new"
-    (flows picked), "moved" (flows re-picked because their backend left)
+    (flows picked), "moved" (flows re-picked because their backend left),
+    "evicted" (conn entries evicted from a full table)
 
 Example (a step of a pipeline file)
     - name: lb
@@ -77,12 +86,20 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction
+from snf.core.contract import (
+    BoundedStateConfig,
+    Decisions,
+    FunctionConfig,
+    NetworkFunction,
+    Record,
+    SweepContext,
+)
 from snf.core.limits import Seconds
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
 from snf.packet.headers import Headers
 
+from .bounds import Bounds
 from .fastpath import Roles, cached_key_hashes, process_fast
 from .maglev import MAX_TABLE_SIZE, build_table, is_prime
 from .net import PROTOS, parse_endpoint
@@ -155,10 +172,15 @@ class LBTimeouts(BaseModel, extra="forbid"):
     tcp_fin: Seconds = Field(
         default=120, description="TCP flow after a FIN in both directions, or a RST."
     )
+    tcp_syn: Seconds = Field(
+        default=120,
+        description="TCP flow opened by a bare SYN that its backend has not answered "
+        "yet (half-open; Linux conntrack's syn_sent).",
+    )
     udp: Seconds = Field(default=300, description="UDP flow idle timeout (IPVS: 5 min).")
 
 
-class LoadBalancerConfig(FunctionConfig):
+class LoadBalancerConfig(BoundedStateConfig):
     """Config of the loadbalancer function."""
 
     services: list[LBService] = Field(
@@ -216,7 +238,7 @@ class LoadBalancer(NetworkFunction):
     kind: ClassVar[str] = "loadbalancer"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
     reasons: ClassVar[tuple[str, ...]] = REASONS  # malformed, no_backend, fragment
-    metrics: ClassVar[tuple[str, ...]] = METRICS  # new, moved, to_backend, to_client
+    metrics: ClassVar[tuple[str, ...]] = METRICS  # new, moved, to_backend, to_client, evicted
     tables: ClassVar[tuple[str, ...]] = ("conn", "back", "frag")
     Config: ClassVar[type[FunctionConfig]] = LoadBalancerConfig
     # Client flows and the backend's replies meet on the client endpoint's partition.
@@ -248,7 +270,14 @@ class LoadBalancer(NetworkFunction):
             self.backends.update((proto, a, p) for a, p in members)
             self.vip_addrs.add((proto, vaddr))
         t = config.timeouts
-        self.timeout_ns = (round(t.tcp * _NS), round(t.tcp_fin * _NS), round(t.udp * _NS))
+        self.timeout_ns = (
+            round(t.tcp * _NS),
+            round(t.tcp_fin * _NS),
+            round(t.udp * _NS),
+            round(t.tcp_syn * _NS),
+        )
+        # Per partition, when each conn and frag entry expires (bounds.py).
+        self.bounds = Bounds(self.timeout_ns, config.max_entries)
         self.ep_hashes: dict[tuple[int, bytes, int], int] = {}
         self.roles = Roles(self)
         # The batch path (fastpath.py); False: every packet through process.PacketRun,
@@ -259,6 +288,14 @@ class LoadBalancer(NetworkFunction):
         if self.fast_path:
             return process_fast(self, self.roles, batch, headers, state)
         return process_batch(self, batch, headers, state)
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        """Delete the flows (conn and back) and frag entries expired by ctx.now_ns."""
+        self.bounds.sweep(state, ctx)
+        return {}
+
+    def forget(self, partition: int) -> None:
+        self.bounds.forget(partition)
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         """Per packet: the client endpoint's hash, or None (see docs, "Partitioning")."""

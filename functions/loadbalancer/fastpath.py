@@ -28,6 +28,7 @@ from .maglev import flow5_hash
 from .net import conn_key, side_key
 from .process import (
     ACK,
+    ANSWERED,
     FIN,
     MOVED,
     NEW,
@@ -42,6 +43,7 @@ from .process import (
     Service,
     client_hash,
     key_hashes,
+    opening_bits,
 )
 
 __all__ = ["Roles", "cached_key_hashes", "process_fast"]
@@ -175,7 +177,7 @@ class _Fast:
     def __init__(self, lb: Balancer, roles: Roles, run: PacketRun) -> None:
         self.lb, self.roles, self.run_ = lb, roles, run
         self.h = run.h
-        self.conn_get, self.conn_set = run.conn.get, run.conn.set
+        self.conn_get, self.conn_set, self.retime = run.conn.get, run.conn.set, run.retime
         self.back_get, self.back_set, self.back_delete = run.back.get, run.back.set, run.back.delete
         self.rw = Rewrites(run.batch, run.h, run.replaced)
         self.to_backend = self.to_client = self.new = self.moved = 0
@@ -240,11 +242,13 @@ class _Fast:
             if (
                 ends is not None  # the backend is still in the pool
                 and t - last <= self.run_.timeout(p, fins)
-                and not (fins == 3 and flags & (SYN | ACK) == SYN)  # a new connection
+                and not (fins & 3 == 3 and flags & (SYN | ACK) == SYN)  # a new connection
             ):
                 value = [bhex, bport, t if t > last else last, fins | _fin_bits(flags, 1)]
                 if value != entry:
                     self.conn_set(ck, value)
+                    if value[3] != fins:  # a FIN or RST: its due may come earlier
+                        self.retime(ck, value, fins)
                 self.rw.index[1].append(i)
                 self.rw.new[1].append(ends)
                 self.to_backend += 1
@@ -258,12 +262,11 @@ class _Fast:
     ) -> str:
         """PacketRun.request's pick, its writes in the same order."""
         bhex, bport, bk, want, ends = pick
-        value = [bhex, bport, t, _fin_bits(flags, 1)]
+        value = [bhex, bport, t, opening_bits(flags)]
         self.new += 1
         if entry is not None and (entry[0], entry[1]) not in svc.by_hex:
             self.moved += 1
-        if value != entry:
-            self.conn_set(ck, value)
+        self.run_.store(ck, value, entry)  # may evict from a full table first
         if entry is not None and (entry[0], entry[1]) != (bhex, bport):
             h = self.h
             old = side_key(p, bytes.fromhex(entry[0]), entry[1], h.src[i], h.sport[i])
@@ -294,9 +297,11 @@ class _Fast:
             return self.run_.reply(i, p)  # moved, gone or expired: it forgets them
         bhex, bport, last, fins = entry
         flags = h.tcp_flags[i] if p == TCP else 0
-        value = [bhex, bport, t if t > last else last, fins | _fin_bits(flags, 2)]
+        value = [bhex, bport, t if t > last else last, (fins | _fin_bits(flags, 2)) & ANSWERED]
         if value != entry:
             self.conn_set(ck, value)
+            if value[3] != fins:  # answered, or a FIN or RST
+                self.retime(ck, value, fins)
         self.rw.index[0].append(i)
         self.rw.new[0].append(ends)
         self.to_client += 1

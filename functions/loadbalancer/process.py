@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from snf.core.contract import Decisions, triage
+from snf.core.contract import EVICTED, Decisions, triage
 from snf.core.reasons import MALFORMED
 from snf.core.tables import BatchState
 from snf.packet.batch import PacketBatch
@@ -20,6 +20,7 @@ from snf.packet.flowkey import endpoint_hash
 from snf.packet.fragments import FRAG_TTL_NS, datagram_key
 from snf.packet.headers import FRAG_FIRST, FRAG_LATER, KIND_IP, Headers
 
+from .bounds import HALF_OPEN, UNANSWERED, Bounds
 from .maglev import flow5_hash
 from .net import conn_key, nat_rewrite, set_addr, side_key
 
@@ -43,9 +44,11 @@ _EP_CACHE_MAX = 1 << 16
 NO_BACKEND = "no_backend"  # a VIP whose pool is empty
 FRAGMENT = "fragment"  # a later fragment to a VIP address, its first fragment unseen
 REASONS = (MALFORMED, NO_BACKEND, FRAGMENT)
-# Metrics: flows picked, flows re-picked because their backend left, packets rewritten.
+# Metrics: flows picked, flows re-picked because their backend left, packets
+# rewritten, flows evicted from a full conn table.
 NEW, MOVED, TO_BACKEND, TO_CLIENT = "new", "moved", "to_backend", "to_client"
-METRICS = (NEW, MOVED, TO_BACKEND, TO_CLIENT)
+METRICS = (NEW, MOVED, TO_BACKEND, TO_CLIENT, EVICTED)
+ANSWERED = ~(HALF_OPEN | UNANSWERED)  # a reply's mask on the conn bits
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +65,17 @@ class Service:
 
 
 def _fin_bits(flags: int, bit: int) -> int:
-    """fin_mask bits a packet adds: `bit` for a FIN, both for a RST."""
+    """conn bits a packet adds: `bit` for a FIN, both for a RST."""
     if flags & RST:
         return 3
     return bit if flags & FIN else 0
+
+
+def opening_bits(flags: int) -> int:
+    """conn bits of a flow picked on a client packet with `flags`: unanswered, and
+    half-open when a bare SYN opened it."""
+    half_open = HALF_OPEN if flags & (SYN | ACK) == SYN else 0
+    return _fin_bits(flags, 1) | UNANSWERED | half_open
 
 
 class Balancer(Protocol):
@@ -74,8 +84,9 @@ class Balancer(Protocol):
     services: dict[tuple[int, bytes, int], Service]  # (proto, vip, vport) -> service
     backends: set[tuple[int, bytes, int]]  # (proto, addr, port) of every backend
     vip_addrs: set[tuple[int, bytes]]  # (proto, vip): for later fragments
-    timeout_ns: tuple[int, int, int]  # tcp, tcp_fin, udp
+    timeout_ns: tuple[int, int, int, int]  # tcp, tcp_fin, udp, tcp_syn
     ep_hashes: dict[tuple[int, bytes, int], int]  # endpoint_hash cache
+    bounds: Bounds  # timeouts, due-time indexes, sweeps and eviction
 
 
 class PacketRun:
@@ -92,14 +103,30 @@ class PacketRun:
         self.conn = state.table("conn")
         self.back = state.table("back")
         self.frag = state.table("frag")
-        self.tcp_ns, self.fin_ns, self.udp_ns = lb.timeout_ns
+        self.bounds = lb.bounds
+        self.timeout = lb.bounds.timeout
+        self.due, self.frag_due = lb.bounds.indexes(state)
         self.replaced: dict[int, bytes] = {}
         self.metrics: Counter[str] = Counter()
 
-    def timeout(self, proto: int, fins: int) -> int:
-        if proto != TCP:
-            return self.udp_ns
-        return self.fin_ns if fins == 3 else self.tcp_ns
+    def store(self, ck: bytes, value: list, entry: list | None) -> None:
+        """Write a picked flow's conn entry (new, or over an old one), making room
+        first in a full table; every write but a refresh goes through here or retime."""
+        if value == entry:
+            return
+        if entry is None:
+            evicted = self.bounds.make_room(self.conn, self.back, self.due)
+            if evicted:
+                self.metrics[EVICTED] += evicted
+        self.conn.set(ck, value)
+        self.due.set(ck, value)
+
+    def retime(self, ck: bytes, value: list, bits: int) -> None:
+        """A refresh changed the conn bits from `bits`: tell the index when that
+        brings the due earlier (FIN both ways, RST). Else (an answer, a FIN one
+        way) the due moves on or stays, which the index reads lazily (bounds.py)."""
+        if self.timeout(ck[0], value[3]) < self.timeout(ck[0], bits):
+            self.due.set(ck, value)
 
     def rewrite(self, i: int, which: str, addr: bytes, port: int) -> bytes:
         """Packet i with its source or destination set to addr:port."""
@@ -114,6 +141,7 @@ class PacketRun:
         value = [self.ts[i], addr.hex(), which]
         if self.frag.get(key) != value:
             self.frag.set(key, value)
+            self.frag_due.set(key, self.bounds.frag_due(key, value))
 
     def request(self, i: int, proto: int, svc: Service) -> str:
         """A client packet to a VIP: keep or pick its backend, rewrite the destination."""
@@ -127,9 +155,9 @@ class PacketRun:
         if entry is not None:
             bhex, bport, last, fins = entry
             backend = svc.by_hex.get((bhex, bport))
-            if (
+            if backend is not None and (
                 t - last > self.timeout(proto, fins)
-                or (fins == 3 and flags & (SYN | ACK) == SYN)  # a new connection on old ports
+                or (fins & 3 == 3 and flags & (SYN | ACK) == SYN)  # a new connection, old ports
             ):
                 backend = None
         if backend is not None:
@@ -143,15 +171,19 @@ class PacketRun:
                 return NO_BACKEND
             slot = flow5_hash(proto, client, cport, svc.vip, vport) % svc.size
             addr, port = svc.members[svc.table[slot]]
-            value = [addr.hex(), port, t, _fin_bits(flags, 1)]
+            value = [addr.hex(), port, t, opening_bits(flags)]
             self.metrics[NEW] += 1
             if entry is not None and (entry[0], entry[1]) not in svc.by_hex:
                 self.metrics[MOVED] += 1
         out = self.rewrite(i, "dst", addr, port)
         # State changes come last, so a failure above writes nothing.
-        if value != entry:
-            self.conn.set(ck, value)
-        if backend is None:
+        if backend is not None:
+            if value != entry:
+                self.conn.set(ck, value)
+                if value[3] != fins:
+                    self.retime(ck, value, fins)
+        else:
+            self.store(ck, value, entry)
             if entry is not None and (entry[0], entry[1]) != (value[0], value[1]):
                 old = side_key(proto, bytes.fromhex(entry[0]), entry[1], client, cport)
                 self.back.delete(old)
@@ -167,6 +199,7 @@ class PacketRun:
 
     def forget(self, proto: int, ck: bytes, entry: list, client: bytes, cport: int) -> None:
         self.conn.delete(ck)
+        self.due.discard(ck)
         self.back.delete(side_key(proto, bytes.fromhex(entry[0]), entry[1], client, cport))
 
     def reply(self, i: int, proto: int) -> str:
@@ -187,13 +220,16 @@ class PacketRun:
         bhex, _, last, fins = entry
         if t - last > self.timeout(proto, fins):
             self.conn.delete(ck)
+            self.due.discard(ck)
             self.back.delete(bk)
             return ""
         flags = h.tcp_flags[i] if proto == TCP else 0
         out = self.rewrite(i, "src", vip, vport)
-        value = [bhex, bport, t if t > last else last, fins | _fin_bits(flags, 2)]
+        value = [bhex, bport, t if t > last else last, (fins | _fin_bits(flags, 2)) & ANSWERED]
         if value != entry:
             self.conn.set(ck, value)
+            if value[3] != fins:
+                self.retime(ck, value, fins)
         if h.frag[i] == FRAG_FIRST:
             self.record_first_fragment(i, vip, 1)
         self.replaced[i] = out
@@ -214,6 +250,7 @@ class PacketRun:
                 self.replaced[i] = bytes(pkt)
                 return ""
             self.frag.delete(key)
+            self.frag_due.discard(key)
         return FRAGMENT if (proto, dst) in self.lb.vip_addrs else ""
 
     def run(self) -> Decisions:

@@ -424,7 +424,8 @@ def test_state_layout() -> None:
     baddr = bytes(int(x) for x in bip.split("."))
     ckey = b"\x06" + client + (40000).to_bytes(2, "big") + vip + (80).to_bytes(2, "big")
     bkey = b"\x06" + baddr + int(bport).to_bytes(2, "big") + client + (40000).to_bytes(2, "big")
-    assert run.table("conn") == {ckey: [baddr.hex(), int(bport), at(0), 0]}
+    # bits 12: half-open (a bare SYN opened it) and unanswered
+    assert run.table("conn") == {ckey: [baddr.hex(), int(bport), at(0), 12]}
     assert run.table("back") == {bkey: [vip.hex(), 80]}
 
 
@@ -494,6 +495,8 @@ def test_closed_flow_uses_tcp_fin_timeout(how: str) -> None:
 def test_fin_from_one_side_keeps_the_long_timeout() -> None:
     run = Run(web())
     backend = dst_of(run.one(at(0), tcp4(CLIENT, VIP, 40000, 80, "S"))[2])
+    bip, bport = backend.split(":")
+    run.one(at(0), tcp4(bip, CLIENT, int(bport), 40000, "SA"))  # answered
     run.one(at(1), tcp4(CLIENT, VIP, 40000, 80, "FA"))
     assert next(iter(run.table("conn").values()))[3] == 1
     assert dst_of(run.one(at(800), tcp4(CLIENT, VIP, 40000, 80, "A"))[2]) == backend
@@ -505,7 +508,7 @@ def test_bare_syn_on_a_closed_flow_is_a_new_flow() -> None:
     _closed(run, "fin")
     run.one(at(2), tcp4(CLIENT, VIP, 40000, 80, "S"))
     assert run.counters["new"] == 2
-    assert next(iter(run.table("conn").values()))[2:] == [at(2), 0]
+    assert next(iter(run.table("conn").values()))[2:] == [at(2), 12]  # half-open again
 
 
 def test_nat_rewrite_matches_snf_rewrite() -> None:

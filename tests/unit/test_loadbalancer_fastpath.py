@@ -132,6 +132,22 @@ def test_random_traffic_across_config_changes(seed: int, min_bulk: int, monkeypa
     t.assert_same_state()
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_evictions_from_a_full_table(seed: int) -> None:
+    """max_entries 7: the same victims, batch by batch, on both paths."""
+    rnd = random.Random(seed)
+    t = twin({**CONFIGS[0], "max_entries": 7})
+    for config, segment in zip(CONFIGS, random_traffic(seed, 2000), strict=True):
+        t.reconfigure(lambda config=config: make({**config, "max_entries": 7}))
+        pos = 0
+        while pos < len(segment):
+            size = rnd.choice([1, 9, 64, 512])
+            t(segment[pos : pos + size])
+            pos += size
+        assert len(t.table("conn")) <= 7
+    t.assert_same_state()
+
+
 @pytest.mark.parametrize("min_bulk", [1, bulk.MIN_BULK])
 def test_damaged_packets(min_bulk: int, monkeypatch: Any) -> None:
     monkeypatch.setattr(bulk, "MIN_BULK", min_bulk)
