@@ -88,6 +88,8 @@ from snf.runtime.worker.files import WorkerFiles
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
+# Takeover kinds (--kinds): pair_* and standby_* run as a pair of scenarios each.
+KINDS = frozenset({"single_kill9", "single_cold", "single_warm", "pair", "standby"})
 T0_NS = 1_700_000_000 * 10**9
 FILL_SOURCE = 0x5E57_0000_0000_0001
 PROBE_SOURCE = 0x5E57_0000_0001_0000  # + round: probes of each takeover are told apart
@@ -102,7 +104,7 @@ functions:
     config:
       default: drop
       rules: [{{action: allow, proto: tcp, src: 10.0.0.0/8, dport: 443}}]
-"""
+{extra}"""
 
 
 # -- packets ---------------------------------------------------------------------------
@@ -145,24 +147,28 @@ def syn_frames(first: int, count: int, src_base: int = 0x0A000001) -> np.ndarray
     return f
 
 
-def _captured(frames: np.ndarray, first: int) -> list[CapturedPacket]:
+def _captured(
+    frames: np.ndarray, first: int, step_ns: int = 1000, base_ns: int = T0_NS
+) -> list[CapturedPacket]:
+    """Packet i (from `first`) at packet time base_ns + i * step_ns."""
     data = frames.tobytes()
     n = frames.shape[1]
     return [
-        CapturedPacket(T0_NS + (first + i) * 1000, n, data[i * n : (i + 1) * n], 1)
+        CapturedPacket(base_ns + (first + i) * step_ns, n, data[i * n : (i + 1) * n], 1)
         for i in range(len(frames))
     ]
 
 
-def fill(brokers: str, pipeline: Pipeline, n: int) -> dict[str, Any]:
-    """Publish n distinct SYNs, 512 per message, partitioned as the firewall needs."""
+def fill(brokers: str, pipeline: Pipeline, n: int, step_ns: int = 1000) -> dict[str, Any]:
+    """Publish n distinct SYNs, 512 per message, partitioned as the firewall needs,
+    `step_ns` of packet time apart (1 µs: all within a second; see --flood-seconds)."""
     keyers = plan_pipeline(pipeline).ingress_hop.keyers
     batcher = Batcher(pipeline.partitions, FILL_SOURCE, max_packets=512, keyers=keyers)
     publisher = BatchPublisher(brokers, pipeline.ingress_topic)
     t0 = time.perf_counter()
     chunk = 65536
     for first in range(0, n, chunk):
-        packets = _captured(syn_frames(first, min(chunk, n - first)), first)
+        packets = _captured(syn_frames(first, min(chunk, n - first)), first, step_ns)
         for part, batch in batcher.add(packets):
             publisher(part, batch)
     for part, batch in batcher.cut_all():
@@ -178,6 +184,7 @@ class Probes:
         self.brokers, self.pipeline = brokers, pipeline
         self.keyers = plan_pipeline(pipeline).ingress_hop.keyers
         self.round = 0
+        self.base_ns = T0_NS  # packet time of the probes: set past the end of the fill
 
     def publish(self) -> tuple[int, dict[int, float]]:
         """Returns (source id, {partition: publish time})."""
@@ -188,7 +195,8 @@ class Probes:
         k = 0
         while len(chosen) < self.pipeline.partitions:
             base = 0x0AC80000 + self.round * 4096  # 10.200.0.0/16 and up, never in a fill
-            for part, batch in batcher.add(_captured(syn_frames(k, 1, base), k)):
+            packets = _captured(syn_frames(k, 1, base), k, base_ns=self.base_ns)
+            for part, batch in batcher.add(packets):
                 chosen.setdefault(part, batch)
             k += 1
         publisher = BatchPublisher(self.brokers, self.pipeline.ingress_topic)
@@ -435,13 +443,20 @@ def log_events(w: WorkerProcess, since: float) -> dict[str, Any]:
 
 
 class Bench:
-    def __init__(self, brokers: str, tmp: Path, n: int, pid_tag: int) -> None:
+    def __init__(
+        self, brokers: str, tmp: Path, n: int, pid_tag: int, sweep: float | None = None
+    ) -> None:
+        """`sweep`: the firewall's sweep_interval (None: its default; 0: lazy expiry)."""
         self.brokers, self.tmp, self.n = brokers, tmp, n
         self.name = f"rst{n}x{pid_tag}"
         self.paths = {}
+        extra = "" if sweep is None else f"      sweep_interval: {sweep}\n"
         for standby in (0, 1):
             p = tmp / f"fw-standby{standby}.yaml"
-            p.write_text(PIPELINE.format(name=self.name, partitions=PARTITIONS, standby=standby))
+            text = PIPELINE.format(
+                name=self.name, partitions=PARTITIONS, standby=standby, extra=extra
+            )
+            p.write_text(text)
             self.paths[standby] = p
         self.pipeline = load_pipeline(self.paths[0])
         self.fn = self.pipeline.function("fw")
@@ -548,8 +563,11 @@ class Bench:
 
     # -- scenarios ---------------------------------------------------------------------
 
-    def single(self, a: WorkerProcess, repeat: int, timeout: float) -> dict[str, Any]:
-        """`a`: the worker that filled the table, sole owner, everything committed."""
+    def single(
+        self, a: WorkerProcess, repeat: int, timeout: float, kinds: frozenset[str] = KINDS
+    ) -> dict[str, Any]:
+        """`a`: the worker that filled the table, sole owner, everything committed.
+        single_kill9 always runs (it replaces `a`); single_cold and single_warm if asked."""
         out: dict[str, Any] = {}
         # kill -9, and a successor with an empty datadir at once.
         t_kill = time.time()
@@ -561,15 +579,18 @@ class Bench:
         self.settle()
         cold = []
         prev = b
-        for _ in range(repeat):
+        for _ in range(repeat if "single_cold" in kinds else 0):
             self.stop(prev)
             wait_for(lambda: group_members(self.brokers, self.fn.group_id) == 0, 60, "empty")
             c = self.start(0)
             cold.append(self.takeover(c, c.started, list(range(PARTITIONS)), timeout))
             self.settle()
             prev = c
-        out["single_cold"] = cold
+        if cold:
+            out["single_cold"] = cold
         self.stop(prev)
+        if "single_warm" not in kinds:
+            return out
         wait_for(lambda: group_members(self.brokers, self.fn.group_id) == 0, 60, "empty")
         d = self.start(0, rundir=prev.datadir.parent)
         out["single_warm"] = self.takeover(d, d.started, list(range(PARTITIONS)), timeout)
@@ -623,16 +644,30 @@ class Bench:
         admin.delete_topics(self.brokers, [*topics, names.leader_topic(self.name, "fw")])
 
 
+def flood_step_ns(n: int, flood_seconds: float | None) -> int:
+    """Packet time between two SYNs of the fill: 1 µs, or n spread over flood_seconds."""
+    return 1000 if not flood_seconds else max(1, round(flood_seconds * 1e9 / n))
+
+
 def measure(
-    brokers: str, n: int, repeat: int, timeout: float, keep_logs: Path | None
+    brokers: str,
+    n: int,
+    repeat: int,
+    timeout: float,
+    keep_logs: Path | None,
+    kinds: frozenset[str] = KINDS,
+    flood_seconds: float | None = None,
+    sweep: float | None = None,
 ) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix=f"snf-bench-restore-{n}-"))
-    bench = Bench(brokers, tmp, n, os.getpid() % 10000)
+    bench = Bench(brokers, tmp, n, os.getpid() % 10000, sweep)
+    step_ns = flood_step_ns(n, flood_seconds)
+    bench.probes.base_ns = T0_NS + n * step_ns + 10**9  # probes come after the flood
     try:
         first = bench.start(0)
         bench.ready([first], timeout)
         t0 = time.perf_counter()
-        published = fill(brokers, bench.pipeline, n)
+        published = fill(brokers, bench.pipeline, n, step_ns)
         wait_for(lambda: offsets(brokers, bench.changelog)[1] >= n, 7200, "the fill", 0.5)
         fill_s = time.perf_counter() - t0
         bench.settle()
@@ -647,13 +682,15 @@ def measure(
             "fill_s": round(fill_s, 2),
             "fill_entries_per_s": round(n / fill_s),
             "fill_publish": published,
+            "flood_seconds": n * step_ns / 1e9,
+            "sweep_interval": sweep,
         }
-        row.update(bench.single(first, repeat, timeout))
+        row.update(bench.single(first, repeat, timeout, kinds))
         print(f"[{n}] single done", file=sys.stderr)
-        row.update(bench.pair(0, timeout))
-        print(f"[{n}] pair done", file=sys.stderr)
-        row.update(bench.pair(1, timeout))
-        print(f"[{n}] standby done", file=sys.stderr)
+        for standby, kind in ((0, "pair"), (1, "standby")):
+            if kind in kinds:
+                row.update(bench.pair(standby, timeout))
+                print(f"[{n}] {kind} done", file=sys.stderr)
         row["summary"] = summary(row)
     except BaseException:
         print(f"[{n}] failed; worker logs kept in {tmp}", file=sys.stderr)
@@ -671,7 +708,13 @@ def measure(
 
 
 def summary(row: dict[str, Any]) -> dict[str, Any]:
-    cold = row["single_cold"]
+    cold = row.get("single_cold")
+    if not cold or "pair_kill9" not in row or "standby_kill9" not in row:  # --kinds
+        return {
+            "kill9_to_output_no_standby_s": row["single_kill9"]["first_output_moved_s"],
+            "first_output_no_standby_s": [c["first_output_moved_s"] for c in cold or []],
+            "kill9_to_output_pair_s": row.get("pair_kill9", {}).get("first_output_moved_s"),
+        }
     rest = [c["restored_s"] for c in cold]
     return {
         "restore_no_standby_s": round(min(rest), 2),  # successor start -> tables restored
@@ -688,15 +731,15 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def settings() -> dict[str, Any]:
+def settings(brokers: str) -> dict[str, Any]:
     """The Faust settings the workers run with (read from the app the runtime builds)."""
     from snf.runtime.worker.app import create_app
 
     tmp = Path(tempfile.mkdtemp(prefix="snf-bench-restore-conf-"))
     try:
         p = tmp / "p.yaml"
-        p.write_text(PIPELINE.format(name="conf", partitions=PARTITIONS, standby=0))
-        conf = create_app(load_pipeline(p), "fw", "127.0.0.1:9", tmp).conf
+        p.write_text(PIPELINE.format(name="conf", partitions=PARTITIONS, standby=0, extra=""))
+        conf = create_app(load_pipeline(p), "fw", brokers, tmp).conf
         return {
             "partitions": PARTITIONS,
             "session_timeout_s": conf.broker_session_timeout,
@@ -746,6 +789,23 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="cold restores per size")
     ap.add_argument("--timeout", type=float, default=600.0)
     ap.add_argument("--keep-logs", type=Path, default=None, help="copy worker logs here")
+    ap.add_argument(
+        "--kinds",
+        default=",".join(sorted(KINDS)),
+        help=f"takeovers to time, of {sorted(KINDS)} (single_kill9 always runs)",
+    )
+    ap.add_argument(
+        "--flood-seconds",
+        type=float,
+        default=None,
+        help="spread the fill's SYNs over this much packet time (default: 1 µs apart)",
+    )
+    ap.add_argument(
+        "--sweep-interval",
+        type=float,
+        default=None,
+        help="the firewall's sweep_interval (default: its own; 0: lazy expiry, no sweeps)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "restore.json")
     args = ap.parse_args()
     brokers = cluster.resolve_brokers(args.brokers) or cluster.up().bootstrap
@@ -753,12 +813,25 @@ def main() -> None:
         "benchmark": "changelog restore time against table size, with and without standbys",
         "machine": machine(),
         "brokers": brokers,
-        "settings": settings(),
+        "settings": settings(brokers),
         "sizes": [],
     }
     started = time.perf_counter()
     for n in (int(s) for s in args.sizes.split(",")):
-        report["sizes"].append(measure(brokers, n, args.repeat, args.timeout, args.keep_logs))
+        kinds = frozenset(args.kinds.split(","))
+        if kinds - KINDS:
+            ap.error(f"unknown --kinds {sorted(kinds - KINDS)}")
+        row = measure(
+            brokers,
+            n,
+            args.repeat,
+            args.timeout,
+            args.keep_logs,
+            kinds,
+            args.flood_seconds,
+            args.sweep_interval,
+        )
+        report["sizes"].append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")  # partial results survive
     report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -20,6 +20,7 @@ from snf.pipeline.graph import Dest, Graph
 from snf.pipeline.spec import Autoscale, FunctionSpec, PipelineSpec
 
 __all__ = [
+    "COMPACTED_TOPIC_CONFIGS",
     "EGRESS",
     "Layout",
     "Pipeline",
@@ -42,11 +43,33 @@ class TopicSpec:
     configs: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
+# A changelog is compacted, but Kafka's log cleaner only cleans closed segments,
+# and by default a segment closes at 1 GiB or after 7 days: a changelog of a
+# function that sweeps (deletes) its expired entries would never be compacted,
+# and a successor would replay every write and tombstone since the start
+# (docs/FAULT-TOLERANCE.md, "Changelog restore time" after a flood).
+COMPACTED_TOPIC_CONFIGS = {
+    "cleanup.policy": "compact",
+    # Close a segment at 64 MiB or 10 min (at its next write): what is never
+    # compacted is at most that much of the newest writes.
+    "segment.bytes": str(64 << 20),
+    "segment.ms": str(10 * 60_000),
+    # Clean once 10% of the log is dirty (Kafka's 0.5 lets it grow to twice the
+    # live state): a restore reads every record, so fewer beats less cleaner I/O.
+    "min.cleanable.dirty.ratio": "0.1",
+    # A tombstone stays 1 h after its segment was cleaned (Kafka: 24 h). A reader
+    # that saw the put must see the delete too: a restore (2 min for 1M records)
+    # or a catching-up standby must reach the end of the log within it.
+    "delete.retention.ms": str(3_600_000),
+}
+
+
 def topic_configs(replication: int, compact: bool = False) -> dict[str, str]:
-    """Kafka's usual durability pairing: with 3 replicas, a write needs 2."""
+    """Kafka's usual durability pairing: with 3 replicas, a write needs 2;
+    changelogs (`compact`) also get COMPACTED_TOPIC_CONFIGS."""
     configs = {"min.insync.replicas": str(max(1, replication - 1))}
     if compact:
-        configs["cleanup.policy"] = "compact"
+        configs |= COMPACTED_TOPIC_CONFIGS
     return configs
 
 

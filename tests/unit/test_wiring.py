@@ -206,6 +206,10 @@ functions:
     assert specs["snf.s.fw-state-changelog"].configs == {
         "min.insync.replicas": "1",
         "cleanup.policy": "compact",
+        "segment.bytes": str(64 << 20),  # closed segments, which the cleaner compacts
+        "segment.ms": "600000",
+        "min.cleanable.dirty.ratio": "0.1",
+        "delete.retention.ms": "3600000",
     }
     assert specs["snf.s.egress"].replication == 3  # the pipeline's default
     assert specs["snf.s.egress"].configs["min.insync.replicas"] == "2"
