@@ -27,8 +27,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from snf import wire
-from snf.guarantee.control_auth import AUTH_HEADER, key_from_env, verify
-from snf.guarantee.lineage import Lineage, Watermarks, lineage_value
+from snf.guarantee.control_auth import key_from_env
+from snf.guarantee.lineage import Lineage, Watermarks, signed
 from snf.kafka.topic_reader import TopicReader
 from snf.pipeline.model import Pipeline, PortKey
 
@@ -146,7 +146,7 @@ class KafkaSink:
             return self._foreign(topic, "bad headers")
         if record.value is None:
             return self._foreign(topic, "null value")
-        if self.key is not None and not self._signed(record):
+        if self.key is not None and not signed(record.headers, record.value, self.key):
             return self._foreign(topic, "not signed with the control key")
         try:
             msg = wire.decode_any(record.value)
@@ -157,11 +157,6 @@ class KafkaSink:
         if kinds and kind not in kinds and not isinstance(msg, wire.EndMarker):
             return self._foreign(topic, f"{kind} on a topic of {'/'.join(sorted(kinds))}")
         return lineage, msg
-
-    def _signed(self, record: Any) -> bool:
-        raw = lineage_value(record.headers)
-        tag = lineage_value(record.headers, AUTH_HEADER)
-        return raw is not None and verify(self.key, raw, bytes(record.value), tag)  # type: ignore[arg-type]
 
     def _foreign(self, topic: str, kind: str) -> None:
         if not self.foreign[kind]:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from snf.guarantee.control_auth import AUTH_HEADER, sign, verify
 from snf.packet.batch import PacketBatch
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Watermarks",
     "drop_replayed",
     "lineage_value",
+    "signed",
 ]
 
 LINEAGE_HEADER = "snf-lineage"
@@ -54,6 +56,14 @@ class Lineage:
 
     def header(self) -> tuple[str, bytes]:
         return LINEAGE_HEADER, f"{self.origin}|{self.offset}|{self.index}".encode()
+
+    def headers(self, value: bytes, key: bytes | None) -> list[tuple[str, bytes]]:
+        """The headers that carry this lineage on `value`: with a control key, also
+        its `snf-auth` tag, without which readers do not trust it (control_auth)."""
+        header = self.header()
+        if key is None:
+            return [header]
+        return [header, (AUTH_HEADER, sign(key, header[1], value))]
 
     @classmethod
     def from_headers(
@@ -88,6 +98,14 @@ class Lineage:
 
 class LineageError(ValueError):
     """A malformed snf-lineage header."""
+
+
+def signed(
+    headers: Iterable[tuple[str, bytes]] | Mapping[str, bytes] | None, value: bytes, key: bytes
+) -> bool:
+    """Whether `headers` carry a lineage whose `snf-auth` tag is valid for `value`."""
+    raw = lineage_value(headers)
+    return raw is not None and verify(key, raw, bytes(value), lineage_value(headers, AUTH_HEADER))
 
 
 def lineage_value(

@@ -18,7 +18,7 @@ from functools import partial
 import numpy as np
 
 from snf import wire
-from snf.guarantee.control_auth import AUTH_HEADER, key_from_env, sign
+from snf.guarantee.control_auth import key_from_env
 from snf.guarantee.lineage import CAPTURE_ORIGIN, MAX_LINEAGE_VALUE, Lineage
 from snf.kafka.producer import TopicProducer
 from snf.packet.batch import PacketBatch
@@ -48,7 +48,7 @@ class BatchPublisher:
         value, headers = wire.encode(batch), None
         if self.session is not None and len(batch):
             last = int(batch.records["seq"].max())
-            headers = self._headers(Lineage(self._origin(partition), last, 0), value)
+            headers = Lineage(self._origin(partition), last, 0).headers(value, self.key)
         on_acked = None
         if self.on_delivered is not None:
             # Only a copy of the seqs waits for the ack, not the whole batch.
@@ -65,16 +65,10 @@ class BatchPublisher:
         session = self.session or f"end-{secrets.token_hex(6)}"
         for p in range(partitions):
             lineage = Lineage(self._origin(p, session), END_OFFSET, 0)
-            self.producer.send(p, value, self._headers(lineage, value))
+            self.producer.send(p, value, lineage.headers(value, self.key))
 
     def _origin(self, partition: int, session: str | None = None) -> str:
         return f"{CAPTURE_ORIGIN}{session or self.session}/{partition}"
-
-    def _headers(self, lineage: Lineage, value: bytes) -> list[tuple[str, bytes]]:
-        headers = [lineage.header()]
-        if self.key is not None:
-            headers.append((AUTH_HEADER, sign(self.key, headers[0][1], value)))
-        return headers
 
     def close(self, timeout: float = 60.0) -> None:
         """Deliver everything; raises PublishError if a batch failed."""

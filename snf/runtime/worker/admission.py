@@ -19,8 +19,7 @@ by the Processor:
 from __future__ import annotations
 
 from snf import wire
-from snf.guarantee import control_auth
-from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage, lineage_value
+from snf.guarantee.lineage import CAPTURE_ORIGIN, Lineage, lineage_value, signed
 from snf.packet.batch import PacketBatch
 from snf.pipeline.model import Pipeline, PipelineFunction
 from snf.runtime.worker.dead_letters import DeadLetter
@@ -45,7 +44,7 @@ class Admission:
         raw = lineage_value(headers)  # type: ignore[arg-type]
         lineage = None if raw is None else Lineage.parse(raw)
         if self.key is not None:
-            self._authenticate(raw, value, headers, message)  # type: ignore[arg-type]
+            self._authenticate(raw is not None, value, headers, message)  # type: ignore[arg-type]
         if lineage is not None:
             self._check_origin(lineage, message)
         if isinstance(message, wire.EndMarker) and lineage is not None:
@@ -60,14 +59,13 @@ class Admission:
         return lineage, message
 
     def _authenticate(
-        self, raw: bytes | None, value: bytes, headers: object, message: object
+        self, has_lineage: bool, value: bytes, headers: object, message: object
     ) -> None:
-        if raw is None:
+        if not has_lineage:
             if isinstance(message, wire.EndMarker):
                 raise DeadLetter("Untrusted", "an end marker without lineage")
             return  # packets from a foreign producer: processed, never deduplicated
-        tag = lineage_value(headers, control_auth.AUTH_HEADER)  # type: ignore[arg-type]
-        if not control_auth.verify(self.key, raw, bytes(value), tag):  # type: ignore[arg-type]
+        if not signed(headers, value, self.key):  # type: ignore[arg-type]
             raise DeadLetter("Untrusted", "lineage without a valid snf-auth tag")
 
     def _check_origin(self, lineage: Lineage, message: PacketBatch | wire.EndMarker) -> None:

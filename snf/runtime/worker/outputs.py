@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from snf import wire
 from snf.core.engine import StageOutput
-from snf.guarantee.control_auth import AUTH_HEADER, sign
 from snf.guarantee.lineage import Lineage
 from snf.packet.batch import PacketBatch
 from snf.packet.heads import cut_heads
@@ -42,10 +41,7 @@ class _Event:
         self.futures: list[asyncio.Future] = []
 
     async def send(self, topic: str, value: bytes, partition: int) -> None:
-        lineage = Lineage(self.origin, self.offset, len(self.futures))
-        headers = [lineage.header()]
-        if self.key is not None:  # readers trust the lineage only with the tag
-            headers.append((AUTH_HEADER, sign(self.key, headers[0][1], value)))
+        headers = Lineage(self.origin, self.offset, len(self.futures)).headers(value, self.key)
         self.futures.append(await self._send(topic, value, partition, headers))
 
 
