@@ -76,7 +76,7 @@ from snf.core.contract import (
     SweepContext,
     triage,
 )
-from snf.core.expiry import ExpiryIndex
+from snf.core.expiry import ExpiryIndex, PartitionIndexes
 from snf.core.limits import Seconds
 from snf.core.reasons import MALFORMED, NON_IP, numbered
 from snf.core.tables import BatchState, TableView
@@ -223,8 +223,8 @@ class Firewall(NetworkFunction):
         # Non-TCP timeout by protocol number; TCP is handled apart (FIN state).
         self._timeout_ns: dict[int, int] = {17: round(t.udp * _NS), 1: icmp_ns, 58: icmp_ns}
         # Per partition, when each conn and frag entry expires (snf.core.expiry).
-        self._conn_due: dict[int, ExpiryIndex] = {}
-        self._frag_due: dict[int, ExpiryIndex] = {}
+        self._conn_due = PartitionIndexes("conn", self._conn_entry_due)
+        self._frag_due = PartitionIndexes("frag", self._frag_entry_due)
 
     def _timeout(self, proto: int, fins: int) -> int:
         if proto != 6:
@@ -243,22 +243,11 @@ class Firewall(NetworkFunction):
 
     def _indexes(self, state: BatchState) -> tuple[ExpiryIndex, ExpiryIndex]:
         """This partition's indexes, rebuilt from its tables after forget()."""
-        p = state.partition
-        conn = self._conn_due.get(p)
-        if conn is None:
-            conn = self._conn_due[p] = ExpiryIndex.build(
-                state.table("conn").items(), self._conn_entry_due
-            )
-        frag = self._frag_due.get(p)
-        if frag is None:
-            frag = self._frag_due[p] = ExpiryIndex.build(
-                state.table("frag").items(), self._frag_entry_due
-            )
-        return conn, frag
+        return self._conn_due.of(state), self._frag_due.of(state)
 
     def forget(self, partition: int) -> None:
-        self._conn_due.pop(partition, None)
-        self._frag_due.pop(partition, None)
+        self._conn_due.forget(partition)
+        self._frag_due.forget(partition)
 
     def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
         """Delete the conn and frag entries expired by ctx.now_ns, earliest first."""

@@ -123,7 +123,7 @@ class FlowMonitor(NetworkFunction):
         self.config: FlowMonitorConfig = config
         self._idle_ns = round(config.idle_timeout * _NS)
         self._active_ns = round(config.active_timeout * _NS)
-        self._expiry = FlowExpiry(self._idle_ns, self._active_ns, config.max_entries)
+        self._expiry = FlowExpiry(TABLE, self._idle_ns, self._active_ns, config.max_entries)
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         decisions, ip = triage(headers)
@@ -132,7 +132,7 @@ class FlowMonitor(NetworkFunction):
         offsets = batch.offsets
         table = state.table(TABLE)
         expiry = self._expiry
-        index = expiry.index(state.partition, table)
+        index = expiry.index(state)
         version, flow = headers.version, headers.flow
         direction, tcp_flags, l3_off = headers.direction, headers.tcp_flags, headers.l3_off
         idle_ns, active_ns, most = self._idle_ns, self._active_ns, expiry.max_entries
@@ -208,7 +208,7 @@ class FlowMonitor(NetworkFunction):
     def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
         """Export the flows that ended by ctx.now_ns with no packet to find them."""
         table = state.table(TABLE)
-        index = self._expiry.index(state.partition, table)
+        index = self._expiry.index(state)
         records = self._expiry.sweep(table, index, ctx.now_ns, ctx.limit)
         ctx.metrics.update(_end_metrics(records))
         return {"flows": records}

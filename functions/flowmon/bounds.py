@@ -16,8 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from snf.core.contract import Record
-from snf.core.expiry import ExpiryIndex
-from snf.core.tables import TableView
+from snf.core.expiry import ExpiryIndex, PartitionIndexes
+from snf.core.tables import BatchState, TableView
 
 from .records import (
     ACTIVE,
@@ -38,11 +38,11 @@ __all__ = ["FlowExpiry"]
 class FlowExpiry:
     """Due times of a flows table, per partition, and what ends flows without a packet."""
 
-    def __init__(self, idle_ns: int, active_ns: int, max_entries: int) -> None:
+    def __init__(self, table: str, idle_ns: int, active_ns: int, max_entries: int) -> None:
         self.idle_ns = idle_ns
         self.active_ns = active_ns
         self.max_entries = max_entries
-        self._index: dict[int, ExpiryIndex] = {}
+        self._index = PartitionIndexes(table, self.entry_due)
 
     def entry_due(self, key: bytes, e: Any) -> tuple[int, bool]:
         """(due, embryonic): embryonic = no reverse packet (or an empty entry)."""
@@ -51,15 +51,12 @@ class FlowExpiry:
         due = min(e[LAST] + self.idle_ns, e[START] + self.active_ns) + 1
         return due, e[REV_PKTS] == 0
 
-    def index(self, partition: int, table: TableView) -> ExpiryIndex:
+    def index(self, state: BatchState) -> ExpiryIndex:
         """The partition's index, rebuilt from its table after forget()."""
-        index = self._index.get(partition)
-        if index is None:
-            index = self._index[partition] = ExpiryIndex.build(table.items(), self.entry_due)
-        return index
+        return self._index.of(state)
 
     def forget(self, partition: int) -> None:
-        self._index.pop(partition, None)
+        self._index.forget(partition)
 
     def sweep(self, table: TableView, index: ExpiryIndex, now: int, limit: int) -> list[Record]:
         """End the flows due by `now` (at most `limit`), earliest (due, key) first."""
@@ -126,10 +123,5 @@ class FlowExpiry:
         self, index: ExpiryIndex, live: dict[bytes, list[int] | None], dirty: set[bytes]
     ) -> None:
         """Bring the index up to this batch's entries (changed keys in `dirty`)."""
-        for key in dirty:
-            e = live[key]
-            if e is None:
-                index.discard(key)
-            else:
-                index.set(key, *self.entry_due(key, e))
+        index.refresh(dirty, live, self.entry_due)
         dirty.clear()

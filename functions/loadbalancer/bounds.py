@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from snf.core.contract import SweepContext
-from snf.core.expiry import ExpiryIndex
+from snf.core.expiry import ExpiryIndex, PartitionIndexes
 from snf.core.tables import BatchState, TableView
 from snf.packet.fragments import FRAG_TTL_NS
 
@@ -171,8 +171,8 @@ class Bounds:
     def __init__(self, timeout_ns: tuple[int, int, int, int], max_entries: int) -> None:
         self.tcp_ns, self.fin_ns, self.udp_ns, self.syn_ns = timeout_ns
         self.max_entries = max_entries
-        self._conn: dict[int, ConnDue] = {}
-        self._frag: dict[int, ExpiryIndex] = {}
+        self._conn = PartitionIndexes("conn", self.conn_due, ConnDue)
+        self._frag = PartitionIndexes("frag", _frag_due)
 
     def timeout(self, proto: int, bits: int) -> int:
         """Idle timeout of a conn entry (raises on bits we did not write)."""
@@ -194,18 +194,11 @@ class Bounds:
 
     def indexes(self, state: BatchState) -> tuple[ConnDue, ExpiryIndex]:
         """This partition's indexes, built from its tables after forget()."""
-        p = state.partition
-        conn = self._conn.get(p)
-        if conn is None:
-            conn = self._conn[p] = ConnDue.build(state.table("conn").items(), self.conn_due)
-        frag = self._frag.get(p)
-        if frag is None:
-            frag = self._frag[p] = ExpiryIndex.build(state.table("frag").items(), _frag_due)
-        return conn, frag
+        return self._conn.of(state), self._frag.of(state)
 
     def forget(self, partition: int) -> None:
-        self._conn.pop(partition, None)
-        self._frag.pop(partition, None)
+        self._conn.forget(partition)
+        self._frag.forget(partition)
 
     @staticmethod
     def frag_due(key: bytes, value: Any) -> int:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from snf.core.contract import SweepContext
-from snf.core.expiry import ExpiryIndex
+from snf.core.expiry import ExpiryIndex, PartitionIndexes
 from snf.core.tables import BatchState, TableView
 from snf.packet.fragments import FRAG_TTL_NS
 
@@ -60,11 +60,11 @@ class Derived:
         self.ep = ep
         self.max_entries = max_entries
         self.ports: dict[int, PortSets] = {}
-        self.frag_due: dict[int, ExpiryIndex] = {}
+        self.frag_due = PartitionIndexes("frag", _frag_due)
 
     def forget(self, partition: int) -> None:
         self.ports.pop(partition, None)
-        self.frag_due.pop(partition, None)
+        self.frag_due.forget(partition)
 
     def bindings(self, state: BatchState, partitions: int) -> Bindings:
         return Bindings(
@@ -79,11 +79,7 @@ class Derived:
         )
 
     def frag(self, state: BatchState) -> FragView:
-        view = state.table("frag")
-        due = self.frag_due.get(state.partition)
-        if due is None:
-            due = self.frag_due[state.partition] = ExpiryIndex.build(view.items(), _frag_due)
-        return FragView(view, due)
+        return FragView(state.table("frag"), self.frag_due.of(state))
 
     def sweep(self, state: BatchState, ctx: SweepContext, partitions: int) -> None:
         """Delete the bindings (bind and rev) and frag entries expired by ctx.now_ns,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from snf.core.expiry import ExpiryIndex
+from snf.core.expiry import ExpiryIndex, PartitionIndexes
 from snf.core.tables import BatchState, TableView
 from snf.packet.fragments import FRAG_TTL_NS
 
@@ -29,8 +29,8 @@ class BucketExpiry:
         self.cap = cap
         self.rate = max(1, rate)
         self.max_entries = max_entries
-        self._buckets: dict[int, ExpiryIndex] = {}
-        self._frags: dict[int, ExpiryIndex] = {}
+        self._buckets = PartitionIndexes("bucket", self.bucket_due)
+        self._frags = PartitionIndexes("frag", self.frag_due)
 
     def bucket_due(self, key: bytes, value: Any) -> tuple[int, bool]:
         tokens, last = int(value[0]), int(value[1])
@@ -41,20 +41,11 @@ class BucketExpiry:
         return int(value[0]) + FRAG_TTL_NS + 1, False
 
     def indexes(self, state: BatchState) -> tuple[ExpiryIndex, ExpiryIndex]:
-        p = state.partition
-        buckets = self._buckets.get(p)
-        if buckets is None:
-            table = state.table("bucket")
-            buckets = self._buckets[p] = ExpiryIndex.build(table.items(), self.bucket_due)
-        frags = self._frags.get(p)
-        if frags is None:
-            table = state.table("frag")
-            frags = self._frags[p] = ExpiryIndex.build(table.items(), self.frag_due)
-        return buckets, frags
+        return self._buckets.of(state), self._frags.of(state)
 
     def forget(self, partition: int) -> None:
-        self._buckets.pop(partition, None)
-        self._frags.pop(partition, None)
+        self._buckets.forget(partition)
+        self._frags.forget(partition)
 
     def sweep(self, state: BatchState, now: int, limit: int) -> None:
         """Delete the buckets full again and the fragment records expired by `now`."""
@@ -90,10 +81,5 @@ class BucketExpiry:
 
     def flush(self, index: ExpiryIndex, work: dict[bytes, Bucket], dirty: set[bytes]) -> None:
         """Bring the index up to this batch's buckets (changed keys in `dirty`)."""
-        for key in dirty:
-            bucket = work[key]
-            if bucket is None:
-                index.discard(key)
-            else:
-                index.set(key, *self.bucket_due(key, bucket))
+        index.refresh(dirty, work, self.bucket_due)
         dirty.clear()

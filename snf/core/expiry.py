@@ -21,10 +21,12 @@ outnumber live ones.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
-__all__ = ["DueOf", "ExpiryIndex"]
+from snf.core.tables import BatchState
+
+__all__ = ["DueOf", "ExpiryIndex", "PartitionIndexes"]
 
 # (key, value) -> (due ns, embryonic)
 DueOf = Callable[[bytes, Any], tuple[int, bool]]
@@ -114,8 +116,46 @@ class ExpiryIndex:
             heapq.heappush(order.heap, item)
         return [key for _, key in popped]
 
+    def refresh(self, keys: Iterable[bytes], values: Mapping[bytes, Any], due_of: DueOf) -> None:
+        """Bring the index up to `values` for `keys` (None: deleted)."""
+        for key in keys:
+            value = values[key]
+            if value is None:
+                self.discard(key)
+            else:
+                self.set(key, *due_of(key, value))
+
     def victim(self) -> bytes | None:
         """The entry to evict from a full table: the earliest embryonic one, else the
         earliest to expire; ties by key."""
         top = self._embryonic.first() or self._all.first()
         return None if top is None else top[1]
+
+
+class _Buildable(Protocol):
+    @classmethod
+    def build(cls, items: Iterable[tuple[bytes, Any]], due_of: Any) -> Any: ...
+
+
+Index = TypeVar("Index", bound=_Buildable)
+
+
+class PartitionIndexes(Generic[Index]):
+    """One index of one table per partition, built from the table on first use
+    and again after forget(): what a core's `forget(partition)` drops."""
+
+    __slots__ = ("_by_partition", "_due_of", "_kind", "_table")
+
+    def __init__(self, table: str, due_of: Any, kind: type[Index] = ExpiryIndex) -> None:  # type: ignore[assignment]
+        self._table, self._due_of, self._kind = table, due_of, kind
+        self._by_partition: dict[int, Index] = {}
+
+    def of(self, state: BatchState) -> Index:
+        index = self._by_partition.get(state.partition)
+        if index is None:
+            items = state.table(self._table).items()
+            index = self._by_partition[state.partition] = self._kind.build(items, self._due_of)
+        return index
+
+    def forget(self, partition: int) -> None:
+        self._by_partition.pop(partition, None)
