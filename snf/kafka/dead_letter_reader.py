@@ -1,19 +1,17 @@
 """Read a dead-letter topic whole, and put its messages back (`snf dlq`).
 
-A plain consumer without a group reads every partition up to the end offsets
-taken at the start, so the listing ends even while a worker adds more.
+The worker's SideReader reads every partition up to the end offsets taken at
+the start, so the listing ends even while a worker adds more.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, TopicPartition
-
+from snf.kafka.admin import topic_partitions
 from snf.kafka.errors import BrokerError
 from snf.kafka.producer import TopicProducer
-from snf.kafka.security import client_kwargs
+from snf.kafka.side_reader import SideReader
 
 __all__ = ["DeadLetterRecord", "read_dead_letters", "republish"]
 
@@ -27,38 +25,23 @@ class DeadLetterRecord:
     headers: list[tuple[str, bytes]]
 
 
-def read_dead_letters(bootstrap: str, topic: str, timeout: float = 30.0) -> list[DeadLetterRecord]:
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        group_id=None,
-        enable_auto_commit=False,
-        max_partition_fetch_bytes=16 << 20,
-        **client_kwargs(),
-    )
+def read_dead_letters(bootstrap: str, topic: str) -> list[DeadLetterRecord]:
+    """Every partition of `topic` up to its end offsets taken now."""
+    partitions = topic_partitions(bootstrap).get(topic)
+    if not partitions:
+        raise BrokerError(f"no topic {topic} on {bootstrap}: is the pipeline deployed?")
+    side = SideReader(bootstrap)
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
-            raise BrokerError(f"no topic {topic} on {bootstrap}: is the pipeline deployed?")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        out: list[DeadLetterRecord] = []
-        deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {topic} took longer than {timeout:.0f}s")
-            for tp, records in consumer.poll(timeout_ms=500).items():
-                out += [
-                    DeadLetterRecord(
-                        tp.partition, r.offset, r.timestamp, r.value, list(r.headers or [])
-                    )
-                    for r in records
-                    if r.offset < ends[tp]
-                ]
-        return out
+        parts = list(range(partitions))
+        begins = side.offsets(topic, parts, end=False)
+        ends = side.offsets(topic, parts, end=True)
+        return [
+            DeadLetterRecord(p, r.offset, r.timestamp, r.value, list(r.headers or []))
+            for p in parts
+            for r in side.read(topic, p, begins[p], ends[p])
+        ]
     finally:
-        consumer.close()
+        side.close()
 
 
 def republish(bootstrap: str, topic: str, records: list[DeadLetterRecord]) -> int:

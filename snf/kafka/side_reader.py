@@ -61,3 +61,9 @@ class SideReader:
                     raise TimeoutError(f"could not read {topic}/{partition} [{start}, {end})")
                 out += [r for r in c.poll(timeout_ms=500).get(tp, []) if r.offset < end]
             return out
+
+    def close(self) -> None:
+        with self.lock:
+            if self.consumer is not None:
+                self.consumer.close()
+                self.consumer = None
