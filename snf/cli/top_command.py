@@ -36,7 +36,7 @@ TOTALS = {
 DROPS = "snf_packets_out_total"  # with port="drop"
 STAGE_BUCKET = "snf_stage_seconds_bucket"
 LAG = "snf_consumer_lag_messages"
-STAGES = ("decode", "engine", "journal", "state_apply", "produce")
+STAGES = ("decode", "engine", "journal", "state_apply", "reserve", "produce")
 SCRAPE_TIMEOUT = 2.0
 
 _clock = time.monotonic  # the tests replace it: rates are per second of this clock

@@ -50,6 +50,14 @@ and the control table) sweeps exactly as the first owner did.
                        deterministic function of the table contents, rebuilt
                        lazily on the next batch of the partition.
 
+Reserved tables (`reserved_tables`, a subset of `tables`) hold promises
+that must outlive any crash, such as "every outbound sequence number below
+this one may have been used": the journal keeps no before-image of them (a
+recovery never rolls them back), and the worker makes a batch's writes to
+them durable in Kafka before it sends any of the batch's outputs. A core
+therefore writes a reservation before the first output that relies on it,
+and after `forget()` starts from what the table says, never from memory.
+
 `BoundedStateConfig.max_entries` caps a table per partition. When an insert
 finds it full, a core evicts (embryonic entries first, e.g. half-open TCP,
 then the entry closest to expiry; counted in its metric "evicted") or, where
@@ -171,6 +179,10 @@ class NetworkFunction(ABC):
     # Counters beyond ports and reasons, e.g. "new" (flows picked); not "in" nor a port's.
     metrics: ClassVar[tuple[str, ...]] = ()
     tables: ClassVar[tuple[str, ...]] = ()  # state tables; names are part of the changelog names
+    # Tables of reservations (ipsec's sequence-number blocks): a recovery never
+    # undoes their writes, and over Kafka the worker sends a batch's outputs only
+    # once its writes to them are acknowledged. See the module docstring.
+    reserved_tables: ClassVar[tuple[str, ...]] = ()
     # True when process() reads bytes past the TCP/UDP header (content matching):
     # topics into it, and before it, then carry whole packets (snf.packet.heads).
     needs_payload: ClassVar[bool] = False

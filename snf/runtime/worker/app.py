@@ -160,6 +160,7 @@ def _parts(
         metrics,
         control_key=key,
         attempts_path=datadir / ATTEMPTS_FILE,
+        durable=lambda: app.producer.flush(),  # changelog writes and outputs, acknowledged
     )
     metrics.lag = lambda: _lag(app, processor)
     catch_up = CatchUp(

@@ -52,8 +52,9 @@ log = logging.getLogger("snf.worker")
 INSTANCE_ENV = "SNF_INSTANCE"  # set by snf.ops.worker_process for each instance
 LABELS = ("pipeline", "function", "instance")
 # The Processor's steps per record (snf.runtime.worker.processor). Without the
-# journal (at_least_once), state writes happen inside "engine".
-STAGES = ("decode", "engine", "journal", "state_apply", "produce")
+# journal (at_least_once), state writes happen inside "engine". "reserve": the wait
+# for a reserved table's write to be acknowledged (only batches that write one).
+STAGES = ("decode", "engine", "journal", "state_apply", "reserve", "produce")
 STAGE_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 HOP_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30, 60)
 # Processor counters (in FunctionEngine.counters) of messages it skipped -> reason label.

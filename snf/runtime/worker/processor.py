@@ -13,7 +13,10 @@ Per record, in order (docs/FAULT-TOLERANCE.md, "The mechanism"):
    worker goes on;
 4. run the engine on the batch or end marker, state writes deferred;
 5. journaled: write the journal entry (before-images, watermarks, settled
-   point), then apply the state writes, then advance the watermarks;
+   point), then apply the state writes, then advance the watermarks; the
+   core's reserved tables get no before-image (a recovery never undoes them),
+   and when the batch wrote one the worker waits until Kafka acknowledged it
+   (`durable`, the producer's flush) before any output goes out;
 6. send the outputs, each with its lineage, and track their acks.
 
 The Faust app (snf.runtime.worker.app) injects the state table and the send
@@ -23,14 +26,14 @@ worker picks up from the last commit (crash-only). The unit tests run this
 class on a dict and a list of sends (tests/unit/test_journal.py).
 
 Each step is timed once per record into the worker's metrics
-(snf.runtime.worker.metrics): decode, engine, journal, state_apply, produce.
+(snf.runtime.worker.metrics): decode, engine, journal, state_apply, reserve, produce.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +91,7 @@ class Processor:
         *,
         control_key: bytes | None = None,
         attempts_path: Path | None = None,
+        durable: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.fn = fn
         self.table = CountingStore(table)
@@ -100,6 +104,9 @@ class Processor:
         self.ends_expected = plan.ends_expected(fn.name)
         self.journaled = fn.journaled
         self.stores = {name: PrefixedStore(self.table, name) for name in fn.state_tables}
+        core = self.engine.function
+        self.reserved = [self.stores[name] for name in core.reserved_tables]
+        self.durable = durable  # waits until every state write sent is acknowledged
         self.metrics = metrics or WorkerMetrics(fn.pipeline, fn.name, "")
         self.metrics.engine, self.metrics.stores = self.engine, self.stores
         self.metrics.changelog = self.table
@@ -216,6 +223,7 @@ class Processor:
             if len(message) < n:
                 self.counters["duplicate_in_packets"] += n - len(message)
         state = BatchState(self.stores, deferred=self.journaled, partition=partition)
+        reserved = sum(store.writes for store in self.reserved)
         try:
             if isinstance(message, wire.EndMarker):
                 # The topology, not the sender, knows how many origins feed this partition.
@@ -232,6 +240,9 @@ class Processor:
         since = metrics.lap("engine", since)
         if part is not None:
             since = await self._journal(part, offset, lineage, state, since)
+        if self.durable is not None and sum(store.writes for store in self.reserved) != reserved:
+            await self.durable()  # a reservation is in Kafka before anything relies on it
+            since = metrics.lap("reserve", since)
         if out is None:
             return  # an end marker that completes nothing yet: no outputs
         if isinstance(message, wire.EndMarker):
@@ -271,9 +282,11 @@ class Processor:
             wait = time.perf_counter() - waited
             self.metrics.journal_wait += wait
             since += wait  # back-pressure is not the journal's own time
+        reserved = self.engine.function.reserved_tables
         before = {
             table_key(name, key): self.stores[name].peek(key)
             for name, writes in state.pending().items()
+            if name not in reserved  # promises a recovery must keep, never undo
             for key, _ in writes
         }
         entry = JournalEntry(offset, before, part.marks.copy(), lineage, settled)
