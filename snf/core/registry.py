@@ -20,6 +20,7 @@ BUILTIN: dict[str, str] = {
     "firewall": "snf.functions.firewall:Firewall",
     "flowmon": "snf.functions.flowmon:FlowMonitor",
     "ids": "snf.functions.ids:Ids",
+    "ipsec": "snf.functions.ipsec:Ipsec",
     "loadbalancer": "snf.functions.loadbalancer:LoadBalancer",
     "nat": "snf.functions.nat:Nat",
     "ratelimit": "snf.functions.ratelimit:RateLimit",

@@ -1,0 +1,295 @@
+"""The per-packet paths of the ipsec core: decrypt inbound, encrypt outbound.
+
+`Gateway.start` opens one batch's `Work`; each SA's table value is read once
+per batch, worked on in memory and written once at `finish()`, only when it
+changed. Reasons are the strings of the module docstring of snf.functions.ipsec.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from snf.core.contract import Decisions, Record
+from snf.core.tables import BatchState, TableView
+from snf.packet.batch import PacketBatch
+from snf.packet.headers import FRAG_NONE, Headers
+
+from .config import IpsecConfig, Lifetime
+from .esp import EspAuthError, EspFormatError
+from .policy import Policy, Sa
+from .sequence import SEQ_TABLE, SequenceSpace
+from .tunnel import OUTER_LEN, icmp_too_big, inner_tos, inner_tuple, link_prefix, outer_header
+from .window import NEW, ReplayWindow
+
+__all__ = ["REASONS", "Gateway", "Work"]
+
+REASONS = (
+    "unknown_spi",
+    "auth_failed",
+    "replay",
+    "outside_window",
+    "no_policy",
+    "discard",
+    "unprotected",
+    "policy_mismatch",
+    "seq_exhausted",
+    "fragment",
+    "too_big",
+    "pmtu",
+    "dummy",
+    "unsupported",
+)
+_TUNNEL = {4: 4, 6: 41}  # inner IP version -> ESP next header (RFC 4303 tunnel mode)
+_VERSION = {4: 4, 41: 6}
+_NO_NEXT = 59  # a dummy packet (RFC 4303 §2.6)
+_PORTED = frozenset((6, 17, 132, 136))
+_SOFT, _HARD = 1, 2
+
+
+def _ip_end(pkt: bytes, l3: int, version: int) -> int:
+    """End of the IP packet (the link layer may pad a frame past it)."""
+    if version == 4:
+        return min(len(pkt), l3 + int.from_bytes(pkt[l3 + 2 : l3 + 4], "big"))
+    return min(len(pkt), l3 + 40 + int.from_bytes(pkt[l3 + 4 : l3 + 6], "big"))
+
+
+@dataclass(slots=True)
+class _Usage:
+    """An SA's lifetime counters and, for an inbound SA, its window."""
+
+    key: bytes
+    packets: int
+    bytes: int
+    flags: int
+    window: ReplayWindow | None
+    stored: Any
+
+
+class Gateway:
+    def __init__(self, policy: Policy, config: IpsecConfig) -> None:
+        self.policy = policy
+        self.mtu = config.path_mtu
+        self.sequence = SequenceSpace(config.seq_block)
+
+    @staticmethod
+    def spi_of(batch: PacketBatch, headers: Headers, i: int) -> int:
+        """The SPI of an ESP packet (0 when cut short before it)."""
+        l4, off = headers.l4_off[i], batch.offsets[i]
+        spi = batch.payload[off + l4 : off + l4 + 4]
+        return int.from_bytes(spi, "big") if len(spi) == 4 and l4 >= 0 else 0
+
+    def outbound_sa(self, batch: PacketBatch, headers: Headers, i: int) -> Sa | None:
+        proto = headers.proto[i]
+        ported = proto in _PORTED
+        verdict = self.policy.decide(
+            headers.version[i],
+            proto,
+            headers.src[i],
+            headers.dst[i],
+            headers.sport[i] if ported else 0,
+            headers.dport[i] if ported else 0,
+        )
+        return verdict if isinstance(verdict, Sa) else None
+
+    def start(
+        self, batch: PacketBatch, headers: Headers, state: BatchState, decisions: Decisions
+    ) -> Work:
+        return Work(self, batch, headers, state, decisions)
+
+
+class Work:
+    """One batch through the gateway."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        batch: PacketBatch,
+        headers: Headers,
+        state: BatchState,
+        decisions: Decisions,
+    ) -> None:
+        self.g, self.batch, self.h, self.d = gateway, batch, headers, decisions
+        self.partition = state.partition
+        self.sa_table: TableView = state.table("sa")
+        self.seq_table: TableView = state.table(SEQ_TABLE)
+        self.ts = batch.records["ts_ns"].tolist()
+        self.usage: dict[bytes, _Usage] = {}
+        self.events: list[Record] = []
+        self.counts = {"decrypted": 0, "encrypted": 0, "seq_reserved": 0}
+
+    def _drop(self, i: int, reason: str) -> None:
+        self.d.ports[i], self.d.reasons[i] = "drop", reason
+
+    def _usage(self, sa: Sa) -> _Usage:
+        key = (b"o" + sa.spi_bytes) if sa.out else (b"i" + sa.spi_bytes + sa.local)
+        u = self.usage.get(key)
+        if u is None:
+            raw = self.sa_table.get(key)
+            if sa.out:
+                p, b, f = raw if raw is not None else (0, 0, 0)
+                u = _Usage(key, int(p), int(b), int(f), None, raw)
+            else:
+                window = ReplayWindow.load(sa.window, None if raw is None else raw[:2])
+                p, b, f = raw[2:] if raw is not None else (0, 0, 0)
+                u = _Usage(key, int(p), int(b), int(f), window, raw)
+            self.usage[key] = u
+        return u
+
+    def _event(self, i: int, sa: Sa, u: _Usage, flag: int) -> None:
+        u.flags |= flag
+        name = "soft_lifetime" if flag == _SOFT else "hard_lifetime"
+        self.counts[name] = self.counts.get(name, 0) + 1
+        self.events.append(
+            {
+                "ts_ns": self.ts[i],
+                "sa": sa.name,
+                "spi": sa.spi,
+                "event": name,
+                "packets": u.packets,
+                "bytes": u.bytes,
+            }
+        )
+
+    def _hard(self, i: int, sa: Sa, u: _Usage) -> bool:
+        """Whether the SA's hard lifetime is reached (reported once)."""
+        life: Lifetime = sa.config.lifetime
+        done = (life.hard_packets is not None and u.packets >= life.hard_packets) or (
+            life.hard_bytes is not None and u.bytes >= life.hard_bytes
+        )
+        if done and not u.flags & _HARD:
+            self._event(i, sa, u, _HARD)
+        return done
+
+    def _count(self, i: int, sa: Sa, u: _Usage, size: int) -> None:
+        u.packets += 1
+        u.bytes += size
+        life: Lifetime = sa.config.lifetime
+        if not u.flags & _SOFT and (
+            (life.soft_packets is not None and u.packets >= life.soft_packets)
+            or (life.soft_bytes is not None and u.bytes >= life.soft_bytes)
+        ):
+            self._event(i, sa, u, _SOFT)
+
+    def inbound(self, i: int, sa: Sa | None) -> None:
+        h = self.h
+        if h.frag[i] != FRAG_NONE:
+            return self._drop(i, "fragment")
+        if sa is None:
+            return self._drop(i, "unknown_spi")
+        pkt, l3 = self.batch.packet(i), h.l3_off[i]
+        esp = pkt[h.l4_off[i] : _ip_end(pkt, l3, h.version[i])]
+        if len(esp) < 8:
+            return self._drop(i, "malformed")
+        u = self._usage(sa)
+        window = u.window
+        assert window is not None
+        low = int.from_bytes(esp[4:8], "big")
+        seq = window.infer(low) if sa.esn else low
+        status = window.check(seq)
+        if status != NEW:
+            return self._drop(i, status)
+        if self._hard(i, sa, u):
+            return self._drop(i, "seq_exhausted")
+        try:
+            next_header, inner = sa.esp.open(esp, seq)
+        except EspAuthError:
+            return self._drop(i, "auth_failed")
+        except EspFormatError:
+            return self._drop(i, "malformed")
+        window.accept(seq)  # authentic: it may move the window, whatever it carries
+        self._count(i, sa, u, len(inner))
+        if next_header == _NO_NEXT:
+            return self._drop(i, "dummy")
+        version = _VERSION.get(next_header)
+        tup = inner_tuple(inner)
+        if version is None or tup is None or tup[0] != version:
+            return self._drop(i, "malformed")
+        if not self.g.policy.inner_allowed(sa, *tup):
+            return self._drop(i, "policy_mismatch")
+        prefix = link_prefix(pkt[:l3], self.batch.linktype, version)
+        if prefix is None:
+            return self._drop(i, "unsupported")
+        self.d.replaced[i] = prefix + inner
+        self.counts["decrypted"] += 1
+        return None
+
+    def outbound(self, i: int) -> None:
+        sa_or_verdict = self._verdict(i)
+        if not isinstance(sa_or_verdict, Sa):
+            port, reason = sa_or_verdict
+            if reason:
+                self.d.ports[i], self.d.reasons[i] = port, reason
+            return None
+        sa, h = sa_or_verdict, self.h
+        pkt, l3 = self.batch.packet(i), h.l3_off[i]
+        inner = pkt[l3 : _ip_end(pkt, l3, h.version[i])]
+        esp_len = len(inner) + sa.esp.overhead(len(inner))
+        if OUTER_LEN[sa.version] + esp_len > self.g.mtu:
+            return self._too_big(i, sa, pkt[:l3], inner)
+        prefix = link_prefix(pkt[:l3], self.batch.linktype, sa.version)
+        if prefix is None:
+            return self._drop(i, "unsupported")
+        u = self._usage(sa)
+        if self._hard(i, sa, u):
+            return self._drop(i, "seq_exhausted")
+        before = self.g.sequence.reservations
+        seq = self.g.sequence.take(
+            self.partition, self.seq_table, sa.spi_bytes, (1 << 64) - 1 if sa.esn else (1 << 32) - 1
+        )
+        self.counts["seq_reserved"] += self.g.sequence.reservations - before
+        if seq is None:
+            if not u.flags & _HARD:
+                self._event(i, sa, u, _HARD)
+            return self._drop(i, "seq_exhausted")
+        esp = sa.esp.seal(seq, _TUNNEL[h.version[i]], inner)
+        head = outer_header(sa.version, sa.local, sa.peer, len(esp), inner_tos(inner), seq)
+        self.d.replaced[i] = prefix + head + esp
+        self._count(i, sa, u, len(inner))
+        self.counts["encrypted"] += 1
+        return None
+
+    def _verdict(self, i: int) -> Sa | tuple[str, str]:
+        h = self.h
+        proto = h.proto[i]
+        ported = proto in _PORTED
+        return self.g.policy.decide(
+            h.version[i],
+            proto,
+            h.src[i],
+            h.dst[i],
+            h.sport[i] if ported else 0,
+            h.dport[i] if ported else 0,
+        )
+
+    def _too_big(self, i: int, sa: Sa, prefix: bytes, inner: bytes) -> None:
+        """RFC 4301 §8: tell the inner source the MTU left inside the tunnel (ICMP),
+        or drop when it cannot be told: IPv4 without DF, another IP version."""
+        version = inner[0] >> 4
+        if version == 4 and not inner[6] & 0x40:
+            return self._drop(i, "too_big")
+        room = self.g.mtu - OUTER_LEN[sa.version]
+        fits = room - sa.esp.overhead(0)
+        while fits > 0 and fits + sa.esp.overhead(fits) > room:
+            fits -= 1
+        answer = icmp_too_big(prefix, self.batch.linktype, inner, sa.local, fits)
+        if answer is None:
+            return self._drop(i, "too_big")
+        self.d.replaced[i] = answer
+        self.d.reasons[i] = "pmtu"
+        return None
+
+    def finish(self) -> None:
+        """Write back each SA's changed value; hand over records and metrics."""
+        for u in self.usage.values():
+            w = u.window
+            value = (
+                [u.packets, u.bytes, u.flags]
+                if w is None
+                else [*w.dump(), u.packets, u.bytes, u.flags]
+            )
+            if value != u.stored:
+                self.sa_table.set(u.key, value)
+        if self.events:
+            self.d.records["events"] = self.events
+        self.d.metrics.update({k: v for k, v in self.counts.items() if v})

@@ -1,0 +1,152 @@
+"""The security policy of one ipsec function, compiled to plain ints.
+
+`Policy.decide` answers for a cleartext packet, given its inner tuple, as
+RFC 4301's SPD would: protect it with an outbound SA, pass it, or discard it.
+Outbound SA selectors come first, then the inbound SAs' (traffic they cover
+must arrive protected), then the `policies` entries in order, then the
+default. Answers are cached per tuple (a bounded dict): most packets belong
+to a flow seen moments ago.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+
+from snf.core.cidr import Net
+from snf.packet.flowkey import flow_hash
+
+from .config import IpsecConfig, SaConfig
+from .esp import EspTransform
+
+__all__ = ["BYPASS", "DISCARD", "NO_POLICY", "UNPROTECTED", "Policy", "Sa", "sa_hash"]
+
+# Verdicts for cleartext besides "protect with this SA": (port, reason).
+BYPASS = ("pass", "")
+DISCARD = ("drop", "discard")  # a discard policy entry
+NO_POLICY = ("drop", "no_policy")  # no SA nor policy covers it, default discard
+UNPROTECTED = ("drop", "unprotected")  # an inbound SA's traffic, arriving in clear
+_CACHE_MAX = 1 << 16
+_SPI = struct.Struct("!I")
+
+# (local nets, remote nets, proto or -1, (lo, hi) local ports, (lo, hi) remote ports)
+Compiled = tuple[tuple[Net, ...], tuple[Net, ...], int, tuple[int, int], tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Sa:
+    """One SA as the per-packet path uses it."""
+
+    index: int  # position in the config: the metric and record name use `name`
+    name: str
+    out: bool
+    spi: int
+    spi_bytes: bytes
+    version: int  # of the outer header
+    local: bytes
+    peer: bytes
+    esp: EspTransform
+    esn: bool
+    window: int
+    selectors: tuple[Compiled, ...]
+    config: SaConfig
+    hash: int  # partitioning hash: every packet of the SA goes to one partition
+
+
+def sa_hash(out: bool, spi: int) -> int:
+    """The partitioning hash of an SA's packets (same family as flow_hash)."""
+    return flow_hash(b"ESP" + (b"o" if out else b"i") + _SPI.pack(spi))
+
+
+def _sa(index: int, sa: SaConfig) -> Sa:
+    local, peer = ipaddress.ip_address(sa.local), ipaddress.ip_address(sa.peer)
+    out = sa.direction == "out"
+    return Sa(
+        index=index,
+        name=sa.name,
+        out=out,
+        spi=sa.spi,
+        spi_bytes=_SPI.pack(sa.spi),
+        version=local.version,
+        local=local.packed,
+        peer=peer.packed,
+        esp=EspTransform(sa.cipher, sa.key, sa.spi, esn=sa.esn),
+        esn=sa.esn,
+        window=sa.replay_window,
+        selectors=tuple(s.compiled() for s in sa.selectors),
+        config=sa,
+        hash=sa_hash(out, sa.spi),
+    )
+
+
+def _in(nets: tuple[Net, ...], version: int, addr: int) -> bool:
+    return any(v == version and addr & mask == net for v, net, mask in nets)
+
+
+def matches(
+    sel: Compiled, version: int, proto: int, src: int, dst: int, sport: int, dport: int
+) -> bool:
+    """Whether a packet from `src` (local side) to `dst` (remote side) is in `sel`."""
+    local, remote, want, lports, rports = sel
+    return (
+        (want < 0 or want == proto)
+        and lports[0] <= sport <= lports[1]
+        and rports[0] <= dport <= rports[1]
+        and _in(local, version, src)
+        and _in(remote, version, dst)
+    )
+
+
+class Policy:
+    """The SAs and the cleartext policy of one function (module docstring)."""
+
+    def __init__(self, config: IpsecConfig) -> None:
+        sas = [_sa(i, sa) for i, sa in enumerate(config.sas)]
+        self.direction = config.direction
+        self.out_sas = [sa for sa in sas if sa.out]
+        # inbound SAs by (our tunnel address, SPI): what an arriving ESP packet names
+        self.in_sas = {(sa.local, sa.spi): sa for sa in sas if not sa.out}
+        self.local_addrs = frozenset(sa.local for sa in self.in_sas.values())
+        self.entries = [
+            (p.compiled(), BYPASS if p.action == "bypass" else DISCARD) for p in config.policies
+        ]
+        self.default = BYPASS if config.default == "bypass" else NO_POLICY
+        self._cache: dict[tuple[int, int, bytes, bytes, int, int], Sa | tuple[str, str]] = {}
+
+    def decide(
+        self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> Sa | tuple[str, str]:
+        """An outbound SA to protect the packet with, or (port, reason)."""
+        key = (version, proto, src, dst, sport, dport)
+        hit = self._cache.get(key)
+        if hit is None:
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            hit = self._cache[key] = self._decide(*key)
+        return hit
+
+    def _decide(
+        self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> Sa | tuple[str, str]:
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        for sa in self.out_sas:
+            if any(matches(sel, version, proto, s, d, sport, dport) for sel in sa.selectors):
+                return BYPASS if self.direction == "inbound" else sa
+        for sa in self.in_sas.values():
+            if any(matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors):
+                return BYPASS if self.direction == "outbound" else UNPROTECTED
+        for sel, verdict in self.entries:
+            if matches(sel, version, proto, s, d, sport, dport) or matches(
+                sel, version, proto, d, s, dport, sport
+            ):
+                return verdict
+        return self.default
+
+    def inner_allowed(
+        self, sa: Sa, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> bool:
+        """Whether a packet decrypted with inbound `sa` is traffic that SA carries
+        (RFC 4301 §5.2: the remote side to ours)."""
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        return any(matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors)
