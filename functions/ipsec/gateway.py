@@ -175,12 +175,12 @@ class Work:
         h = self.h
         if h.frag[i] != FRAG_NONE:
             return self._drop(i, "fragment")
-        if sa is None:
-            return self._drop(i, "unknown_spi")
         pkt, l3 = self.batch.packet(i), h.l3_off[i]
         esp = pkt[h.l4_off[i] : _ip_end(pkt, l3, h.version[i])]
         if len(esp) < 8:
             return self._drop(i, "malformed")
+        if sa is None:
+            return self._drop(i, "unknown_spi")
         u = self._usage(sa)
         window = u.window
         assert window is not None
@@ -269,7 +269,7 @@ class Work:
         if version == 4 and not inner[6] & 0x40:
             return self._drop(i, "too_big")
         room = self.g.mtu - OUTER_LEN[sa.version]
-        fits = room - sa.esp.overhead(0)
+        fits = room  # the largest inner packet that fits (padding makes it uneven)
         while fits > 0 and fits + sa.esp.overhead(fits) > room:
             fits -= 1
         answer = icmp_too_big(prefix, self.batch.linktype, inner, sa.local, fits)
