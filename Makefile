@@ -13,7 +13,19 @@ UV        := build/uv/bin/uv
 
 .PHONY: setup demo test unit integration lint bench kafka-jars lock clean
 
-setup: $(STAMP)
+setup: $(STAMP) tshark
+
+# Wireshark's tshark checks snf's ESP (tests/unit/test_ipsec_tshark.py). Installed
+# with apt when missing and we are root (apt-get update only if the install fails;
+# noninteractive answers wireshark-common's capture question with its default, no);
+# elsewhere setup goes on and that test skips.
+.PHONY: tshark
+tshark:
+	@command -v tshark >/dev/null || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { $(APT_TSHARK) || { apt-get update -q && $(APT_TSHARK); }; }; } || \
+		echo "tshark not installed: its test will skip"
+APT_TSHARK = DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark </dev/null
 
 $(STAMP): pyproject.toml $(LOCK) $(TEST_LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
