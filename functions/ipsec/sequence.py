@@ -12,8 +12,9 @@ only after Kafka acknowledged that write, and a recovery never undoes it.
 
 A process that starts on a partition, or takes one over after a crash, or
 had the partition's state change beneath it (`forget`), knows no counter:
-it starts at the reservation, so a crash skips at most one block and never
-reuses a number. Without ESN the last number is 2^32 - 1, with ESN 2^64 - 1;
+it starts at the reservation, so a crash leaves unused at most the rest of
+one block (plus the numbers the old owner took for packets that never reached
+Kafka), and never reuses a number. Without ESN the last number is 2^32 - 1, with ESN 2^64 - 1;
 beyond it there is no wrap, only `seq_exhausted`.
 """
 

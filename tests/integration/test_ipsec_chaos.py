@@ -64,4 +64,6 @@ def test_killing_the_encrypting_worker_never_repeats_a_sequence_number(
     assert audit.repeats == 0 and audit.steps_back == 0, audit.to_json()
     assert audit.packets >= packets  # a redo's copies come on top
     assert set(audit.per_spi) == {0x2001, 0x2002}
-    assert audit.gaps and max(audit.gaps) <= BLOCK  # at most a block per takeover
+    # A takeover skips the rest of a block, plus the numbers the killed worker took
+    # for packets still in flight (never acknowledged): a few batches at this rate.
+    assert audit.gaps and max(audit.gaps) <= BLOCK + 512
