@@ -43,8 +43,9 @@ kafka-jars: setup
 # The main job: the bundled edge capture through the four-function edge chain
 # (firewall -> nat -> loadbalancer -> flowmon) on a local broker, then the
 # monitoring chain (ids -> ratelimit -> flowmon), then the tap graph (branches,
-# fan-out, fan-in). Writes out/<name>.pcapng (open it in Wireshark) and
-# out/<name>-events/ (drops, alerts, flow records).
+# fan-out, fan-in), then the IPsec gateway (ipsec decrypt -> firewall -> ipsec
+# encrypt; its demo keys are in pipelines/keys/). Writes out/<name>.pcapng (open
+# it in Wireshark) and out/<name>-events/ (drops, alerts, flow records).
 demo: setup kafka-jars
 	mkdir -p $(OUT)
 	$(SNF) run pipelines/edge.yaml pipelines/captures/edge.pcapng \
@@ -53,6 +54,8 @@ demo: setup kafka-jars
 		--out $(OUT)/monitoring.pcapng --events $(OUT)/monitoring-events
 	$(SNF) run pipelines/tap.yaml pipelines/captures/monitoring.pcapng \
 		--out $(OUT)/tap.pcapng --events $(OUT)/tap-events
+	$(SNF) run pipelines/vpn.yaml pipelines/captures/vpn.pcapng \
+		--out $(OUT)/vpn.pcapng --events $(OUT)/vpn-events
 
 test: setup kafka-jars
 	$(VENV)/bin/ruff check snf functions tests bench pipelines
