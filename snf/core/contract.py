@@ -186,6 +186,10 @@ class NetworkFunction(ABC):
     # True when process() reads bytes past the TCP/UDP header (content matching):
     # topics into it, and before it, then carry whole packets (snf.packet.heads).
     needs_payload: ClassVar[bool] = False
+    # True when a rewrite may change a packet's length or payload (ipsec seals and
+    # opens): everything after it then travels whole, since the ingress copy no
+    # longer completes a head of its output.
+    rewrites_payload: ClassVar[bool] = False
     Config: ClassVar[type[FunctionConfig]]
     # Partitioning of the input (see the module docstring). Instances may
     # override both in __init__ when the key depends on the config.

@@ -114,8 +114,20 @@ def _build(text: str, source: str, path: Path | None, base_dir: Path | None = No
         if step
     }
     heads = spec.ship == "heads"
+    rewriters = {
+        fn.name
+        for fn, step in zip(spec.functions, steps, strict=True)
+        if step and step[0].rewrites_payload
+    }
     layout = Layout(
-        graph.entry, parts, spec.partitions, external, False, heads, _whole(graph, needs)
+        graph.entry,
+        parts,
+        spec.partitions,
+        external,
+        False,
+        heads,
+        _whole(graph, needs),
+        _downstream(graph, rewriters),
     )
     functions = []
     for fn, step in zip(spec.functions, steps, strict=True):
@@ -213,6 +225,18 @@ def _check_function(
     except ValidationError as exc:
         report.add_validation(exc, model, (*loc, "config"))
         return None
+
+
+def _downstream(graph: Graph, starts: set[str]) -> frozenset[str]:
+    """`starts` and every function they feed, directly or through others."""
+    found, todo = set(starts), list(starts)
+    while todo:
+        for ds in graph.outputs.get(todo.pop(), {}).values():
+            for d in ds:
+                if d.kind == "function" and d.target not in found:
+                    found.add(d.target)
+                    todo.append(d.target)
+    return frozenset(found)
 
 
 def _whole(graph: Graph, needs: dict[str, bool]) -> frozenset[str]:

@@ -84,6 +84,9 @@ class Layout:
     private: bool = False  # a one-shot run: topic:NAME becomes snf.<run>.topic.NAME
     heads: bool = False  # ship heads after ingress (the pipeline's `ship: heads`)
     whole: frozenset[str] = frozenset()  # functions whose input must carry whole packets
+    # functions whose outputs must carry whole packets: after a payload rewrite
+    # (NetworkFunction.rewrites_payload) the ingress copy no longer completes a head
+    whole_out: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -175,18 +178,19 @@ class PipelineFunction:
 
     def route(self, port: str, dest: Dest) -> Route:
         lay = self.layout
+        heads = lay.heads and self.name not in lay.whole_out
         if dest.kind == "function":
             topic = names.input_topic(self.pipeline, dest.target)
-            heads = lay.heads and dest.target not in lay.whole
+            heads = heads and dest.target not in lay.whole
             return Route(dest, topic, lay.partitions[dest.target], heads)
         if dest.kind == "egress":
-            return Route(dest, names.egress_topic(self.pipeline), lay.egress_partitions, lay.heads)
+            return Route(dest, names.egress_topic(self.pipeline), lay.egress_partitions, heads)
         if dest.kind == "topic":
             topic = names.private_topic(self.pipeline, dest.target) if lay.private else dest.target
             return Route(dest, topic, lay.external[dest.target])
         if dest.kind == "port":
             topic = names.port_topic(self.pipeline, self.name, port)
-            return Route(dest, topic, self.partitions, lay.heads)
+            return Route(dest, topic, self.partitions, heads)
         return Route(dest, None, 0)
 
     @property

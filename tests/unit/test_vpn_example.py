@@ -161,7 +161,7 @@ def test_pmtu_answer_names_the_largest_inner_packet_that_fits(
 
 
 def test_the_kafka_sinks_view_is_the_same_bytes(local: LocalPipeline) -> None:
-    # heads=True cuts and joins where a Kafka run would; vpn.yaml ships whole
-    # packets, since the join takes payload from the ingress copy, which for a
-    # decrypted packet is its ciphertext.
+    # heads=True cuts and joins where a Kafka run would. Nothing after a gateway
+    # is cut (rewrites_payload): the ingress copy of a decrypted packet is its
+    # ciphertext, which would make a wrong tail.
     assert egress(run_local(heads=True)) == egress(local)
