@@ -28,7 +28,9 @@ Ports
             reassembled), "too_big" (over the MTU and no ICMP possible: IPv4
             without DF, or another IP version than the SA's), "dummy" (RFC
             4303 §2.6 dummy packets), "unsupported" (the capture's link type
-            cannot carry the other IP version)
+            cannot carry the other IP version), "ecn" (the outer header says
+            congestion (CE) and the inner packet is not ECN-capable: RFC 6040
+            §4.2; a CE mark on an ECN-capable inner packet is carried over)
     events  records: an SA crossed its soft or hard lifetime (once each)
 
 Config (IpsecConfig, config.py)
@@ -110,6 +112,7 @@ class Ipsec(NetworkFunction):
     tables: ClassVar[tuple[str, ...]] = ("sa", SEQ_TABLE)
     reserved_tables: ClassVar[tuple[str, ...]] = (SEQ_TABLE,)
     needs_payload: ClassVar[bool] = True  # it encrypts and decrypts whole packets
+    rewrites_payload: ClassVar[bool] = True  # so what follows it travels whole too
     Config: ClassVar[type[FunctionConfig]] = IpsecConfig
     key = "custom"
     key_flow_consistent = False

@@ -19,7 +19,15 @@ from .config import IpsecConfig, Lifetime
 from .esp import EspAuthError, EspFormatError
 from .policy import Policy, Sa
 from .sequence import SEQ_TABLE, SequenceSpace
-from .tunnel import OUTER_LEN, icmp_too_big, inner_tos, inner_tuple, link_prefix, outer_header
+from .tunnel import (
+    OUTER_LEN,
+    decap_ecn,
+    icmp_too_big,
+    inner_tos,
+    inner_tuple,
+    link_prefix,
+    outer_header,
+)
 from .window import NEW, ReplayWindow
 
 __all__ = ["REASONS", "Gateway", "Work"]
@@ -39,6 +47,7 @@ REASONS = (
     "pmtu",
     "dummy",
     "unsupported",
+    "ecn",
 )
 _TUNNEL = {4: 4, 6: 41}  # inner IP version -> ESP next header (RFC 4303 tunnel mode)
 _VERSION = {4: 4, 41: 6}
@@ -207,6 +216,10 @@ class Work:
             return self._drop(i, "malformed")
         if not self.g.policy.inner_allowed(sa, *tup):
             return self._drop(i, "policy_mismatch")
+        marked = decap_ecn(inner, inner_tos(pkt[l3:]))
+        if marked is None:
+            return self._drop(i, "ecn")  # CE outside, not ECN-capable inside (RFC 6040)
+        inner = marked
         prefix = link_prefix(pkt[:l3], self.batch.linktype, version)
         if prefix is None:
             return self._drop(i, "unsupported")

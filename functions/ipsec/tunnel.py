@@ -22,6 +22,7 @@ from snf.packet.rewrite import checksum
 __all__ = [
     "ETHERTYPE",
     "OUTER_LEN",
+    "decap_ecn",
     "icmp_too_big",
     "inner_tos",
     "inner_tuple",
@@ -46,6 +47,27 @@ def inner_tos(inner: bytes) -> int:
     if inner[0] >> 4 == 4:
         return inner[1]
     return ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
+
+
+def decap_ecn(inner: bytes, outer_tos: int) -> bytes | None:
+    """The inner packet after RFC 6040's decapsulation (normal mode): a CE mark
+    on the outer header is carried to an ECN-capable inner one; None when the
+    inner packet is not ECN-capable (RFC 6040 §4.2: drop it)."""
+    if outer_tos & 3 != 3:
+        return inner
+    ecn = inner_tos(inner) & 3
+    if ecn == 0:
+        return None
+    if ecn == 3:
+        return inner
+    out = bytearray(inner)
+    if inner[0] >> 4 == 4:
+        out[1] |= 3
+        out[10:12] = b"\x00\x00"
+        out[10:12] = checksum(out[: (inner[0] & 0x0F) * 4]).to_bytes(2, "big")
+    else:
+        out[1] |= 0x30  # the traffic class's ECN bits, in the second byte's top nibble
+    return bytes(out)
 
 
 def outer_header(

@@ -162,7 +162,13 @@ class PacketBatch:
                     j = at[i]
                     if j >= 0:
                         parts[j] = data
-                rec["cap_len"] = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+                new_len = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+                # A rewrite that changes the length (ipsec seals and opens) changes the
+                # length on the wire by as much; bytes a snaplen cut off stay cut off.
+                grown = new_len - rec["cap_len"].astype(np.int64)
+                if grown.any():
+                    rec["orig_len"] = rec["orig_len"].astype(np.int64) + grown
+                rec["cap_len"] = new_len
             payload = b"".join(parts)
         reason_table: tuple[str, ...] = self.reasons
         if reasons is not None:

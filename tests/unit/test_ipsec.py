@@ -15,12 +15,14 @@ import pytest
 from pydantic import ValidationError
 
 from snf.core.engine import FunctionEngine
+from snf.core.tables import BatchState
 from snf.functions.ipsec import Ipsec, IpsecConfig
 from snf.functions.ipsec.esp import KEY_BYTES
 from snf.functions.ipsec.policy import sa_hash
 from snf.functions.ipsec.window import NEW, OUTSIDE, REPLAY, ReplayWindow
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
+from snf.packet.rewrite import checksum
 from tests.harness import Handled, JsonStore, handle
 from tests.packets import ether, ip4, tcp4, udp4, udp6
 
@@ -366,3 +368,38 @@ def test_config_errors_name_the_field_and_never_show_a_key(
     sa = IpsecConfig.model_validate({"sas": [from_file]}, context={"base_dir": tmp_path}).sas[0]
     assert sa.key == A_TO_B and A_TO_B.hex() not in repr(sa) + str(sa.model_dump())
     assert KEY_BYTES["aes-gcm-128"] == 20
+
+
+def test_sealed_and_opened_packets_keep_their_length_on_the_wire_true() -> None:
+    a = Gw(gateway_a())
+    frames = [udp4("10.1.0.5", "10.2.0.9", 5, 53, b"x" * n) for n in (0, 7, 300)]
+    rows = [(T0 + i, len(f) + 10, f, 1, i, "") for i, f in enumerate(frames)]  # 10 bytes cut
+    out = a.engine.handle(PacketBatch.from_rows(1, rows), BatchState(dict(a.stores)))
+    rec = out.packets["pass"].records
+    # The length on the wire grows with the packet; what the snaplen cut stays cut.
+    assert (rec["orig_len"] - rec["cap_len"]).tolist() == [10, 10, 10]
+    assert rec["cap_len"].tolist() == [len(p) for p in out.packets["pass"].packets()]
+
+
+def congested(frame: bytes) -> bytes:
+    """`frame` with CE on its outer IPv4 header (not covered by the ICV), checksum fixed."""
+    out = bytearray(frame)
+    out[14 + 1] |= 3
+    out[14 + 10 : 14 + 12] = b"\x00\x00"
+    out[14 + 10 : 14 + 12] = checksum(out[14 : 14 + 20]).to_bytes(2, "big")
+    return bytes(out)
+
+
+def test_a_congestion_mark_outside_reaches_the_inner_packet_rfc_6040() -> None:
+    a, b = Gw(gateway_b()), Gw(gateway_a())
+    capable = bytearray(udp4("10.2.0.9", "10.1.0.5", 53, 5, b"ect"))
+    capable[14 + 1] = 0x02  # ECT(0)
+    capable[14 + 10 : 14 + 12] = b"\x00\x00"
+    capable[14 + 10 : 14 + 12] = checksum(capable[14:34]).to_bytes(2, "big")
+    plain = udp4("10.2.0.9", "10.1.0.5", 53, 5, b"not-ect")
+    sealed = a([bytes(capable), plain]).frames
+    assert sealed[0][14 + 1] & 3 == 2  # the encapsulator copies ECN outward
+    out = b([congested(f) for f in sealed])
+    assert (out.ports, out.reasons) == (["pass", "drop"], ["", "ecn"])
+    inner = out.frames[0]
+    assert inner[14 + 1] & 3 == 3 and checksum(inner[14:34]) == 0  # CE, header still valid

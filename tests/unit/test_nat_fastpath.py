@@ -39,6 +39,7 @@ INSIDE = {
     "suricata-udp-flow.pcap": ["192.168.0.2"],
     "suricata-tcp-async.pcap": ["10.0.1.0/24"],
     "monitoring.pcapng": ["10.5.0.0/16"],
+    "vpn.pcapng": ["10.1.0.0/16"],
 }
 
 
