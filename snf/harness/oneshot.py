@@ -79,6 +79,7 @@ def create_topics(brokers: str, pipeline: Pipeline) -> list[str]:
 
 def _write_outputs(result: RunResult, opts: RunOptions, console: Console) -> None:
     if opts.out:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)  # as --events does
         n = result.collector.write_pcapng(opts.out)
         console.print(f"wrote {n} packets to {opts.out}")
     if opts.events:
