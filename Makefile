@@ -76,6 +76,7 @@ bench: setup kafka-jars
 	$(PY) bench/guarantee_cost.py --captures pipelines/captures/edge.pcapng --loop 100 --out bench/results/guarantee.json
 	$(PY) bench/chaos_suite.py --kills 20 --out bench/results/chaos.json
 	$(PY) bench/chaos_suite.py --kills 20 --warm --out bench/results/chaos_warm.json
+	$(PY) bench/ipsec.py --out bench/results/ipsec.json
 
 # After a change to pyproject.toml's dependencies. Pins already in the locks
 # are kept; `make lock UPGRADE=--upgrade` moves everything to the newest releases.
