@@ -198,14 +198,14 @@ class Work:
         status = window.check(seq)
         if status != NEW:
             return self._drop(i, status)
-        if self._hard(i, sa, u):
-            return self._drop(i, "seq_exhausted")
         try:
             next_header, inner = sa.esp.open(esp, seq)
         except EspAuthError:
             return self._drop(i, "auth_failed")
         except EspFormatError:
             return self._drop(i, "malformed")
+        if self._hard(i, sa, u):  # after the ICV: a forged packet reports nothing
+            return self._drop(i, "seq_exhausted")
         window.accept(seq)  # authentic: it may move the window, whatever it carries
         self._count(i, sa, u, len(inner))
         if next_header == _NO_NEXT:

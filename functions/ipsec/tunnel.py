@@ -37,6 +37,7 @@ _PORTED = frozenset((6, 17, 132, 136))  # TCP, UDP, SCTP, UDP-Lite: ports at off
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
+_WORDS = struct.Struct("!10H")
 _ICMP6_MIN_MTU = 1280
 
 
@@ -76,7 +77,10 @@ def outer_header(
     """The outer IPv4 / IPv6 header of an ESP packet of `payload_len` bytes."""
     if version == 4:
         head = _V4.pack(0x45, tos, 20 + payload_len, ident & 0xFFFF, 0x4000, 64, ESP, 0, src, dst)
-        return head[:10] + checksum(head).to_bytes(2, "big") + head[12:]
+        total = sum(_WORDS.unpack(head))  # RFC 1071 over ten words: a C-level sum
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        return head[:10] + (~total & 0xFFFF).to_bytes(2, "big") + head[12:]
     return _V6.pack(0x60000000 | tos << 20, payload_len, ESP, 64, src, dst)
 
 
