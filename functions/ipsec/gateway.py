@@ -18,7 +18,7 @@ from snf.packet.headers import FRAG_NONE, Headers
 from .config import IpsecConfig, Lifetime
 from .esp import EspAuthError, EspFormatError
 from .policy import Policy, Sa
-from .sequence import SEQ_TABLE, SequenceSpace
+from .sequence import SEQ_TABLE, Numbers, SequenceSpace
 from .tunnel import (
     OUTER_LEN,
     decap_ecn,
@@ -126,6 +126,9 @@ class Work:
         self.usage: dict[bytes, _Usage] = {}
         self.events: list[Record] = []
         self.counts = {"decrypted": 0, "encrypted": 0, "seq_reserved": 0}
+        self.numbers: dict[int, Numbers] = {}  # outbound SA's SPI -> its numbers
+        self.encrypted = 0
+        self.reserved_before = gateway.sequence.reservations
 
     def _drop(self, i: int, reason: str) -> None:
         self.d.ports[i], self.d.reasons[i] = "drop", reason
@@ -204,10 +207,14 @@ class Work:
             return self._drop(i, "auth_failed")
         except EspFormatError:
             return self._drop(i, "malformed")
-        if self._hard(i, sa, u):  # after the ICV: a forged packet reports nothing
+        if sa.limited and self._hard(i, sa, u):  # after the ICV: no report for a forgery
             return self._drop(i, "seq_exhausted")
         window.accept(seq)  # authentic: it may move the window, whatever it carries
-        self._count(i, sa, u, len(inner))
+        if sa.limited:
+            self._count(i, sa, u, len(inner))
+        else:
+            u.packets += 1
+            u.bytes += len(inner)
         if next_header == _NO_NEXT:
             return self._drop(i, "dummy")
         version = _VERSION.get(next_header)
@@ -244,13 +251,15 @@ class Work:
         if prefix is None:
             return self._drop(i, "unsupported")
         u = self._usage(sa)
-        if self._hard(i, sa, u):
+        if sa.limited and self._hard(i, sa, u):
             return self._drop(i, "seq_exhausted")
-        before = self.g.sequence.reservations
-        seq = self.g.sequence.take(
-            self.partition, self.seq_table, sa.spi_bytes, (1 << 64) - 1 if sa.esn else (1 << 32) - 1
-        )
-        self.counts["seq_reserved"] += self.g.sequence.reservations - before
+        numbers = self.numbers.get(sa.spi)
+        if numbers is None:
+            last = (1 << 64) - 1 if sa.esn else (1 << 32) - 1
+            numbers = self.numbers[sa.spi] = self.g.sequence.numbers(
+                self.partition, self.seq_table, sa.spi_bytes, last
+            )
+        seq = numbers.take()
         if seq is None:
             if not u.flags & _HARD:
                 self._event(i, sa, u, _HARD)
@@ -258,8 +267,12 @@ class Work:
         esp = sa.esp.seal(seq, _TUNNEL[h.version[i]], inner)
         head = outer_header(sa.version, sa.local, sa.peer, len(esp), inner_tos(inner), seq)
         self.d.replaced[i] = prefix + head + esp
-        self._count(i, sa, u, len(inner))
-        self.counts["encrypted"] += 1
+        if sa.limited:
+            self._count(i, sa, u, len(inner))
+        else:
+            u.packets += 1
+            u.bytes += len(inner)
+        self.encrypted += 1
         return None
 
     def _verdict(self, i: int) -> Sa | tuple[str, str]:
@@ -305,4 +318,6 @@ class Work:
                 self.sa_table.set(u.key, value)
         if self.events:
             self.d.records["events"] = self.events
+        self.counts["encrypted"] += self.encrypted
+        self.counts["seq_reserved"] += self.g.sequence.reservations - self.reserved_before
         self.d.metrics.update({k: v for k, v in self.counts.items() if v})

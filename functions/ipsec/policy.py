@@ -52,6 +52,7 @@ class Sa:
     selectors: tuple[Compiled, ...]
     config: SaConfig
     hash: int  # partitioning hash: every packet of the SA goes to one partition
+    limited: bool  # has a lifetime limit: its packets are checked and counted
 
 
 def sa_hash(out: bool, spi: int) -> int:
@@ -77,6 +78,7 @@ def _sa(index: int, sa: SaConfig) -> Sa:
         selectors=tuple(s.compiled() for s in sa.selectors),
         config=sa,
         hash=sa_hash(out, sa.spi),
+        limited=any(v is not None for v in sa.lifetime.model_dump().values()),
     )
 
 
@@ -113,6 +115,7 @@ class Policy:
         ]
         self.default = BYPASS if config.default == "bypass" else NO_POLICY
         self._cache: dict[tuple[int, int, bytes, bytes, int, int], Sa | tuple[str, str]] = {}
+        self._inner: dict[tuple[int, int, int, bytes, bytes, int, int], bool] = {}
 
     def decide(
         self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
@@ -148,5 +151,13 @@ class Policy:
     ) -> bool:
         """Whether a packet decrypted with inbound `sa` is traffic that SA carries
         (RFC 4301 §5.2: the remote side to ours)."""
-        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
-        return any(matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors)
+        key = (sa.index, version, proto, src, dst, sport, dport)
+        hit = self._inner.get(key)
+        if hit is None:
+            if len(self._inner) >= _CACHE_MAX:
+                self._inner.clear()
+            s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+            hit = self._inner[key] = any(
+                matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors
+            )
+        return hit

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from snf.core.tables import TableView
 
-__all__ = ["SEQ_TABLE", "SequenceSpace"]
+__all__ = ["SEQ_TABLE", "Numbers", "SequenceSpace"]
 
 SEQ_TABLE = "seq"
 _FIRST = 1  # RFC 4303 §3.3.3: the first packet sent on an SA has sequence number 1
@@ -39,19 +39,46 @@ class SequenceSpace:
     def forget(self, partition: int) -> None:
         self._next.pop(partition, None)
 
-    def take(self, partition: int, table: TableView, key: bytes, last: int) -> int | None:
-        """The next number of SA `key` (None: all up to `last` are used), reserving
-        a new block in `table` first when the number is not reserved yet."""
-        counters = self._next.setdefault(partition, {})
-        reserved = table.get(key)
+    def numbers(self, partition: int, table: TableView, key: bytes, last: int) -> Numbers:
+        """SA `key`'s numbers for one batch (the table is read once)."""
+        return Numbers(self, self._next.setdefault(partition, {}), table, key, last)
+
+
+class Numbers:
+    """One SA's sequence numbers within one batch."""
+
+    __slots__ = ("counters", "key", "last", "next", "reserved", "space", "table")
+
+    def __init__(
+        self,
+        space: SequenceSpace,
+        counters: dict[bytes, int],
+        table: TableView,
+        key: bytes,
+        last: int,
+    ) -> None:
+        self.space, self.counters, self.table, self.key, self.last = (
+            space,
+            counters,
+            table,
+            key,
+            last,
+        )
+        stored = table.get(key)
+        self.reserved = 0 if stored is None else int(stored)  # 0: nothing reserved yet
         seq = counters.get(key)
-        if seq is None:  # a new owner: nothing below the reservation is safe
-            seq = _FIRST if reserved is None else int(reserved)
-        if seq > last:
-            counters[key] = seq
+        # A new owner knows no counter: nothing below the reservation is safe.
+        self.next = seq if seq is not None else max(_FIRST, self.reserved)
+
+    def take(self) -> int | None:
+        """The next number (None: all up to `last` are used), reserving a new block
+        in the table first when the number is not reserved yet."""
+        seq = self.next
+        if seq > self.last:
             return None
-        if reserved is None or seq >= int(reserved):
-            table.set(key, min(seq + self.block, last + 1))
-            self.reservations += 1
-        counters[key] = seq + 1
+        if seq >= self.reserved:
+            self.reserved = min(seq + self.space.block, self.last + 1)
+            self.table.set(self.key, self.reserved)
+            self.space.reservations += 1
+        self.next = self.counters[self.key] = seq + 1
         return seq
