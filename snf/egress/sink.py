@@ -21,9 +21,12 @@ topic, records on a packet port's). The sink never stops for one.
 from __future__ import annotations
 
 import logging
+import signal
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 from snf import wire
@@ -231,17 +234,34 @@ def follow(
     idle: float | None = None,
     after_poll: Callable[[], None] | None = None,
 ) -> None:
-    """Poll into `receiver` until interrupted (or `idle` seconds pass without
-    news), calling `after_poll` after each poll that brought news (a Stream's
-    flush: snf.egress.stream)."""
+    """Poll into `receiver` until Ctrl-C or SIGTERM (or `idle` seconds pass
+    without news), calling `after_poll` after each poll that brought news (a
+    Stream's flush: snf.egress.stream).
+
+    The signals set a flag checked between polls: a KeyboardInterrupt raised
+    inside kafka-python's poll can leave the consumer half-way through a fetch,
+    and its close() then hung (seen once in a CI run)."""
+    stop = threading.Event()
     last_news = time.monotonic()
-    try:
-        while idle is None or time.monotonic() - last_news < idle:
+    with _stop_on_signals(stop):
+        while not stop.is_set() and (idle is None or time.monotonic() - last_news < idle):
             if sink.poll(receiver):
                 last_news = time.monotonic()
                 if after_poll is not None:
                     after_poll()
                 if on_progress:
                     on_progress(receiver.total)
-    except KeyboardInterrupt:
-        pass
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set handlers; the caller stops it by idle
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

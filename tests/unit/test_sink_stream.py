@@ -127,3 +127,32 @@ def test_stream_dedup_is_a_window(tmp_path: Path) -> None:
     assert (s["duplicates"], s["unchecked"], s["records_evicted"]) == (1, 1, 2)
     assert s["evicted"] >= 10
     assert len(list(read_capture(tmp_path / "out.pcapng"))) == 12
+
+
+def test_follow_stops_on_ctrl_c_between_polls_not_inside_one() -> None:
+    """SIGINT during a poll lets that poll finish (kafka-python is never cut mid-fetch),
+    then `follow` returns with what it read; SIGTERM likewise."""
+    import os
+    import signal
+
+    from snf.egress.sink import follow
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        sink = sink_with(("t.egress", msg(wire.encode(batch(0, 1)), 1)))
+        reader = sink.reader
+        finished: list[int] = []
+        inner = reader.poll
+
+        def poll(
+            timeout_ms: int, inner: Any = inner, sig: int = sig, finished: list = finished
+        ) -> list:
+            os.kill(os.getpid(), sig)  # arrives while kafka-python would be fetching
+            out = inner(timeout_ms)
+            finished.append(len(out))
+            return out
+
+        reader.poll = poll  # type: ignore[method-assign]
+        col = Collector()
+        follow(sink, col)
+        assert finished == [1] and col.count(EGRESS) == 2
+        assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)
