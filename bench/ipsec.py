@@ -281,14 +281,15 @@ def show(console: Console, report: dict[str, Any]) -> None:
                 f"{r['open']['pps']:,}", f"{top['encrypt_pps']:,}",
             )  # fmt: skip
     console.print(table)
-    kafka = report.get("kafka")
-    if kafka and "error" not in kafka:
-        console.print(
-            f"kafka: encrypt {kafka['kafka']['pps']:,} pps, ceiling {kafka['ceiling']['pps']:,}"
-            f" (ratio {kafka['ratio_to_ceiling']}), --local {kafka['local']['pps']:,};"
-            f" metrics: {kafka['kafka'].get('worker_metrics')}",
-            highlight=False,
-        )
+    for function in ("encrypt", "decrypt"):
+        kafka = (report.get("kafka") or {}).get(function)
+        if kafka and "error" not in kafka:
+            console.print(
+                f"kafka: {function} {kafka['kafka']['pps']:,} pps, ceiling "
+                f"{kafka['ceiling']['pps']:,} (ratio {kafka['ratio_to_ceiling']}), --local "
+                f"{kafka['local']['pps']:,}; metrics: {kafka['kafka'].get('worker_metrics')}",
+                highlight=False,
+            )
 
 
 def main() -> None:
@@ -304,7 +305,8 @@ def main() -> None:
     console = Console(stderr=True, width=120)
     started, code = time.perf_counter(), code_state()
     report: dict[str, Any] = {
-        "benchmark": "ipsec: core and raw ESP vs openssl speed; encrypt over Kafka vs its ceiling",
+        "benchmark": "ipsec: core and raw ESP vs openssl speed; "
+        "encrypt and decrypt over Kafka vs the ceiling",
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),

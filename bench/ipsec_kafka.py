@@ -1,8 +1,10 @@
-"""The Kafka half of bench/ipsec.py: encrypt over Kafka beside the Kafka ceiling.
+"""The Kafka half of bench/ipsec.py: encrypt and decrypt over Kafka beside the ceiling.
 
-A capture of `--packets` 512-byte IP packets (8 UDP flows from 10.1.0.0/16 to
-10.2.0.0/16) and a pipeline of one ipsec function (outbound, one SA,
-aes-gcm-128) are written to a temporary directory; the pipeline runs as
+For each direction, a capture and a pipeline of one ipsec function (one SA,
+aes-gcm-128) are written to a temporary directory: encrypt (outbound) gets
+`--packets` 512-byte IP packets (8 UDP flows from 10.1.0.0/16 to
+10.2.0.0/16), decrypt (inbound) the same packets sealed into ESP by the
+peer's side of that SA (snf's EspTransform). The pipeline runs as
 `snf run` does (snf.harness.oneshot), over Kafka and `--local`, then the
 pass-through ceiling (kafka_ceiling.measure_ceiling, one hop, snf's clients)
 moves the same capture's messages on the same broker. While the Kafka run
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import socket
 import tempfile
 import threading
 import time
@@ -32,6 +35,8 @@ from loadwatch import LoadWatch, median_run
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from snf.functions.ipsec.esp import EspTransform
+from snf.functions.ipsec.tunnel import outer_header
 from snf.harness.oneshot import RunOptions, run_pipeline
 from snf.ingress.replay import ReplayOptions
 from snf.pipeline.loader import load_pipeline
@@ -44,7 +49,8 @@ __all__ = ["measure_kafka"]
 CIPHER = "aes-gcm-128"
 SIZE = 512
 FLOWS = 8
-FUNCTION = "encrypt"
+SPI = 0x2001
+GATEWAY_A, GATEWAY_B = "192.0.2.1", "198.51.100.2"
 PIPELINE = """\
 name: ipsecbench
 partitions: 1
@@ -52,27 +58,51 @@ functions:
   - name: {function}
     function: ipsec
     config:
-      direction: outbound
+      direction: {direction}
       sas:
-        - {{name: out, direction: out, spi: 0x2001, local: 192.0.2.1, peer: 198.51.100.2,
+        - {{name: sa, direction: {sa}, spi: {spi}, local: {local}, peer: {peer},
            cipher: {cipher}, key_file: {key},
-           selectors: [{{local: 10.1.0.0/16, remote: 10.2.0.0/16}}]}}
+           selectors: [{{local: {mine}, remote: {theirs}}}]}}
 """
+SIDES = {  # function: (direction, SA direction, local, peer, our LAN, theirs)
+    "encrypt": ("outbound", "out", GATEWAY_A, GATEWAY_B, "10.1.0.0/16", "10.2.0.0/16"),
+    "decrypt": ("inbound", "in", GATEWAY_B, GATEWAY_A, "10.2.0.0/16", "10.1.0.0/16"),
+}
 
 
 Frames = Callable[[int, int, int], list[bytes]]  # (IP packet size, count, flows) -> frames
 
 
-def write_inputs(folder: Path, packets: int, frames: Frames, key: bytes) -> tuple[Path, Path]:
-    """(pipeline, capture) of the Kafka run, in `folder`."""
-    key_file = folder / "out.hex"
+def sealed(frames: list[bytes], key: bytes) -> list[bytes]:
+    """`frames` as gateway A sends them: ESP from A to B, numbers from 1."""
+    esp = EspTransform(CIPHER, key, SPI)
+    a, b = socket.inet_aton(GATEWAY_A), socket.inet_aton(GATEWAY_B)
+    out = []
+    for seq, frame in enumerate(frames, 1):
+        payload = esp.seal(seq, 4, frame[14:])
+        out.append(frame[:14] + outer_header(4, a, b, len(payload), 0, seq) + payload)
+    return out
+
+
+def write_inputs(
+    folder: Path, function: str, packets: int, frames: Frames, key: bytes
+) -> tuple[Path, Path]:
+    """(pipeline, capture) of the Kafka run of `function` (encrypt, decrypt), in `folder`."""
+    key_file = folder / "sa.hex"
     key_file.write_text(key.hex() + "\n")
-    pipeline = folder / "ipsecbench.yaml"
-    pipeline.write_text(PIPELINE.format(function=FUNCTION, cipher=CIPHER, key=key_file))
-    capture = folder / "ipsecbench.pcap"
+    pipeline = folder / f"{function}.yaml"
+    direction, sa, local, peer, mine, theirs = SIDES[function]
+    pipeline.write_text(
+        PIPELINE.format(
+            function=function, direction=direction, sa=sa, spi=SPI, local=local, peer=peer,
+            cipher=CIPHER, key=key_file, mine=mine, theirs=theirs,
+        )
+    )  # fmt: skip
+    capture = folder / f"{function}.pcap"
+    clear = frames(SIZE, packets, FLOWS)
     with capture.open("wb") as f:
         writer = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB, nano=True)
-        for n, frame in enumerate(frames(SIZE, packets, FLOWS)):
+        for n, frame in enumerate(clear if function == "encrypt" else sealed(clear, key)):
             writer.writepkt(frame, ts=1_700_000_000 + n * 20e-6)
     return pipeline, capture
 
@@ -102,7 +132,7 @@ class MetricsScraper:
                 self._scrape()
 
     def _scrape(self) -> None:
-        for datadir in self.rundir.glob(f"workers/{FUNCTION}-*"):
+        for datadir in [d for d in self.rundir.glob("workers/*") if d.is_dir()]:  # one function
             port = self.ports.get(datadir) or health_port(datadir)
             if port is None:
                 continue
@@ -163,6 +193,7 @@ def worker_metrics(last: dict[str, float], packets: int, scrapes: int) -> dict[s
         "complete": last.get("packets_in") == packets,
         "packets_in": int(last.get("packets_in", 0)),
         "encrypted": int(last.get("encrypted", 0)),
+        "decrypted": int(last.get("decrypted", 0)),
         "seq_reserved": int(last.get("seq_reserved", 0)),
         "stages": stages,
     }
@@ -196,26 +227,36 @@ def run_once(pipeline: Path, capture: Path, local: bool, brokers: str, folder: P
 def measure_kafka(
     args: argparse.Namespace, console: Console, frames: Frames, key: bytes
 ) -> dict[str, Any]:
-    """--local, Kafka and the ceiling, or the error that stopped them. `frames`
-    builds the capture's Ethernet frames, `key` is the SA's key material."""
+    """Per direction (encrypt, decrypt): --local, Kafka and the ceiling, or the error
+    that stopped them. `frames` builds the clear Ethernet frames, `key` is the SA's
+    key material."""
+    out: dict[str, Any] = {"cipher": CIPHER, "packet_bytes": SIZE, "flows": FLOWS}
+    out["packets"] = args.packets
+    for function in SIDES:
+        try:
+            out[function] = _measure(function, args, console, frames, key)
+        except Exception as exc:  # a failed run (RunError, DeployError, CeilingError...)
+            console.print(f"[red]kafka {function} failed:[/] {exc}")
+            out[function] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return out
+
+
+def _measure(
+    function: str, args: argparse.Namespace, console: Console, frames: Frames, key: bytes
+) -> dict[str, Any]:
     quiet = {"repeats": 1, "tries": args.tries, "max_share": args.max_disturbance, "patience": 10}
-    try:
-        with tempfile.TemporaryDirectory(prefix="snf-bench-ipsec-") as tmp:
-            folder = Path(tmp)
-            pipeline, capture = write_inputs(folder, args.packets, frames, key)
-            keyers = plan_pipeline(load_pipeline(pipeline)).ingress_hop.keyers
-            with broker(args.brokers) as bootstrap:
-                console.print(f"kafka: {args.packets:,} packets of {SIZE} bytes on {bootstrap}")
-                shape = ([capture], 1, 512, 1, "snf", 1)
-                ceiling = partial(measure_ceiling, *shape, brokers=bootstrap, keyers=keyers)
-                ceiling()  # warm-up: a fresh broker's JVM is slower until its code is compiled
-                run = partial(run_once, pipeline, capture, brokers=bootstrap, folder=folder)
-                out = {"local": median_run(partial(run, True), **quiet)}
-                out["kafka"] = median_run(partial(run, False), **quiet)
-                out["ceiling"] = median_run(ceiling, **quiet)
-    except Exception as exc:  # a failed run (RunError, DeployError, CeilingError...)
-        console.print(f"[red]kafka part failed:[/] {exc}")
-        return {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    with tempfile.TemporaryDirectory(prefix="snf-bench-ipsec-") as tmp:
+        folder = Path(tmp)
+        pipeline, capture = write_inputs(folder, function, args.packets, frames, key)
+        keyers = plan_pipeline(load_pipeline(pipeline)).ingress_hop.keyers
+        with broker(args.brokers) as bootstrap:
+            console.print(f"kafka {function}: {args.packets:,} packets of {SIZE} bytes")
+            shape = ([capture], 1, 512, 1, "snf", 1)
+            ceiling = partial(measure_ceiling, *shape, brokers=bootstrap, keyers=keyers)
+            ceiling()  # warm-up: a fresh broker's JVM is slower until its code is compiled
+            run = partial(run_once, pipeline, capture, brokers=bootstrap, folder=folder)
+            out = {"local": median_run(partial(run, True), **quiet)}
+            out["kafka"] = median_run(partial(run, False), **quiet)
+            out["ceiling"] = median_run(ceiling, **quiet)
     out["ratio_to_ceiling"] = round(out["kafka"]["pps"] / out["ceiling"]["pps"], 3)
-    out |= {"cipher": CIPHER, "packet_bytes": SIZE, "flows": FLOWS, "packets": args.packets}
     return out
