@@ -1,5 +1,6 @@
 """The deployment commands of `snf`: plan, deploy, scale, status, undeploy, logs,
-sink, supervise, chaos and render. snf.cli.main registers them; the work is in snf.ops.deploy."""
+supervise, chaos and render (sink: snf.cli.sink_command). snf.cli.main registers
+them; the work is in snf.ops.deploy."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import json
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -17,14 +17,10 @@ from snf.cli.common import (
     add_brokers,
     add_timing,
     console,
-    keyed_pipeline,
     replay_options,
     require_brokers,
 )
 from snf.errors import SnfError
-
-if TYPE_CHECKING:
-    from snf.egress.collector import Collector
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -77,17 +73,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     lg.add_argument("-n", "--lines", type=int, default=40)
     lg.add_argument("-f", "--follow", action="store_true")
 
-    sk = sub.add_parser("sink", help="read a pipeline's outputs into files")
-    sk.add_argument("--pipeline", required=True, help="deployed name, or a pipeline file")
-    sk.add_argument("-o", "--out", type=Path, help="egress packets as pcapng")
-    sk.add_argument("--events", type=Path, help="side ports and records as JSON Lines")
-    sk.add_argument("--follow", action="store_true", help="stream until Ctrl-C")
-    sk.add_argument("--idle", type=float, default=5.0, help="stop after this long without news")
-    sk.add_argument(
-        "--json", type=Path, help="also write the summary (counts, foreign messages) as JSON here"
-    )
-    add_brokers(sk)
-
     sv = sub.add_parser("supervise", help="(internal) run a deployment's supervisor")
     sv.add_argument("directory", type=Path)
 
@@ -119,8 +104,14 @@ def _add_chaos_parser(sub: argparse._SubParsersAction) -> None:
         "when nothing is lost, extra, duplicated (at the sink, before dedup), reordered or "
         "divergent; 1 otherwise. Replays at -p 5000 unless -t, -x or -p says otherwise.",
     )
-    ch.add_argument("pipeline", type=Path)
-    ch.add_argument("captures", type=Path, nargs="+")
+    ch.add_argument("pipeline", type=Path, help="a pipeline file, or a deployed pipeline's name")
+    ch.add_argument(
+        "captures",
+        type=Path,
+        nargs="*",
+        help="replayed and compared with --local; none: kill the deployed pipeline's "
+        "workers in turn (--kill FN [--at 10s], live traffic: docs/LIVE.md)",
+    )
     g = ch.add_argument_group("faults (--at and --for apply to the --kill or --stop before them)")
     for flag, meta, what in (
         ("kill", "FUNCTION[:INSTANCE]", "SIGKILL the instance's worker (default: seeded pick)"),
@@ -266,64 +257,12 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-def _cmd_sink(args: argparse.Namespace) -> int:
-    from snf.egress.collector import Collector
-    from snf.egress.sink import KafkaSink, follow
-    from snf.egress.stream import Stream
-
-    pipeline = keyed_pipeline(args.pipeline)  # trust only what its workers signed
-    brokers = require_brokers(args.brokers)
-    sink = KafkaSink.of(brokers, pipeline)
-    try:
-        if args.follow:  # written as it comes, in bounded memory (snf.egress.stream)
-            console.print(f"following {pipeline.name}; Ctrl-C to stop")
-            stream = Stream(args.out, args.events)
-            try:
-                follow(sink, stream, after_poll=stream.flush)
-            finally:
-                stream.close()
-            summary = stream.summary()
-        else:  # up to now, sorted by packet id (snf.egress.collector)
-            collector = Collector()
-            follow(sink, collector, idle=args.idle)
-            if args.out:
-                collector.write_pcapng(args.out)
-            if args.events:
-                collector.write_events(args.events)
-            summary = _sink_summary(collector)
-    finally:
-        sink.close()
-    summary["foreign"] = dict(sink.foreign)
-    foreign = sum(sink.foreign.values())
-    console.print(
-        f"{summary['egress']} packets at egress, {summary['distinct']} distinct in all, "
-        f"{summary['records']} records"
-        + (f"; wrote {args.out}" if args.out else "")
-        + (f"; skipped {foreign} foreign messages" if foreign else "")
-    )
-    if args.json:
-        args.json.write_text(json.dumps(summary, indent=2) + "\n")
-    return 0
-
-
-def _sink_summary(collector: Collector) -> dict:
-    from snf.pipeline.model import EGRESS
-
-    return {
-        "egress": collector.count(EGRESS),
-        "distinct": collector.total,
-        "records": sum(len(r) for r in collector.records.values()),
-        "duplicates": collector.duplicates,
-        "duplicate_records": collector.duplicate_records,
-        "redelivered": collector.redelivered,
-        "conflicts": collector.conflicts,
-    }
-
-
 def _cmd_chaos(args: argparse.Namespace) -> int:
     from snf.harness.chaos import DEFAULT_PPS, parse_faults, run_chaos
     from snf.harness.oneshot import RunOptions
 
+    if not args.captures:
+        return _chaos_deployed(args)
     faults = parse_faults(args.faults or [])
     if args.pps is None and args.speed is None and not args.topspeed:
         args.pps = DEFAULT_PPS
@@ -342,6 +281,21 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(text + "\n")
     return 0 if report.verdict.clean and report.run_error is None else 1
+
+
+def _chaos_deployed(args: argparse.Namespace) -> int:
+    import random
+
+    from snf.ops.deployed_chaos import kill_in_turn, parse_deployed_kills
+
+    kills = parse_deployed_kills(args.faults or [])
+    seed = args.seed if args.seed is not None else random.randrange(1 << 32)
+    console.print(f"chaos on deployed {args.pipeline} (seed {seed})")
+    done = kill_in_turn(_deployment_dir(str(args.pipeline)), kills, seed, console.print)
+    text = json.dumps({"seed": seed, "kills": [k.to_json() for k in done]}, indent=2)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
 
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
@@ -391,7 +345,6 @@ COMMANDS = {
     "status": _cmd_status,
     "undeploy": _cmd_undeploy,
     "logs": _cmd_logs,
-    "sink": _cmd_sink,
     "supervise": _cmd_supervise,
     "chaos": _cmd_chaos,
     "render": _cmd_render,

@@ -21,12 +21,10 @@ topic, records on a packet port's). The sink never stops for one.
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from snf import wire
@@ -34,6 +32,7 @@ from snf.guarantee.control_auth import key_from_env
 from snf.guarantee.lineage import Lineage, Watermarks, signed
 from snf.kafka.topic_reader import TopicReader
 from snf.pipeline.model import Pipeline, PortKey
+from snf.signals import stop_on_signals
 
 __all__ = ["KafkaSink", "Receiver", "follow", "topic_kinds"]
 
@@ -238,12 +237,11 @@ def follow(
     without news), calling `after_poll` after each poll that brought news (a
     Stream's flush: snf.egress.stream).
 
-    The signals set a flag checked between polls: a KeyboardInterrupt raised
-    inside kafka-python's poll can leave the consumer half-way through a fetch,
-    and its close() then hung (seen once in a CI run)."""
+    The signals set a flag checked between polls (snf.signals): a
+    KeyboardInterrupt inside kafka-python's poll once left close() hanging."""
     stop = threading.Event()
     last_news = time.monotonic()
-    with _stop_on_signals(stop):
+    with stop_on_signals(stop):
         while not stop.is_set() and (idle is None or time.monotonic() - last_news < idle):
             if sink.poll(receiver):
                 last_news = time.monotonic()
@@ -251,17 +249,3 @@ def follow(
                     after_poll()
                 if on_progress:
                     on_progress(receiver.total)
-
-
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread may set handlers; the caller stops it by idle
-        return
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in signals}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
