@@ -16,7 +16,15 @@ from snf.core.limits import Seconds
 from snf.pipeline import names
 from snf.pipeline.errors import Loc, dotted
 
-__all__ = ["Autoscale", "FunctionSpec", "Guarantee", "LinkSpec", "PipelineSpec", "spec_conflicts"]
+__all__ = [
+    "Autoscale",
+    "EgressSpec",
+    "FunctionSpec",
+    "Guarantee",
+    "LinkSpec",
+    "PipelineSpec",
+    "spec_conflicts",
+]
 
 Guarantee = Literal["at_least_once", "exactly_once"]
 
@@ -64,6 +72,31 @@ class LinkSpec(BaseModel):
     to: str | list[str] = Field(min_length=1)  # FN, egress, discard or topic:NAME
 
 
+# A Linux interface name: at most IFNAMSIZ - 1 characters, no slash or space.
+Interface = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:@-]{1,15}$")]
+
+
+class EgressSpec(BaseModel):
+    """`egress:` live transmit (docs/LIVE.md): `snf sink` sends egress packets to
+    interfaces. `interface`: all of them to one; `inline: [A, B]`: two arms, what
+    `snf capture` took on one leaves by the other."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    interface: Interface | None = None
+    inline: list[Interface] | None = Field(default=None, min_length=2, max_length=2)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> EgressSpec:
+        if (self.interface is None) == (self.inline is None):
+            raise PydanticCustomError(
+                "egress_form", "expected exactly one of `interface` or `inline`"
+            )
+        if self.inline is not None and self.inline[0] == self.inline[1]:
+            raise PydanticCustomError("egress_arms", "expected two different interfaces")
+        return self
+
+
 class PipelineSpec(BaseModel):
     """The whole file."""
 
@@ -80,6 +113,7 @@ class PipelineSpec(BaseModel):
     ship: Literal["heads", "whole"] = "heads"
     functions: list[FunctionSpec] = Field(min_length=1)  # a chain unless `wiring` is given
     wiring: list[LinkSpec] | None = Field(default=None, min_length=1)
+    egress: EgressSpec | None = None  # live transmit (snf sink); None: files only
 
     @model_validator(mode="after")
     def _check_functions(self) -> PipelineSpec:

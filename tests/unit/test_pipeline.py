@@ -230,7 +230,7 @@ def test_message_starts_with_file_name() -> None:
 def test_unknown_top_level_field() -> None:
     p = only(chain("f1") + "partition: 3\n")
     assert (p.line, p.path) == (5, "partition")
-    allowed = "name, partitions, replication, ship, functions, wiring"
+    allowed = "name, partitions, replication, ship, functions, wiring, egress"
     assert p.message.startswith(f"unknown field (allowed: {allowed})")
     assert "did you mean 'partitions'?" in p.message
 
