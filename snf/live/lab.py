@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from snf.errors import SnfError
 from snf.kafka.settings import snf_home
@@ -64,8 +64,7 @@ OFFLOADS = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
 SBIN = "/usr/sbin:/sbin:/usr/bin:/bin"  # ip and ethtool live in sbin, off some PATHs
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,12}")  # s + 13 + c = IFNAMSIZ - 1
 
-Side = Literal["client", "server"]
-SIDES: tuple[Side, ...] = ("client", "server")
+SIDES = ("client", "server")
 
 
 class LabError(SnfError):
@@ -116,12 +115,9 @@ class Lab:
     public_ip: str = PUBLIC_IP
 
     @property
-    def served_dir(self) -> Path:
-        return self.state_dir / "www"
-
-    @property
     def blob(self) -> Path:
-        return self.served_dir / lab_servers.BLOB_NAME
+        """The file the HTTP servers serve (their directory is its parent)."""
+        return self.state_dir / "www" / lab_servers.BLOB_NAME
 
     def ns(self, side: str) -> str:
         if side not in SIDES:
@@ -208,9 +204,8 @@ def _preflight(name: str, plan: dict[str, str]) -> str:
     _tool("ip", "install iproute2 (apt-get install iproute2, or make live-tools)")
     ethtool = _tool(
         "ethtool",
-        "snf lab needs it to turn off checksum offload on its veths (a frame taken with "
-        "AF_PACKET from a sending veth carries a partial checksum its receiver drops); "
-        "install it: apt-get install ethtool (or make live-tools)",
+        "snf lab turns off its veths' checksum offload with it (a frame taken with AF_PACKET "
+        "has a partial checksum its receiver drops): apt-get install ethtool",
     )
     if record_path(name).exists():
         raise LabError(
@@ -289,8 +284,7 @@ def _build(record: dict[str, Any], ethtool: str) -> None:
 
 
 def _eth0(side: str, peer_mac: str) -> str:
-    """ip -batch lines for a side's eth0: its address, its one route, and the static
-    neighbour that route goes via, with the other side's MAC (so never an ARP)."""
+    """`ip -batch` lines for eth0: address, route, and its gateway's MAC (never an ARP)."""
     address, dest, via = ROUTES[side]
     return (
         f"addr add {address}/{PREFIX} dev eth0\nlink set eth0 up\n"
@@ -300,8 +294,7 @@ def _eth0(side: str, peer_mac: str) -> str:
 
 
 def _ipv6_off(*ifaces: str) -> str:
-    """sh that sets net.ipv6.conf.IF.disable_ipv6=1 where IPv6 exists (ipv6.disable=1
-    at boot removes it)."""
+    """sh setting disable_ipv6=1 where IPv6 exists (ipv6.disable=1 at boot removes it)."""
     files = " ".join(f"/proc/sys/net/ipv6/conf/{i}/disable_ipv6" for i in ifaces)
     return f'for f in {files}; do [ ! -e "$f" ] || echo 1 > "$f"; done'
 
@@ -337,27 +330,36 @@ def _serve(record: dict[str, Any], blob_mib: int, iperf: bool) -> None:
 def _teardown(record: dict[str, Any]) -> list[str]:
     """Remove what the record lists and is still ours; says what it did."""
     said = [lab_servers.stop(Server.from_json(s)) for s in record.get("servers", [])]
-    for arm, mac in record.get("links", {}).items():
-        now = _mac(arm)
-        if now is None:
-            said.append(f"arm {arm} was already gone")
-        elif now != mac:
-            said.append(f"left {arm} alone: its MAC {now} is not the recorded {mac}")
-        else:
-            _ip("link", "del", arm)  # removes its peer, eth0 in the namespace, too
-            said.append(f"deleted arm {arm}")
-    for ns, inode in record.get("namespaces", {}).items():
-        now = _ns_inode(ns)
-        if now is None:
-            said.append(f"namespace {ns} was already gone")
-        elif now != inode:
-            said.append(f"left namespace {ns} alone: not the one this lab created")
-        else:
-            _ip("netns", "del", ns)
-            said.append(f"deleted namespace {ns}")
+    for kind, made, now_of, delete in (
+        ("arm", record.get("links", {}), _mac, _delete_arm),  # arm -> MAC
+        ("namespace", record.get("namespaces", {}), _ns_inode, _delete_ns),  # ns -> inode
+    ):
+        for thing, ident in made.items():
+            now = now_of(thing)
+            if now is None:
+                said.append(f"{kind} {thing} was already gone")
+            elif now != ident:  # the same name on something else: not ours to remove
+                said.append(f"left {kind} {thing} alone: not the one this lab created")
+            else:
+                said.append(delete(thing))
     shutil.rmtree(_state_dir(record["name"]), ignore_errors=True)  # never a recorded path
     record_path(record["name"]).unlink(missing_ok=True)
     return said
+
+
+def _delete_arm(arm: str) -> str:
+    try:
+        _ip("link", "del", arm)  # removes its peer, eth0 in the namespace, too
+    except LabError:
+        if _mac(arm) is not None:
+            raise
+        return f"arm {arm} went with its namespace"  # one deleted by hand, dying meanwhile
+    return f"deleted arm {arm}"
+
+
+def _delete_ns(ns: str) -> str:
+    _ip("netns", "del", ns)
+    return f"deleted namespace {ns}"
 
 
 def down(name: str = "lab") -> list[str]:
