@@ -13,7 +13,7 @@ UV        := build/uv/bin/uv
 
 .PHONY: setup demo test unit integration lint bench kafka-jars lock clean
 
-setup: $(STAMP) tshark
+setup: $(STAMP) tshark live-tools
 
 # Wireshark's tshark checks snf's ESP (tests/unit/test_ipsec_tshark.py). Installed
 # with apt when missing and we are root (apt-get update only if the install fails;
@@ -26,6 +26,24 @@ tshark:
 		  { $(APT_TSHARK) || { apt-get update -q && $(APT_TSHARK); }; }; } || \
 		echo "tshark not installed: its test will skip"
 APT_TSHARK = DEBIAN_FRONTEND=noninteractive apt-get install -y -q tshark </dev/null
+
+# `snf lab` and the live tests (docs/LIVE.md) use ip, ethtool, ping, curl and iperf3.
+# The missing ones in one apt-get install when we are root (apt-get update only if it
+# fails; noninteractive answers iperf3's "start a daemon?" with its default, no);
+# elsewhere setup goes on and `snf lab up` says what is missing (tests/unit/test_lab.py
+# skips unless root).
+.PHONY: live-tools
+LIVE_TOOLS = ip:iproute2 ethtool:ethtool ping:iputils-ping curl:curl iperf3:iperf3
+live-tools:
+	@missing=; for t in $(LIVE_TOOLS); do \
+		PATH="$$PATH:/usr/sbin:/sbin" command -v $${t%%:*} >/dev/null || missing="$$missing $${t#*:}"; \
+	done; \
+	[ -z "$$missing" ] || \
+		{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		  { $(APT_LIVE) $$missing </dev/null || \
+		    { apt-get update -q && $(APT_LIVE) $$missing </dev/null; }; }; } || \
+		echo "not installed:$$missing (snf lab needs ip and ethtool; see docs/LIVE.md)"
+APT_LIVE = DEBIAN_FRONTEND=noninteractive apt-get install -y -q
 
 $(STAMP): pyproject.toml $(LOCK) $(TEST_LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
