@@ -80,13 +80,14 @@ def _print_status(st: dict[str, Any]) -> None:
 
     state = "[green]up[/]" if st.get("complete") else "[red]partly built[/]"
     table = Table(title=f"lab {st['name']}: {state}", title_justify="left")
-    for col in ("side", "namespace", "host arm", "eth0 address", "eth0 MAC"):
-        table.add_column(col, overflow="fold")
+    table.add_column("namespace", overflow="fold")
+    table.add_column("host arm", overflow="fold")
+    for col in ("eth0 address", "eth0 MAC"):
+        table.add_column(col, no_wrap=True)  # whole, to copy into a pipeline or a filter
     for side in ("client", "server"):
         ns, arm = st[f"{side}_ns"], st[f"{side}_arm"]
         arm_now = st["arms_now"].get(arm, {"ours": False, "up": "absent"})
         table.add_row(
-            side,
             ns if st["namespaces_now"].get(ns) else f"[red]{ns} missing[/]",
             f"{arm} {arm_now['up']}" if arm_now["ours"] else f"[red]{arm} missing[/]",
             st["addresses"][side],
