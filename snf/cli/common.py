@@ -67,9 +67,10 @@ def add_timing(p: argparse.ArgumentParser, default_top: bool) -> None:
         "-t",
         "--topspeed",
         action="store_true",
-        default=default_top,
+        default=None,  # None: not given (-M refuses only an explicit -t)
         help="replay as fast as possible" + (" (default)" if default_top else ""),
     )
+    p.set_defaults(default_topspeed=default_top)
     g.add_argument(
         "-x",
         "--speed",
@@ -80,29 +81,77 @@ def add_timing(p: argparse.ArgumentParser, default_top: bool) -> None:
         help="captured timing times this multiplier (1.0 = as captured)",
     )
     g.add_argument("-p", "--pps", type=float, default=None, help="fixed packets per second")
+    g.add_argument(
+        "-M",
+        "--mbps",
+        type=float,
+        default=None,
+        help="fixed megabits per second of the packets' wire (original) lengths; not with -x/-p/-t",
+    )
     g.add_argument("-l", "--loop", type=int, default=1, help="replay the captures N times")
+    g.add_argument(
+        "--loopdelay-ms",
+        type=float,
+        default=0.0,
+        metavar="MS",
+        help="pause this many milliseconds between loop iterations",
+    )
+    g.add_argument(
+        "--unique-ip",
+        action="store_true",
+        help="with --loop: loop k (from 0) shifts IPv4 addresses and the last 32 bits of "
+        "IPv6 ones by k, so every loop's flows are new; checksums stay valid",
+    )
     g.add_argument("-L", "--limit", type=int, default=None, help="stop after N packets")
+    g.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop sending after this many seconds",
+    )
+    g.add_argument(
+        "-K",
+        "--preload-pcap",
+        action="store_true",
+        help="read the captures into memory before sending, so disk reads never delay it",
+    )
     g.add_argument("--batch", type=int, default=512, help="max packets per Kafka message")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def replay_options(args: argparse.Namespace) -> ReplayOptions:
-    """The replay timing flags (add_timing) as ReplayOptions."""
+    """The replay timing flags (add_timing) as ReplayOptions; ConfigError on bad ones."""
     from snf.ingress.replay import ReplayOptions  # late: keeps `snf --help` fast
 
+    explicit_top = bool(args.topspeed)
+    top = explicit_top if args.topspeed is not None else getattr(args, "default_topspeed", False)
+    mbps = args.mbps
+    if mbps is not None and (args.speed is not None or args.pps is not None or explicit_top):
+        raise ConfigError("-M/--mbps cannot be combined with -x/--speed, -p/--pps or -t/--topspeed")
     speed = args.speed
-    if speed is None and args.pps is None and not args.topspeed:
+    if speed is None and args.pps is None and mbps is None and not top:
         speed = 1.0
     if args.loop < 1:
         raise ConfigError("--loop must be at least 1")
-    if args.pps is not None and args.pps <= 0:
-        raise ConfigError("--pps must be greater than 0")
-    if speed is not None and speed <= 0:
-        raise ConfigError("--speed must be greater than 0")
+    for name, value in (("--pps", args.pps), ("--speed", speed), ("--mbps", mbps)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{name} must be greater than 0")
+    if args.duration is not None and args.duration <= 0:
+        raise ConfigError("--duration must be greater than 0")
+    if args.loopdelay_ms < 0:
+        raise ConfigError("--loopdelay-ms must not be negative")
+    if args.unique_ip and args.loop < 2:
+        raise ConfigError("--unique-ip changes addresses from the second loop on: add --loop N")
     return ReplayOptions(
         speed=speed,
         pps=args.pps,
+        mbps=mbps,
         loop=args.loop,
+        unique_ip=args.unique_ip,
+        duration=args.duration,
+        loopdelay_ms=args.loopdelay_ms,
+        preload=args.preload_pcap,
         limit=args.limit,
         max_packets=args.batch,
         progress=not args.no_progress,

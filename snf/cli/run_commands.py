@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -17,6 +18,9 @@ from snf.cli.common import (
     replay_options,
     require_brokers,
 )
+
+if TYPE_CHECKING:
+    from snf.ingress.replay import ReplaySummary
 
 __all__ = ["COMMANDS", "add_parsers", "result_json"]
 
@@ -198,9 +202,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from snf.pipeline.routing import plan_pipeline
     from snf.wire import EndMarker
 
+    opts = replay_options(args)  # bad timing flags fail before anything is looked up
     pipeline = keyed_pipeline(args.pipeline)
     brokers = require_brokers(args.brokers)
-    opts = replay_options(args)
     check_captures(args.captures)
     opts.source_id = source_id_for(args.captures)
     plan = plan_pipeline(pipeline)
@@ -212,7 +216,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         pipeline=pipeline.name,
         topic=pipeline.ingress_topic,
         partitions=pipeline.partitions,
-        routing=plan.describe(pipeline.graph.entry),
+        # --unique-ip changes the packets, hence where they go: a resume must agree.
+        routing=plan.describe(pipeline.graph.entry) + (", --unique-ip" if opts.unique_ip else ""),
     )
     path = args.checkpoint or default_path(pipeline.name, opts.source_id)
     with sigterm_as_interrupt(), CheckpointSession(path, identity, resume=args.resume) as session:
@@ -240,19 +245,29 @@ def _cmd_replay(args: argparse.Namespace) -> int:
                 console,
                 keyers=plan.ingress_hop.keyers,
             )
-            if args.flush:
+            if args.flush and not s.duration_reached:
                 # Named after the checkpoint's run: sent again after a kill, it counts once.
                 marker = EndMarker(session.end_id, s.last_ts_ns)
                 publisher.send_end_markers(marker, pipeline.partitions)
         finally:
             publisher.close()  # raises if a batch failed; the checkpoint keeps the acked prefix
-        session.finish(ended=args.flush)
+        if not s.duration_reached:  # else, like a kill: the checkpoint keeps the acked prefix
+            session.finish(ended=args.flush)
     resumed = f", resumed after {s.skipped} acknowledged packets" if s.skipped else ""
     console.print(
         f"sent {s.packets} packets, {s.bytes} bytes in {s.batches} batches to "
-        f"{pipeline.ingress_topic} in {s.seconds:.2f}s ({s.pps:,.0f} pkt/s{resumed})"
+        f"{pipeline.ingress_topic} in {s.seconds:.2f}s ({_rates(s)}{resumed})"
     )
+    if s.duration_reached:
+        flush = "; no end-of-input marker sent" if args.flush else ""
+        console.print(f"stopped by --duration{flush}: --resume sends the rest")
     return 0
+
+
+def _rates(s: ReplaySummary) -> str:
+    """Achieved rates, and for a timed replay its worst lateness (ReplaySummary)."""
+    late = "" if s.worst_late_ms is None else f", worst lateness {s.worst_late_ms:,.1f} ms"
+    return f"{s.pps:,.0f} pkt/s, {s.mbps:,.2f} Mbit/s{late}"
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -271,6 +286,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     result = run_pipeline(args.pipeline, args.captures, opts, console)
     console.print(summary_table(result))
+    s = result.replay
+    if s.worst_late_ms is not None or s.duration_reached:  # timed, or cut short
+        cut = ", stopped by --duration" if s.duration_reached else ""
+        console.print(f"replay: {s.packets} packets in {s.seconds:.2f}s ({_rates(s)}{cut})")
     if result.collector.duplicates:
         console.print(
             f"[yellow]{result.collector.duplicates} duplicate deliveries removed by packet id[/]"
@@ -285,6 +304,7 @@ def result_json(result) -> dict:
     from snf.pipeline.model import EGRESS
 
     col = result.collector
+    s = result.replay
     functions = {}
     counts = port_counts(result)
     for pf in result.pipeline.functions:
@@ -303,6 +323,13 @@ def result_json(result) -> dict:
         "bytes": result.replay.bytes,
         "batches": result.replay.batches,
         "seconds": round(result.seconds, 3),
+        "replay": {
+            "seconds": round(s.seconds, 3),
+            "pps": round(s.pps, 1),
+            "mbps": round(s.mbps, 3),
+            "worst_late_ms": None if s.worst_late_ms is None else round(s.worst_late_ms, 3),
+            "duration_reached": s.duration_reached,
+        },
         "egress": col.count(EGRESS),
         "duplicates": col.duplicates,
         "functions": functions,

@@ -1,8 +1,10 @@
 """The capture agent: read captures, batch per partition, publish.
 
-Timing follows tcpreplay: captured timing scaled by `speed` (tcpreplay's
---multiplier), a fixed packet rate (`pps`), or top speed. Whatever the speed,
-functions only ever see packet time, so results do not depend on it.
+Timing follows tcpreplay (snf/ingress/pacing.py): captured timing scaled by
+`speed` (tcpreplay's --multiplier), a fixed packet rate (`pps`), a fixed bit
+rate (`mbps`), or top speed; with tcpreplay's --duration, --loopdelay-ms,
+--preload-pcap (`preload`) and --unique-ip (snf/ingress/unique_ip.py). Whatever
+the speed, functions only ever see packet time, so results do not depend on it.
 
 Resuming (`ReplayOptions.skip`, snf/ingress/checkpoint.py): the first `skip`
 packets of the stream are routed but not published, so the rest keep their
@@ -15,11 +17,10 @@ from __future__ import annotations
 import hashlib
 import itertools
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -30,6 +31,8 @@ from rich.progress import (
 
 from snf.core.contract import NetworkFunction
 from snf.ingress.accumulator import Batcher
+from snf.ingress.pacing import Timing, timed, top_speed
+from snf.ingress.unique_ip import unique_ip
 from snf.packet.batch import PacketBatch
 from snf.packet.capture_chunk import CaptureChunk
 from snf.packet.capture_file import CaptureError, read_chunks
@@ -37,14 +40,19 @@ from snf.packet.capture_file import CaptureError, read_chunks
 __all__ = ["ReplayOptions", "ReplaySummary", "check_captures", "replay", "source_id_for"]
 
 Publish = Callable[[int, PacketBatch], None]
-LINGER_S = 0.005  # timed replay: packets due within this window share batches
+Kept = dict[Path, tuple[list[CaptureChunk], list[str]]]  # a file's chunks and warnings
 
 
 @dataclass
 class ReplayOptions:
     speed: float | None = None  # None: top speed; 1.0: as captured; 2.0: twice as fast
-    pps: float | None = None  # fixed packets per second (overrides speed)
+    pps: float | None = None  # fixed packets per second (overrides speed and mbps)
+    mbps: float | None = None  # fixed megabits per second of wire bytes (overrides speed)
     loop: int = 1
+    unique_ip: bool = False  # loop k (from 0) shifts IP addresses by k (snf.ingress.unique_ip)
+    duration: float | None = None  # stop sending after this many seconds of wall time
+    loopdelay_ms: float = 0.0  # pause between loop iterations
+    preload: bool = False  # read every capture into memory before the clock starts
     limit: int | None = None  # stop after this many packets
     max_packets: int = 512
     max_bytes: int = 512 * 1024
@@ -66,10 +74,18 @@ class ReplaySummary:
     last_ts_ns: int = 0  # the latest packet time of the stream (flushes use it as "now")
     skipped: int = 0  # packets not published: acknowledged by an earlier run (resume)
     warnings: list[str] = field(default_factory=list)
+    wire_bytes: int = 0  # original (on the wire) lengths of the packets published
+    worst_late_ms: float | None = None  # timed replays: worst release minus due time
+    duration_reached: bool = False  # stopped by `duration` before the end of the captures
 
     @property
     def pps(self) -> float:
         return self.packets / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def mbps(self) -> float:
+        """The achieved rate in megabits per second of wire bytes (as -M counts them)."""
+        return self.wire_bytes * 8 / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
 def source_id_for(captures: Sequence[Path]) -> int:
@@ -96,41 +112,70 @@ def _chunks(
     opts: ReplayOptions,
     warn: Callable[[str], None],
     advance: Callable[[int], None],
+    kept: Kept,
 ) -> Iterator[tuple[int, CaptureChunk]]:
     """(segment, chunk): a segment is one pass over one file, timed on its own.
 
     A file replayed again (`loop`) is walked once: its chunks (arrays over the
-    mapped file) are kept, and its warnings repeated on every pass.
+    mapped file) are kept, and its warnings repeated on every pass. `kept`
+    may come filled (`preload`). With `unique_ip`, loop k's chunks are
+    rewritten copies (pass k shifts addresses by k).
     """
     left = opts.limit if opts.limit is not None else -1
     segment = 0
-    kept: dict[Path, tuple[list[CaptureChunk], list[str]]] = {}
-    for _ in range(opts.loop):
+    for k in range(opts.loop):
         for path in captures:
-            if path in kept:
-                chunks, found = kept[path]
-                for message in found:
-                    warn(message)
-            else:
-                found = []
-
-                def note(message: str, found: list[str] = found) -> None:
-                    found.append(message)
-                    warn(message)
-
-                chunks = read_chunks(path, on_warning=note)
-                if opts.loop > 1:
-                    chunks = list(chunks)
-                    kept[path] = (chunks, found)
-            for chunk in chunks:
+            for chunk in _pass(path, opts, warn, kept):
                 if left == 0:
                     return
                 if 0 < left < len(chunk):
                     chunk = chunk.take(slice(0, left))
                 left -= len(chunk) if left > 0 else 0
                 advance(int(chunk.cap_len.sum()) + 16 * len(chunk))
-                yield segment, chunk
+                yield segment, unique_ip(chunk, k) if opts.unique_ip else chunk
             segment += 1
+
+
+def _pass(
+    path: Path, opts: ReplayOptions, warn: Callable[[str], None], kept: Kept
+) -> Iterable[CaptureChunk]:
+    """The chunks of one pass over `path`: kept ones, else read (and kept when looping)."""
+    if path in kept:
+        chunks, found = kept[path]
+        for message in found:
+            warn(message)
+        return chunks
+    found: list[str] = []
+
+    def note(message: str) -> None:
+        found.append(message)
+        warn(message)
+
+    read = read_chunks(path, on_warning=note)
+    if opts.loop == 1:
+        return read
+    kept[path] = (list(read), found)
+    return kept[path][0]
+
+
+def _preload(captures: Sequence[Path]) -> Kept:
+    """Every capture's chunks over an in-memory copy of the file (tcpreplay's -K):
+    once this returns, sending never waits for the disk. Warnings are kept for
+    each pass to repeat, as without preloading."""
+    kept: Kept = {}
+    for path in captures:
+        if path in kept:
+            continue
+        found: list[str] = []
+        chunks = list(read_chunks(path, on_warning=found.append))
+        if chunks:
+            mapped = chunks[0].data  # every chunk of a file shares its mapping
+            copy = bytes(mapped)
+            for chunk in chunks:
+                if chunk.data is mapped:
+                    chunk.data = copy
+        kept[path] = (chunks, found)
+    return kept
 
 
 def replay(
@@ -165,16 +210,9 @@ def replay(
         summary.warnings.append(msg)
         console.print(f"[yellow]warning:[/] {msg}")
 
-    progress = Progress(
-        TextColumn("replay"),
-        BarColumn(),
-        TextColumn("{task.fields[pkts]:,} packets"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not opts.progress,
-        transient=False,
-    )
-    started = time.perf_counter()
+    progress = _progress(console, opts.progress)
+    kept = _preload(captures) if opts.preload else {}
+    started = time.perf_counter()  # after any preload: disk reads are not part of the timing
     with progress:
         task = progress.add_task("replay", total=total, pkts=0)
         seen = [0]
@@ -187,15 +225,13 @@ def replay(
                 publish(part, batch)
             progress.update(task, completed=seen[0], pkts=batcher.stats.packets)
 
-        stream = _chunks(captures, opts, warn, advance)
+        stream = _chunks(captures, opts, warn, advance, kept)
         skipped_ts = 0
         if opts.skip > 0:
             summary.skipped, skipped_ts, stream = _route_only(stream, opts.skip, batcher, keyers)
-        if opts.speed is None and opts.pps is None:
-            for _, chunk in stream:
-                send(batcher.add_chunk(chunk))
-        else:
-            _timed(stream, opts, batcher, send)
+        timing = Timing(opts.speed, opts.pps, opts.mbps, opts.duration, opts.loopdelay_ms)
+        pace = top_speed if timing.top else timed
+        paced = pace(stream, timing, len(captures), batcher, send)
         send(batcher.cut_all())
         progress.update(task, completed=total)
     summary.seconds = time.perf_counter() - started
@@ -204,7 +240,23 @@ def replay(
     summary.batches = batcher.stats.batches
     summary.per_partition = dict(batcher.stats.per_partition)
     summary.last_ts_ns = max(batcher.stats.last_ts_ns, skipped_ts)
+    summary.wire_bytes = paced.wire_bytes
+    late = paced.worst_late_s
+    summary.worst_late_ms = None if late is None else late * 1000
+    summary.duration_reached = paced.duration_reached
     return summary
+
+
+def _progress(console: Console, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        TextColumn("{task.fields[pkts]:,} packets"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
 
 
 def _route_only(
@@ -233,48 +285,3 @@ def _route_only(
             break
     batcher.router = warm.router
     return count, warm.stats.last_ts_ns, itertools.chain(rest, stream)
-
-
-def _timed(
-    stream: Iterator[tuple[int, CaptureChunk]],
-    opts: ReplayOptions,
-    batcher: Batcher,
-    send: Callable[[list[tuple[int, PacketBatch]]], None],
-) -> None:
-    """Release packets at their due wall time; cut batches whenever we wait.
-
-    Due times are fixed from the start, so small delays never add up. Each
-    segment (a pass over one file) keeps its own captured timing and starts
-    where the previous one ended, as tcpreplay plays files and loops. Due
-    times are computed a chunk at a time; the loop runs once per wait.
-    """
-    t0_wall = time.perf_counter()
-    segment_start = t0_wall  # wall time at which the current segment starts
-    current, t0_pkt, due_last, sent = -1, 0, t0_wall, 0
-    speed = opts.speed or 1.0
-    for segment, chunk in stream:
-        ts = chunk.ts_ns
-        if opts.pps:
-            due = t0_wall + (sent + np.arange(len(chunk))) / opts.pps
-        else:
-            if segment != current:
-                current, t0_pkt, segment_start = segment, int(ts[0]), due_last
-            # A capture may step backwards in time; never wait for those.
-            offsets = np.maximum(ts - t0_pkt, 0) / 1e9 / speed
-            due = np.maximum.accumulate(np.maximum(segment_start + offsets, due_last))
-        sent += len(chunk)
-        due_last = float(due[-1])
-        pos = 0
-        while pos < len(chunk):
-            now = time.perf_counter()
-            # Everything due within the linger window goes now, the rest waits.
-            end = max(int(np.searchsorted(due, now + LINGER_S, side="right")), pos)
-            if end > pos:
-                send(batcher.add_chunk(chunk.take(slice(pos, end))))
-                pos = end
-                continue
-            send(batcher.cut_all())
-            time.sleep(float(due[pos]) - now)
-            end = pos + 1  # the packet that was waited for goes at once
-            send(batcher.add_chunk(chunk.take(slice(pos, end))))
-            pos = end
