@@ -10,7 +10,15 @@ import argparse
 import logging
 import sys
 
-from snf.cli import deploy_commands, dlq_command, run_commands, top_command
+from snf.cli import (
+    capture_command,
+    deploy_commands,
+    dlq_command,
+    lab_command,
+    run_commands,
+    sink_command,
+    top_command,
+)
 from snf.cli.common import add_kafka_config, apply_kafka_config, console
 from snf.errors import ConfigError, SnfError
 
@@ -28,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     deploy_commands.add_parsers(sub)
     top_command.add_parsers(sub)
     dlq_command.add_parsers(sub)
+    sink_command.add_parsers(sub)
+    capture_command.add_parsers(sub)
+    lab_command.add_parsers(sub)
     return parser
 
 
@@ -36,6 +47,9 @@ COMMANDS = {
     **deploy_commands.COMMANDS,
     **top_command.COMMANDS,
     **dlq_command.COMMANDS,
+    **sink_command.COMMANDS,
+    **capture_command.COMMANDS,
+    **lab_command.COMMANDS,
 }
 
 

@@ -30,7 +30,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--interface",
         metavar="IF",
         help="send egress packets out of this interface (implies --follow; default: the "
-        "pipeline's `egress:` section, if any, when following)",
+        "pipeline's `egress:` section, which implies --follow too)",
     )
     sk.add_argument("--idle", type=float, default=5.0, help="stop after this long without news")
     sk.add_argument(
@@ -45,8 +45,12 @@ def _cmd_sink(args: argparse.Namespace) -> int:
 
     pipeline = keyed_pipeline(args.pipeline)  # trust only what its workers signed
     brokers = require_brokers(args.brokers)
-    follow_on = args.follow or args.interface is not None
-    sink = KafkaSink.of(brokers, pipeline)
+    # A pipeline with an `egress:` section is live: its sink follows and sends.
+    live = args.interface is not None or pipeline.spec.egress is not None
+    follow_on = args.follow or live
+    # Live: from the end of the topics; a restarted sink must not replay the past
+    # onto the wire (packets in flight while it was down are lost, as in a router).
+    sink = KafkaSink.of(brokers, pipeline, from_end=live)
     try:
         if follow_on:
             summary = _follow(args, sink, pipeline)
@@ -69,7 +73,10 @@ def _cmd_sink(args: argparse.Namespace) -> int:
         + (f"; skipped {foreign} foreign messages" if foreign else "")
     )
     for name, counts in summary.get("transmit", {}).items():
-        console.print(f"{name}: {counts}" if name == "unrouted" else _sent_line(name, counts))
+        if name in ("unrouted", "latency"):
+            console.print(f"{name}: {counts}", highlight=False)
+        else:
+            console.print(_sent_line(name, counts), highlight=False)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2) + "\n")
     return 0

@@ -6,4 +6,6 @@ spool       packets on disk in sorted runs, merged by id (the collector's memory
 seen        packet ids seen, as bitmaps: exact, or a bounded window
 stream      what a following sink writes as it reads, in bounded memory
 wholes      whole copies of packets by id, to join heads with their tails
+transmit    live: egress packets out of one interface, or out of the other arm
+latency     live: capture-to-transmit times, as a bounded histogram
 """

@@ -63,7 +63,8 @@ def topic_kinds(pipeline: Pipeline) -> dict[str, set[str]]:
 
 
 class KafkaSink:
-    """Reads every partition of the given topics from the beginning (no group)."""
+    """Reads every partition of the given topics from the beginning (no group), or
+    from the end (`from_end`: a live sink, which must never send the past again)."""
 
     def __init__(
         self,
@@ -73,6 +74,7 @@ class KafkaSink:
         wholes_from: str | None = None,
         kinds: dict[str, set[str]] | None = None,
         reader: TopicReader | None = None,  # tests pass one that needs no broker
+        from_end: bool = False,  # live: only what arrives from now on
     ) -> None:
         self.topics = topics
         self.wholes_from = wholes_from
@@ -88,17 +90,19 @@ class KafkaSink:
         # a message at or below it is an output sent again by a redo after a crash
         self.marks: dict[tuple[str, int], Watermarks] = {}
         wanted = [*topics, *([wholes_from] if wholes_from else [])]
-        self.reader = reader or TopicReader(bootstrap, wanted)
+        self.reader = reader or TopicReader(bootstrap, wanted, from_end)
         self.partitions = self.reader.partitions
 
     @classmethod
-    def of(cls, bootstrap: str, pipeline: Pipeline, wholes: bool = True) -> KafkaSink:
+    def of(
+        cls, bootstrap: str, pipeline: Pipeline, wholes: bool = True, from_end: bool = False
+    ) -> KafkaSink:
         """The sink of a pipeline: its terminals, their ends, and (`wholes`) the
         ingress copies its heads are joined with (`ship: heads`)."""
         heads = wholes and pipeline.spec.ship == "heads"
         wholes_from = pipeline.ingress_topic if heads else None
         ends, kinds = pipeline.terminal_ends(), topic_kinds(pipeline)
-        return cls(bootstrap, pipeline.sink_topics(), ends, wholes_from, kinds)
+        return cls(bootstrap, pipeline.sink_topics(), ends, wholes_from, kinds, from_end=from_end)
 
     def _end(self, topic: str, partition: int, end_id: str, origin: str) -> None:
         origins = self.ends_in[topic].setdefault(partition, {}).setdefault(end_id, set())

@@ -4,6 +4,8 @@ A following sink may run for months, so it keeps no packet: each batch is
 deduplicated and written at once, egress to the pcapng, side ports and
 records to `<function>.<port>.jsonl` (the same lines as the one-shot files),
 and the files are flushed after every poll, so Ctrl-C leaves valid files.
+With `transmit` (live mode, snf.egress.transmit) each egress batch is also
+sent out of interfaces as it is written, before the pcapng gets it.
 
 Order: batches are written in the order they are read, and the packets of
 a batch in its order. A flow's packets share one partition at every stage
@@ -29,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -41,13 +44,15 @@ from snf.packet.batch import PacketBatch, format_packet_id
 from snf.packet.pcapng_writer import PcapngWriter
 from snf.pipeline.model import EGRESS, PortKey
 
-__all__ = ["DEDUP_WINDOW", "MAX_WAITING", "RECORD_WINDOW", "Stream"]
+__all__ = ["DEDUP_WINDOW", "MAX_WAITING", "RECORD_WINDOW", "Stream", "Transmit"]
 
 DEDUP_WINDOW = 1 << 22  # seqs per source per terminal whose copies are removed
 RECORD_WINDOW = 1 << 17  # distinct records remembered per record port
 WHOLES_BYTES = 256 << 20  # ingress copies kept to join heads
 WHOLES_PACKETS = 1 << 20  # ... and at most this many of them (an index entry each)
 MAX_WAITING = 64  # egress batches that wait for their ingress copies before going as heads
+# (frames, their source ids, their capture times in ns)
+Transmit = Callable[[Sequence[bytes], np.ndarray, np.ndarray], None]
 
 
 class Stream:
@@ -57,8 +62,10 @@ class Stream:
         events: Path | None = None,
         window: int = DEDUP_WINDOW,
         records_window: int = RECORD_WINDOW,
+        transmit: Transmit | None = None,
     ) -> None:
         self.writer = PcapngWriter(out) if out is not None else None
+        self.transmit = transmit  # live: egress frames to interfaces (snf.egress.transmit)
         self.events = events
         if events is not None:
             events.mkdir(parents=True, exist_ok=True)
@@ -96,7 +103,7 @@ class Stream:
         self.conflicts += n - new
         self.total += new
         if where == EGRESS:
-            if self.writer is not None:
+            if self.writer is not None or self.transmit is not None:
                 self._waiting.append(kept)
         elif self.events is not None:
             self._file(where).writelines(_side_lines(where, kept))
@@ -144,13 +151,16 @@ class Stream:
             f.flush()
 
     def _write(self, batch: PacketBatch) -> None:
-        assert self.writer is not None
         rec = batch.records
         ids = batch.packet_ids()
         datas = self.wholes.join(ids, batch.packets(), rec["cap_len"], rec["full_len"])
-        kinds = np.full(len(batch), batch.linktype)
-        comments = [f"snf id={format_packet_id(s, q)}".encode() for s, q in ids]
-        self.writer.write_batch(kinds, rec["ts_ns"], rec["orig_len"], datas, comments)
+        if self.transmit is not None:  # first: the wire waits for nothing else
+            sources = np.asarray(batch.sources, dtype=np.uint64)[rec["source"]]
+            self.transmit(datas, sources, rec["ts_ns"])
+        if self.writer is not None:
+            kinds = np.full(len(batch), batch.linktype)
+            comments = [f"snf id={format_packet_id(s, q)}".encode() for s, q in ids]
+            self.writer.write_batch(kinds, rec["ts_ns"], rec["orig_len"], datas, comments)
 
     def close(self) -> None:
         self.flush(final=True)

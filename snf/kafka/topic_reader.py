@@ -1,4 +1,4 @@
-"""TopicReader: every partition of some topics, from the beginning, without a group.
+"""TopicReader: every partition of some topics, from the beginning (or the end), without a group.
 
 The sink's consumer: it reads terminal topics whole (it owns no offsets and
 commits nothing), with fetch sizes for messages that carry 512 packets each.
@@ -17,7 +17,7 @@ __all__ = ["TopicReader"]
 
 
 class TopicReader:
-    def __init__(self, bootstrap: str, topics: Iterable[str]) -> None:
+    def __init__(self, bootstrap: str, topics: Iterable[str], from_end: bool = False) -> None:
         self.consumer = KafkaConsumer(
             bootstrap_servers=bootstrap.split(","),
             group_id=None,
@@ -34,7 +34,10 @@ class TopicReader:
             self.partitions[topic] = len(parts)
             assignment += [TopicPartition(topic, p) for p in sorted(parts)]
         self.consumer.assign(assignment)
-        self.consumer.seek_to_beginning(*assignment)
+        if from_end:  # a live sink: what is sent from now on, never the past again
+            self.consumer.seek_to_end(*assignment)
+        else:
+            self.consumer.seek_to_beginning(*assignment)
 
     def poll(self, timeout_ms: int) -> Iterator[tuple[str, int, list[Any]]]:
         """(topic, partition, records) for what arrived; a record has .value, .headers."""
