@@ -264,7 +264,7 @@ def _cmd_chaos(args: argparse.Namespace) -> int:
     if not args.captures:
         return _chaos_deployed(args)
     faults = parse_faults(args.faults or [])
-    if args.pps is None and args.speed is None and not args.topspeed:
+    if args.pps is None and args.speed is None and args.mbps is None and not args.topspeed:
         args.pps = DEFAULT_PPS
     opts = RunOptions(brokers=args.brokers, replay=replay_options(args), timeout=args.timeout)
     opts.keep, opts.rundir = args.keep, args.rundir
