@@ -2,8 +2,8 @@
 
 One interface takes every egress packet. Two arms (the pipeline's
 `egress.inline: [A, B]`) make snf a bump in the wire: a packet goes out of
-the arm it did not come in by, read from its source id (snf.ingress.live
-puts the capturing arm in the low 8 bits). A packet from any other source
+the arm it did not come in by, read from its source id (snf.live.arms:
+the capturing arm is in its low 8 bits). A packet from any other source
 (a replayed file, an agent capturing elsewhere) has no arm to leave by and
 is counted `unrouted`, not guessed.
 
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from snf.egress.latency import LatencyHistogram
-from snf.ingress.live import ARM_MASK
+from snf.live.arms import ARM_MASK
 from snf.live.transmit import Transmitter
 
 __all__ = ["Interfaces"]

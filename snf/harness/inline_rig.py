@@ -96,15 +96,13 @@ class InlineRig:
 def inline_rig(lab: Any, pipeline_text: str, workdir: Path) -> Iterator[InlineRig]:
     """Deploy, run capture and sink; afterwards stop both (the sink after the last
     packets are in) and undeploy. SNF_BROKERS (or a `snf kafka up` cluster) says where."""
-    from snf.cli.main import main
     from snf.pipeline.loader import load_pipeline
 
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "pipeline.yaml"
     path.write_text(pipeline_text)
     name = load_pipeline(path).name
-    if main(["deploy", str(path)]) != 0:
-        raise SnfError(f"snf deploy {path} failed")
+    _snf("deploy", str(path))
     rig = InlineRig(lab, name, workdir)
     try:
         rig.start_sink()
@@ -116,4 +114,11 @@ def inline_rig(lab: Any, pipeline_text: str, workdir: Path) -> Iterator[InlineRi
     finally:
         for what in list(rig.procs):
             rig.procs.pop(what).kill()
-        main(["undeploy", name, "--delete-topics"])
+        _snf("undeploy", name, "--delete-topics")
+
+
+def _snf(*args: str) -> None:
+    """An `snf` command as the user runs it; its output on failure."""
+    done = subprocess.run([sys.executable, "-m", "snf", *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SnfError(f"snf {' '.join(args)} exited {done.returncode}: {done.stderr[-2000:]}")

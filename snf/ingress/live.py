@@ -8,10 +8,9 @@ own AF_PACKET ring (snf.live.afpacket), Batcher and publisher session:
 - **Batches** are cut when full (`max_packets`, `max_bytes`) or when the ring
   hands over what arrived: the kernel retires a ring block when it is full or
   `linger_ms` after its first frame, so a quiet link waits at most about that.
-- **Source ids** carry the arm: the low 8 bits are the interface's index in
-  the pipeline's `egress.inline` (NO_ARM otherwise), so `snf sink` sends a
-  packet out of the other arm (snf.egress.transmit); the bits above are a
-  per-run nonce, so a restarted agent never reuses a packet id.
+- **Source ids** carry the arm (snf.live.arms), so `snf sink` sends a packet
+  out of the other arm; their other bits are random per run, so a restarted
+  agent never reuses a packet id.
 - **Lineage** per interface (one publisher session each): two interfaces'
   sequence numbers never interleave under one origin.
 - **Kernel drops** are read from the rings (PACKET_STATISTICS) and reported.
@@ -19,7 +18,6 @@ own AF_PACKET ring (snf.live.afpacket), Batcher and publisher session:
 
 from __future__ import annotations
 
-import secrets
 import select
 import threading
 import time
@@ -29,31 +27,12 @@ from dataclasses import dataclass, field
 from snf.core.contract import NetworkFunction
 from snf.ingress.accumulator import Batcher
 from snf.live.afpacket import RingCapture
+from snf.live.arms import NO_ARM, live_source_id
 from snf.packet.batch import PacketBatch
 
-__all__ = [
-    "ARM_MASK",
-    "NO_ARM",
-    "CaptureOptions",
-    "InterfaceCounts",
-    "LiveSummary",
-    "arm_of",
-    "capture",
-]
+__all__ = ["CaptureOptions", "InterfaceCounts", "LiveSummary", "capture"]
 
-ARM_MASK = 0xFF  # a live source id's low bits: its arm
-NO_ARM = 0xFF  # a source id's arm when its interface is not one of `egress.inline`
 Publish = Callable[[int, PacketBatch], None]
-
-
-def live_source_id(arm: int, nonce: int | None = None) -> int:
-    """A 63-bit source id: a random nonce above, the arm in the low 8 bits."""
-    nonce = secrets.randbits(55) if nonce is None else nonce
-    return (nonce << 8) | (arm & ARM_MASK)
-
-
-def arm_of(source_id: int) -> int:
-    return source_id & ARM_MASK
 
 
 @dataclass

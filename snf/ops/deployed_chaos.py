@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -38,9 +39,18 @@ class DeployedKill:
         return asdict(self)
 
 
-def parse_deployed_kills(items: Sequence[tuple[str, str]]) -> list[DeployedKill]:
-    from snf.harness.chaos import _value
+_DURATION = re.compile(r"(\d+(?:\.\d*)?)(ms|s|m)?")
+_UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0}
 
+
+def _seconds(text: str) -> float:
+    m = _DURATION.fullmatch(text.strip())
+    if m is None:
+        raise ConfigError(f"--at {text}: expected seconds since the start, such as 10s")
+    return float(m[1]) * _UNITS[m[2]]
+
+
+def parse_deployed_kills(items: Sequence[tuple[str, str]]) -> list[DeployedKill]:
     kills: list[DeployedKill] = []
     for flag, value in items:
         if flag == "kill":
@@ -49,7 +59,7 @@ def parse_deployed_kills(items: Sequence[tuple[str, str]]) -> list[DeployedKill]
                 raise ConfigError(f"--kill {value}: expected FUNCTION or FUNCTION:INSTANCE")
             kills.append(DeployedKill(function, int(inst) if inst else None))
         elif flag == "at" and kills:
-            kills[-1].at = _value("for", value.removesuffix("+"))  # a duration: 10s, 1m
+            kills[-1].at = _seconds(value)
         else:
             raise ConfigError(
                 f"--{flag} {value}: a deployed pipeline takes --kill FUNCTION [--at 10s] only"

@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
     {"snf.ops"},
     {"snf.runtime"},
     {"snf.ingress", "snf.egress"},
+    {"snf.live"},  # interfaces: capture rings, transmit sockets, the lab
     {"snf.pipeline", "snf.guarantee", "snf.functions", "snf.kafka"},
     {"snf.core"},
     {"snf.wire"},

@@ -76,7 +76,7 @@ def fake_rings(monkeypatch: pytest.MonkeyPatch) -> type[FakeRing]:
 
 
 def test_source_ids_carry_the_arm_and_a_fresh_nonce() -> None:
-    from snf.ingress.live import NO_ARM, arm_of, live_source_id
+    from snf.live.arms import NO_ARM, arm_of, live_source_id
 
     a, b = live_source_id(0), live_source_id(0)
     assert arm_of(a) == arm_of(b) == 0 and a != b  # a restarted agent never reuses ids
@@ -87,7 +87,8 @@ def test_source_ids_carry_the_arm_and_a_fresh_nonce() -> None:
 def test_capture_publishes_each_interface_under_its_own_source_and_session(
     fake_rings: type[FakeRing],
 ) -> None:
-    from snf.ingress.live import CaptureOptions, arm_of, capture
+    from snf.ingress.live import CaptureOptions, capture
+    from snf.live.arms import arm_of
 
     fake_rings.frames = {
         "a0": [[tcp4("10.10.1.2", "198.51.100.10", 40000 + i, 80) for i in range(5)]],
@@ -151,7 +152,7 @@ def test_inline_egress_leaves_by_the_other_arm_and_unknown_sources_are_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import snf.egress.transmit as transmit
-    from snf.ingress.live import live_source_id
+    from snf.live.arms import live_source_id
 
     monkeypatch.setattr(transmit, "Transmitter", FakeTransmitter)
     out = transmit.Interfaces(inline=["c0", "s0"])
