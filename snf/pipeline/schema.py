@@ -72,12 +72,14 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "wiring": "Links from output ports to destinations, instead of the chain: branches, "
         "fan-out, fan-in, egress, discard, external topics. A port no link mentions writes "
         "to its own topic snf.<pipeline>.<function>.<port>.",
+        "egress": "Live transmit (docs/LIVE.md): `snf sink` sends every egress packet out "
+        "of {interface: IF}, or with {inline: [A, B]} out of the arm it did not come in by.",
     },
     "FunctionSpec": {
         "name": "Function name, [a-z][a-z0-9-], at most 48 characters, unique in the "
         "pipeline; part of its topic names (snf.<pipeline>.<name>.<port>).",
         "function": "Function type: a built-in (firewall, nat, loadbalancer, ratelimit, ids, "
-        "flowmon) or one a package registers in the `snf.functions` entry-point group.",
+        "flowmon, ipsec) or one a package registers in the `snf.functions` entry-point group.",
         "instances": "Worker processes (consumers) of this function: a fixed count, at most "
         "its partitions, or {min, max, lag_threshold, cooldown} to scale on consumer lag.",
         "partitions": "Partitions of this function's input topic (default: the pipeline's).",
@@ -96,6 +98,12 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "max": "Most instances; at most the function's partitions.",
         "lag_threshold": "Messages of input lag per instance the scaler aims at.",
         "cooldown": "Idle seconds before scaling to zero.",
+    },
+    "EgressSpec": {
+        "interface": "A Linux interface (at most 15 characters) every egress packet is sent "
+        "out of.",
+        "inline": "Two interfaces, the arms of a bump in the wire: `snf capture` takes "
+        "both, and a packet leaves by the arm it did not come in by.",
     },
     "LinkSpec": {
         "from": "Where packets come from: `ingress` (the pipeline's input), FN (the pass "
