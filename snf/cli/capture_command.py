@@ -80,8 +80,11 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 
     def publisher(interface: str, source_id: int) -> BatchPublisher:
         session = f"live-{source_id:x}"  # its own lineage origin per interface
-        publishers.append(BatchPublisher(brokers, pipeline.ingress_topic, session=session))
-        return publishers[-1]
+        # No producer linger: a live batch is cut already (--linger-ms), and any
+        # wait here is latency on the wire.
+        made = BatchPublisher(brokers, pipeline.ingress_topic, session=session, linger_ms=0)
+        publishers.append(made)
+        return made
 
     stop = threading.Event()
     console.print(f"capturing on {', '.join(opts.interfaces)} into {pipeline.name}; Ctrl-C to stop")

@@ -37,11 +37,12 @@ class BatchPublisher:
         topic: str,
         on_delivered: Callable[[np.ndarray], None] | None = None,
         session: str | None = None,
+        linger_ms: int = 5,
     ) -> None:
         self.topic = topic
         self.session = session  # None: no lineage (tests that publish by hand)
         self.on_delivered = on_delivered  # called with the seqs of each acknowledged batch
-        self.producer = TopicProducer(bootstrap, topic)
+        self.producer = TopicProducer(bootstrap, topic, linger_ms)
         self.key = key_from_env()  # the pipeline's control key (snf.guarantee.control_auth)
 
     def __call__(self, partition: int, batch: PacketBatch) -> None:

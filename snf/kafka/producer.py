@@ -57,14 +57,14 @@ def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProd
 
 
 class TopicProducer:
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, linger_ms: int = 5) -> None:
         self.topic = topic
         self.errors: list[str] = []
         self.sent = 0
         self.producer = connect_producer(
             bootstrap,
             acks="all",
-            linger_ms=5,
+            linger_ms=linger_ms,  # live capture: 0, its batches are cut already
             batch_size=1 << 20,
             max_request_size=8 << 20,
             max_in_flight_requests_per_connection=1,  # keeps per-partition order on retries
