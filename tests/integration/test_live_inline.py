@@ -137,6 +137,14 @@ def test_real_clients_through_a_deployed_chain_survive_failover(
         done = json.loads(chaos_json.read_text())["kills"]
         assert [k["function"] for k in done] == ["fw", "nat"] and all(k["back_after"] for k in done)
 
+    # The server's own log: two GETs, both from the NAT's public address.
+    clients = [
+        line.split()[0]
+        for line in (lab.state_dir / "http-8080.log").read_text().splitlines()
+        if "GET /blob.bin" in line
+    ]
+    assert clients == [lab.public_ip] * 2, clients
+
     # Two connections to 8080 (the first fetch, the download), one binding each,
     # all from the NAT's public address: the kills never re-mapped a connection.
     bindings = _bindings(rig.tap, lab.server_ip, 8080)
