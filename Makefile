@@ -95,6 +95,9 @@ bench: setup kafka-jars
 	$(PY) bench/chaos_suite.py --kills 20 --out bench/results/chaos.json
 	$(PY) bench/chaos_suite.py --kills 20 --warm --out bench/results/chaos_warm.json
 	$(PY) bench/ipsec.py --out bench/results/ipsec.json
+	$(PY) -m pip install -q --target build/pcapy pcapy-ng  # the libpcap contender, outside the venv
+	$(PY) bench/live_capture.py --pcapy-path build/pcapy --out bench/results/live_capture.json  # root
+	$(PY) bench/live_inline.py --out bench/results/live_inline.json  # root: snf lab
 
 # After a change to pyproject.toml's dependencies. Pins already in the locks
 # are kept; `make lock UPGRADE=--upgrade` moves everything to the newest releases.
