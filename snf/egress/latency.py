@@ -35,11 +35,12 @@ class LatencyHistogram:
         self.total += len(delays)
 
     def quantile(self, q: float) -> float | None:
-        """The upper edge of the bin holding quantile `q`, in seconds (None: no samples)."""
+        """The upper edge of the bin holding quantile `q`, in seconds, never above the
+        largest sample (None: no samples)."""
         if not self.total:
             return None
         index = int(np.searchsorted(np.cumsum(self.counts), q * self.total, side="left"))
-        return float(EDGES_S[min(index, len(EDGES_S) - 1)])
+        return min(float(EDGES_S[min(index, len(EDGES_S) - 1)]), self.max_s)
 
     def summary(self) -> dict[str, float | int | None]:
         def ms(v: float | None) -> float | None:

@@ -57,8 +57,11 @@ class InlineRig:
             raise SnfError(f"snf {what} exited {proc.returncode}:\n{tail}")
         return json.loads(out.read_text())
 
-    def start_capture(self) -> None:
-        self._start("capture", "--no-progress", "--json", str(self.workdir / "capture.json"))
+    def start_capture(self, *extra: str) -> None:
+        """`extra`: more `snf capture` options, e.g. "--linger-ms", "20"."""
+        self._start(
+            "capture", "--no-progress", "--json", str(self.workdir / "capture.json"), *extra
+        )
 
     def stop_capture(self) -> dict[str, Any]:
         self.capture_summary = self._stop("capture")
@@ -108,9 +111,11 @@ def inline_rig(lab: Any, pipeline_text: str, workdir: Path) -> Iterator[InlineRi
         rig.start_sink()
         rig.start_capture()
         yield rig
-        rig.stop_capture()
-        time.sleep(3.0)  # what was captured last reaches the sink
-        rig.stop_sink()
+        if "capture" in rig.procs:  # the caller may have stopped either already
+            rig.stop_capture()
+        if "sink" in rig.procs:
+            time.sleep(3.0)  # what was captured last reaches the sink
+            rig.stop_sink()
     finally:
         for what in list(rig.procs):
             rig.procs.pop(what).kill()

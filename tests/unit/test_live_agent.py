@@ -230,3 +230,11 @@ def test_latency_quantiles_are_within_a_bin_and_memory_is_fixed() -> None:
     assert 2.0 <= s["p50_ms"] <= 2.1 and 30.0 <= s["p99_ms"] <= 31.5
     hist.add(np.full(10**5, now - 10**6), now_ns=now)
     assert hist.counts.nbytes < 4096 and LatencyHistogram().summary()["p50_ms"] is None
+
+
+def test_a_quantile_never_exceeds_the_largest_sample() -> None:
+    from snf.egress.latency import LatencyHistogram
+
+    one, now = LatencyHistogram(), 10**18
+    one.add(np.array([now - 2_000_000]), now_ns=now)
+    assert one.summary()["p99_ms"] == one.summary()["max_ms"] == 2.0
