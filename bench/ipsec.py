@@ -31,7 +31,6 @@ kafka     encrypt over Kafka: one ipsec function (outbound, one SA, aes-gcm-128)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -43,7 +42,7 @@ from typing import Any
 
 import dpkt
 from loadwatch import LoadWatch
-from provenance import changed_since, code_state
+from provenance import code_state, write_report
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -331,11 +330,7 @@ def main() -> None:
         from ipsec_kafka import measure_kafka
 
         report["kafka"] = measure_kafka(args, console, frames, key(CIPHER_KAFKA))
-    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    code["changed_during_run"] = changed_since(code)
-    report["seconds"] = round(time.perf_counter() - started)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, code, started, args.out)
     show(console, report)
     console.print(f"wrote {args.out}")
 

@@ -336,7 +336,7 @@ def main() -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from provenance import changed_since, code_state
+    from provenance import code_state, write_report
 
     if os.geteuid() != 0:
         sys.exit("live_capture needs root (network namespaces, AF_PACKET)")
@@ -357,11 +357,7 @@ def run(args: argparse.Namespace) -> None:
         report |= measure_all(args, mechanisms)
     finally:
         subprocess.run(["ip", "netns", "del", args.ns], check=False, capture_output=True)
-    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    code["changed_during_run"] = changed_since(code)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, code, started, args.out)
     show(report)
 
 

@@ -46,7 +46,6 @@ continuity  iperf3 TCP connections through fw -> nat (a server of our own on
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -69,7 +68,7 @@ from live_inline_parts import (
     throughput,
 )
 from live_inline_tools import PARTITIONS, Receiver, Workers, chain_text, write_scripts
-from provenance import changed_since, code_state
+from provenance import code_state, write_report
 from rich.console import Console
 from rich.table import Table
 
@@ -291,11 +290,7 @@ def main() -> int:
             receiver.stop()
             lab.down()
     report["target"] = verdicts(report["chains"])
-    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    code["changed_during_run"] = changed_since(code)
-    report["seconds"] = round(time.perf_counter() - started)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, code, started, args.out)
     show(console, report)
     console.print(f"wrote {args.out} ({report['seconds']} s)")
     return 0

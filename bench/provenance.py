@@ -3,17 +3,21 @@ tree changed while it ran.
 
 Other people edit and commit in the same tree while benchmarks run, and every
 worker process imports snf afresh from it, so a run can mix two versions of
-the code. `code_state()` at the start and `changed_since()` at the end say so.
+the code. `code_state()` at the start and `changed_since()` at the end say so;
+`write_report` closes and writes a report with both.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["changed_since", "code_state"]
+__all__ = ["changed_since", "code_state", "write_report"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("snf", "functions")  # what a worker imports
@@ -47,3 +51,13 @@ def code_state() -> dict[str, Any]:
 def changed_since(state: dict[str, Any]) -> bool:
     """Whether snf/ or functions/ changed since `state` was taken."""
     return _digest() != state["digest"]
+
+
+def write_report(report: dict[str, Any], code: dict[str, Any], started: float, out: Path) -> None:
+    """Close a benchmark's report (load at the end, whether the code moved during the
+    run, seconds since `started` on perf_counter) and write it to `out` as JSON."""
+    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    code["changed_during_run"] = changed_since(code)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
