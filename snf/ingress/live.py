@@ -33,6 +33,7 @@ from snf.packet.batch import PacketBatch
 __all__ = ["CaptureOptions", "InterfaceCounts", "LiveSummary", "capture"]
 
 Publish = Callable[[int, PacketBatch], None]
+Publishers = Callable[[str, int], Publish]  # (interface, its source id) -> its publish
 
 
 @dataclass
@@ -79,7 +80,7 @@ class _Arm:
         opts: CaptureOptions,
         partitions: int,
         keyers: Sequence[NetworkFunction],
-        publish: Publish,
+        publishers: Publishers,
     ) -> None:
         self.name = name
         self.counts = InterfaceCounts(source_id=live_source_id(opts.arms.get(name, NO_ARM)))
@@ -97,7 +98,7 @@ class _Arm:
             max_bytes=opts.max_bytes,
             keyers=keyers,
         )
-        self.publish = publish
+        self.publish = publishers(name, self.counts.source_id)
 
     def drain(self, room: int | None) -> int:
         """Publish what the ring has (at most `room` packets); return how many."""
@@ -121,7 +122,7 @@ class _Arm:
 
 def capture(
     partitions: int,
-    publishers: Callable[[str, int], Publish],
+    publishers: Publishers,
     opts: CaptureOptions,
     keyers: Sequence[NetworkFunction] = (),
     stop: threading.Event | None = None,
@@ -134,8 +135,7 @@ def capture(
     arms: list[_Arm] = []
     try:
         for name in opts.interfaces:
-            arm = _Arm(name, opts, partitions, keyers, lambda p, b: None)
-            arm.publish = publishers(name, arm.counts.source_id)
+            arm = _Arm(name, opts, partitions, keyers, publishers)
             arms.append(arm)
             summary.interfaces[name] = arm.counts
         started = time.monotonic()
