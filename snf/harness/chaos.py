@@ -31,6 +31,7 @@ from snf.harness.verdict import SinkRecorder, Verdict, compare
 from snf.ingress.replay import check_captures, replay
 from snf.kafka import admin, cluster
 from snf.ops import deployment_dir as dp
+from snf.ops.deployed_chaos import duration_seconds
 from snf.pipeline.loader import load_pipeline
 from snf.pipeline.model import Pipeline
 from snf.runtime.local import LocalPipeline
@@ -56,14 +57,17 @@ class Fault:
     error: str = ""
 
 
-_FORMS = {"at": re.compile(r"(\d+(?:\.\d*)?)(%?)"), "for": re.compile(r"(\d+(?:\.\d*)?)(ms|s|m)?")}
-_UNITS = {"%": 0.01, "": 1.0, None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0}
+_SHARE = re.compile(r"(\d+(?:\.\d*)?)(%?)")
 
 
 def _value(flag: str, text: str) -> float:
     """--at "40%" or "0.4" -> 0.4; --for "15s", "500ms", "2m" or "15" -> seconds."""
-    m = _FORMS[flag].fullmatch(text.strip())
-    value = float(m[1]) * _UNITS[m[2]] if m else -1.0
+    if flag == "at":
+        m = _SHARE.fullmatch(text.strip())
+        value = float(m[1]) * (0.01 if m[2] else 1.0) if m else -1.0
+    else:
+        found = duration_seconds(text)
+        value = -1.0 if found is None else found
     if not (0 <= value <= 1 if flag == "at" else value > 0):
         want = "a share of the capture, 0% to 100%" if flag == "at" else "a duration such as 15s"
         raise ConfigError(f"--{flag} {text}: expected {want}")

@@ -23,7 +23,7 @@ from typing import Any
 from snf.errors import ConfigError, SnfError
 from snf.ops.status import deployment_status
 
-__all__ = ["DeployedKill", "kill_in_turn", "parse_deployed_kills"]
+__all__ = ["DeployedKill", "duration_seconds", "kill_in_turn", "parse_deployed_kills"]
 
 
 @dataclass
@@ -43,11 +43,17 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?)(ms|s|m)?")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0}
 
 
-def _seconds(text: str) -> float:
+def duration_seconds(text: str) -> float | None:
+    """ "15s", "500ms", "2m" or "15" -> seconds; None when it is not a duration."""
     m = _DURATION.fullmatch(text.strip())
-    if m is None:
+    return None if m is None else float(m[1]) * _UNITS[m[2]]
+
+
+def _seconds(text: str) -> float:
+    seconds = duration_seconds(text)
+    if seconds is None:
         raise ConfigError(f"--at {text}: expected seconds since the start, such as 10s")
-    return float(m[1]) * _UNITS[m[2]]
+    return seconds
 
 
 def parse_deployed_kills(items: Sequence[tuple[str, str]]) -> list[DeployedKill]:
