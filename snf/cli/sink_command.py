@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from snf.cli.common import add_brokers, console, keyed_pipeline, require_brokers
-from snf.errors import ConfigError
 
 __all__ = ["COMMANDS", "add_parsers"]
 
@@ -88,11 +87,8 @@ def _follow(args: argparse.Namespace, sink: Any, pipeline: Any) -> dict[str, Any
     from snf.egress.stream import Stream
     from snf.egress.transmit import Interfaces
 
-    egress = pipeline.spec.egress
-    try:
-        interfaces = Interfaces.of(egress, args.interface)
-    except OSError as exc:
-        raise ConfigError(f"cannot send on {args.interface or egress}: {exc}") from exc
+    # A missing interface or permission is an snf error already (snf.live.afpacket).
+    interfaces = Interfaces.of(pipeline.spec.egress, args.interface)
     where = f", sending on {', '.join(interfaces.transmitters)}" if interfaces else ""
     console.print(f"following {pipeline.name}{where}; Ctrl-C to stop")
     stream = Stream(args.out, args.events, transmit=interfaces.send if interfaces else None)
