@@ -11,28 +11,43 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from kafka import KafkaProducer
 from kafka.errors import KafkaError as ClientError
 from kafka.errors import KafkaTimeoutError
 
-from snf.kafka.errors import PublishError
+from snf.errors import SnfError
+from snf.kafka.errors import BrokerError, PublishError
 from snf.kafka.login_probe import refusals
 from snf.kafka.security import client_kwargs
 
-__all__ = ["TopicProducer", "connect_producer"]
+__all__ = ["TopicProducer", "connect", "connect_producer"]
+
+T = TypeVar("T")
 
 log = logging.getLogger("snf.kafka.producer")
 
 
 def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProducer:
     """A producer, retrying while no broker answers (then a clear error)."""
+    return connect(KafkaProducer, bootstrap, PublishError, tries, **config)
+
+
+def connect(
+    client: Callable[..., T],
+    bootstrap: str,
+    error: type[SnfError] = BrokerError,
+    tries: int = 4,
+    **config: Any,
+) -> T:
+    """A kafka-python client, retrying while no broker answers, then `error` saying
+    what to do."""
     delay = 0.5
     for attempt in range(1, tries + 1):
         try:
             with refusals(bootstrap):  # wrong credentials: at once, not after every try
-                return KafkaProducer(
+                return client(
                     bootstrap_servers=bootstrap.split(","),
                     bootstrap_timeout_ms=2500,
                     **client_kwargs(),
@@ -50,7 +65,7 @@ def connect_producer(bootstrap: str, tries: int = 4, **config: Any) -> KafkaProd
             )
             time.sleep(delay)
             delay *= 2
-    raise PublishError(
+    raise error(
         f"no Kafka broker answers at {bootstrap} after {tries} tries; "
         "start one with `snf kafka up` or point --brokers / SNF_BROKERS at a running cluster"
     )

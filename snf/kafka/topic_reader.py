@@ -11,21 +11,21 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from snf.kafka.security import client_kwargs
+from snf.kafka.producer import connect
 
 __all__ = ["TopicReader"]
 
 
 class TopicReader:
     def __init__(self, bootstrap: str, topics: Iterable[str], from_end: bool = False) -> None:
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap.split(","),
+        self.consumer = connect(  # a down broker: retried, then a clear error
+            KafkaConsumer,
+            bootstrap,
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=16 << 20,
             fetch_max_bytes=64 << 20,
-            **client_kwargs(),
         )
         self.partitions: dict[str, int] = {}  # topic -> partitions found at start
         assignment = []
