@@ -40,7 +40,7 @@ class Timings:
     grace: float = 20.0  # SIGTERM -> SIGKILL: a Faust worker commits and leaves its group
     backoff_base: float = 0.5
     backoff_cap: float = 30.0
-    healthy_after: float = 60.0  # running this long forgives earlier crashes
+    healthy_after: float = 60.0  # running this long (or being assigned) forgives earlier crashes
     ready_timeout: float = 60.0  # for a replacement that never reports an assignment
     lag_interval: float = 1.0
 
@@ -144,7 +144,10 @@ class Supervisor:
             inst.state = "stopped"
             log.info("%s/%d stopped (exit %s)", name, inst.index, inst.last_exit)
             return
-        if now - inst.started_at >= self.timings.healthy_after:
+        # A worker that took its partitions was healthy: a kill -9 of it is no crash
+        # loop, so its replacement starts after the base delay, not a grown one.
+        ready = dp.worker_files(self.dir, name, inst.index).assignment() is not None
+        if ready or now - inst.started_at >= self.timings.healthy_after:
             inst.failures = 0
         self._evict_dead(name, inst)
         self._backoff(name, inst, now, f"exited with {inst.last_exit}")

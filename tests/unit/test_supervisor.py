@@ -204,8 +204,11 @@ def test_a_crashed_worker_is_evicted_from_its_group_a_stopped_one_is_not(
     assert {e[2] for e in evicted} == {"m-fw-0"}
 
 
-def test_backoff_is_capped_and_reset_after_healthy_running(tmp_path: Path, make: Callable) -> None:
+def test_backoff_is_capped_and_reset_after_healthy_running(
+    tmp_path: Path, make: Callable, dummies: Dummies
+) -> None:
     write_deployment(tmp_path, fw=1)
+    dummies.delay = 30.0  # never assigned before it is killed: a crash loop
     clock = FakeClock()
     sup = make(clock=clock)
     sup.reconcile()
@@ -224,6 +227,25 @@ def test_backoff_is_capped_and_reset_after_healthy_running(tmp_path: Path, make:
     sup.reconcile()
     assert inst.state == "backoff" and inst.retry_at == pytest.approx(clock.t + 0.5)
     assert inst.last_exit == -signal.SIGKILL
+
+
+def test_a_worker_killed_after_taking_its_partitions_is_back_at_once(
+    tmp_path: Path, make: Callable, dummies: Dummies
+) -> None:
+    # A kill storm (snf chaos) is no crash loop: each victim had been assigned.
+    write_deployment(tmp_path, fw=1)
+    dummies.mode["fw"], dummies.delay = "member-crash", 0.05
+    clock = FakeClock()
+    sup = make(clock=clock, evict=lambda *args: None)
+    sup.reconcile()
+    inst = sup.instances["fw"][0]
+    for n in range(4):
+        assert inst.state == "running" and inst.restarts == n
+        inst.worker.proc.wait(5)  # type: ignore[union-attr]
+        sup.reconcile()
+        assert inst.state == "backoff" and inst.retry_at == pytest.approx(clock.t + 0.5)
+        clock.t += 0.5
+        sup.reconcile()
 
 
 def test_a_stop_escalates_to_sigkill_after_the_grace_period(
