@@ -56,7 +56,11 @@ LABELS = ("pipeline", "function", "instance")
 # for a reserved table's write to be acknowledged (only batches that write one).
 STAGES = ("decode", "engine", "journal", "state_apply", "reserve", "produce")
 STAGE_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-HOP_BUCKETS = (1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5, 10, 30, 60)
+# 15, 20 and 35 ms: the live inline target (p99 <= 20 ms per hop) falls between them.
+HOP_BUCKETS = tuple(
+    ms / 1000
+    for ms in (1, 2.5, 5, 10, 15, 20, 25, 35, 50, 100, 250, 500, 1e3, 2.5e3, 5e3, 1e4, 3e4, 6e4)
+)
 # Processor counters (in FunctionEngine.counters) of messages it skipped -> reason label.
 SKIPPED = {
     "redelivered": "redelivered",  # this process handled it already (a seek back)
