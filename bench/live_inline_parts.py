@@ -44,7 +44,7 @@ __all__ = [
     "throughput",
 ]
 
-CAPTURE_LINGER_MS = 5  # snf capture's default --linger-ms: the ring's block timeout
+CAPTURE_LINGER_MS = 20  # snf capture's default --linger-ms
 
 
 @dataclass

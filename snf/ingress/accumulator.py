@@ -156,6 +156,11 @@ class Batcher:
         self.stats.batches += 1
         return part, batch
 
+    @property
+    def pending(self) -> bool:
+        """Whether any partition has a batch being filled."""
+        return bool(self._pending)
+
     def cut_all(self) -> list[tuple[int, PacketBatch]]:
         """Cut every pending batch, in partition order."""
         return [self._cut(part) for part in sorted(self._pending)]

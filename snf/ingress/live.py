@@ -5,9 +5,12 @@ packet ids, lineage and flow-key partitioning (snf.ingress.accumulator),
 with the kernel's capture timestamps as packet time. Each interface has its
 own AF_PACKET ring (snf.live.afpacket), Batcher and publisher session:
 
-- **Batches** are cut when full (`max_packets`, `max_bytes`) or when the ring
-  hands over what arrived: the kernel retires a ring block when it is full or
-  `linger_ms` after its first frame, so a quiet link waits at most about that.
+- **Batches** are cut when full (`max_packets`, `max_bytes`), and partial
+  ones at most once per `linger_ms` per interface: what arrives on a quiet
+  link goes at once (the ring hands frames over within RING_TIMEOUT_MS), and
+  under load packets gather for up to `linger_ms`. Every message costs each
+  worker of the chain a fixed share of a core, so the message rate, not the
+  packet rate, is what overloads a small machine (docs/LIVE.md, latency).
 - **Source ids** carry the arm (snf.live.arms), so `snf sink` sends a packet
   out of the other arm; their other bits are random per run, so a restarted
   agent never reuses a packet id.
@@ -30,7 +33,9 @@ from snf.live.afpacket import RingCapture
 from snf.live.arms import NO_ARM, live_source_id
 from snf.packet.batch import PacketBatch
 
-__all__ = ["CaptureOptions", "InterfaceCounts", "LiveSummary", "capture"]
+__all__ = ["RING_TIMEOUT_MS", "CaptureOptions", "InterfaceCounts", "LiveSummary", "capture"]
+
+RING_TIMEOUT_MS = 1  # the kernel retires a ring block at most this long after its first frame
 
 Publish = Callable[[int, PacketBatch], None]
 Publishers = Callable[[str, int], Publish]  # (interface, its source id) -> its publish
@@ -43,7 +48,7 @@ class CaptureOptions:
     bpf: str | None = None
     snaplen: int = 65535
     promisc: bool = False
-    linger_ms: int = 5
+    linger_ms: int = 20  # partial batches at most once per this, per interface
     max_packets: int = 512
     max_bytes: int = 512 * 1024
     duration: float | None = None  # seconds; None: until stopped
@@ -89,8 +94,10 @@ class _Arm:
             bpf=opts.bpf,
             snaplen=opts.snaplen,
             promisc=opts.promisc,
-            block_timeout_ms=max(1, opts.linger_ms),
+            block_timeout_ms=RING_TIMEOUT_MS,
         )
+        self.linger_s = max(0, opts.linger_ms) / 1000
+        self.last_cut = -float("inf")  # the last partial cut: a quiet link's packets go at once
         self.batcher = Batcher(
             partitions,
             self.counts.source_id,
@@ -101,18 +108,30 @@ class _Arm:
         self.publish = publishers(name, self.counts.source_id)
 
     def drain(self, room: int | None) -> int:
-        """Publish what the ring has (at most `room` packets); return how many."""
+        """Take what the ring has (at most `room` packets), publish the batches it
+        filled; return how many packets."""
         chunk = self.ring.read(0)
         if chunk is None or not len(chunk):
             return 0
         if room is not None and len(chunk) > room:
             chunk = chunk.take(slice(0, room))
-        ready = self.batcher.add_chunk(chunk) + self.batcher.cut_all()  # nothing lingers here
-        for part, batch in ready:
+        for part, batch in self.batcher.add_chunk(chunk):  # full: they go at once
             self.publish(part, batch)
         self.counts.captured += len(chunk)
         self.counts.bytes += int(chunk.cap_len.sum())
         return len(chunk)
+
+    def due(self) -> float | None:
+        """When the partial batches may go (monotonic seconds), None: there are none."""
+        return self.last_cut + self.linger_s if self.batcher.pending else None
+
+    def flush(self, now: float, force: bool = False) -> None:
+        """Publish the partial batches if their time has come (or `force`)."""
+        due = self.due()
+        if due is not None and (force or now >= due):
+            for part, batch in self.batcher.cut_all():
+                self.publish(part, batch)
+            self.last_cut = now
 
     def close(self) -> None:
         stats = self.ring.stats()
@@ -146,18 +165,28 @@ def capture(
                 break
             if opts.limit is not None and summary.packets >= opts.limit:
                 break
-            readable, _, _ = select.select(list(fds), [], [], 0.1)
+            readable, _, _ = select.select(list(fds), [], [], _wait(arms))
             for fd in readable:
                 room = None if opts.limit is None else opts.limit - summary.packets
                 summary.packets += fds[fd].drain(room)
             now = time.monotonic()
+            for arm in arms:
+                arm.flush(now)
             if on_progress is not None and now - last_progress >= 0.5:
                 last_progress = now
                 summary.batches = sum(arm.batcher.stats.batches for arm in arms)
                 on_progress(summary)
+        for arm in arms:
+            arm.flush(time.monotonic(), force=True)  # nothing captured stays behind
         summary.seconds = time.monotonic() - started
     finally:
         for arm in arms:
             arm.close()
         summary.batches = sum(arm.batcher.stats.batches for arm in arms)
     return summary
+
+
+def _wait(arms: Sequence[_Arm], longest: float = 0.1) -> float:
+    """How long select() may sleep: until the earliest partial batch is due."""
+    dues = [d for arm in arms if (d := arm.due()) is not None]
+    return longest if not dues else min(longest, max(0.0, min(dues) - time.monotonic()))

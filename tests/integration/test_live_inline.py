@@ -80,7 +80,7 @@ def lab() -> Iterator[object]:
         labs.down(name)
 
 
-def _curl(lab, port: int, *extra: str, timeout: float = 10) -> subprocess.CompletedProcess:
+def _curl(lab, port: int, *extra: str, timeout: float = 60) -> subprocess.CompletedProcess:
     url = f"http://{lab.server_ip}:{port}/blob.bin"
     argv = ["curl", "-sS", "-o", "-", "--max-time", str(timeout), *extra, url]
     return subprocess.run(

@@ -116,7 +116,7 @@ def test_capture_publishes_each_interface_under_its_own_source_and_session(
     assert summary.kernel_dropped == 6
     assert fake_rings.opened[0] == (
         "a0",
-        {"bpf": "tcp or udp", "snaplen": 65535, "promisc": False, "block_timeout_ms": 3},
+        {"bpf": "tcp or udp", "snaplen": 65535, "promisc": False, "block_timeout_ms": 1},
     )
 
 
@@ -133,6 +133,31 @@ def test_capture_stops_at_its_limit_and_on_the_stop_flag(fake_rings: type[FakeRi
     assert (
         capture(1, lambda i, s: lambda p, b: None, CaptureOptions(["a0"]), stop=stop).packets == 0
     )
+
+
+def test_a_quiet_link_sends_at_once_and_a_busy_one_once_per_linger(
+    fake_rings: type[FakeRing],
+) -> None:
+    from snf.ingress.live import CaptureOptions, _Arm
+
+    fake_rings.frames = {"a0": [[udp4(sport=1000 + i)] for i in range(4)] + [[udp4()] * 8]}
+    sent: list[int] = []
+    opts = CaptureOptions(["a0"], linger_ms=50, max_packets=8)
+    arm = _Arm("a0", opts, 1, (), lambda i, s: lambda p, b: sent.append(len(b)))
+    arm.drain(None)
+    arm.flush(100.0)
+    assert sent == [1]  # the first packet after a quiet spell: no wait
+    arm.drain(None)
+    arm.flush(100.01)
+    arm.drain(None)
+    arm.flush(100.049)
+    assert sent == [1] and arm.due() == pytest.approx(100.05)  # gathering
+    arm.drain(None)
+    arm.flush(100.05)
+    assert sent == [1, 3]  # one message for three packets, 50 ms after the last
+    arm.drain(None)  # 8 more: a full batch goes at once, whatever the linger
+    assert sent == [1, 3, 8] and arm.due() is None
+    arm.close()
 
 
 class FakeTransmitter:
