@@ -15,7 +15,8 @@ latency     chains of 1 (fw), 2 (fw -> nat) and 4 functions (fw -> nat ->
             paced by absolute due times. Capacity: a flood (--flood-pps for
             --flood-seconds, 100,000 for 3 s); the rate the receiver got them
             at while the chain drained its backlog (a lower bound when the
-            chain kept up: `saturated` false). Then 1 %, 10 % and 50 % of it
+            chain kept up: `saturated` false). Then a quiet link (20
+            packets/s: each goes at once) and 1 %, 10 % and 50 % of it
             for 10 s each, each through a fresh sink: its capture-to-transmit
             histogram (kernel timestamp at the capturing ring to the sink's
             send), divided by the Kafka hops (functions + 1); the workers'
@@ -74,6 +75,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0.01, 0.1, 0.5)
+QUIET_PPS = 20.0  # a packet every 50 ms, more than --linger-ms apart: each goes at once
 FUNCTIONS = {1: ["fw"], 2: ["fw", "nat"], 4: ["fw", "nat", "flows", "fw2"]}
 TARGET_HOP_P99_MS = 20.0  # the issue's: p99 per function hop at half load
 LONG_LINGER_MS = 50
@@ -116,7 +118,7 @@ def run_chain(bench: Bench, args: argparse.Namespace, functions: int) -> dict[st
             cap = capacity(bench, rig, workers, args.flood_pps, flood)
             if not cap["capacity_pps"]:
                 raise RuntimeError(f"nothing came through {name}: {cap}")
-            shares = [(s, s * cap["capacity_pps"]) for s in SHARES]
+            shares = [(0.0, QUIET_PPS)] + [(s, s * cap["capacity_pps"]) for s in SHARES]
             out["capacity"] = cap
             out["levels"] = latency_levels(bench, rig, workers, functions, shares, seconds)
             if not args.no_linger_run:  # every level for fw -> nat, half load for the others
@@ -135,6 +137,10 @@ def run_chain(bench: Bench, args: argparse.Namespace, functions: int) -> dict[st
         ensure_sink(rig)  # the rig stops a sink on the way out
     out["capture"] = rig.capture_summary
     return out
+
+
+def _level_name(share: float) -> str:
+    return f"{share:.0%}" if share else f"quiet, {QUIET_PPS:.0f}/s"
 
 
 def verdicts(chains: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +170,8 @@ def show(console: Console, report: dict[str, Any]) -> None:
         for tag, lv in rows:
             lat, hop, w = lv["latency_ms"], lv["per_hop_ms"], lv["workers"]["fw"]
             table.add_row(
-                f"{n} fn", f"{lv['share']:.0%}{tag}", f"{lv['target_pps']:,.0f}", str(lv["lost"]),
+                f"{n} fn", f"{_level_name(lv['share'])}{tag}", f"{lv['target_pps']:,.0f}",
+                str(lv["lost"]),
                 *(str(lat.get(k)) for k in ("p50_ms", "p99_ms", "max_ms")),
                 str(hop["p50_ms"]), str(hop["p99_ms"]), str(w["messages_per_s"]),
                 str(w["packets_per_message"]),

@@ -195,7 +195,8 @@ def latency_levels(
 ) -> list[dict[str, Any]]:
     levels = []
     for share, rate in shares:
-        bench.console.print(f"  {share:.0%} load: {rate:,.0f} pkt/s for {seconds:.0f} s")
+        name = f"{share:.0%} load" if share else "quiet"
+        bench.console.print(f"  {name}: {rate:,.0f} pkt/s for {seconds:.0f} s")
         level = {"share": share, **quiet_load(bench, rig, workers, rate, seconds)}
         lat = level["latency_ms"]
         bench.console.print(
