@@ -202,7 +202,10 @@ def _name(keyword: str, text: str) -> str:
 
 def parse_byte_math(value: str | None, known: Container[str]) -> ByteMathStep:
     name = "byte_math"
-    form = "bytes N, offset N, oper OP, rvalue V, result NAME[, relative, endian E, string B, …]"
+    form = (
+        "bytes N, offset N, oper OP, rvalue V, result NAME"
+        "[, relative][, endian E][, string B][, bitmask M]"
+    )
     items = _split(name, value, 5, 10, form)
     got: dict[str, str] = {}
     for item in items:
