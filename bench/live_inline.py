@@ -73,6 +73,8 @@ from provenance import code_state, write_report
 from rich.console import Console
 from rich.table import Table
 
+from snf.ingress.live import RING_TIMEOUT_MS
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARES = (0.01, 0.1, 0.5)
 QUIET_PPS = 20.0  # a packet every 50 ms, more than --linger-ms apart: each goes at once
@@ -273,7 +275,8 @@ def main() -> int:
             "exceed max",
         },
         "delays_by_design_ms": {
-            "capture_ring_block_timeout": CAPTURE_LINGER_MS,
+            "capture_ring_block_timeout": RING_TIMEOUT_MS,
+            "capture_partial_batch_pacing": CAPTURE_LINGER_MS,  # under load only
             "capture_producer_linger": 0,  # snf capture: BatchPublisher(linger_ms=0)
             "worker_producer_linger": 0,  # Faust's producer_linger default
             "worker_fetch_max_wait": 200,  # an empty fetch's wait; data ends it at once
