@@ -189,6 +189,7 @@ def model_run(
                     "packet_id": packet_id,
                     "sid": r["sid"],
                     "rev": r.get("rev", 1),
+                    "gid": 1,
                     "msg": r.get("msg", ""),
                     "action": r["action"],
                     "proto": EVE_NAMES.get(pkt.proto, str(pkt.proto)),

@@ -1,24 +1,27 @@
-"""Signature IDS/IPS: Snort/Suricata-style rules over headers and payload contents.
+"""Signature IDS/IPS: Suricata's rule language over headers, payloads and tunnels.
 
 Summary
-    Every IP packet is matched against every rule (the subset of Snort and
-    Suricata syntax in docs/functions/ids.md). The header (protocol, addresses,
-    ports, direction) is checked with precompiled interval sets, the payload
-    contents with one Aho-Corasick pass in C (pyahocorasick) over the packet's
-    L4 payload, never a Python loop over all rules. Actions follow Suricata's
-    default order: a matching `pass` rule lets the packet through and silences
-    every other rule; otherwise a matching `drop` rule drops it; every matching
-    `alert` and `drop` rule raises an alert record. Stateless: each packet is
-    judged alone (no streams, no reassembly, no flow keywords).
+    Every IP packet, and every packet inside its tunnels (IP-in-IP, GRE,
+    ERSPAN, VXLAN, Geneve: tunnels.py), is matched against every rule (the
+    part of Suricata's language in docs/functions/ids.md). A multi-pattern
+    prefilter in C (pyahocorasick) finds which rules' fast patterns occur in
+    the payload; only those run their payload program (payload.py: content
+    and its modifiers, pcre, byte_*), never a Python loop over all rules.
+    Header keywords (header_keywords.py) read the raw packet. Actions follow
+    Suricata's default order: a matching `pass` rule lets the packet through
+    and silences every other rule; otherwise a matching `drop` or `reject`
+    rule drops it; every other matching rule raises an alert record (unless
+    `noalert`). Stateless so far: no flow keywords, no stream reassembly.
 
 Ports
     pass     packets no drop rule matched (or a pass rule matched); non-IP frames
     drop     reason "sid:<sid>" (the lowest sid among the matching drop rules),
              "malformed" (snf.packet.parse says so, or a TCP data offset < 20 bytes or
              past the segment)
-    alerts   (record port) one JSON object per matching alert/drop rule, EVE-like:
-             ts, ts_ns, packet_id, sid, rev, msg, action, proto, src, sport,
-             dst, dport; per packet in sid order
+    alerts   (record port) one JSON object per matching rule that alerts, EVE-like:
+             ts, ts_ns, packet_id, sid, rev, gid, msg, action, [classtype, priority,
+             references, metadata], proto, src, sport, dst, dport, [tunnel]; per
+             packet in (gid, sid) order, at most packet_alert_max
 
 Config (IdsConfig)
     rules       list of rule strings ("rule <n>" in errors, 1-based), or
@@ -27,6 +30,9 @@ Config (IdsConfig)
                 validation context's "base_dir" when the loader gives one.
                 Exactly one of the two. Blank lines and '#' comments are skipped.
     vars        {NAME: spec}: address or port specs used as $NAME in rules
+    strict      an unsupported rule fails the load (default: for `rules` yes,
+                for `rules_file` no: those are skipped and listed, see `skipped`)
+    packet_alert_max  alert records per packet at most (default 15)
     Rules are parsed and compiled when the config is validated, so a bad rule
     fails the load with its number or line and the reason.
 
@@ -34,7 +40,9 @@ State
     None (key "any": any partition will do).
 
 Metrics
-    the engine's counters: "in", "pass", "drop:<reason>", "alerts" (records).
+    the engine's counters: "in", "pass", "drop:<reason>", "alerts" (records);
+    declared: "tunneled" (inner packets judged), "tunnel_errors" (tunnels that
+    could not be opened; the outer packet was judged alone).
 
 Example
     - type: ids
@@ -42,12 +50,14 @@ Example
       rules:
         - alert tcp any any -> $HOME_NET $HTTP_PORTS (msg:"admin"; content:"/admin"; sid:1;)
         - drop udp any any -> $HOME_NET 53 (msg:"bad"; content:"|03|bad|03|com"; nocase; sid:2;)
+        - alert tcp any any -> any 80 (msg:"id"; flags:PA; content:"?id="; pcre:"/id=\\d/"; sid:4;)
         - pass ip 10.9.0.0/16 any <> any any (msg:"scanner"; sid:3;)
 """
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -71,12 +81,15 @@ from snf.packet.headers import FRAG_LATER, Headers
 from .match import Matcher, payload_span
 from .rules import Rule, RuleError, compile_rules
 from .specs import check_var
+from .tunnels import TunnelError, carries_tunnel, decapsulate, five_tuple
 
 __all__ = ["Ids", "IdsConfig"]
 
 _PROTO_NAMES = {6: "TCP", 17: "UDP", 1: "ICMP", 58: "IPv6-ICMP"}  # as in EVE
 _PORT_PROTOS = frozenset({6, 17, 33, 132, 136})  # TCP UDP DCCP SCTP UDP-Lite
 SID = "sid"  # numbered: sid:<sid>, the drop rule that dropped the packet
+_SKIPS_SHOWN = 20  # skipped rules named in the log; the rest are counted
+log = logging.getLogger("snf.functions.ids")
 _VAR_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -110,7 +123,22 @@ class IdsConfig(FunctionConfig):
         description="Path of a rules file, one rule per line, '#' comments and blank lines "
         "skipped; relative to the current directory (or to the loader's base_dir).",
     )
+    strict: bool | None = Field(
+        default=None,
+        description="Whether a rule this IDS does not support (a keyword, a protocol) fails "
+        "the load. Default: yes for `rules`, no for `rules_file` (a published ruleset "
+        "loads the rest; the skipped rules and why are listed in the log and in "
+        "`skipped`, as Suricata does).",
+    )
+    packet_alert_max: int = Field(
+        default=15,
+        ge=1,
+        le=1000,
+        description="Alerts recorded per packet at most, lowest (gid, sid) first "
+        "(Suricata's packet-alert-max).",
+    )
     _compiled: list[Rule] = PrivateAttr(default_factory=list)
+    _skipped: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 
     @field_validator("vars", mode="before")
     @classmethod
@@ -158,19 +186,35 @@ class IdsConfig(FunctionConfig):
             except FileLimitError as exc:
                 raise _rule_error(("rules_file",), str(exc), path) from None
             lines = [(f"{self.rules_file}:{n}", t) for n, t in enumerate(text.splitlines(), 1)]
+        strict = self.strict if self.strict is not None else self.rules is not None
+        skipped: list[tuple[str, str]] | None = None if strict else []
         try:
-            self._compiled = compile_rules(lines, self.vars, from_file=self.rules is None)
+            self._compiled = compile_rules(lines, self.vars, self.rules is None, skipped)
         except RuleError as exc:
             if self.rules is not None and exc.index is not None:
                 loc: tuple[str | int, ...] = ("rules", exc.index)
                 raise _rule_error(loc, str(exc), self.rules[exc.index]) from None
             raise _rule_error(("rules_file",), str(exc), Path(self.rules_file or "")) from None
+        self._skipped = skipped or []
+        if self._skipped:
+            shown = "; ".join(f"{where}: {why}" for where, why in self._skipped[:_SKIPS_SHOWN])
+            more = len(self._skipped) - _SKIPS_SHOWN
+            log.warning(
+                "ids: %d rules loaded, %d skipped (unsupported): %s%s",
+                len(self._compiled), len(self._skipped), shown,
+                f"; and {more} more" if more > 0 else "",
+            )  # fmt: skip
         return self
 
     @property
     def compiled(self) -> list[Rule]:
         """The parsed rules, in config order."""
         return list(self._compiled)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(where, why) of every rule skipped as unsupported (not `strict`)."""
+        return list(self._skipped)
 
 
 class Ids(NetworkFunction):
@@ -180,6 +224,8 @@ class Ids(NetworkFunction):
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")
     record_ports: ClassVar[tuple[str, ...]] = ("alerts",)
     reasons: ClassVar[tuple[str, ...]] = (MALFORMED, numbered(SID))
+    # inner packets of tunnels inspected; tunnels that could not be opened (outer judged)
+    metrics: ClassVar[tuple[str, ...]] = ("tunneled", "tunnel_errors")
     tables: ClassVar[tuple[str, ...]] = ()
     key: ClassVar[str] = "any"
     needs_payload: ClassVar[bool] = True  # content rules match the payload
@@ -192,66 +238,131 @@ class Ids(NetworkFunction):
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         decisions, ip = triage(headers)
-        rules = self.matcher.rules
-        match, scans = self.matcher.match, self.matcher.scans
         buf, offsets = batch.payload, batch.offsets
         version, proto, frag = headers.version, headers.proto, headers.frag
-        src, dst, sport, dport = headers.src, headers.dst, headers.sport, headers.dport
-        l3_off, l4_off = headers.l3_off, headers.l4_off
-        # (packet index, matching alert/drop rules, the packet's part of the alert record)
+        l3_off, l4_off, dport = headers.l3_off, headers.l4_off, headers.dport
+        # (packet index, matching rules to alert on, the packet's part of the alert record)
         hits: list[tuple[int, list[int], dict[str, Any]]] = []
+        tunnels = tunnel_errors = 0
         for i in ip:
-            reason = ""
+            base, p = offsets[i], proto[i]
+            size, later = offsets[i + 1] - base, frag[i] == FRAG_LATER
             try:
-                p = proto[i]
-                later = frag[i] == FRAG_LATER
-                payload = b""
-                if not later and (p == 6 or scans(p)):
-                    base = offsets[i]
-                    start, end = payload_span(
-                        buf, base, offsets[i + 1] - base, version[i], p, l3_off[i], l4_off[i]
-                    )
-                    if end > start and scans(p):
-                        payload = buf[start:end]
-                found = match(version[i], p, later, src[i], dst[i], sport[i], dport[i], payload)
-                if found:
-                    actions = [rules[j].action for j in found]
-                    if "pass" not in actions:
-                        hits.append((i, found, _packet_fields(headers, i)))
-                        if "drop" in actions:
-                            reason = numbered(SID, rules[found[actions.index("drop")]].sid)
-            except Exception:  # crafted content broke an assumption: drop, never raise
-                reason = MALFORMED  # (hits gets its entry last, so it has none for i)
-            if reason:
-                decisions.ports[i], decisions.reasons[i] = "drop", reason
+                verdict = self._judge(
+                    buf, base + size, version[i], p, later, headers.src[i], headers.dst[i],
+                    headers.sport[i], dport[i], base + l3_off[i],
+                    base + l4_off[i] if l4_off[i] >= 0 else -1,
+                )  # fmt: skip
+                found = [(verdict, _packet_fields(headers, i))]
+                if not later and carries_tunnel(p, dport[i]):
+                    try:
+                        inner = self._tunnels(buf, base + l3_off[i], base + size)
+                    except TunnelError:  # as Suricata: a decoder event, the outer judged alone
+                        tunnel_errors += 1
+                    else:
+                        tunnels += len(inner)
+                        found += inner
+            except Exception:  # crafted bytes broke an assumption: drop, never raise
+                decisions.ports[i], decisions.reasons[i] = "drop", MALFORMED
+                continue
+            dropped_by = None
+            for (matched, drop), fields in found:
+                if matched:
+                    hits.append((i, matched, fields))
+                if drop is not None and (dropped_by is None or drop < dropped_by):
+                    dropped_by = drop
+            if dropped_by is not None:
+                decisions.ports[i], decisions.reasons[i] = "drop", numbered(SID, dropped_by)
         decisions.records["alerts"] = self._alerts(batch, hits) if hits else []
+        decisions.metrics.update(tunneled=tunnels, tunnel_errors=tunnel_errors)
         return decisions
+
+    def _judge(
+        self,
+        buf: bytes,
+        end: int,
+        version: int,
+        p: int,
+        later: bool,
+        src: bytes,
+        dst: bytes,
+        sport: int,
+        dport: int,
+        l3: int,
+        l4: int,
+    ) -> tuple[list[int], int | None]:
+        """One packet (or a tunnel's inner packet) against every rule, in Suricata's
+        action order: (the rules to alert on, the sid that drops it or None)."""
+        payload = b""
+        if not later and (p == 6 or self.matcher.scans(p)):
+            start, stop = payload_span(buf, 0, end, version, p, l3, l4)  # a bad TCP offset raises
+            if stop > start and self.matcher.scans(p):
+                payload = buf[start:stop]
+        found = self.matcher.match(version, p, later, src, dst, sport, dport, payload)
+        if not found:
+            return [], None
+        rules, at4 = self.matcher.rules, None if l4 < 0 else l4
+        found = [
+            j for j in found
+            if rules[j].header is None or rules[j].header.match(buf, l3, at4, version, end)  # type: ignore[union-attr]
+        ]  # fmt: skip
+        if any(rules[j].action == "pass" for j in found):
+            return [], None  # pass silences every other rule
+        drops = [rules[j].sid for j in found if rules[j].drops]
+        return [j for j in found if not rules[j].noalert], min(drops) if drops else None
+
+    def _tunnels(
+        self, buf: bytes, l3: int, end: int
+    ) -> list[tuple[tuple[list[int], int | None], dict[str, Any]]]:
+        """Every packet inside the tunnels of the one at buf[l3], judged like it."""
+        out = []
+        for inner in decapsulate(buf, l3, limit=end):
+            t = five_tuple(buf, inner)
+            l4 = -1 if inner.l4 is None else inner.l4
+            later = inner.frag == FRAG_LATER
+            verdict = self._judge(
+                buf, inner.end, inner.version, inner.proto, later, t.src, t.dst,
+                t.sport or 0, t.dport or 0, inner.l3, l4,
+            )  # fmt: skip
+            out.append((verdict, {**t.alert_fields(), "tunnel": inner.tunnel}))
+        return out
 
     def _alerts(
         self, batch: PacketBatch, hits: list[tuple[int, list[int], dict[str, Any]]]
     ) -> list[Record]:
-        """One record per (packet, matching alert/drop rule), rules in sid order."""
+        """One record per (packet, matching rule), rules in (gid, sid) order, at most
+        packet_alert_max per packet (Suricata's packet-alert-max)."""
         rules = self.matcher.rules
         ts = batch.records["ts_ns"].tolist()
         ids = batch.packet_ids()
         out: list[Record] = []
+        per_packet: dict[int, int] = {}
         for i, found, packet in hits:
             packet_id = format_packet_id(*ids[i])
             for j in found:
-                rule = rules[j]
-                out.append(
-                    {
-                        "ts": ts[i] / 1e9,
-                        "ts_ns": ts[i],
-                        "packet_id": packet_id,
-                        "sid": rule.sid,
-                        "rev": rule.rev,
-                        "msg": rule.msg,
-                        "action": rule.action,
-                        **packet,
-                    }
-                )
+                if per_packet.get(i, 0) >= self.config.packet_alert_max:
+                    break
+                per_packet[i] = per_packet.get(i, 0) + 1
+                out.append({"ts": ts[i] / 1e9, "ts_ns": ts[i], "packet_id": packet_id,
+                            **_rule_fields(rules[j]), **packet})  # fmt: skip
         return out
+
+
+def _rule_fields(rule: Rule) -> dict[str, Any]:
+    """The rule's part of an alert record (EVE's alert object, flattened)."""
+    fields: dict[str, Any] = {
+        "sid": rule.sid, "rev": rule.rev, "gid": rule.gid, "msg": rule.msg,
+        "action": rule.action,
+    }  # fmt: skip
+    if rule.classtype is not None:
+        fields["classtype"] = rule.classtype
+    if rule.priority is not None:
+        fields["priority"] = rule.priority
+    if rule.references:
+        fields["references"] = list(rule.references)
+    if rule.metadata:
+        fields["metadata"] = list(rule.metadata)
+    return fields
 
 
 def _packet_fields(h: Headers, i: int) -> dict[str, Any]:

@@ -1,12 +1,13 @@
 """IDS matching (a helper of snf.functions.ids): headers by intervals, contents by Aho-Corasick.
 
-One pass of a C automaton (pyahocorasick) over a packet's payload finds every
-occurrence of every content string of the rules for its protocol at once:
-case-sensitive contents in one automaton over the payload, `nocase` ones
-(lowercased) in a second over a lowercased copy; one such pair per protocol
-group (TCP, UDP, ICMP/ICMPv6, other), `ip` rules in all. Only rules whose
-anchor content (their longest) occurred are then looked at; content-less rules
-are indexed by protocol. No per-packet loop runs over all the rules.
+One pass of a C automaton (pyahocorasick) over a packet's payload finds the
+fast pattern of every rule for its protocol at once (payload.fast_pattern:
+the content marked fast_pattern, else the longest): case-sensitive ones in one
+automaton over the payload, `nocase` ones (lowercased) in a second over a
+lowercased copy; one such pair per protocol group (TCP, UDP, ICMP/ICMPv6,
+other), `ip` rules in all. Only rules whose fast pattern occurred run their
+payload program; rules without one are indexed by protocol. No per-packet loop
+runs over all the rules, so the cost grows with the matches, not the rules.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from .specs import ADDR_ANY, PORT_ANY, Space
 
 __all__ = ["MalformedPayload", "Matcher", "payload_span"]
 
-_NO_LIMIT = 1 << 62
 _GROUP = {6: 6, 17: 17, 1: 1, 58: 1}  # protocol -> automaton group; any other: -1
 _ALL_GROUPS = frozenset({6, 17, 1, -1})
 # Header check of one rule: (protos or None, src, sport, dst, dport, bidirectional).
@@ -93,7 +93,7 @@ class Matcher:
     """Every rule of one ruleset; match() gives the indices (into self.rules) that match."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        self.rules: list[Rule] = sorted(rules, key=lambda r: r.sid)
+        self.rules: list[Rule] = sorted(rules, key=lambda r: (r.gid, r.sid))
         self._heads = [
             (
                 None if r.protos is None else frozenset(r.protos),
@@ -105,33 +105,34 @@ class Matcher:
             )
             for r in self.rules
         ]
-        # One automaton pair (case-sensitive, nocase) per protocol group, so that a
-        # udp rule's pattern costs nothing on TCP payloads; `ip` rules are in all.
+        self._programs = [r.payload for r in self.rules]
+        # One automaton pair (case-sensitive, nocase) per protocol group, over each
+        # rule's fast pattern, so that a udp rule's pattern costs nothing on TCP
+        # payloads; `ip` rules are in all. A rule is looked at only when its fast
+        # pattern occurs; its whole payload program then decides.
         pids: dict[tuple[bytes, bool], int] = {}
         automata: dict[int, tuple[Any, Any]] = {}
-        self._checks: list[tuple[tuple[int, int, int], ...]] = []
         self._anchored: dict[int, list[int]] = {}
-        contentless: dict[int | None, list[int]] = {}
+        unanchored: dict[int | None, list[int]] = {}
+        self._inspected: set[int] = set()  # groups whose payload a rule reads
         for index, rule in enumerate(self.rules):
-            checks = []
             groups = _ALL_GROUPS if rule.protos is None else {_GROUP[p] for p in rule.protos}
-            for c in rule.contents:
-                key = (c.pattern.lower() if c.nocase else c.pattern, c.nocase)
-                pid = pids.setdefault(key, len(pids))
-                for group in groups:
-                    pair = automata.setdefault(
-                        group, (ahocorasick.Automaton(), ahocorasick.Automaton())
-                    )
-                    pair[c.nocase].add_word(key[0].decode("latin-1"), (pid, len(key[0])))
-                last = _NO_LIMIT if c.depth is None else c.offset + c.depth - len(c.pattern)
-                checks.append((pid, c.offset, last))
-            self._checks.append(tuple(checks))
-            if not rule.contents:
+            if rule.payload is not None:
+                self._inspected |= groups
+            if rule.fast is None:
                 for proto in rule.protos or (None,):
-                    contentless.setdefault(proto, []).append(index)
+                    unanchored.setdefault(proto, []).append(index)
                 continue
-            longest = max(range(len(checks)), key=lambda k: len(rule.contents[k].pattern))
-            self._anchored.setdefault(checks[longest][0], []).append(index)
+            pattern, nocase = rule.fast
+            key = (pattern.lower() if nocase else pattern, nocase)
+            pid = pids.setdefault(key, len(pids))
+            for group in groups:
+                pair = automata.setdefault(
+                    group, (ahocorasick.Automaton(), ahocorasick.Automaton())
+                )
+                if key[0].decode("latin-1") not in pair[nocase]:
+                    pair[nocase].add_word(key[0].decode("latin-1"), pid)
+            self._anchored.setdefault(pid, []).append(index)
         for pair in automata.values():
             for automaton in pair:
                 if len(automaton):
@@ -139,33 +140,29 @@ class Matcher:
         self._automata = {
             group: tuple(a if len(a) else None for a in pair) for group, pair in automata.items()
         }
-        # Content-less rules per IP protocol; `ip` rules (key None) apply to all.
-        any_proto = contentless.get(None, [])
-        self._contentless = {
-            p: sorted(idx + any_proto) for p, idx in contentless.items() if p is not None
+        # Rules without a fast pattern, per IP protocol; `ip` rules (key None) apply to
+        # all. A non-first fragment has no payload: only `ip` rules without one meet it.
+        any_proto = unanchored.get(None, [])
+        self._unanchored = {
+            p: sorted(idx + any_proto) for p, idx in unanchored.items() if p is not None
         }
-        self._contentless_other = any_proto
+        self._unanchored_other = any_proto
+        self._fragment_rules = [i for i in any_proto if self.rules[i].payload is None]
 
     def scans(self, proto: int) -> bool:
-        """Whether a content rule could apply to a packet of this IP protocol."""
-        return _GROUP.get(proto, -1) in self._automata
+        """Whether a rule could read the payload of a packet of this IP protocol."""
+        return _GROUP.get(proto, -1) in self._inspected
 
-    def _hits(self, payload: bytes, proto: int) -> dict[int, list[int]]:
-        """pattern id -> start offsets of its occurrences in the payload."""
-        hits: dict[int, list[int]] = {}
-        case, nocase = self._automata[_GROUP.get(proto, -1)]
-        for automaton, text in ((case, payload), (nocase, payload)):
-            if automaton is None:
-                continue
-            if automaton is nocase:
-                text = text.lower()
-            for end, (pid, size) in automaton.iter(text.decode("latin-1")):
-                starts = hits.get(pid)
-                if starts is None:
-                    hits[pid] = [end - size + 1]
-                else:
-                    starts.append(end - size + 1)
-        return hits
+    def _found(self, payload: bytes, proto: int) -> set[int]:
+        """The pattern ids whose fast pattern occurs in the payload."""
+        found: set[int] = set()
+        pair = self._automata.get(_GROUP.get(proto, -1))
+        if pair is None:
+            return found
+        for automaton, text in zip(pair, (payload, payload.lower()), strict=True):
+            if automaton is not None:
+                found.update(pid for _, pid in automaton.iter(text.decode("latin-1")))
+        return found
 
     def _header(
         self, index: int, version: int, proto: int, src: int, dst: int, sp: int, dp: int
@@ -189,44 +186,32 @@ class Matcher:
         dport: int,
         payload: bytes,
     ) -> list[int]:
-        """Indices of the matching rules, in sid order.
+        """Indices of the rules whose header and payload parts match, in (gid, sid) order.
 
-        A non-first fragment (no L4 header) only meets content-less `ip` rules.
+        Header keywords (HeaderProgram) are the caller's: they read the raw packet.
         """
         src_int = int.from_bytes(src, "big")
         dst_int = int.from_bytes(dst, "big")
-        header = self._header
+        header, programs = self._header, self._programs
         if later_fragment:
-            candidates = self._contentless_other
+            candidates = self._fragment_rules
         else:
-            candidates = self._contentless.get(proto, self._contentless_other)
-        out = [i for i in candidates if header(i, version, proto, src_int, dst_int, sport, dport)]
+            candidates = self._unanchored.get(proto, self._unanchored_other)
+        out = [
+            i
+            for i in candidates
+            if header(i, version, proto, src_int, dst_int, sport, dport)
+            and (programs[i] is None or programs[i].match(payload))  # type: ignore[union-attr]
+        ]
         if payload and not later_fragment and self.scans(proto):
-            hits = self._hits(payload, proto)
-            anchored, checks = self._anchored, self._checks
             found = len(out)
-            for pid in hits:
+            anchored = self._anchored
+            for pid in self._found(payload, proto):
                 for i in anchored.get(pid, ()):
-                    if header(i, version, proto, src_int, dst_int, sport, dport) and _contents(
-                        checks[i], hits
-                    ):
+                    if header(i, version, proto, src_int, dst_int, sport, dport) and programs[
+                        i
+                    ].match(payload):  # type: ignore[union-attr]
                         out.append(i)
             if len(out) > found:
                 out.sort()
         return out
-
-
-def _contents(checks: tuple[tuple[int, int, int], ...], hits: dict[int, list[int]]) -> bool:
-    """Every content has an occurrence starting in [offset, offset + depth - len]."""
-    for pid, first, last in checks:
-        starts = hits.get(pid)
-        if starts is None:
-            return False
-        if first == 0 and last == _NO_LIMIT:
-            continue
-        for s in starts:  # a plain loop: faster than any() here
-            if first <= s <= last:
-                break
-        else:
-            return False
-    return True

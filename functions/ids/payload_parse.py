@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
+from .options import content_bytes as _content_bytes
 from .payload_bytes import parse_byte_extract, parse_byte_jump, parse_byte_math, parse_byte_test
 from .payload_steps import (
     ByteExtractStep,
@@ -29,7 +30,6 @@ from .payload_steps import (
     parse_int,
     parse_uint,
 )
-from .rules import _content_bytes
 from .specs import RuleError
 
 __all__ = ["PAYLOAD_KEYWORDS", "Compiled", "compile_options"]

@@ -1,42 +1,62 @@
-"""IDS rule parsing (a helper of snf.functions.ids): a Snort/Suricata subset.
+"""IDS rule parsing (a helper of snf.functions.ids): Suricata's rule language, in part.
 
     action proto src_addr src_port (-> | <>) dst_addr dst_port (option; ...)
 
 Everything is compiled once, when the config is validated: addresses and
 ports become sorted disjoint intervals of ints (the union, complement and
-intersection of lists, `!` and `$VARS` are worked out here, exactly), and
-contents become bytes. docs/functions/ids.md has the grammar and every error.
+intersection of lists, `!` and `$VARS` are worked out here, exactly), the
+payload keywords a PayloadProgram (payload.py), the header keywords a
+HeaderProgram (header_keywords.py). docs/functions/ids.md has the grammar,
+every keyword and every error.
+
+A rule that is well formed but uses what this IDS does not do (a keyword, a
+protocol) raises Unsupported, so that a published ruleset can load the rest.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from .header_keywords import (
+    HEADER_KEYWORDS,
+    ICMP_KEYWORDS,
+    TCP_KEYWORDS,
+    HeaderProgram,
+    compile_header_keywords,
+)
+from .options import split_options, unquote
+from .payload import PAYLOAD_KEYWORDS, PayloadProgram, compile_payload, fast_pattern
 from .specs import PORT_ANY, RuleError, Space, parse_spec
 
-__all__ = ["Content", "Rule", "RuleError", "compile_rules", "parse_rule"]
+__all__ = ["Rule", "RuleError", "Unsupported", "compile_rules", "parse_rule"]
 
-ACTIONS = ("alert", "drop", "pass")
-PROTOS: dict[str, tuple[int, ...] | None] = {"tcp": (6,), "udp": (17,), "icmp": (1, 58), "ip": None}
-_OPTION_NAME = re.compile(r"[a-z_][a-z0-9_.]*")
-_ESCAPES = {'"': '"', ";": ";", "\\": "\\"}
-_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+# reject: a drop whose answer (a TCP reset, an ICMP error) snf cannot inject.
+ACTIONS = ("alert", "drop", "pass", "reject", "rejectsrc", "rejectdst", "rejectboth")
+PROTOS: dict[str, tuple[int, ...] | None] = {
+    "tcp": (6,), "tcp-pkt": (6,), "udp": (17,), "icmp": (1, 58), "icmpv4": (1,),
+    "icmpv6": (58,), "ip": None,
+}  # fmt: skip
+# Suricata's application-layer protocols and stream-only matching: well formed, not done here.
+_LATER_PROTOS = frozenset({
+    "tcp-stream", "http", "http1", "http2", "ftp", "ftp-data", "tls", "smb", "dcerpc", "dns",
+    "smtp", "imap", "ssh", "dnp3", "modbus", "enip", "nfs", "ntp", "dhcp", "krb5", "snmp",
+    "sip", "rfb", "mqtt", "pgsql", "ike", "quic", "rdp", "telnet", "websocket", "ldap", "pop3",
+})  # fmt: skip
+_META = ("msg", "sid", "rev", "gid", "priority", "classtype", "reference", "metadata", "noalert")
 _DIGITS = re.compile(r"[0-9]{1,10}")
+_L4_KEYWORDS = TCP_KEYWORDS | ICMP_KEYWORDS
 
 
-class Content(NamedTuple):
-    pattern: bytes
-    nocase: bool
-    offset: int  # 0 when not given
-    depth: int | None  # None: to the end of the payload
+class Unsupported(RuleError):
+    """A well-formed rule that uses a keyword or protocol this IDS does not support."""
 
 
 class Rule(NamedTuple):
     where: str  # "rule 3" or "rules.txt:12", for messages
-    action: str  # alert | drop | pass
-    proto: str  # tcp | udp | icmp | ip
+    action: str  # alert | drop | pass | reject*
+    proto: str  # tcp | udp | icmp | ip | ...
     protos: tuple[int, ...] | None  # IP protocol numbers; None: any (ip)
     src: Space
     sport: Space
@@ -46,83 +66,23 @@ class Rule(NamedTuple):
     sid: int
     rev: int
     msg: str
-    contents: tuple[Content, ...]
+    payload: PayloadProgram | None  # None: no payload keyword
+    fast: tuple[bytes, bool] | None  # the prefilter's (pattern, nocase); None: not prefiltered
+    header: HeaderProgram | None  # None: no header keyword
+    gid: int = 1
+    priority: int | None = None
+    classtype: str | None = None
+    references: tuple[str, ...] = ()
+    metadata: tuple[str, ...] = ()
+    noalert: bool = False
+
+    @property
+    def drops(self) -> bool:
+        """Whether a match drops the packet (drop and the reject actions)."""
+        return self.action != "alert" and self.action != "pass"
 
 
 # -- options ---------------------------------------------------------------------
-
-
-def _split_options(text: str) -> list[tuple[str, str | None]]:
-    """'msg:"a\\;b"; nocase;' -> [("msg", '"a\\;b"'), ("nocase", None)], quote-aware."""
-    out: list[tuple[str, str | None]] = []
-    start, quoted, i = 0, False, 0
-    while i < len(text):
-        c = text[i]
-        if quoted and c == "\\":
-            i += 1  # the escaped character is checked when the value is unquoted
-        elif c == '"':
-            quoted = not quoted
-        elif c == ";":
-            if quoted:
-                raise RuleError(r"unescaped ';' inside a quoted string (write \;)")
-            out.append(_option(text[start:i]))
-            start = i + 1
-        i += 1
-    if quoted:
-        raise RuleError("unterminated quoted string in the options")
-    if text[start:].strip():
-        out.append(_option(text[start:]))  # the last ';' may be left out
-    return out
-
-
-def _option(text: str) -> tuple[str, str | None]:
-    name, colon, value = text.partition(":")
-    name = name.strip().lower()
-    if not name:
-        raise RuleError("empty option (two ';' in a row?)")
-    if not _OPTION_NAME.fullmatch(name):
-        raise RuleError(f"bad option name {name!r}")
-    return name, value.strip() if colon else None
-
-
-def _unquote(value: str, name: str) -> str:
-    if len(value) < 2 or value[0] != '"' or value[-1] != '"':
-        raise RuleError(f"{name} expects a quoted string, got {value!r}")
-    out, i, body = [], 0, value[1:-1]
-    while i < len(body):
-        c = body[i]
-        if c == "\\":
-            nxt = body[i + 1 : i + 2]
-            if nxt not in _ESCAPES:
-                raise RuleError(rf'invalid escape "\{nxt}" in {name} (only \" \; \\)')
-            out.append(_ESCAPES[nxt])
-            i += 2
-            continue
-        if c == '"':
-            raise RuleError(rf'unescaped \'"\' inside the {name} string (write \")')
-        out.append(c)
-        i += 1
-    return "".join(out)
-
-
-def _content_bytes(value: str) -> bytes:
-    if value.startswith("!"):
-        raise RuleError('negated content (content:!"...") is not supported')
-    parts = _unquote(value, "content").split("|")
-    if len(parts) % 2 == 0:
-        raise RuleError("unterminated |hex| block in content")
-    out = bytearray()
-    for k, part in enumerate(parts):
-        if k % 2 == 0:
-            out += part.encode("utf-8")
-            continue
-        digits = "".join(part.split())
-        if not digits or not _HEX.fullmatch(digits):
-            raise RuleError(f"bad |hex| block |{part}| in content: expected pairs of hex digits")
-        out += bytes.fromhex(digits)
-    if not out:
-        raise RuleError("empty content")
-    return bytes(out)
 
 
 def _number(name: str, value: str | None, lo: int, hi: int) -> int:
@@ -131,50 +91,46 @@ def _number(name: str, value: str | None, lo: int, hi: int) -> int:
     return int(value)
 
 
-def _options(text: str) -> tuple[int, int, str, tuple[Content, ...]]:
-    """(sid, rev, msg, contents) from the text between the parentheses."""
+def _meta(
+    single: dict[str, object], lists: dict[str, list[str]], name: str, value: str | None
+) -> None:
+    if name in ("reference", "metadata"):
+        if not value:
+            raise RuleError(f"{name} expects a value")
+        lists[name].append(value)
+        return
+    if name in single:
+        raise RuleError(f"duplicate option {name!r}")
+    if name == "msg":
+        single[name] = unquote(value or "", "msg")
+    elif name == "classtype":
+        if not value or not re.fullmatch(r"[A-Za-z0-9_-]+", value):
+            raise RuleError(f"classtype expects a name, got {value!r}")
+        single[name] = value
+    elif name == "noalert":
+        if value is not None:
+            raise RuleError(f"noalert takes no value, got {value!r}")
+        single[name] = True
+    elif name == "priority":
+        single[name] = _number(name, value, 1, 255)
+    else:
+        single[name] = _number(name, value, 1, 2**32 - 1)
+
+
+def _options(text: str) -> tuple[dict[str, object], dict[str, list[str]], Sequence]:
+    """The meta options (msg, sid, ...), the lists (reference, metadata) and every
+    (name, value) pair, in rule order, for the keyword compilers."""
     single: dict[str, object] = {}
-    contents: list[list] = []  # [pattern, nocase, offset, depth] per content
-    given: list[set[str]] = []  # the modifiers already given, per content
-    for name, value in _split_options(text):
-        if name in ("msg", "sid", "rev"):
-            if name in single:
-                raise RuleError(f"duplicate option {name!r}")
-            if name == "msg":
-                single[name] = _unquote(value or "", "msg")
-            else:
-                single[name] = _number(name, value, 1, 2**32 - 1)
-        elif name == "content":
-            if value is None:
-                raise RuleError("content expects a quoted string")
-            contents.append([_content_bytes(value), False, 0, None])
-            given.append(set())
-        elif name in ("nocase", "offset", "depth"):
-            if not contents:
-                raise RuleError(f"{name} needs a content before it")
-            if name in given[-1]:
-                raise RuleError(f"duplicate {name} for one content")
-            given[-1].add(name)
-            if name == "nocase":
-                if value is not None:
-                    raise RuleError(f"nocase takes no value, got {value!r}")
-                contents[-1][1] = True
-            elif name == "offset":
-                contents[-1][2] = _number("offset", value, 0, 65535)
-            else:
-                depth = _number("depth", value, 1, 65535)
-                if depth < len(contents[-1][0]):
-                    raise RuleError(
-                        f"depth {depth} is shorter than its content ({len(contents[-1][0])} bytes)"
-                    )
-                contents[-1][3] = depth
-        else:
-            raise RuleError(f"unknown option {name!r}")
+    lists: dict[str, list[str]] = {"reference": [], "metadata": []}
+    options = split_options(text)
+    for name, value in options:
+        if name in _META:
+            _meta(single, lists, name, value)
+        elif name not in PAYLOAD_KEYWORDS and name not in HEADER_KEYWORDS:
+            raise Unsupported(f"option {name!r} is not supported (docs/functions/ids.md)")
     if "sid" not in single:
         raise RuleError("missing sid")
-    rev = single.get("rev", 1)
-    msg = single.get("msg", "")
-    return single["sid"], rev, msg, tuple(Content(*c) for c in contents)  # type: ignore[return-value]
+    return single, lists, options
 
 
 # -- header and whole rules ----------------------------------------------------------
@@ -214,9 +170,11 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         raise RuleError("expected ')' at the end of the rule")
     tokens = _header_tokens(text[:open_at])
     if tokens and tokens[0].lower() not in ACTIONS:
-        raise RuleError(f"unknown action {tokens[0]!r} (expected alert, drop or pass)")
+        raise RuleError(f"unknown action {tokens[0]!r} (expected {', '.join(ACTIONS)})")
+    if len(tokens) > 1 and tokens[1].lower() in _LATER_PROTOS:
+        raise Unsupported(f"protocol {tokens[1]!r} is not supported (docs/functions/ids.md)")
     if len(tokens) > 1 and tokens[1].lower() not in PROTOS:
-        raise RuleError(f"unknown protocol {tokens[1]!r} (expected tcp, udp, icmp or ip)")
+        raise RuleError(f"unknown protocol {tokens[1]!r} (expected {', '.join(PROTOS)})")
     if len(tokens) > 4 and tokens[4] not in ("->", "<>"):
         raise RuleError(f"expected '->' or '<>' after the source port, found {tokens[4]!r}")
     if len(tokens) < len(_HEADER_PARTS):
@@ -231,19 +189,32 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         parse_spec(sport, "source port", vars_, port=True),
         parse_spec(dport, "destination port", vars_, port=True),
     )
-    if proto not in ("tcp", "udp") and ports != (PORT_ANY, PORT_ANY):
+    if proto not in ("tcp", "tcp-pkt", "udp") and ports != (PORT_ANY, PORT_ANY):
         raise RuleError(f"an {proto} rule has no ports: write 'any' for both ports")
-    sid, rev, msg, contents = _options(text[open_at + 1 : -1])
+    single, lists, options = _options(text[open_at + 1 : -1])
+    payload = compile_payload(options) if any(n in PAYLOAD_KEYWORDS for n, _ in options) else None
+    header = compile_header_keywords(options)
+    protos = PROTOS[proto]
+    l4 = None if header is None else header.l4_protos
+    if l4 is not None and protos is not None and not set(protos) & l4:
+        first = next(k for k in header.keywords if k in _L4_KEYWORDS)  # type: ignore[union-attr]
+        raise RuleError(f"{first} never matches a {proto} rule")
     return Rule(
-        where, action, proto, PROTOS[proto],
+        where, action, proto, protos,
         parse_spec(src, "source address", vars_, port=False), ports[0],
         parse_spec(dst, "destination address", vars_, port=False), ports[1],
-        arrow == "<>", sid, rev, msg, contents,
-    )  # fmt: skip
+        arrow == "<>", single["sid"], single.get("rev", 1), single.get("msg", ""),
+        payload, None if payload is None else fast_pattern(payload), header,
+        single.get("gid", 1), single.get("priority"), single.get("classtype"),
+        tuple(lists["reference"]), tuple(lists["metadata"]), bool(single.get("noalert")),
+    )  # type: ignore[arg-type]  # fmt: skip
 
 
 def compile_rules(
-    lines: Iterable[tuple[str, str]], vars_: Mapping[str, str], from_file: bool = False
+    lines: Iterable[tuple[str, str]],
+    vars_: Mapping[str, str],
+    from_file: bool = False,
+    skipped: list[tuple[str, str]] | None = None,
 ) -> list[Rule]:
     """(where, text) pairs -> rules; blank and '#' lines are skipped.
 
@@ -251,22 +222,31 @@ def compile_rules(
     set to that rule's position in `lines`. With `from_file`, a line that does
     not start with an action is reported by its number alone: a file named by
     mistake (or on purpose, such as /etc/shadow) never has its content shown.
+    Given a `skipped` list, an Unsupported rule is appended to it as (where,
+    reason) and the rest load, as Suricata loads a ruleset; without, it raises.
     """
     rules: list[Rule] = []
-    sids: dict[int, str] = {}
+    sids: dict[tuple[int, int], str] = {}
     for index, (where, text) in enumerate(lines):
         if not text.strip() or text.lstrip().startswith("#"):
             continue
         try:
             if from_file and text.split(None, 1)[0].lower() not in ACTIONS:
-                raise RuleError("not a rule: expected it to start with alert, drop or pass")
+                raise RuleError("not a rule: expected it to start with alert, drop, pass or reject")
             rule = parse_rule(where, text, vars_)
-            if rule.sid in sids:
-                raise RuleError(f"duplicate sid {rule.sid} (also {sids[rule.sid]})")
+            if (rule.gid, rule.sid) in sids:
+                raise RuleError(f"duplicate sid {rule.sid} (also {sids[rule.gid, rule.sid]})")
+        except Unsupported as exc:
+            if skipped is None:
+                error: RuleError = Unsupported(f"{where}: {exc}")
+                error.index = index
+                raise error from None
+            skipped.append((where, str(exc)))
+            continue
         except RuleError as exc:
             error = RuleError(f"{where}: {exc}")
             error.index = index
             raise error from None
-        sids[rule.sid] = where
+        sids[rule.gid, rule.sid] = where
         rules.append(rule)
     return rules

@@ -26,7 +26,7 @@ from snf.functions.ids.header_keywords import (
     HeaderProgram,
     compile_header_keywords,
 )
-from snf.functions.ids.rules import _split_options
+from snf.functions.ids.options import split_options as _split_options
 from snf.functions.ids.specs import RuleError
 from snf.functions.ids.tunnels import decapsulate
 from snf.packet.linktypes import LINKTYPE_ETHERNET

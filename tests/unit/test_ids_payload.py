@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from snf.functions.ids.options import split_options as _split_options
 from snf.functions.ids.payload import (
     PAYLOAD_KEYWORDS,
     PayloadProgram,
@@ -18,7 +19,6 @@ from snf.functions.ids.payload import (
     fast_pattern,
 )
 from snf.functions.ids.payload_steps import ContentStep, IsdataatStep, parse_uint, strtoull
-from snf.functions.ids.rules import _split_options
 from snf.functions.ids.specs import RuleError
 
 
