@@ -62,6 +62,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     PrivateAttr,
     ValidationError,
@@ -71,14 +73,26 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from snf.core.contract import Decisions, FunctionConfig, NetworkFunction, Record, triage
+from snf.core.contract import (
+    EVICTED,
+    Decisions,
+    FunctionConfig,
+    NetworkFunction,
+    Record,
+    SweepContext,
+    triage,
+)
+from snf.core.expiry import PartitionIndexes
 from snf.core.limits import FileLimitError, read_text_file
 from snf.core.reasons import MALFORMED, numbered
 from snf.core.tables import BatchState
-from snf.packet.batch import PacketBatch, format_packet_id
+from snf.packet.batch import PacketBatch
 from snf.packet.headers import FRAG_LATER, Headers
 
-from .match import Matcher, payload_span
+from .alerts import alert_records
+from .flows import FlowTimeouts, FlowView, due_of
+from .judge import Counters, Judge, Packet, threshold_due
+from .match import Matcher
 from .rules import Rule, RuleError, compile_rules
 from .specs import check_var
 from .tunnels import TunnelError, carries_tunnel, decapsulate, five_tuple
@@ -102,6 +116,15 @@ def _rule_error(loc: tuple[str | int, ...], message: str, value: Any) -> Validat
     return ValidationError.from_exception_data(
         "IdsConfig", [InitErrorDetails(type=_problem(message), loc=loc, input=value)]
     )
+
+
+class IdsFlowTimeouts(BaseModel):
+    """Flow timeouts in seconds of packet time (Suricata's flow-timeouts)."""
+
+    model_config = ConfigDict(extra="forbid")
+    new: int = Field(default=60, ge=1, description="a flow not established (yet)")
+    established: int = Field(default=600, ge=1, description="an established flow")
+    closed: int = Field(default=60, ge=1, description="a TCP flow after a RST")
 
 
 class IdsConfig(FunctionConfig):
@@ -136,6 +159,22 @@ class IdsConfig(FunctionConfig):
         le=1000,
         description="Alerts recorded per packet at most, lowest (gid, sid) first "
         "(Suricata's packet-alert-max).",
+    )
+    midstream: bool = Field(
+        default=False,
+        description="Treat a TCP flow first seen without its handshake as established "
+        "(Suricata's stream.midstream); otherwise `flow:established` never matches it.",
+    )
+    flow_timeouts: IdsFlowTimeouts = Field(
+        default_factory=lambda: IdsFlowTimeouts(),
+        description="Seconds of packet time without a packet before a flow and its "
+        "flowbits are forgotten, by state (Suricata's flow-timeouts).",
+    )
+    max_flows: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Flow entries per partition at most; a full table evicts flows that "
+        "are not established first, then the oldest (metric `evicted`).",
     )
     _compiled: list[Rule] = PrivateAttr(default_factory=list)
     _skipped: list[tuple[str, str]] = PrivateAttr(default_factory=list)
@@ -225,9 +264,9 @@ class Ids(NetworkFunction):
     record_ports: ClassVar[tuple[str, ...]] = ("alerts",)
     reasons: ClassVar[tuple[str, ...]] = (MALFORMED, numbered(SID))
     # inner packets of tunnels inspected; tunnels that could not be opened (outer judged)
-    metrics: ClassVar[tuple[str, ...]] = ("tunneled", "tunnel_errors")
-    tables: ClassVar[tuple[str, ...]] = ()
-    key: ClassVar[str] = "any"
+    metrics: ClassVar[tuple[str, ...]] = ("tunneled", "tunnel_errors", EVICTED)
+    tables: ClassVar[tuple[str, ...]] = ("flow", "thresh")
+    key: ClassVar[str] = "flow"  # a flow's packets, both ways, on one partition
     needs_payload: ClassVar[bool] = True  # content rules match the payload
     Config: ClassVar[type[FunctionConfig]] = IdsConfig
 
@@ -235,28 +274,46 @@ class Ids(NetworkFunction):
         super().__init__(config)
         self.config: IdsConfig = config
         self.matcher = Matcher(config.compiled)
+        self.judge = Judge(self.matcher)
+        self._flow_due_of = due_of(FlowTimeouts(**config.flow_timeouts.model_dump()))
+        # Per partition, when each flow and threshold entry expires (snf.core.expiry).
+        self._flow_due = PartitionIndexes("flow", self._flow_due_of)
+        self._thresh_due = PartitionIndexes("thresh", threshold_due)
+
+    def forget(self, partition: int) -> None:
+        self._flow_due.forget(partition)
+        self._thresh_due.forget(partition)
+
+    def sweep(self, state: BatchState, ctx: SweepContext) -> dict[str, list[Record]]:
+        """Delete the flow and threshold entries expired by ctx.now_ns, earliest first."""
+        for name, indexes in (("flow", self._flow_due), ("thresh", self._thresh_due)):
+            view, index = state.table(name), indexes.of(state)
+            for key in index.expired(ctx.now_ns, ctx.limit):
+                view.delete(key)
+                index.discard(key)
+        return {}
 
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         decisions, ip = triage(headers)
-        buf, offsets = batch.payload, batch.offsets
-        version, proto, frag = headers.version, headers.proto, headers.frag
-        l3_off, l4_off, dport = headers.l3_off, headers.l4_off, headers.dport
+        buf, offsets, ts = batch.payload, batch.offsets, batch.records["ts_ns"].tolist()
+        flows = FlowView(
+            state.table("flow"), self._flow_due.of(state), self._flow_due_of,
+            self.config.midstream, self.config.max_flows,
+        )  # fmt: skip
+        counters = Counters(state.table("thresh"), self._thresh_due.of(state))
         # (packet index, matching rules to alert on, the packet's part of the alert record)
         hits: list[tuple[int, list[int], dict[str, Any]]] = []
         tunnels = tunnel_errors = 0
         for i in ip:
-            base, p = offsets[i], proto[i]
-            size, later = offsets[i + 1] - base, frag[i] == FRAG_LATER
             try:
-                verdict = self._judge(
-                    buf, base + size, version[i], p, later, headers.src[i], headers.dst[i],
-                    headers.sport[i], dport[i], base + l3_off[i],
-                    base + l4_off[i] if l4_off[i] >= 0 else -1,
-                )  # fmt: skip
+                pkt = _packet(headers, i, offsets[i], offsets[i + 1])
+                entry, info = flows.track(headers, i, ts[i])
+                bits = set(entry[3])
+                verdict = self.judge.packet(buf, pkt, info, bits, counters, ts[i])
                 found = [(verdict, _packet_fields(headers, i))]
-                if not later and carries_tunnel(p, dport[i]):
+                if not pkt.later and carries_tunnel(pkt.proto, pkt.dport):
                     try:
-                        inner = self._tunnels(buf, base + l3_off[i], base + size)
+                        inner = self._tunnels(buf, pkt, counters, ts[i])
                     except TunnelError:  # as Suricata: a decoder event, the outer judged alone
                         tunnel_errors += 1
                     else:
@@ -265,6 +322,7 @@ class Ids(NetworkFunction):
             except Exception:  # crafted bytes broke an assumption: drop, never raise
                 decisions.ports[i], decisions.reasons[i] = "drop", MALFORMED
                 continue
+            flows.keep(headers.flow[i], entry, bits)
             dropped_by = None
             for (matched, drop), fields in found:
                 if matched:
@@ -273,96 +331,34 @@ class Ids(NetworkFunction):
                     dropped_by = drop
             if dropped_by is not None:
                 decisions.ports[i], decisions.reasons[i] = "drop", numbered(SID, dropped_by)
-        decisions.records["alerts"] = self._alerts(batch, hits) if hits else []
+        limit = self.config.packet_alert_max
+        decisions.records["alerts"] = alert_records(batch, self.matcher.rules, hits, limit)
         decisions.metrics.update(tunneled=tunnels, tunnel_errors=tunnel_errors)
+        decisions.metrics[EVICTED] = flows.evicted
         return decisions
 
-    def _judge(
-        self,
-        buf: bytes,
-        end: int,
-        version: int,
-        p: int,
-        later: bool,
-        src: bytes,
-        dst: bytes,
-        sport: int,
-        dport: int,
-        l3: int,
-        l4: int,
-    ) -> tuple[list[int], int | None]:
-        """One packet (or a tunnel's inner packet) against every rule, in Suricata's
-        action order: (the rules to alert on, the sid that drops it or None)."""
-        payload = b""
-        if not later and (p == 6 or self.matcher.scans(p)):
-            start, stop = payload_span(buf, 0, end, version, p, l3, l4)  # a bad TCP offset raises
-            if stop > start and self.matcher.scans(p):
-                payload = buf[start:stop]
-        found = self.matcher.match(version, p, later, src, dst, sport, dport, payload)
-        if not found:
-            return [], None
-        rules, at4 = self.matcher.rules, None if l4 < 0 else l4
-        found = [
-            j for j in found
-            if rules[j].header is None or rules[j].header.match(buf, l3, at4, version, end)  # type: ignore[union-attr]
-        ]  # fmt: skip
-        if any(rules[j].action == "pass" for j in found):
-            return [], None  # pass silences every other rule
-        drops = [rules[j].sid for j in found if rules[j].drops]
-        return [j for j in found if not rules[j].noalert], min(drops) if drops else None
-
     def _tunnels(
-        self, buf: bytes, l3: int, end: int
+        self, buf: bytes, outer: Packet, counters: Counters, now: int
     ) -> list[tuple[tuple[list[int], int | None], dict[str, Any]]]:
-        """Every packet inside the tunnels of the one at buf[l3], judged like it."""
+        """Every packet inside the tunnels of `outer`, judged like it, without its flow."""
         out = []
-        for inner in decapsulate(buf, l3, limit=end):
+        for inner in decapsulate(buf, outer.l3, limit=outer.end):
             t = five_tuple(buf, inner)
-            l4 = -1 if inner.l4 is None else inner.l4
-            later = inner.frag == FRAG_LATER
-            verdict = self._judge(
-                buf, inner.end, inner.version, inner.proto, later, t.src, t.dst,
-                t.sport or 0, t.dport or 0, inner.l3, l4,
+            pkt = Packet(
+                inner.end, inner.version, inner.proto, inner.frag == FRAG_LATER, t.src, t.dst,
+                t.sport or 0, t.dport or 0, inner.l3, -1 if inner.l4 is None else inner.l4,
             )  # fmt: skip
+            verdict = self.judge.packet(buf, pkt, None, None, counters, now)
             out.append((verdict, {**t.alert_fields(), "tunnel": inner.tunnel}))
         return out
 
-    def _alerts(
-        self, batch: PacketBatch, hits: list[tuple[int, list[int], dict[str, Any]]]
-    ) -> list[Record]:
-        """One record per (packet, matching rule), rules in (gid, sid) order, at most
-        packet_alert_max per packet (Suricata's packet-alert-max)."""
-        rules = self.matcher.rules
-        ts = batch.records["ts_ns"].tolist()
-        ids = batch.packet_ids()
-        out: list[Record] = []
-        per_packet: dict[int, int] = {}
-        for i, found, packet in hits:
-            packet_id = format_packet_id(*ids[i])
-            for j in found:
-                if per_packet.get(i, 0) >= self.config.packet_alert_max:
-                    break
-                per_packet[i] = per_packet.get(i, 0) + 1
-                out.append({"ts": ts[i] / 1e9, "ts_ns": ts[i], "packet_id": packet_id,
-                            **_rule_fields(rules[j]), **packet})  # fmt: skip
-        return out
 
-
-def _rule_fields(rule: Rule) -> dict[str, Any]:
-    """The rule's part of an alert record (EVE's alert object, flattened)."""
-    fields: dict[str, Any] = {
-        "sid": rule.sid, "rev": rule.rev, "gid": rule.gid, "msg": rule.msg,
-        "action": rule.action,
-    }  # fmt: skip
-    if rule.classtype is not None:
-        fields["classtype"] = rule.classtype
-    if rule.priority is not None:
-        fields["priority"] = rule.priority
-    if rule.references:
-        fields["references"] = list(rule.references)
-    if rule.metadata:
-        fields["metadata"] = list(rule.metadata)
-    return fields
+def _packet(h: Headers, i: int, base: int, end: int) -> Packet:
+    l4 = h.l4_off[i]
+    return Packet(
+        end, h.version[i], h.proto[i], h.frag[i] == FRAG_LATER, h.src[i], h.dst[i],
+        h.sport[i], h.dport[i], base + h.l3_off[i], base + l4 if l4 >= 0 else -1,
+    )  # fmt: skip
 
 
 def _packet_fields(h: Headers, i: int) -> dict[str, Any]:

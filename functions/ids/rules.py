@@ -19,6 +19,15 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from .flow_keywords import (
+    FLOW_KEYWORDS,
+    Flowbits,
+    FlowSpec,
+    Threshold,
+    compile_flow,
+    compile_flowbits,
+    compile_threshold,
+)
 from .header_keywords import (
     HEADER_KEYWORDS,
     ICMP_KEYWORDS,
@@ -75,6 +84,14 @@ class Rule(NamedTuple):
     references: tuple[str, ...] = ()
     metadata: tuple[str, ...] = ()
     noalert: bool = False
+    flow: FlowSpec | None = None
+    flowbits: Flowbits | None = None
+    threshold: Threshold | None = None  # threshold or detection_filter
+
+    @property
+    def stateful(self) -> bool:
+        """Whether the rule reads the flow (so it never matches inside a tunnel)."""
+        return self.flow is not None or self.flowbits is not None
 
     @property
     def drops(self) -> bool:
@@ -126,11 +143,31 @@ def _options(text: str) -> tuple[dict[str, object], dict[str, list[str]], Sequen
     for name, value in options:
         if name in _META:
             _meta(single, lists, name, value)
+        elif name in FLOW_KEYWORDS:
+            continue
         elif name not in PAYLOAD_KEYWORDS and name not in HEADER_KEYWORDS:
             raise Unsupported(f"option {name!r} is not supported (docs/functions/ids.md)")
     if "sid" not in single:
         raise RuleError("missing sid")
     return single, lists, options
+
+
+def _flow_options(
+    options: Sequence[tuple[str, str | None]],
+) -> tuple[FlowSpec | None, Flowbits | None, Threshold | None]:
+    by_name: dict[str, list[str | None]] = {}
+    for name, value in options:
+        if name in FLOW_KEYWORDS:
+            by_name.setdefault(name, []).append(value)
+    threshold = compile_threshold("threshold", by_name.get("threshold", []))
+    detection = compile_threshold("detection_filter", by_name.get("detection_filter", []))
+    if threshold is not None and detection is not None:
+        raise RuleError("give threshold or detection_filter, not both")
+    return (
+        compile_flow(by_name.get("flow", [])),
+        compile_flowbits(by_name.get("flowbits", [])),
+        threshold or detection,
+    )
 
 
 # -- header and whole rules ----------------------------------------------------------
@@ -199,6 +236,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
     if l4 is not None and protos is not None and not set(protos) & l4:
         first = next(k for k in header.keywords if k in _L4_KEYWORDS)  # type: ignore[union-attr]
         raise RuleError(f"{first} never matches a {proto} rule")
+    flow, flowbits, threshold = _flow_options(options)
     return Rule(
         where, action, proto, protos,
         parse_spec(src, "source address", vars_, port=False), ports[0],
@@ -207,6 +245,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         payload, None if payload is None else fast_pattern(payload), header,
         single.get("gid", 1), single.get("priority"), single.get("classtype"),
         tuple(lists["reference"]), tuple(lists["metadata"]), bool(single.get("noalert")),
+        flow, flowbits, threshold,
     )  # type: ignore[arg-type]  # fmt: skip
 
 

@@ -126,6 +126,7 @@ class Run:
         texts = [r if isinstance(r, str) else render(r) for r in rules]
         self.ids = Ids(IdsConfig.model_validate({"rules": texts, "vars": vars_ or {}}))
         self.engine = FunctionEngine(self.ids)
+        self.stores = {name: JsonStore() for name in Ids.tables}  # flows live across batches
         self.seq = 0
 
     def __call__(
@@ -139,8 +140,8 @@ class Run:
                 rows.append((ts, len(frame), frame, SOURCE, self.seq, ""))
                 self.seq += 1
             batch = PacketBatch.from_rows(LINKTYPE_ETHERNET, rows)
-            done = handle(self.engine, batch, {name: JsonStore() for name in Ids.tables})
-            assert done.writes == 0 and not done.rewritten
+            done = handle(self.engine, batch, self.stores)
+            assert not done.rewritten
             verdicts.extend(zip(done.ports, done.reasons, strict=True))
             alerts.extend(done.records.get("alerts", []))
         return verdicts, alerts
@@ -178,9 +179,9 @@ HTTP = b"GET /index.html HTTP/1.1\r\nHost: Example.ORG\r\nUser-Agent: x\r\n\r\n"
 
 def test_class_contract() -> None:
     assert (Ids.kind, Ids.ports, Ids.record_ports, Ids.tables) == (
-        "ids", ("pass", "drop"), ("alerts",), ()
+        "ids", ("pass", "drop"), ("alerts",), ("flow", "thresh")
     )  # fmt: skip
-    assert Ids.key == "any"
+    assert Ids.key == "flow"  # flowbits and flow state: both directions on one partition
     assert all(field.description for field in IdsConfig.model_fields.values())
 
 
@@ -253,7 +254,10 @@ ANY = "alert tcp any any -> any any"
         ("alert foo any any -> any any (sid:1;)", "unknown protocol 'foo'"),
         ("alert http any any -> any any (sid:1;)", "protocol 'http' is not supported"),
         (f"{ANY} (foo; sid:1;)", "option 'foo' is not supported"),
-        (f"{ANY} (flow:established; sid:1;)", "option 'flow' is not supported"),
+        (f"{ANY} (flowint:x,+,1; sid:1;)", "option 'flowint' is not supported"),
+        (f"{ANY} (flow:established,sideways; sid:1;)", "flow expects established"),
+        (f"{ANY} (flowbits:set,a|b; sid:1;)", "flowbits:set takes one name"),
+        (f"{ANY} (threshold:type limit, count 1, seconds 9; sid:1;)", "threshold expects exactly"),
         ("alert udp any any -> any any (flags:S; sid:1;)", "flags never matches a udp rule"),
         (f"{ANY} (msg:\"x\";)", "missing sid"),
         (f"{ANY} (sid:0;)", "sid expects an integer 1..4294967295"),

@@ -1,0 +1,186 @@
+"""Flow keywords of IDS rules (a helper of snf.functions.ids): flow, flowbits,
+threshold and detection_filter, compiled once; evaluated against a packet's
+flow (flows.py) and the partition's threshold counters.
+
+Suricata's semantics (docs/functions/ids.md, "Flows"):
+
+- `flow`: established / not_established / stateless, to_server (from_client)
+  / to_client (from_server), no_stream. `only_stream` is refused: there is no
+  stream reassembly yet, so it could never match.
+- `flowbits`: set, unset, toggle (a name), isset, isnotset (a name, or names
+  joined by `|` (any) or `&` (all)), noalert. Within one packet, rules that
+  set bits are looked at before rules that test them, as Suricata orders them.
+- `threshold` (type limit | threshold | both) and `detection_filter`, with
+  track by_src | by_dst | by_rule | by_both, count and seconds.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from .specs import RuleError
+
+__all__ = [
+    "FLOW_KEYWORDS",
+    "FlowSpec",
+    "Flowbits",
+    "Threshold",
+    "compile_flow",
+    "compile_flowbits",
+    "compile_threshold",
+]
+
+FLOW_KEYWORDS = frozenset({"flow", "flowbits", "threshold", "detection_filter"})
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+")
+_TRACKS = ("by_src", "by_dst", "by_rule", "by_both")
+
+
+class FlowSpec(NamedTuple):
+    established: bool | None  # None: either
+    to_server: bool | None  # None: either direction
+
+
+class Flowbits(NamedTuple):
+    """One rule's flowbits: conditions (all must hold) and the changes it makes."""
+
+    isset: tuple[tuple[str, tuple[str, ...]], ...]  # ("any" | "all", names)
+    isnotset: tuple[tuple[str, tuple[str, ...]], ...]
+    changes: tuple[tuple[str, str], ...]  # (set | unset | toggle, name), in rule order
+    noalert: bool
+
+    @property
+    def phase(self) -> int:
+        """Suricata's order within a packet: rules that only change bits, then rules
+        that test and change, then rules that only test."""
+        tests = bool(self.isset or self.isnotset)
+        return 1 if tests and self.changes else 2 if tests else 0
+
+    def holds(self, bits: set[str]) -> bool:
+        for how, names in self.isset:
+            hit = [n in bits for n in names]
+            if not (any(hit) if how == "any" else all(hit)):
+                return False
+        for how, names in self.isnotset:
+            miss = [n not in bits for n in names]
+            if not (any(miss) if how == "any" else all(miss)):
+                return False
+        return True
+
+    def apply(self, bits: set[str]) -> None:
+        for op, name in self.changes:
+            if op == "set":
+                bits.add(name)
+            elif op == "unset" or name in bits:
+                bits.discard(name)
+            else:
+                bits.add(name)
+
+
+class Threshold(NamedTuple):
+    kind: str  # limit | threshold | both | detection_filter
+    track: str  # by_src | by_dst | by_rule | by_both
+    count: int
+    seconds: int
+
+
+def compile_flow(values: Sequence[str | None]) -> FlowSpec | None:
+    """The FlowSpec of a rule's `flow` options (None: it has none)."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RuleError("flow may appear once per rule")
+    words = [w.strip().lower() for w in (values[0] or "").split(",")]
+    established: bool | None = None
+    to_server: bool | None = None
+    state_given = False
+    for word in words:
+        if word in ("established", "not_established", "stateless"):
+            if state_given:
+                raise RuleError(f"flow: {word} conflicts with an earlier state")
+            state_given = True
+            established = None if word == "stateless" else word == "established"
+        elif word in ("to_server", "from_client", "to_client", "from_server"):
+            if to_server is not None:
+                raise RuleError("flow: give one direction")
+            to_server = word in ("to_server", "from_client")
+        elif word == "no_stream":
+            continue  # every packet is one: there is no reassembled stream yet
+        elif word == "only_stream":
+            raise RuleError("flow: only_stream never matches here (no stream reassembly yet)")
+        else:
+            raise RuleError(
+                f"flow expects established, not_established, stateless, to_server, "
+                f"to_client, from_server, from_client or no_stream, got {word!r}"
+            )
+    if established is None and to_server is None:
+        return None  # stateless: matches whatever the flow, inside tunnels too
+    return FlowSpec(established, to_server)
+
+
+def _names(op: str, text: str) -> tuple[str, tuple[str, ...]]:
+    if "|" in text and "&" in text:
+        raise RuleError(f"flowbits:{op}: mix of | and & in {text!r}")
+    how = "all" if "&" in text else "any"
+    names = tuple(n.strip() for n in re.split(r"[|&]", text))
+    if not all(_NAME.fullmatch(n) for n in names):
+        raise RuleError(f"flowbits:{op} expects a name (letters, digits, _ . -), got {text!r}")
+    if len(names) > 1 and op not in ("isset", "isnotset"):
+        raise RuleError(f"flowbits:{op} takes one name, got {text!r}")
+    return how, names
+
+
+def compile_flowbits(values: Sequence[str | None]) -> Flowbits | None:
+    """The Flowbits of a rule's `flowbits` options (None: it has none)."""
+    if not values:
+        return None
+    isset, isnotset, changes, noalert = [], [], [], False
+    for value in values:
+        op, _, rest = (value or "").partition(",")
+        op = op.strip().lower()
+        if op == "noalert":
+            if rest.strip():
+                raise RuleError("flowbits:noalert takes no name")
+            noalert = True
+            continue
+        if op not in ("set", "unset", "toggle", "isset", "isnotset"):
+            raise RuleError(
+                f"flowbits expects set, unset, toggle, isset, isnotset or noalert, got {op!r}"
+            )
+        how, names = _names(op, rest.strip())
+        if op == "isset":
+            isset.append((how, names))
+        elif op == "isnotset":
+            isnotset.append((how, names))
+        else:
+            changes.append((op, names[0]))
+    return Flowbits(tuple(isset), tuple(isnotset), tuple(changes), noalert)
+
+
+def compile_threshold(name: str, values: Sequence[str | None]) -> Threshold | None:
+    """A rule's `threshold` or `detection_filter` (None: it has neither)."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RuleError(f"{name} may appear once per rule")
+    fields: dict[str, str] = {}
+    for part in (values[0] or "").split(","):
+        key, _, val = part.strip().partition(" ")
+        if not key or not val.strip() or key in fields:
+            raise RuleError(f"{name} expects 'type T, track K, count N, seconds S', got {part!r}")
+        fields[key] = val.strip()
+    want = {"track", "count", "seconds"} | ({"type"} if name == "threshold" else set())
+    if set(fields) != want:
+        raise RuleError(f"{name} expects exactly {', '.join(sorted(want))}, got {sorted(fields)}")
+    kind = fields.get("type", "detection_filter")
+    if kind not in ("limit", "threshold", "both", "detection_filter"):
+        raise RuleError(f"threshold type must be limit, threshold or both, got {kind!r}")
+    if fields["track"] not in _TRACKS:
+        raise RuleError(f"{name} track must be one of {', '.join(_TRACKS)}")
+    numbers = []
+    for key in ("count", "seconds"):
+        if not fields[key].isdigit() or not 1 <= int(fields[key]) <= 2**31:
+            raise RuleError(f"{name} {key} expects a positive integer, got {fields[key]!r}")
+        numbers.append(int(fields[key]))
+    return Threshold(kind, fields["track"], numbers[0], numbers[1])

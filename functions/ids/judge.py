@@ -1,0 +1,164 @@
+"""One packet against the rule set (a helper of snf.functions.ids): the matcher's
+candidates, then header keywords, flow, flowbits and thresholds, then
+Suricata's action order.
+
+Flowbits: the rules that matched are taken in Suricata's order (rules that
+only change bits, then those that test and change, then those that only
+test; by (gid, sid) within each), each testing the bits as the ones before
+it left them. Thresholds count in the function's `thresh` table, per (gid,
+sid, tracked address), in packet time, as Suricata's detect-engine-threshold
+does; a rule held back by its threshold neither alerts nor acts.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from snf.core.expiry import ExpiryIndex
+from snf.core.tables import TableView
+
+from .flow_keywords import Threshold
+from .flows import FlowInfo
+from .match import Matcher, payload_span
+from .rules import Rule
+
+__all__ = ["Counters", "Judge", "Packet", "threshold_due"]
+
+_NS = 1_000_000_000
+
+
+class Packet(NamedTuple):
+    """Where one IP packet is in `buf` (absolute offsets) and its 5-tuple."""
+
+    end: int
+    version: int
+    proto: int
+    later: bool  # a non-first fragment
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    l3: int
+    l4: int  # -1: no L4 header
+
+
+class Counters(NamedTuple):
+    """A partition's threshold counters: the table and its expiry index."""
+
+    table: TableView
+    due: ExpiryIndex
+
+
+def threshold_due(key: bytes, value: list[int]) -> tuple[int, bool]:
+    """[window start, count, window ns] -> when the entry may go."""
+    return value[0] + value[2] + 1, False
+
+
+def _allowed(th: Threshold, entry: list[int] | None, now: int) -> tuple[bool, list[int]]:
+    """Whether this match alerts, and the counter after it (Suricata's semantics)."""
+    window = th.seconds * _NS
+    fresh = entry is None or now - entry[0] >= window
+    start, count = (now, 1) if fresh else (entry[0], entry[1] + 1)  # type: ignore[index]
+    if th.kind == "limit":
+        allow = count <= th.count
+    elif th.kind == "both":
+        allow = count == th.count
+    elif th.kind == "detection_filter":
+        allow = count > th.count
+    else:  # threshold: every count-th match in the window
+        allow = count >= th.count
+        if allow:
+            count = 0
+    return allow, [start, count, window]
+
+
+class Judge:
+    """Decides packets for one rule set (the matcher's rules)."""
+
+    def __init__(self, matcher: Matcher) -> None:
+        self.matcher = matcher
+        rules = matcher.rules
+        # Within a packet, matched rules are looked at in this order (flowbits' phases).
+        self._rank = {
+            j: (0 if r.flowbits is None else r.flowbits.phase, r.gid, r.sid)
+            for j, r in enumerate(rules)
+        }
+
+    def packet(
+        self,
+        buf: bytes,
+        pkt: Packet,
+        flow: FlowInfo | None,
+        bits: set[str] | None,
+        counters: Counters | None,
+        now: int,
+    ) -> tuple[list[int], int | None]:
+        """(the rules to alert on, the sid that drops the packet or None). `flow` and
+        `bits` are None inside a tunnel: rules that read the flow do not match there.
+        `bits` is changed in place by the rules that set flowbits."""
+        found = self._candidates(buf, pkt)
+        if not found:
+            return [], None
+        rules, fired = self.matcher.rules, []
+        for j in sorted(found, key=self._rank.__getitem__):
+            rule = rules[j]
+            if rule.stateful and (flow is None or not _flow_holds(rule, flow, bits)):
+                continue
+            if rule.flowbits is not None and bits is not None:
+                rule.flowbits.apply(bits)
+            if rule.threshold is None or counters is None or self._counts(rule, pkt, counters, now):
+                fired.append(j)
+        if any(rules[j].action == "pass" for j in fired):
+            return [], None  # pass silences every other rule
+        fired.sort()
+        drops = [rules[j].sid for j in fired if rules[j].drops]
+        alerts = [j for j in fired if not _silent(rules[j])]
+        return alerts, min(drops) if drops else None
+
+    def _candidates(self, buf: bytes, pkt: Packet) -> list[int]:
+        """The rules whose header, payload and header keywords match."""
+        m, p = self.matcher, pkt.proto
+        payload = b""
+        if not pkt.later and (p == 6 or m.scans(p)):
+            # A TCP data offset that runs past the segment raises MalformedPayload.
+            start, stop = payload_span(buf, 0, pkt.end, pkt.version, p, pkt.l3, pkt.l4)
+            if stop > start and m.scans(p):
+                payload = buf[start:stop]
+        found = m.match(pkt.version, p, pkt.later, pkt.src, pkt.dst, pkt.sport, pkt.dport, payload)
+        rules, at4 = m.rules, None if pkt.l4 < 0 else pkt.l4
+        return [
+            j
+            for j in found
+            if rules[j].header is None
+            or rules[j].header.match(buf, pkt.l3, at4, pkt.version, pkt.end)  # type: ignore[union-attr]
+        ]
+
+    def _counts(self, rule: Rule, pkt: Packet, counters: Counters, now: int) -> bool:
+        th = rule.threshold
+        assert th is not None
+        tracked = {
+            "by_src": pkt.src,
+            "by_dst": pkt.dst,
+            "by_rule": b"",
+            "by_both": pkt.src + pkt.dst,
+        }[th.track]
+        key = b"%d:%d:" % (rule.gid, rule.sid) + tracked
+        allow, entry = _allowed(th, counters.table.get(key), now)
+        counters.table.set(key, entry)
+        counters.due.set(key, *threshold_due(key, entry))
+        return allow
+
+
+def _flow_holds(rule: Rule, flow: FlowInfo, bits: set[str] | None) -> bool:
+    spec = rule.flow
+    if spec is not None:
+        if spec.established is not None and spec.established != flow.established:
+            return False
+        if spec.to_server is not None and spec.to_server != flow.to_server:
+            return False
+    fb = rule.flowbits
+    return fb is None or bits is None or fb.holds(bits)
+
+
+def _silent(rule: Rule) -> bool:
+    return rule.noalert or (rule.flowbits is not None and rule.flowbits.noalert)
