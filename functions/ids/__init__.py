@@ -90,11 +90,12 @@ from snf.packet.batch import PacketBatch
 from snf.packet.headers import FRAG_LATER, Headers
 
 from .alerts import alert_records
-from .flows import FlowTimeouts, FlowView, due_of
+from .flows import FlowInfo, FlowTimeouts, FlowView, due_of
 from .judge import Counters, Judge, Packet, threshold_due
-from .match import Matcher
+from .match import Matcher, payload_span
 from .rules import Rule, RuleError, compile_rules
 from .specs import check_var
+from .stream import stream_step
 from .tunnels import TunnelError, carries_tunnel, decapsulate, five_tuple
 
 __all__ = ["Ids", "IdsConfig"]
@@ -169,6 +170,13 @@ class IdsConfig(FunctionConfig):
         default_factory=lambda: IdsFlowTimeouts(),
         description="Seconds of packet time without a packet before a flow and its "
         "flowbits are forgotten, by state (Suricata's flow-timeouts).",
+    )
+    stream_window: int = Field(
+        default=2048,
+        ge=0,
+        le=65536,
+        description="Bytes of each TCP direction's in-order payload kept to match contents "
+        "split across segments (0: off); a match spanning more is not seen.",
     )
     max_flows: int = Field(
         default=1_000_000,
@@ -309,7 +317,8 @@ class Ids(NetworkFunction):
                 pkt = _packet(headers, i, offsets[i], offsets[i + 1])
                 entry, info = flows.track(headers, i, ts[i])
                 bits = set(entry[3])
-                verdict = self.judge.packet(buf, pkt, info, bits, counters, ts[i])
+                carry, payload = self._stream(buf, pkt, entry, info, headers.tcp_flags[i])
+                verdict = self.judge.packet(buf, pkt, info, bits, counters, ts[i], carry, payload)
                 found = [(verdict, _packet_fields(headers, i))]
                 if not pkt.later and carries_tunnel(pkt.proto, pkt.dport):
                     try:
@@ -336,6 +345,20 @@ class Ids(NetworkFunction):
         decisions.metrics.update(tunneled=tunnels, tunnel_errors=tunnel_errors)
         decisions.metrics[EVICTED] = flows.evicted
         return decisions
+
+    def _stream(
+        self, buf: bytes, pkt: Packet, entry: list[Any], info: FlowInfo, flags: int
+    ) -> tuple[bytes, bytes | None]:
+        """(the stream's bytes before this TCP segment, its payload); (b"", None) when
+        not joined. Advances the flow's stream state (stream.py)."""
+        window = self.config.stream_window
+        if pkt.proto != 6 or pkt.later or pkt.l4 < 0 or not window:
+            return b"", None
+        start, stop = payload_span(buf, 0, pkt.end, pkt.version, 6, pkt.l3, pkt.l4)
+        payload = buf[start:stop] if stop > start else b""
+        seq = int.from_bytes(buf[pkt.l4 + 4 : pkt.l4 + 8], "big")
+        side = 0 if info.to_server else 1
+        return stream_step(entry, side, seq, flags, payload, window), payload
 
     def _tunnels(
         self, buf: bytes, outer: Packet, counters: Counters, now: int

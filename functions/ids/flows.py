@@ -5,7 +5,7 @@ One entry per flow in the function's `flow` table, keyed by the canonical
 bidirectional flow key (Headers.flow), so it lives in the changelog like every
 other state and a takeover finds it. The value is a JSON list:
 
-    [last_ns, client_direction, state, bits, directions_seen]
+    [last_ns, client_direction, state, bits, directions_seen, streams]
 
 - client_direction: the Headers.direction of the client's packets (the sender
   of the first SYN, or of the flow's first packet).
@@ -14,6 +14,8 @@ other state and a takeover finds it. The value is a JSON list:
   which treats it as established, as Suricata's stream.midstream does).
   Other protocols are established once both directions have been seen.
 - bits: the flow's flowbits, sorted.
+- streams: per direction (to server, to client) None or [next sequence
+  number, the last bytes of in-order payload] (stream.py).
 """
 
 from __future__ import annotations
@@ -62,13 +64,13 @@ def track(
             state = SYN_SENT
         else:
             state = ESTABLISHED if midstream else UNTRACKED
-        entry = [now, direction, state, [], 0]
-    last, client, state, bits, seen = entry
+        entry = [now, direction, state, [], 0, [None, None]]
+    last, client, state, bits, seen, streams = entry
     seen |= 1 << direction
     to_server = direction == client
     if proto == 6:
         state = _tcp_state(state, to_server, flags)
-    new = [max(last, now), client, state, bits, seen]
+    new = [max(last, now), client, state, bits, seen, list(streams)]
     return new, FlowInfo(to_server, _established(proto, state, seen))
 
 
@@ -88,7 +90,7 @@ def due_of(timeouts: FlowTimeouts) -> Any:
     new, est, closed = (t * _NS for t in timeouts)
 
     def due(key: bytes, value: list[Any]) -> tuple[int, bool]:
-        last, _, state, _, seen = value
+        last, state, seen = value[0], value[2], value[4]
         established = _established(key[1] if len(key) > 1 else 0, state, seen)
         timeout = closed if state == CLOSED else est if established else new
         return last + timeout + 1, not established  # not established: evicted first

@@ -21,6 +21,7 @@ from .flow_keywords import Threshold
 from .flows import FlowInfo
 from .match import Matcher, payload_span
 from .rules import Rule
+from .stream import joinable
 
 __all__ = ["Counters", "Judge", "Packet", "threshold_due"]
 
@@ -83,6 +84,7 @@ class Judge:
             j: (0 if r.flowbits is None else r.flowbits.phase, r.gid, r.sid)
             for j, r in enumerate(rules)
         }
+        self._joinable = [joinable(r.payload) for r in rules]
 
     def packet(
         self,
@@ -92,11 +94,17 @@ class Judge:
         bits: set[str] | None,
         counters: Counters | None,
         now: int,
+        carry: bytes = b"",
+        payload: bytes | None = None,
     ) -> tuple[list[int], int | None]:
         """(the rules to alert on, the sid that drops the packet or None). `flow` and
         `bits` are None inside a tunnel: rules that read the flow do not match there.
-        `bits` is changed in place by the rules that set flowbits."""
-        found = self._candidates(buf, pkt)
+        `bits` is changed in place by the rules that set flowbits. `carry`: the
+        stream's bytes before this segment (stream.py); `payload`: the packet's, when
+        the caller has it already."""
+        found, payload = self._candidates(buf, pkt, payload)
+        if carry and payload:
+            found += self._joined(buf, pkt, carry, payload, set(found))
         if not found:
             return [], None
         rules, fired = self.matcher.rules, []
@@ -115,17 +123,38 @@ class Judge:
         alerts = [j for j in fired if not _silent(rules[j])]
         return alerts, min(drops) if drops else None
 
-    def _candidates(self, buf: bytes, pkt: Packet) -> list[int]:
-        """The rules whose header, payload and header keywords match."""
+    def _candidates(
+        self, buf: bytes, pkt: Packet, payload: bytes | None
+    ) -> tuple[list[int], bytes]:
+        """The rules whose header, payload and header keywords match; the payload."""
         m, p = self.matcher, pkt.proto
-        payload = b""
-        if not pkt.later and (p == 6 or m.scans(p)):
-            # A TCP data offset that runs past the segment raises MalformedPayload.
-            start, stop = payload_span(buf, 0, pkt.end, pkt.version, p, pkt.l3, pkt.l4)
-            if stop > start and m.scans(p):
-                payload = buf[start:stop]
+        if payload is None:
+            payload = b""
+            if not pkt.later and (p == 6 or m.scans(p)):
+                # A TCP data offset that runs past the segment raises MalformedPayload.
+                start, stop = payload_span(buf, 0, pkt.end, pkt.version, p, pkt.l3, pkt.l4)
+                payload = buf[start:stop] if stop > start and m.scans(p) else b""
         found = m.match(pkt.version, p, pkt.later, pkt.src, pkt.dst, pkt.sport, pkt.dport, payload)
-        rules, at4 = m.rules, None if pkt.l4 < 0 else pkt.l4
+        return self._headers_hold(buf, pkt, found), payload
+
+    def _joined(
+        self, buf: bytes, pkt: Packet, carry: bytes, payload: bytes, found: set[int]
+    ) -> list[int]:
+        """Rules that match across the segment boundary: on carry + payload, but on
+        neither alone (the payload's matches are `found`)."""
+        m, rules = self.matcher, self.matcher.rules
+        joined = m.match(
+            pkt.version, pkt.proto, False, pkt.src, pkt.dst, pkt.sport, pkt.dport, carry + payload
+        )
+        fresh = [
+            j
+            for j in joined
+            if j not in found and self._joinable[j] and not rules[j].payload.match(carry)  # type: ignore[union-attr]
+        ]
+        return self._headers_hold(buf, pkt, fresh)
+
+    def _headers_hold(self, buf: bytes, pkt: Packet, found: list[int]) -> list[int]:
+        rules, at4 = self.matcher.rules, None if pkt.l4 < 0 else pkt.l4
         return [
             j
             for j in found
