@@ -319,7 +319,9 @@ class Ids(NetworkFunction):
                 bits = set(entry[3])
                 carry, payload = self._stream(buf, pkt, entry, info, headers.tcp_flags[i])
                 verdict = self.judge.packet(buf, pkt, info, bits, counters, ts[i], carry, payload)
-                found = [(verdict, _packet_fields(headers, i))]
+                # The record's fields only for a packet that alerts (ipaddress is slow).
+                fields = _packet_fields(headers, i) if verdict[0] else {}
+                found = [(verdict, fields)]
                 if not pkt.later and carries_tunnel(pkt.proto, pkt.dport):
                     try:
                         inner = self._tunnels(buf, pkt, counters, ts[i])
