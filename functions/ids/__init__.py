@@ -4,7 +4,7 @@ Summary
     Every IP packet, and every packet inside its tunnels (IP-in-IP, GRE,
     ERSPAN, VXLAN, Geneve: tunnels.py), is matched against every rule (the
     part of Suricata's language in docs/functions/ids.md). A multi-pattern
-    prefilter in C (pyahocorasick) finds which rules' fast patterns occur in
+    prefilter (ahocorasick-rs, a byte DFA) finds which rules' fast patterns occur in
     the payload; only those run their payload program (payload.py: content
     and its modifiers, pcre, byte_*), never a Python loop over all rules.
     Header keywords (header_keywords.py) read the raw packet. Actions follow
@@ -354,7 +354,7 @@ class Ids(NetworkFunction):
         """(the stream's bytes before this TCP segment, its payload); (b"", None) when
         not joined. Advances the flow's stream state (stream.py)."""
         window = self.config.stream_window
-        if pkt.proto != 6 or pkt.later or pkt.l4 < 0 or not window:
+        if pkt.proto != 6 or pkt.later or pkt.l4 < 0 or not window or not self.judge.joins:
             return b"", None
         start, stop = payload_span(buf, 0, pkt.end, pkt.version, 6, pkt.l3, pkt.l4)
         payload = buf[start:stop] if stop > start else b""

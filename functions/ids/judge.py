@@ -85,6 +85,7 @@ class Judge:
             for j, r in enumerate(rules)
         }
         self._joinable = [joinable(r.payload) for r in rules]
+        self.joins = any(self._joinable)  # no joinable rule: no stream state to keep
 
     def packet(
         self,

@@ -1,6 +1,6 @@
 """IDS matching (a helper of snf.functions.ids): headers by intervals, contents by Aho-Corasick.
 
-One pass of a C automaton (pyahocorasick) over a packet's payload finds the
+One pass of a Rust automaton (ahocorasick-rs, a DFA over bytes) over a packet's payload finds the
 fast pattern of every rule for its protocol at once (payload.fast_pattern:
 the content marked fast_pattern, else the longest): case-sensitive ones in one
 automaton over the payload, `nocase` ones (lowercased) in a second over a
@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-import ahocorasick
+import ahocorasick_rs
 
 from .rules import Rule
 from .specs import ADDR_ANY, PORT_ANY, Space
@@ -65,6 +65,18 @@ def payload_span(
     return start, end
 
 
+def _automaton(words: dict[bytes, int]) -> tuple[Any, list[int]] | None:
+    """A byte automaton over the patterns (overlapping matches: every pattern that
+    occurs is found) and each pattern's id, or None without patterns."""
+    if not words:
+        return None
+    patterns = list(words)
+    automaton = ahocorasick_rs.BytesAhoCorasick(
+        patterns, implementation=ahocorasick_rs.Implementation.DFA
+    )
+    return automaton, [words[p] for p in patterns]
+
+
 def _space_check(space: Space, anything: Space) -> tuple[Check, ...] | None:
     if space == anything:
         return None
@@ -111,7 +123,7 @@ class Matcher:
         # payloads; `ip` rules are in all. A rule is looked at only when its fast
         # pattern occurs; its whole payload program then decides.
         pids: dict[tuple[bytes, bool], int] = {}
-        automata: dict[int, tuple[Any, Any]] = {}
+        words: dict[int, tuple[dict[bytes, int], dict[bytes, int]]] = {}  # group -> pattern -> pid
         self._anchored: dict[int, list[int]] = {}
         unanchored: dict[int | None, list[int]] = {}
         self._inspected: set[int] = set()  # groups whose payload a rule reads
@@ -127,18 +139,11 @@ class Matcher:
             key = (pattern.lower() if nocase else pattern, nocase)
             pid = pids.setdefault(key, len(pids))
             for group in groups:
-                pair = automata.setdefault(
-                    group, (ahocorasick.Automaton(), ahocorasick.Automaton())
-                )
-                if key[0].decode("latin-1") not in pair[nocase]:
-                    pair[nocase].add_word(key[0].decode("latin-1"), pid)
+                words.setdefault(group, ({}, {}))[nocase].setdefault(key[0], pid)
             self._anchored.setdefault(pid, []).append(index)
-        for pair in automata.values():
-            for automaton in pair:
-                if len(automaton):
-                    automaton.make_automaton()
+        # group -> ((automaton, pid per pattern index) or None) for (case, nocase)
         self._automata = {
-            group: tuple(a if len(a) else None for a in pair) for group, pair in automata.items()
+            group: tuple(_automaton(w) for w in pair) for group, pair in words.items()
         }
         # Rules without a fast pattern, per IP protocol; `ip` rules (key None) apply to
         # all. A non-first fragment has no payload: only `ip` rules without one meet it.
@@ -155,13 +160,18 @@ class Matcher:
 
     def _found(self, payload: bytes, proto: int) -> set[int]:
         """The pattern ids whose fast pattern occurs in the payload."""
-        found: set[int] = set()
         pair = self._automata.get(_GROUP.get(proto, -1))
         if pair is None:
-            return found
-        for automaton, text in zip(pair, (payload, payload.lower()), strict=True):
-            if automaton is not None:
-                found.update(pid for _, pid in automaton.iter(text.decode("latin-1")))
+            return set()
+        found: set[int] = set()
+        case, nocase = pair
+        if case is not None:
+            automaton, ids = case
+            found.update(ids[k] for k, _, _ in automaton.find_matches_as_indexes(payload, True))
+        if nocase is not None:
+            automaton, ids = nocase
+            lowered = payload.lower()
+            found.update(ids[k] for k, _, _ in automaton.find_matches_as_indexes(lowered, True))
         return found
 
     def _header(
