@@ -12,6 +12,8 @@ does; a rule held back by its threshold neither alerts nor acts.
 
 from __future__ import annotations
 
+from bisect import bisect_right
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from snf.core.expiry import ExpiryIndex
@@ -21,11 +23,29 @@ from .flow_keywords import Threshold
 from .flows import FlowInfo
 from .match import Matcher, payload_span
 from .rules import Rule
+from .specs import Space
 from .stream import joinable
 
-__all__ = ["Counters", "Judge", "Packet", "threshold_due"]
+__all__ = ["DEFAULT_ACTION_ORDER", "Counters", "Judge", "Packet", "Suppression", "threshold_due"]
 
 _NS = 1_000_000_000
+DEFAULT_ACTION_ORDER = ("pass", "drop", "reject", "alert")  # Suricata's default action-order
+_FAMILY = {"rejectsrc": "reject", "rejectdst": "reject", "rejectboth": "reject"}
+
+
+class Suppression(NamedTuple):
+    """A compiled `suppress` entry (Suricata's threshold.config suppress line)."""
+
+    gid: int
+    sid: int
+    track: str  # by_src | by_dst | by_either (with `space`)
+    space: Space | None  # the addresses; None: every alert of the rule
+
+
+def _in_space(space: Space, fam: int, addr: int) -> bool:
+    ivs = space[fam]
+    k = bisect_right(ivs, (addr, 1 << 129)) - 1
+    return k >= 0 and ivs[k][0] <= addr <= ivs[k][1]
 
 
 class Packet(NamedTuple):
@@ -76,9 +96,23 @@ def _allowed(th: Threshold, entry: list[int] | None, now: int) -> tuple[bool, li
 class Judge:
     """Decides packets for one rule set (the matcher's rules)."""
 
-    def __init__(self, matcher: Matcher) -> None:
+    def __init__(
+        self,
+        matcher: Matcher,
+        action_order: Sequence[str] = DEFAULT_ACTION_ORDER,
+        suppress: Sequence[Suppression] = (),
+    ) -> None:
         self.matcher = matcher
         rules = matcher.rules
+        rank = {a: k for k, a in enumerate(action_order)}
+        self._order = {a: rank[_FAMILY.get(a, a)] for a in (*action_order, *_FAMILY)}
+        index = {(r.gid, r.sid): j for j, r in enumerate(rules)}
+        self._suppress: dict[int, list[tuple[str, Space | None]]] = {}
+        for sup in suppress:
+            if (sup.gid, sup.sid) in index:
+                self._suppress.setdefault(index[sup.gid, sup.sid], []).append(
+                    (sup.track, sup.space)
+                )
         # Within a packet, matched rules are looked at in this order (flowbits' phases).
         self._rank = {
             j: (0 if r.flowbits is None else r.flowbits.phase, r.gid, r.sid)
@@ -117,12 +151,25 @@ class Judge:
                 rule.flowbits.apply(bits)
             if rule.threshold is None or counters is None or self._counts(rule, pkt, counters, now):
                 fired.append(j)
-        if any(rules[j].action == "pass" for j in fired):
-            return [], None  # pass silences every other rule
-        fired.sort()
+        # Suricata's action-order: a matching pass stops what comes after it in the
+        # order (by default everything: pass is first), not what comes before.
+        fired.sort(key=lambda j: (self._order[rules[j].action], j))
+        stop = next((k for k, j in enumerate(fired) if rules[j].action == "pass"), None)
+        fired = sorted(fired[:stop])
         drops = [rules[j].sid for j in fired if rules[j].drops]
-        alerts = [j for j in fired if not _silent(rules[j])]
+        alerts = [j for j in fired if not _silent(rules[j]) and not self._suppressed(j, pkt)]
         return alerts, min(drops) if drops else None
+
+    def _suppressed(self, j: int, pkt: Packet) -> bool:
+        """A suppress entry for the rule whose address the packet has (or no address)."""
+        for track, space in self._suppress.get(j, ()):
+            if space is None:
+                return True
+            fam = 0 if pkt.version == 4 else 1
+            addrs = {"by_src": (pkt.src,), "by_dst": (pkt.dst,)}.get(track, (pkt.src, pkt.dst))
+            if any(_in_space(space, fam, int.from_bytes(a, "big")) for a in addrs):
+                return True
+        return False
 
     def _candidates(
         self, buf: bytes, pkt: Packet, payload: bytes | None

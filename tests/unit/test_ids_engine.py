@@ -176,3 +176,33 @@ def test_a_syntax_error_fails_even_a_lenient_ruleset(tmp_path: Path) -> None:
     path.write_text(f'{ANY} (content:"abc"; depth:2; sid:1;)\n')
     with pytest.raises(ValidationError, match=r"bad\.rules:1: depth must be >="):
         IdsConfig(rules_file=str(path))
+
+
+def test_action_order_decides_which_matching_action_wins() -> None:
+    frame = tcp4(flags="PA", payload=HTTP)
+    rules = [
+        'pass tcp any any -> any any (content:"GET"; sid:1;)',
+        'drop tcp any any -> any any (content:"admin"; sid:2;)',
+        f'{ANY} (content:"login"; sid:3;)',
+    ]
+    assert run_with(rules=rules).one(frame) == (("pass", ""), [])  # Suricata's default
+    drop_first = run_with(rules=rules, action_order=["drop", "pass", "reject", "alert"])
+    assert drop_first.one(frame) == (("drop", "sid:2"), [2])  # the pass stops only the alert
+    with pytest.raises(ValidationError, match="action_order must list"):
+        IdsConfig(rules=rules, action_order=["drop", "pass", "alert", "alert"])
+
+
+def test_suppress_leaves_out_alerts_not_actions() -> None:
+    frame = tcp4("10.0.0.1", "10.0.0.2", flags="PA", payload=HTTP)
+    rules = [
+        'drop tcp any any -> any any (content:"GET"; sid:5;)',
+        f'{ANY} (content:"admin"; sid:6;)',
+    ]
+    every = run_with(rules=rules, suppress=[{"sig_id": 5}])
+    assert every.one(frame) == (("drop", "sid:5"), [6])
+    by_src = [{"sig_id": 6, "track": "by_src", "ip": "$HOME"}]
+    home = run_with(rules=rules, suppress=by_src, vars={"HOME": "10.0.0.0/8"})
+    assert home.one(frame)[1] == [5]
+    assert home.one(tcp4("192.0.2.1", "10.0.0.2", flags="PA", payload=HTTP))[1] == [5, 6]
+    with pytest.raises(ValidationError, match="give track and ip together"):
+        IdsConfig(rules=rules, suppress=[{"sig_id": 6, "track": "by_dst"}])
