@@ -153,12 +153,25 @@ class _SpecParser:
             raise RuleError(f"in variable ${name}: {exc}") from None
 
     def _address(self, atom: str) -> Space:
+        if "-" in atom:  # a range lo-hi, as Suricata accepts (no address holds a '-')
+            return self._address_range(atom)
         try:
             net = ipaddress.ip_network(atom, strict=True)
         except ValueError as exc:
             self._fail(f"expected an address, a CIDR, any, [list], !x or $VAR, got {atom!r}: {exc}")
         span = (int(net.network_address), int(net.broadcast_address))
         return ((span,), ()) if net.version == 4 else ((), (span,))
+
+    def _address_range(self, atom: str) -> Space:
+        lo_text, _, hi_text = atom.partition("-")
+        try:
+            lo, hi = ipaddress.ip_address(lo_text), ipaddress.ip_address(hi_text)
+        except ValueError as exc:
+            self._fail(f"expected a range of two addresses lo-hi, got {atom!r}: {exc}")
+        if lo.version != hi.version or int(lo) > int(hi):
+            self._fail(f"expected a range lo-hi of one family with lo <= hi, got {atom!r}")
+        span = (int(lo), int(hi))
+        return ((span,), ()) if lo.version == 4 else ((), (span,))
 
     def _port(self, atom: str) -> Space:
         lo_text, colon, hi_text = atom.partition(":")

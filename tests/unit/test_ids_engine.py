@@ -17,7 +17,7 @@ from scapy.layers.vxlan import VXLAN
 
 from snf.core.engine import FunctionEngine
 from snf.functions.ids import Ids, IdsConfig
-from tests.packets import tcp4, udp4
+from tests.packets import tcp4, tcp6, udp4
 from tests.unit.test_ids import Run
 
 HTTP = b"GET /admin/login.php?user=root HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -206,3 +206,19 @@ def test_suppress_leaves_out_alerts_not_actions() -> None:
     assert home.one(tcp4("192.0.2.1", "10.0.0.2", flags="PA", payload=HTTP))[1] == [5, 6]
     with pytest.raises(ValidationError, match="give track and ip together"):
         IdsConfig(rules=rules, suppress=[{"sig_id": 6, "track": "by_dst"}])
+
+
+def test_address_ranges_as_suricata_writes_them() -> None:
+    rules = [
+        "alert tcp 10.0.0.5-10.0.0.9 any -> any any (sid:1;)",
+        "alert tcp ![10.0.0.5-10.0.0.9, 2001:db8::1-2001:db8::ff] any -> any any (sid:2;)",
+        "alert tcp 2001:db8::10-2001:db8::20 any -> any any (sid:3;)",
+    ]
+    run = Run(rules)
+    assert run.one(tcp4("10.0.0.5"))[1] == [1]
+    assert run.one(tcp4("10.0.0.9"))[1] == [1]
+    assert run.one(tcp4("10.0.0.10"))[1] == [2]
+    assert run.one(tcp6("2001:db8::15", "2001:db8::99"))[1] == [3]
+    assert run.one(tcp6("2001:db8::100", "2001:db8::99"))[1] == [2]
+    with pytest.raises(ValidationError, match="lo <= hi"):
+        IdsConfig(rules=["alert tcp 10.0.0.9-10.0.0.5 any -> any any (sid:1;)"])
