@@ -107,7 +107,9 @@ class Ids(NetworkFunction):
         super().__init__(config)
         self.config: IdsConfig = config
         self.matcher = Matcher(config.compiled)
-        self.judge = Judge(self.matcher, config.action_order, config.suppressions)
+        self.judge = Judge(
+            self.matcher, config.action_order, config.suppressions, config.rate_filters
+        )
         self._flow_due_of = due_of(FlowTimeouts(**config.flow_timeouts.model_dump()))
         # Per partition, when each flow and threshold entry expires (snf.core.expiry).
         self._flow_due = PartitionIndexes("flow", self._flow_due_of)
@@ -135,7 +137,7 @@ class Ids(NetworkFunction):
         )  # fmt: skip
         counters = Counters(state.table("thresh"), self._thresh_due.of(state))
         # (packet index, matching rules to alert on, the packet's part of the alert record)
-        hits: list[tuple[int, list[int], dict[str, Any]]] = []
+        hits: list[tuple[int, list[tuple[int, str]], dict[str, Any]]] = []
         tunnels = tunnel_errors = 0
         for i in ip:
             try:
@@ -189,7 +191,7 @@ class Ids(NetworkFunction):
 
     def _tunnels(
         self, buf: bytes, outer: Packet, counters: Counters, now: int
-    ) -> list[tuple[tuple[list[int], int | None], dict[str, Any]]]:
+    ) -> list[tuple[tuple[list[tuple[int, str]], int | None], dict[str, Any]]]:
         """Every packet inside the tunnels of `outer`, judged like it, without its flow."""
         out = []
         for inner in decapsulate(buf, outer.l3, limit=outer.end):

@@ -16,7 +16,7 @@ __all__ = ["alert_records"]
 def alert_records(
     batch: PacketBatch,
     rules: Sequence[Rule],
-    hits: list[tuple[int, list[int], dict[str, Any]]],
+    hits: list[tuple[int, list[tuple[int, str]], dict[str, Any]]],
     limit: int,
 ) -> list[Record]:
     """One record per (packet, matching rule), rules in (gid, sid) order, at most
@@ -29,12 +29,14 @@ def alert_records(
     per_packet: dict[int, int] = {}
     for i, found, packet in hits:
         packet_id = format_packet_id(*ids[i])
-        for j in found:
+        for j, action in found:  # the action: the rule's, or its rate_filter's new one
             if per_packet.get(i, 0) >= limit:
                 break
             per_packet[i] = per_packet.get(i, 0) + 1
+            fields = _rule_fields(rules[j])
+            fields["action"] = action
             out.append({"ts": ts[i] / 1e9, "ts_ns": ts[i], "packet_id": packet_id,
-                        **_rule_fields(rules[j]), **packet})  # fmt: skip
+                        **fields, **packet})  # fmt: skip
     return out
 
 

@@ -26,11 +26,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from snf.core.contract import FunctionConfig
 from snf.core.limits import FileLimitError, read_text_file
 
-from .judge import DEFAULT_ACTION_ORDER, Suppression
+from .flow_keywords import Threshold
+from .judge import DEFAULT_ACTION_ORDER, RateFilter, Suppression
 from .rules import Rule, RuleError, compile_rules
 from .specs import check_var, parse_spec
 
-__all__ = ["IdsConfig", "IdsFlowTimeouts", "IdsSuppress"]
+__all__ = ["IdsConfig", "IdsFlowTimeouts", "IdsRateFilter", "IdsSuppress", "IdsThreshold"]
 
 _SKIPS_SHOWN = 20  # skipped rules named in the log; the rest are counted
 log = logging.getLogger("snf.functions.ids")
@@ -75,6 +76,36 @@ class IdsSuppress(BaseModel):
         if (self.track is None) != (self.ip is None):
             raise _problem("give track and ip together, or neither (suppress every alert)")
         return self
+
+
+_TRACK = Literal["by_src", "by_dst", "by_rule", "by_both"]
+
+
+class IdsThreshold(BaseModel):
+    """A threshold or event_filter line of Suricata's threshold.config: it becomes the
+    rule's own threshold (replacing one the rule has)."""
+
+    model_config = ConfigDict(extra="forbid")
+    gen_id: int = Field(default=1, ge=0, description="the rule's gid")
+    sig_id: int = Field(ge=1, description="the rule's sid")
+    type: Literal["limit", "threshold", "both"] = Field(description="as the rule keyword's")
+    track: _TRACK = Field(description="what is counted apart")
+    count: int = Field(ge=1, description="matches")
+    seconds: int = Field(ge=1, description="the window, in seconds of packet time")
+
+
+class IdsRateFilter(BaseModel):
+    """A rate_filter line of Suricata's threshold.config: more than `count` matches
+    within `seconds` switch the rule's action to `new_action` for `timeout` seconds."""
+
+    model_config = ConfigDict(extra="forbid")
+    gen_id: int = Field(default=1, ge=0, description="the rule's gid")
+    sig_id: int = Field(ge=1, description="the rule's sid")
+    track: _TRACK = Field(description="what is counted apart")
+    count: int = Field(ge=1, description="matches tolerated per window")
+    seconds: int = Field(ge=1, description="the window, in seconds of packet time")
+    new_action: Literal["alert", "drop", "pass", "reject"] = Field(description="the action then")
+    timeout: int = Field(ge=1, description="how long the new action holds, in seconds")
 
 
 class IdsConfig(FunctionConfig):
@@ -130,6 +161,16 @@ class IdsConfig(FunctionConfig):
         description="Alerts to suppress (Suricata's threshold.config suppress lines): the "
         "rule still acts (a drop drops); only its alert record is left out.",
     )
+    thresholds: list[IdsThreshold] = Field(
+        default_factory=list,
+        description="threshold.config's threshold and event_filter lines: each becomes "
+        "its rule's threshold.",
+    )
+    rate_filter: list[IdsRateFilter] = Field(
+        default_factory=list,
+        description="threshold.config's rate_filter lines: a rule's action changes while "
+        "it matches too often.",
+    )
     stream_window: int = Field(
         default=2048,
         ge=0,
@@ -145,6 +186,7 @@ class IdsConfig(FunctionConfig):
     )
     _compiled: list[Rule] = PrivateAttr(default_factory=list)
     _suppressions: list[Suppression] = PrivateAttr(default_factory=list)
+    _rate_filters: list[RateFilter] = PrivateAttr(default_factory=list)
     _skipped: list[tuple[str, str]] = PrivateAttr(default_factory=list)
 
     @field_validator("vars", mode="before")
@@ -206,6 +248,7 @@ class IdsConfig(FunctionConfig):
                 raise _rule_error(loc, str(exc), self.rules[exc.index]) from None
             raise _rule_error(("rules_file",), str(exc), Path(self.rules_file or "")) from None
         self._skipped = skipped or []
+        self._apply_threshold_lines()
         if self._skipped:
             shown = "; ".join(f"{where}: {why}" for where, why in self._skipped[:_SKIPS_SHOWN])
             more = len(self._skipped) - _SKIPS_SHOWN
@@ -215,6 +258,28 @@ class IdsConfig(FunctionConfig):
                 f"; and {more} more" if more > 0 else "",
             )  # fmt: skip
         return self
+
+    def _apply_threshold_lines(self) -> None:
+        """thresholds replace their rules' own; rate_filter entries are compiled. Each
+        must name a rule of the set (a skipped one too: nothing to apply it to)."""
+        index = {(r.gid, r.sid): k for k, r in enumerate(self._compiled)}
+        for field, entries in (("thresholds", self.thresholds), ("rate_filter", self.rate_filter)):
+            for k, e in enumerate(entries):
+                if (e.gen_id, e.sig_id) not in index:
+                    where = (field, k, "sig_id")
+                    raise _rule_error(where, f"no rule {e.gen_id}:{e.sig_id} is loaded", e.sig_id)
+        for t in self.thresholds:
+            at = index[t.gen_id, t.sig_id]
+            limit = Threshold(t.type, t.track, t.count, t.seconds)
+            self._compiled[at] = self._compiled[at]._replace(threshold=limit)
+        self._rate_filters = [
+            RateFilter(f.gen_id, f.sig_id, f.track, f.count, f.seconds, f.new_action, f.timeout)
+            for f in self.rate_filter
+        ]
+
+    @property
+    def rate_filters(self) -> list[RateFilter]:
+        return list(self._rate_filters)
 
     def _suppression(self, k: int, entry: IdsSuppress) -> Suppression:
         space = None

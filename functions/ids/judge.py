@@ -26,7 +26,15 @@ from .rules import Rule
 from .specs import Space
 from .stream import joinable
 
-__all__ = ["DEFAULT_ACTION_ORDER", "Counters", "Judge", "Packet", "Suppression", "threshold_due"]
+__all__ = [
+    "DEFAULT_ACTION_ORDER",
+    "Counters",
+    "Judge",
+    "Packet",
+    "RateFilter",
+    "Suppression",
+    "threshold_due",
+]
 
 _NS = 1_000_000_000
 DEFAULT_ACTION_ORDER = ("pass", "drop", "reject", "alert")  # Suricata's default action-order
@@ -71,8 +79,40 @@ class Counters(NamedTuple):
 
 
 def threshold_due(key: bytes, value: list[int]) -> tuple[int, bool]:
-    """[window start, count, window ns] -> when the entry may go."""
-    return value[0] + value[2] + 1, False
+    """[window start, count, window ns(, rate_filter's until)] -> when the entry may go."""
+    return max(value[0] + value[2], value[3] if len(value) > 3 else 0) + 1, False
+
+
+class RateFilter(NamedTuple):
+    """A compiled rate_filter entry (Suricata's threshold.config rate_filter line)."""
+
+    gid: int
+    sid: int
+    track: str  # by_src | by_dst | by_rule | by_both
+    count: int
+    seconds: int
+    new_action: str
+    timeout: int
+
+
+def _tracked(track: str, pkt: Packet) -> bytes:
+    return {"by_src": pkt.src, "by_dst": pkt.dst, "by_rule": b"", "by_both": pkt.src + pkt.dst}[
+        track
+    ]
+
+
+def _rate(rf: RateFilter, entry: list[int] | None, now: int) -> tuple[int, list[int]]:
+    """(until when the new action holds, the counter after this match): more than
+    `count` matches within `seconds` switch the action for `timeout` seconds."""
+    window = rf.seconds * _NS
+    until = entry[3] if entry is not None else 0
+    if entry is None or now - entry[0] >= window:
+        start, count = now, 1
+    else:
+        start, count = entry[0], entry[1] + 1
+    if count > rf.count and now >= until:
+        until = now + rf.timeout * _NS
+    return until, [start, count, window, until]
 
 
 def _allowed(th: Threshold, entry: list[int] | None, now: int) -> tuple[bool, list[int]]:
@@ -101,12 +141,14 @@ class Judge:
         matcher: Matcher,
         action_order: Sequence[str] = DEFAULT_ACTION_ORDER,
         suppress: Sequence[Suppression] = (),
+        rate_filters: Sequence[RateFilter] = (),
     ) -> None:
         self.matcher = matcher
         rules = matcher.rules
         rank = {a: k for k, a in enumerate(action_order)}
         self._order = {a: rank[_FAMILY.get(a, a)] for a in (*action_order, *_FAMILY)}
         index = {(r.gid, r.sid): j for j, r in enumerate(rules)}
+        self._rates = {index[f.gid, f.sid]: f for f in rate_filters if (f.gid, f.sid) in index}
         self._suppress: dict[int, list[tuple[str, Space | None]]] = {}
         for sup in suppress:
             if (sup.gid, sup.sid) in index:
@@ -131,8 +173,9 @@ class Judge:
         now: int,
         carry: bytes = b"",
         payload: bytes | None = None,
-    ) -> tuple[list[int], int | None]:
-        """(the rules to alert on, the sid that drops the packet or None). `flow` and
+    ) -> tuple[list[tuple[int, str]], int | None]:
+        """(the (rule, action) pairs to alert on, the sid that drops the packet or None)
+        `flow` and
         `bits` are None inside a tunnel: rules that read the flow do not match there.
         `bits` is changed in place by the rules that set flowbits. `carry`: the
         stream's bytes before this segment (stream.py); `payload`: the packet's, when
@@ -142,7 +185,7 @@ class Judge:
             found += self._joined(buf, pkt, carry, payload, set(found))
         if not found:
             return [], None
-        rules, fired = self.matcher.rules, []
+        rules, fired, acts = self.matcher.rules, [], {}
         for j in sorted(found, key=self._rank.__getitem__):
             rule = rules[j]
             if rule.stateful and (flow is None or not _flow_holds(rule, flow, bits)):
@@ -151,14 +194,29 @@ class Judge:
                 rule.flowbits.apply(bits)
             if rule.threshold is None or counters is None or self._counts(rule, pkt, counters, now):
                 fired.append(j)
+                acts[j] = self._rated(j, pkt, counters, now) if counters else rule.action
         # Suricata's action-order: a matching pass stops what comes after it in the
         # order (by default everything: pass is first), not what comes before.
-        fired.sort(key=lambda j: (self._order[rules[j].action], j))
-        stop = next((k for k, j in enumerate(fired) if rules[j].action == "pass"), None)
+        fired.sort(key=lambda j: (self._order[acts[j]], j))
+        stop = next((k for k, j in enumerate(fired) if acts[j] == "pass"), None)
         fired = sorted(fired[:stop])
-        drops = [rules[j].sid for j in fired if rules[j].drops]
-        alerts = [j for j in fired if not _silent(rules[j]) and not self._suppressed(j, pkt)]
+        drops = [rules[j].sid for j in fired if acts[j] not in ("alert", "pass")]
+        alerts = [
+            (j, acts[j]) for j in fired if not _silent(rules[j]) and not self._suppressed(j, pkt)
+        ]
         return alerts, min(drops) if drops else None
+
+    def _rated(self, j: int, pkt: Packet, counters: Counters, now: int) -> str:
+        """The rule's action, or its rate_filter's new action while that holds."""
+        rule = self.matcher.rules[j]
+        rf = self._rates.get(j)
+        if rf is None:
+            return rule.action
+        key = b"rf:%d:%d:" % (rule.gid, rule.sid) + _tracked(rf.track, pkt)
+        until, entry = _rate(rf, counters.table.get(key), now)
+        counters.table.set(key, entry)
+        counters.due.set(key, *threshold_due(key, entry))
+        return rf.new_action if now < until else rule.action
 
     def _suppressed(self, j: int, pkt: Packet) -> bool:
         """A suppress entry for the rule whose address the packet has (or no address)."""
@@ -213,13 +271,7 @@ class Judge:
     def _counts(self, rule: Rule, pkt: Packet, counters: Counters, now: int) -> bool:
         th = rule.threshold
         assert th is not None
-        tracked = {
-            "by_src": pkt.src,
-            "by_dst": pkt.dst,
-            "by_rule": b"",
-            "by_both": pkt.src + pkt.dst,
-        }[th.track]
-        key = b"%d:%d:" % (rule.gid, rule.sid) + tracked
+        key = b"%d:%d:" % (rule.gid, rule.sid) + _tracked(th.track, pkt)
         allow, entry = _allowed(th, counters.table.get(key), now)
         counters.table.set(key, entry)
         counters.due.set(key, *threshold_due(key, entry))

@@ -7,6 +7,9 @@ have, and expired flows are swept."""
 
 from __future__ import annotations
 
+import pytest
+from pydantic import ValidationError
+
 from snf.core.contract import SweepContext
 from snf.core.engine import FunctionEngine
 from snf.core.tables import BatchState
@@ -196,3 +199,38 @@ def test_rules_on_the_flow_do_not_match_inside_tunnels() -> None:
         'alert tcp any any -> any 80 (content:"GET"; flow:stateless; sid:3;)',
     ]
     assert Run(rules).one(_vxlan(inner))[1] == [1, 3]
+
+
+def _config_run(rules: list[str], **config: object) -> Run:
+    run = Run([])
+    run.ids = Ids(IdsConfig(rules=rules, **config))
+    run.engine = FunctionEngine(run.ids)
+    return run
+
+
+def test_a_threshold_line_becomes_the_rules_threshold() -> None:
+    rule = 'alert udp any any -> any 53 (content:"q"; sid:7;)'
+    line = {"sig_id": 7, "type": "limit", "track": "by_src", "count": 2, "seconds": 60}
+    run = _config_run([rule], thresholds=[line])
+    got = [run.one(udp4(C, SRV, 5000 + k, 53, b"q"))[1] for k in range(4)]
+    assert got == [[7], [7], [], []]
+    with pytest.raises(ValidationError, match="no rule 1:8 is loaded"):
+        IdsConfig(rules=[rule], thresholds=[{**line, "sig_id": 8}])
+
+
+def test_a_rate_filter_switches_the_action_for_its_timeout() -> None:
+    rule = 'alert udp any any -> any 53 (content:"q"; sid:7;)'
+    rf = {"sig_id": 7, "track": "by_src", "count": 2, "seconds": 10, "new_action": "drop",
+          "timeout": 5}  # fmt: skip
+    run = _config_run([rule], rate_filter=[rf])
+    verdicts = []
+    for k, t in enumerate([0, 1, 2, 3, 6, 8, 20]):  # seconds
+        v, alerts = run([(t * S, udp4(C, SRV, 5000 + k, 53, b"q"))])
+        verdicts.append((v[0][0], [a["action"] for a in alerts]))
+    assert verdicts == [
+        ("pass", ["alert"]), ("pass", ["alert"]),
+        ("drop", ["drop"]),  # the third within 10 s: drop for 5 s
+        ("drop", ["drop"]), ("drop", ["drop"]),  # at 3 and 6 s: still until 7 s
+        ("drop", ["drop"]),  # at 8 s: the fifth in the window, again for 5 s
+        ("pass", ["alert"]),  # a new window
+    ]  # fmt: skip
