@@ -79,7 +79,7 @@ from .config import IdsConfig
 from .flows import FlowInfo, FlowTimeouts, FlowView, due_of
 from .judge import Counters, Judge, Packet, threshold_due
 from .match import Matcher, payload_span
-from .stream import stream_step
+from .stream import stream_sizes, stream_step
 from .tunnels import TunnelError, carries_tunnel, decapsulate, five_tuple
 
 __all__ = ["Ids", "IdsConfig"]
@@ -145,7 +145,9 @@ class Ids(NetworkFunction):
                 entry, info = flows.track(headers, i, ts[i])
                 bits = set(entry[3])
                 carry, payload = self._stream(buf, pkt, entry, info, headers.tcp_flags[i])
-                verdict = self.judge.packet(buf, pkt, info, bits, counters, ts[i], carry, payload)
+                verdict = self.judge.packet(
+                    buf, pkt, info, bits, counters, ts[i], carry, payload, stream_sizes(entry)
+                )
                 # The record's fields only for a packet that alerts (ipaddress is slow).
                 fields = _packet_fields(headers, i) if verdict[0] else {}
                 found = [(verdict, fields)]
@@ -180,8 +182,8 @@ class Ids(NetworkFunction):
     ) -> tuple[bytes, bytes | None]:
         """(the stream's bytes before this TCP segment, its payload); (b"", None) when
         not joined. Advances the flow's stream state (stream.py)."""
-        window = self.config.stream_window
-        if pkt.proto != 6 or pkt.later or pkt.l4 < 0 or not window or not self.judge.joins:
+        window = self.config.stream_window if self.judge.joins else 0
+        if pkt.proto != 6 or pkt.later or pkt.l4 < 0 or not (window or self.judge.sizes):
             return b"", None
         start, stop = payload_span(buf, 0, pkt.end, pkt.version, 6, pkt.l3, pkt.l4)
         payload = buf[start:stop] if stop > start else b""

@@ -26,13 +26,19 @@ __all__ = [
     "FLOW_KEYWORDS",
     "FlowSpec",
     "Flowbits",
+    "StreamSize",
     "Threshold",
     "compile_flow",
     "compile_flowbits",
+    "compile_stream_size",
     "compile_threshold",
 ]
 
-FLOW_KEYWORDS = frozenset({"flow", "flowbits", "threshold", "detection_filter"})
+FLOW_KEYWORDS = frozenset({"flow", "flowbits", "threshold", "detection_filter", "stream_size"})
+_SIZE_OPS = {
+    ">": int.__gt__, "<": int.__lt__, "=": int.__eq__, "!=": int.__ne__,
+    ">=": int.__ge__, "<=": int.__le__,
+}  # fmt: skip
 _NAME = re.compile(r"[A-Za-z0-9_.\-]+")
 _TRACKS = ("by_src", "by_dst", "by_rule", "by_both")
 
@@ -76,6 +82,41 @@ class Flowbits(NamedTuple):
                 bits.discard(name)
             else:
                 bits.add(name)
+
+
+class StreamSize(NamedTuple):
+    """stream_size: the bytes a side sent, by its sequence numbers (next - ISN)."""
+
+    side: str  # server | client | both | either
+    op: str
+    value: int
+
+    def holds(self, client: int, server: int) -> bool:
+        test = _SIZE_OPS[self.op]
+        if self.side == "client":
+            return test(client, self.value)
+        if self.side == "server":
+            return test(server, self.value)
+        both = (test(client, self.value), test(server, self.value))
+        return all(both) if self.side == "both" else any(both)
+
+
+def compile_stream_size(values: Sequence[str | None]) -> StreamSize | None:
+    """A rule's `stream_size:<server|client|both|either>,<op>,<bytes>` (None: none)."""
+    if not values:
+        return None
+    if len(values) > 1:
+        raise RuleError("stream_size may appear once per rule")
+    parts = [p.strip() for p in (values[0] or "").split(",")]
+    if len(parts) != 3 or parts[0] not in ("server", "client", "both", "either"):
+        raise RuleError(
+            f"stream_size expects <server|client|both|either>,<op>,<bytes>, got {values[0]!r}"
+        )
+    if parts[1] not in _SIZE_OPS:
+        raise RuleError(f"stream_size: the operator must be one of {', '.join(_SIZE_OPS)}")
+    if not parts[2].isdigit() or int(parts[2]) >= 1 << 32:
+        raise RuleError(f"stream_size expects a byte count 0..4294967295, got {parts[2]!r}")
+    return StreamSize(parts[0], parts[1], int(parts[2]))
 
 
 class Threshold(NamedTuple):

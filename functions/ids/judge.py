@@ -161,7 +161,8 @@ class Judge:
             for j, r in enumerate(rules)
         }
         self._joinable = [joinable(r.payload) for r in rules]
-        self.joins = any(self._joinable)  # no joinable rule: no stream state to keep
+        self.joins = any(self._joinable)  # no joinable rule: no carry to keep
+        self.sizes = any(r.stream_size is not None for r in rules)
 
     def packet(
         self,
@@ -173,13 +174,14 @@ class Judge:
         now: int,
         carry: bytes = b"",
         payload: bytes | None = None,
+        sizes: tuple[int, int] = (0, 0),
     ) -> tuple[list[tuple[int, str]], int | None]:
         """(the (rule, action) pairs to alert on, the sid that drops the packet or None)
         `flow` and
         `bits` are None inside a tunnel: rules that read the flow do not match there.
         `bits` is changed in place by the rules that set flowbits. `carry`: the
         stream's bytes before this segment (stream.py); `payload`: the packet's, when
-        the caller has it already."""
+        the caller has it already; `sizes`: the bytes (client, server) sent (stream.py)."""
         found, payload = self._candidates(buf, pkt, payload)
         if carry and payload:
             found += self._joined(buf, pkt, carry, payload, set(found))
@@ -188,7 +190,7 @@ class Judge:
         rules, fired, acts = self.matcher.rules, [], {}
         for j in sorted(found, key=self._rank.__getitem__):
             rule = rules[j]
-            if rule.stateful and (flow is None or not _flow_holds(rule, flow, bits)):
+            if rule.stateful and (flow is None or not _flow_holds(rule, flow, bits, sizes)):
                 continue
             if rule.flowbits is not None and bits is not None:
                 rule.flowbits.apply(bits)
@@ -278,7 +280,9 @@ class Judge:
         return allow
 
 
-def _flow_holds(rule: Rule, flow: FlowInfo, bits: set[str] | None) -> bool:
+def _flow_holds(rule: Rule, flow: FlowInfo, bits: set[str] | None, sizes: tuple[int, int]) -> bool:
+    if rule.stream_size is not None and not rule.stream_size.holds(*sizes):
+        return False
     spec = rule.flow
     if spec is not None:
         if spec.established is not None and spec.established != flow.established:

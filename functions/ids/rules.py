@@ -23,9 +23,11 @@ from .flow_keywords import (
     FLOW_KEYWORDS,
     Flowbits,
     FlowSpec,
+    StreamSize,
     Threshold,
     compile_flow,
     compile_flowbits,
+    compile_stream_size,
     compile_threshold,
 )
 from .header_keywords import (
@@ -87,11 +89,12 @@ class Rule(NamedTuple):
     flow: FlowSpec | None = None
     flowbits: Flowbits | None = None
     threshold: Threshold | None = None  # threshold or detection_filter
+    stream_size: StreamSize | None = None
 
     @property
     def stateful(self) -> bool:
         """Whether the rule reads the flow (so it never matches inside a tunnel)."""
-        return self.flow is not None or self.flowbits is not None
+        return self.flow is not None or self.flowbits is not None or self.stream_size is not None
 
     @property
     def drops(self) -> bool:
@@ -154,7 +157,7 @@ def _options(text: str) -> tuple[dict[str, object], dict[str, list[str]], Sequen
 
 def _flow_options(
     options: Sequence[tuple[str, str | None]],
-) -> tuple[FlowSpec | None, Flowbits | None, Threshold | None]:
+) -> tuple[FlowSpec | None, Flowbits | None, Threshold | None, StreamSize | None]:
     by_name: dict[str, list[str | None]] = {}
     for name, value in options:
         if name in FLOW_KEYWORDS:
@@ -167,6 +170,7 @@ def _flow_options(
         compile_flow(by_name.get("flow", [])),
         compile_flowbits(by_name.get("flowbits", [])),
         threshold or detection,
+        compile_stream_size(by_name.get("stream_size", [])),
     )
 
 
@@ -236,7 +240,9 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
     if l4 is not None and protos is not None and not set(protos) & l4:
         first = next(k for k in header.keywords if k in _L4_KEYWORDS)  # type: ignore[union-attr]
         raise RuleError(f"{first} never matches a {proto} rule")
-    flow, flowbits, threshold = _flow_options(options)
+    flow, flowbits, threshold, stream_size = _flow_options(options)
+    if stream_size is not None and protos != (6,):
+        raise RuleError(f"stream_size never matches a {proto} rule (TCP only)")
     return Rule(
         where, action, proto, protos,
         parse_spec(src, "source address", vars_, port=False), ports[0],
@@ -245,7 +251,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         payload, None if payload is None else fast_pattern(payload), header,
         single.get("gid", 1), single.get("priority"), single.get("classtype"),
         tuple(lists["reference"]), tuple(lists["metadata"]), bool(single.get("noalert")),
-        flow, flowbits, threshold,
+        flow, flowbits, threshold, stream_size,
     )  # type: ignore[arg-type]  # fmt: skip
 
 

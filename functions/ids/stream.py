@@ -32,7 +32,7 @@ from .payload_steps import (
     PcreStep,
 )
 
-__all__ = ["joinable", "stream_step"]
+__all__ = ["joinable", "stream_sizes", "stream_step"]
 
 _SYN, _FIN, _RST = 0x02, 0x01, 0x04
 _MOD = 1 << 32
@@ -61,8 +61,9 @@ def joinable(program: PayloadProgram | None) -> bool:
 def stream_step(
     entry: list[Any], side: int, seq: int, flags: int, payload: bytes, window: int
 ) -> bytes:
-    """Advance one direction's stream state (entry[5][side]) past this segment;
-    return the carry to join in front of its payload (b"": nothing to join)."""
+    """Advance one direction's stream state (entry[5][side]: [next sequence number,
+    carry, ISN]) past this segment; return the carry to join in front of its payload
+    (b"": nothing to join). `window` 0 keeps no carry (stream_size alone)."""
     streams = entry[5]
     if flags & _RST:
         streams[side] = None
@@ -71,18 +72,30 @@ def stream_step(
     n = len(payload)
     after = (seq + n + (1 if flags & (_SYN | _FIN) else 0)) % _MOD
     if state is None or flags & _SYN:
-        streams[side] = [after, _encode(payload[-window:] if n else b"")]
+        isn = seq if flags & _SYN else (seq - 1) % _MOD  # picked up midstream: as Suricata
+        streams[side] = [after, _encode(payload[-window:] if n and window else b""), isn]
         return b""
-    expected, carry_text = state
+    expected, carry_text, isn = state
     ahead = (seq - expected) % _MOD
     if ahead >= _HALF:  # before what we have: a retransmission or an overlap
         return b""
-    carry = _decode(carry_text)
     if ahead:  # a gap: the bytes between are missing, start again here
-        streams[side] = [after, _encode(payload[-window:])]
+        streams[side] = [after, _encode(payload[-window:] if window else b""), isn]
         return b""
-    streams[side] = [after, _encode((carry + payload)[-window:]) if n else carry_text]
-    return carry if n else b""
+    if not n or not window:
+        streams[side] = [after, carry_text, isn]
+        return b""
+    carry = _decode(carry_text)
+    streams[side] = [after, _encode((carry + payload)[-window:]), isn]
+    return carry
+
+
+def stream_sizes(entry: list[Any]) -> tuple[int, int]:
+    """(client, server): the bytes each side sent by its sequence numbers (next - ISN,
+    the SYN included), as Suricata's stream_size counts them; 0 for a side not seen."""
+    return tuple(  # type: ignore[return-value]
+        0 if state is None else (state[0] - state[2]) % _MOD for state in entry[5]
+    )
 
 
 def _encode(data: bytes) -> str:

@@ -93,3 +93,24 @@ def test_a_new_core_on_the_same_tables_joins_the_same_bytes() -> None:
 )
 def test_only_rules_without_absolute_positions_join(options: str, joins: bool) -> None:
     assert joinable(compile_payload(split_options(options))) is joins
+
+
+def test_stream_size_counts_each_side_by_its_sequence_numbers() -> None:
+    rules = [
+        "alert tcp any any -> any any (stream_size:client,>,9; sid:1;)",
+        "alert tcp any any -> any any (stream_size:server,=,1; sid:2;)",
+        "alert tcp any any -> any any (stream_size:both,>=,1; sid:3;)",
+        "alert tcp any any -> any any (stream_size:either,>,20; sid:4;)",
+    ]
+    # client: SYN (1) then 8 + 8 bytes; server: SYN/ACK (1), then 30 bytes
+    frames = [*OPEN, seg(b"GET /adm", 0), seg(b"in/login", 8), reply(b"x" * 30, 0)]
+    assert fired(rules, frames) == [
+        [],  # the SYN: client 1, the server not seen
+        [2, 3],  # SYN/ACK: server 1
+        [2, 3],
+        [2, 3],  # client 9
+        [1, 2, 3],  # client 17
+        [1, 3, 4],  # server 31
+    ]
+    with pytest.raises(ValueError, match="stream_size never matches a udp rule"):
+        IdsConfig(rules=["alert udp any any -> any any (stream_size:client,>,1; sid:9;)"])
