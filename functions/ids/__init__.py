@@ -76,6 +76,7 @@ from snf.packet.headers import FRAG_LATER, Headers
 
 from .alerts import alert_records
 from .config import IdsConfig
+from .flow_keywords import FlowVars
 from .flows import FlowInfo, FlowTimeouts, FlowView, due_of
 from .judge import Counters, Judge, Packet, threshold_due
 from .match import Matcher, payload_span
@@ -143,10 +144,10 @@ class Ids(NetworkFunction):
             try:
                 pkt = _packet(headers, i, offsets[i], offsets[i + 1])
                 entry, info = flows.track(headers, i, ts[i])
-                bits = set(entry[3])
+                flowvars = FlowVars(set(entry[3]), dict(entry[6]))
                 carry, payload = self._stream(buf, pkt, entry, info, headers.tcp_flags[i])
                 verdict = self.judge.packet(
-                    buf, pkt, info, bits, counters, ts[i], carry, payload, stream_sizes(entry)
+                    buf, pkt, info, flowvars, counters, ts[i], carry, payload, stream_sizes(entry)
                 )
                 # The record's fields only for a packet that alerts (ipaddress is slow).
                 fields = _packet_fields(headers, i) if verdict[0] else {}
@@ -162,7 +163,7 @@ class Ids(NetworkFunction):
             except Exception:  # crafted bytes broke an assumption: drop, never raise
                 decisions.ports[i], decisions.reasons[i] = "drop", MALFORMED
                 continue
-            flows.keep(headers.flow[i], entry, bits)
+            flows.keep(headers.flow[i], entry, flowvars)
             dropped_by = None
             for (matched, drop), fields in found:
                 if matched:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .specs import RuleError
@@ -25,16 +26,26 @@ from .specs import RuleError
 __all__ = [
     "FLOW_KEYWORDS",
     "FlowSpec",
+    "FlowVars",
     "Flowbits",
+    "Flowint",
     "StreamSize",
     "Threshold",
     "compile_flow",
     "compile_flowbits",
+    "compile_flowint",
     "compile_stream_size",
     "compile_threshold",
+    "phase",
 ]
 
-FLOW_KEYWORDS = frozenset({"flow", "flowbits", "threshold", "detection_filter", "stream_size"})
+FLOW_KEYWORDS = frozenset(
+    {"flow", "flowbits", "flowint", "threshold", "detection_filter", "stream_size"}
+)
+_INT_TESTS = {
+    "==": int.__eq__, "!=": int.__ne__, "<": int.__lt__, "<=": int.__le__,
+    ">": int.__gt__, ">=": int.__ge__,
+}  # fmt: skip
 _SIZE_OPS = {
     ">": int.__gt__, "<": int.__lt__, "=": int.__eq__, "!=": int.__ne__,
     ">=": int.__ge__, "<=": int.__le__,
@@ -117,6 +128,92 @@ def compile_stream_size(values: Sequence[str | None]) -> StreamSize | None:
     if not parts[2].isdigit() or int(parts[2]) >= 1 << 32:
         raise RuleError(f"stream_size expects a byte count 0..4294967295, got {parts[2]!r}")
     return StreamSize(parts[0], parts[1], int(parts[2]))
+
+
+@dataclass
+class FlowVars:
+    """A flow's variables while its packet is judged: flowbits and flowints."""
+
+    bits: set[str] = field(default_factory=set)
+    ints: dict[str, int] = field(default_factory=dict)
+
+
+class Flowint(NamedTuple):
+    """One rule's flowint keywords: checks (all must hold) and changes, in rule order.
+    A value is a number or another flowint's name."""
+
+    checks: tuple[tuple[str, str, int | str | None], ...]
+    changes: tuple[tuple[str, str, int | str], ...]
+
+    def holds(self, ints: dict[str, int]) -> bool:
+        for name, op, value in self.checks:
+            if op == "isset" or op == "notset":
+                if (name in ints) != (op == "isset"):
+                    return False
+                continue
+            other = ints.get(value) if isinstance(value, str) else value
+            if name not in ints or other is None or not _INT_TESTS[op](ints[name], other):
+                return False
+        return True
+
+    def apply(self, ints: dict[str, int]) -> None:
+        for name, op, value in self.changes:
+            amount = ints.get(value) if isinstance(value, str) else value
+            if amount is None:
+                continue  # a variable not set: Suricata leaves the target alone
+            if op == "=":
+                ints[name] = amount
+            else:
+                ints[name] = ints.get(name, 0) + (amount if op == "+" else -amount)
+
+
+def compile_flowint(values: Sequence[str | None]) -> Flowint | None:
+    """A rule's `flowint:name,op[,value]` options (None: it has none)."""
+    if not values:
+        return None
+    checks, changes = [], []
+    for text in values:
+        parts = [p.strip() for p in (text or "").split(",")]
+        name, op = [*parts, "", ""][:2]
+        if not _NAME.fullmatch(name):
+            raise RuleError(f"flowint expects a variable name first, got {name!r}")
+        if op in ("isset", "notset", "isnotset"):
+            if len(parts) != 2:
+                raise RuleError(f"flowint:{name},{op} takes no value")
+            checks.append((name, "notset" if op == "isnotset" else op, None))
+            continue
+        if (op not in _INT_TESTS and op not in ("+", "-", "=")) or len(parts) != 3:
+            raise RuleError(
+                "flowint expects name,<+|-|=|==|!=|<|<=|>|>=>,value or name,isset|notset, "
+                f"got {text!r}"
+            )
+        value = _int_value(parts[2])
+        (
+            checks.append((name, op, value))
+            if op in _INT_TESTS
+            else changes.append((name, op, value))
+        )
+    return Flowint(tuple(checks), tuple(changes))
+
+
+def _int_value(text: str) -> int | str:
+    if text.isdigit() and int(text) < 1 << 32:
+        return int(text)
+    if _NAME.fullmatch(text) and not text[0].isdigit():
+        return text
+    raise RuleError(f"flowint expects a value 0..4294967295 or a variable, got {text!r}")
+
+
+def phase(flowbits: Flowbits | None, flowint: Flowint | None) -> int:
+    """Suricata's order within a packet: rules that only change flow variables, then
+    rules that test and change, then rules that only test (and the rest)."""
+    tests = bool(flowbits and (flowbits.isset or flowbits.isnotset)) or bool(
+        flowint and flowint.checks
+    )
+    changes = bool(flowbits and flowbits.changes) or bool(flowint and flowint.changes)
+    if not tests and not changes:
+        return 0
+    return 1 if tests and changes else 2 if tests else 0
 
 
 class Threshold(NamedTuple):

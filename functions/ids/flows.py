@@ -5,7 +5,7 @@ One entry per flow in the function's `flow` table, keyed by the canonical
 bidirectional flow key (Headers.flow), so it lives in the changelog like every
 other state and a takeover finds it. The value is a JSON list:
 
-    [last_ns, client_direction, state, bits, directions_seen, streams]
+    [last_ns, client_direction, state, bits, directions_seen, streams, ints]
 
 - client_direction: the Headers.direction of the client's packets (the sender
   of the first SYN, or of the flow's first packet).
@@ -14,6 +14,7 @@ other state and a takeover finds it. The value is a JSON list:
   which treats it as established, as Suricata's stream.midstream does).
   Other protocols are established once both directions have been seen.
 - bits: the flow's flowbits, sorted.
+- ints: the flow's flowints, {name: value}.
 - streams: per direction (to server, to client) None or [next sequence
   number, the last bytes of in-order payload] (stream.py).
 """
@@ -25,6 +26,8 @@ from typing import Any, NamedTuple
 from snf.core.expiry import ExpiryIndex
 from snf.core.tables import TableView
 from snf.packet.headers import Headers
+
+from .flow_keywords import FlowVars
 
 __all__ = ["FlowInfo", "FlowTimeouts", "FlowView", "due_of", "track"]
 
@@ -64,13 +67,13 @@ def track(
             state = SYN_SENT
         else:
             state = ESTABLISHED if midstream else UNTRACKED
-        entry = [now, direction, state, [], 0, [None, None]]
-    last, client, state, bits, seen, streams = entry
+        entry = [now, direction, state, [], 0, [None, None], {}]
+    last, client, state, bits, seen, streams, ints = entry
     seen |= 1 << direction
     to_server = direction == client
     if proto == 6:
         state = _tcp_state(state, to_server, flags)
-    new = [max(last, now), client, state, bits, seen, list(streams)]
+    new = [max(last, now), client, state, bits, seen, list(streams), ints]
     return new, FlowInfo(to_server, _established(proto, state, seen))
 
 
@@ -116,9 +119,9 @@ class FlowView:
             entry = None  # expired: the lazy path sees a new flow
         return track(entry, now, h.direction[i], h.proto[i], h.tcp_flags[i], self.midstream)
 
-    def keep(self, key: bytes, entry: list[Any], bits: set[str]) -> None:
-        """Write the flow's entry (with its flowbits); a full table evicts first."""
-        entry[3] = sorted(bits)
+    def keep(self, key: bytes, entry: list[Any], flowvars: FlowVars) -> None:
+        """Write the flow's entry (with its variables); a full table evicts first."""
+        entry[3], entry[6] = sorted(flowvars.bits), dict(sorted(flowvars.ints.items()))
         if self.view.get(key) is None and len(self.due) >= self.max_flows:
             victim = self.due.victim()  # full: not established first, then the oldest
             if victim is not None:

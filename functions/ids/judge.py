@@ -19,7 +19,7 @@ from typing import NamedTuple
 from snf.core.expiry import ExpiryIndex
 from snf.core.tables import TableView
 
-from .flow_keywords import Threshold
+from .flow_keywords import FlowVars, Threshold, phase
 from .flows import FlowInfo
 from .match import Matcher, payload_span
 from .rules import Rule
@@ -156,10 +156,7 @@ class Judge:
                     (sup.track, sup.space)
                 )
         # Within a packet, matched rules are looked at in this order (flowbits' phases).
-        self._rank = {
-            j: (0 if r.flowbits is None else r.flowbits.phase, r.gid, r.sid)
-            for j, r in enumerate(rules)
-        }
+        self._rank = {j: (phase(r.flowbits, r.flowint), r.gid, r.sid) for j, r in enumerate(rules)}
         self._joinable = [joinable(r.payload) for r in rules]
         self.joins = any(self._joinable)  # no joinable rule: no carry to keep
         self.sizes = any(r.stream_size is not None for r in rules)
@@ -169,19 +166,20 @@ class Judge:
         buf: bytes,
         pkt: Packet,
         flow: FlowInfo | None,
-        bits: set[str] | None,
+        flowvars: FlowVars | None,
         counters: Counters | None,
         now: int,
         carry: bytes = b"",
         payload: bytes | None = None,
         sizes: tuple[int, int] = (0, 0),
     ) -> tuple[list[tuple[int, str]], int | None]:
-        """(the (rule, action) pairs to alert on, the sid that drops the packet or None)
-        `flow` and
-        `bits` are None inside a tunnel: rules that read the flow do not match there.
-        `bits` is changed in place by the rules that set flowbits. `carry`: the
-        stream's bytes before this segment (stream.py); `payload`: the packet's, when
-        the caller has it already; `sizes`: the bytes (client, server) sent (stream.py)."""
+        """(the (rule, action) pairs to alert on, the sid that drops the packet or None).
+
+        `flow` and `flowvars` are None inside a tunnel: rules that read the flow do not
+        match there. `flowvars` is changed in place by the rules that set flowbits and
+        flowints. `carry`: the stream's bytes before this segment (stream.py);
+        `payload`: the packet's, when the caller has it already; `sizes`: the bytes
+        (client, server) sent (stream.py)."""
         found, payload = self._candidates(buf, pkt, payload)
         if carry and payload:
             found += self._joined(buf, pkt, carry, payload, set(found))
@@ -190,10 +188,13 @@ class Judge:
         rules, fired, acts = self.matcher.rules, [], {}
         for j in sorted(found, key=self._rank.__getitem__):
             rule = rules[j]
-            if rule.stateful and (flow is None or not _flow_holds(rule, flow, bits, sizes)):
+            if rule.stateful and (flow is None or not _flow_holds(rule, flow, flowvars, sizes)):
                 continue
-            if rule.flowbits is not None and bits is not None:
-                rule.flowbits.apply(bits)
+            if flowvars is not None:
+                if rule.flowbits is not None:
+                    rule.flowbits.apply(flowvars.bits)
+                if rule.flowint is not None:
+                    rule.flowint.apply(flowvars.ints)
             if rule.threshold is None or counters is None or self._counts(rule, pkt, counters, now):
                 fired.append(j)
                 acts[j] = self._rated(j, pkt, counters, now) if counters else rule.action
@@ -280,7 +281,9 @@ class Judge:
         return allow
 
 
-def _flow_holds(rule: Rule, flow: FlowInfo, bits: set[str] | None, sizes: tuple[int, int]) -> bool:
+def _flow_holds(
+    rule: Rule, flow: FlowInfo, flowvars: FlowVars | None, sizes: tuple[int, int]
+) -> bool:
     if rule.stream_size is not None and not rule.stream_size.holds(*sizes):
         return False
     spec = rule.flow
@@ -289,8 +292,10 @@ def _flow_holds(rule: Rule, flow: FlowInfo, bits: set[str] | None, sizes: tuple[
             return False
         if spec.to_server is not None and spec.to_server != flow.to_server:
             return False
-    fb = rule.flowbits
-    return fb is None or bits is None or fb.holds(bits)
+    if flowvars is None:
+        return True
+    fb, fi = rule.flowbits, rule.flowint
+    return (fb is None or fb.holds(flowvars.bits)) and (fi is None or fi.holds(flowvars.ints))
 
 
 def _silent(rule: Rule) -> bool:

@@ -22,11 +22,13 @@ from typing import NamedTuple
 from .flow_keywords import (
     FLOW_KEYWORDS,
     Flowbits,
+    Flowint,
     FlowSpec,
     StreamSize,
     Threshold,
     compile_flow,
     compile_flowbits,
+    compile_flowint,
     compile_stream_size,
     compile_threshold,
 )
@@ -90,11 +92,14 @@ class Rule(NamedTuple):
     flowbits: Flowbits | None = None
     threshold: Threshold | None = None  # threshold or detection_filter
     stream_size: StreamSize | None = None
+    flowint: Flowint | None = None
 
     @property
     def stateful(self) -> bool:
         """Whether the rule reads the flow (so it never matches inside a tunnel)."""
-        return self.flow is not None or self.flowbits is not None or self.stream_size is not None
+        return any(
+            x is not None for x in (self.flow, self.flowbits, self.stream_size, self.flowint)
+        )
 
     @property
     def drops(self) -> bool:
@@ -157,7 +162,7 @@ def _options(text: str) -> tuple[dict[str, object], dict[str, list[str]], Sequen
 
 def _flow_options(
     options: Sequence[tuple[str, str | None]],
-) -> tuple[FlowSpec | None, Flowbits | None, Threshold | None, StreamSize | None]:
+) -> tuple[FlowSpec | None, Flowbits | None, Threshold | None, StreamSize | None, Flowint | None]:
     by_name: dict[str, list[str | None]] = {}
     for name, value in options:
         if name in FLOW_KEYWORDS:
@@ -171,6 +176,7 @@ def _flow_options(
         compile_flowbits(by_name.get("flowbits", [])),
         threshold or detection,
         compile_stream_size(by_name.get("stream_size", [])),
+        compile_flowint(by_name.get("flowint", [])),
     )
 
 
@@ -240,7 +246,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
     if l4 is not None and protos is not None and not set(protos) & l4:
         first = next(k for k in header.keywords if k in _L4_KEYWORDS)  # type: ignore[union-attr]
         raise RuleError(f"{first} never matches a {proto} rule")
-    flow, flowbits, threshold, stream_size = _flow_options(options)
+    flow, flowbits, threshold, stream_size, flowint = _flow_options(options)
     if stream_size is not None and protos != (6,):
         raise RuleError(f"stream_size never matches a {proto} rule (TCP only)")
     return Rule(
@@ -251,7 +257,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         payload, None if payload is None else fast_pattern(payload), header,
         single.get("gid", 1), single.get("priority"), single.get("classtype"),
         tuple(lists["reference"]), tuple(lists["metadata"]), bool(single.get("noalert")),
-        flow, flowbits, threshold, stream_size,
+        flow, flowbits, threshold, stream_size, flowint,
     )  # type: ignore[arg-type]  # fmt: skip
 
 

@@ -254,7 +254,7 @@ ANY = "alert tcp any any -> any any"
         ("alert foo any any -> any any (sid:1;)", "unknown protocol 'foo'"),
         ("alert http any any -> any any (sid:1;)", "protocol 'http' is not supported"),
         (f"{ANY} (foo; sid:1;)", "option 'foo' is not supported"),
-        (f"{ANY} (flowint:x,+,1; sid:1;)", "option 'flowint' is not supported"),
+        (f'{ANY} (content:"a"; http_uri; sid:1;)', "option 'http_uri' is not supported"),
         (f"{ANY} (flow:established,sideways; sid:1;)", "flow expects established"),
         (f"{ANY} (flowbits:set,a|b; sid:1;)", "flowbits:set takes one name"),
         (f"{ANY} (threshold:type limit, count 1, seconds 9; sid:1;)", "threshold expects exactly"),

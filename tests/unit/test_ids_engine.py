@@ -145,7 +145,7 @@ def test_a_ruleset_loads_what_it_supports_and_lists_the_rest(
     path.write_text(
         f'{ANY} (msg:"ok"; content:"GET"; sid:1;)\n'
         'alert http any any -> any any (msg:"app layer"; sid:2;)\n'
-        f'{ANY} (msg:"not yet"; flowint:count,+,1; sid:3;)\n'
+        f'{ANY} (msg:"not yet"; content:"a"; http_uri; sid:3;)\n'
         f'{ANY} (msg:"fine too"; flags:S; sid:4;)\n'
     )
     with caplog.at_level(logging.WARNING, logger="snf.functions.ids"):
@@ -153,7 +153,7 @@ def test_a_ruleset_loads_what_it_supports_and_lists_the_rest(
     assert [r.sid for r in config.compiled] == [1, 4]
     assert config.skipped == [
         (f"{path}:2", "protocol 'http' is not supported (docs/functions/ids.md)"),
-        (f"{path}:3", "option 'flowint' is not supported (docs/functions/ids.md)"),
+        (f"{path}:3", "option 'http_uri' is not supported (docs/functions/ids.md)"),
     ]
     assert "2 rules loaded, 2 skipped" in caplog.text and f"{path}:3" in caplog.text
     with pytest.raises(ValidationError, match=r"et.rules:2: protocol 'http' is not supported"):
@@ -161,13 +161,13 @@ def test_a_ruleset_loads_what_it_supports_and_lists_the_rest(
 
 
 def test_inline_rules_are_strict_unless_told_otherwise() -> None:
-    rules = [f"{ANY} (sid:1;)", f"{ANY} (flowint:x,+,1; sid:2;)"]
-    with pytest.raises(ValidationError, match="rule 2: option 'flowint' is not supported"):
+    rules = [f"{ANY} (sid:1;)", f'{ANY} (content:"a"; http_uri; sid:2;)']
+    with pytest.raises(ValidationError, match="rule 2: option 'http_uri' is not supported"):
         IdsConfig(rules=rules)
     config = IdsConfig(rules=rules, strict=False)
     assert [r.sid for r in config.compiled] == [1]
     assert config.skipped == [
-        ("rule 2", "option 'flowint' is not supported (docs/functions/ids.md)")
+        ("rule 2", "option 'http_uri' is not supported (docs/functions/ids.md)")
     ]
 
 

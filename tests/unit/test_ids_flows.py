@@ -234,3 +234,23 @@ def test_a_rate_filter_switches_the_action_for_its_timeout() -> None:
         ("drop", ["drop"]),  # at 8 s: the fifth in the window, again for 5 s
         ("pass", ["alert"]),  # a new window
     ]  # fmt: skip
+
+
+def test_flowint_counts_per_flow_and_tests_in_suricatas_order() -> None:
+    rules = [
+        'alert tcp any any -> any 80 (content:"login"; flowint:fails,+,1; noalert; sid:1;)',
+        'alert tcp any any -> any 80 (content:"login"; flowint:fails,>,2; sid:2;)',
+        'alert tcp any any -> any 80 (content:"reset"; flowint:fails,=,0; noalert; sid:3;)',
+        'alert tcp any any -> any 80 (content:"peek"; flowint:fails,notset; sid:4;)',
+        'alert tcp any any -> any 80 (content:"peek"; flowint:fails,==,best; sid:5;)',
+        'alert tcp any any -> any 80 (content:"best"; flowint:best,=,fails; noalert; sid:6;)',
+    ]
+    frames = [c2s("S"), c2s("PA", b"peek")] + [c2s("PA", b"login")] * 4
+    frames += [c2s("PA", b"best"), c2s("PA", b"peek"), c2s("PA", b"reset")]
+    frames += [c2s("PA", b"login"), c2s("PA", b"peek")]
+    # fails: 1, 2, 3 (> 2), 4; best = 4; peek: 4 == 4; reset: 0; login: 1; peek: 1 != 4
+    assert fired(rules, frames) == [[], [4], [], [], [2], [2], [], [5], [], [], []]
+    other = [c2s("PA", b"login", sport=41000)] * 3
+    assert fired(rules, [*frames, *other])[-3:] == [[], [], [2]]  # one count per flow
+    with pytest.raises(ValidationError, match="flowint expects"):
+        IdsConfig(rules=["alert tcp any any -> any any (flowint:x,*,2; sid:1;)"])
