@@ -180,12 +180,12 @@ class Ids(NetworkFunction):
 
     def _stream(
         self, buf: bytes, pkt: Packet, entry: list[Any], info: FlowInfo, flags: int
-    ) -> tuple[bytes, bytes | None]:
-        """(the stream's bytes before this TCP segment, its payload); (b"", None) when
-        not joined. Advances the flow's stream state (stream.py)."""
+    ) -> tuple[bytes | None, bytes | None]:
+        """(the stream's bytes before this TCP segment, its payload); (None, None) when
+        not tracked. Advances the flow's stream state (stream.py)."""
         window = self.config.stream_window if self.judge.joins else 0
         if pkt.proto != 6 or pkt.later or pkt.l4 < 0 or not (window or self.judge.sizes):
-            return b"", None
+            return None, None
         start, stop = payload_span(buf, 0, pkt.end, pkt.version, 6, pkt.l3, pkt.l4)
         payload = buf[start:stop] if stop > start else b""
         seq = int.from_bytes(buf[pkt.l4 + 4 : pkt.l4 + 8], "big")

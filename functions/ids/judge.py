@@ -157,9 +157,12 @@ class Judge:
                 )
         # Within a packet, matched rules are looked at in this order (flowbits' phases).
         self._rank = {j: (phase(r.flowbits, r.flowint), r.gid, r.sid) for j, r in enumerate(rules)}
-        self._joinable = [joinable(r.payload) for r in rules]
+        # tcp-pkt rules match single packets only, as in Suricata; tcp and ip ones both.
+        self._joinable = [joinable(r.payload) and r.proto != "tcp-pkt" for r in rules]
         self.joins = any(self._joinable)  # no joinable rule: no carry to keep
         self.sizes = any(r.stream_size is not None for r in rules)
+        self._stream_only = [r.proto == "tcp-stream" for r in rules]
+        self._stream_only_any = any(self._stream_only)
 
     def packet(
         self,
@@ -169,7 +172,7 @@ class Judge:
         flowvars: FlowVars | None,
         counters: Counters | None,
         now: int,
-        carry: bytes = b"",
+        carry: bytes | None = None,
         payload: bytes | None = None,
         sizes: tuple[int, int] = (0, 0),
     ) -> tuple[list[tuple[int, str]], int | None]:
@@ -177,11 +180,12 @@ class Judge:
 
         `flow` and `flowvars` are None inside a tunnel: rules that read the flow do not
         match there. `flowvars` is changed in place by the rules that set flowbits and
-        flowints. `carry`: the stream's bytes before this segment (stream.py);
+        flowints. `carry`: the stream's bytes before this segment (stream.py; None:
+        no stream data);
         `payload`: the packet's, when the caller has it already; `sizes`: the bytes
         (client, server) sent (stream.py)."""
         found, payload = self._candidates(buf, pkt, payload)
-        if carry and payload:
+        if carry is not None and payload and (carry or self._stream_only_any):
             found += self._joined(buf, pkt, carry, payload, set(found))
         if not found:
             return [], None
@@ -244,6 +248,8 @@ class Judge:
                 start, stop = payload_span(buf, 0, pkt.end, pkt.version, p, pkt.l3, pkt.l4)
                 payload = buf[start:stop] if stop > start and m.scans(p) else b""
         found = m.match(pkt.version, p, pkt.later, pkt.src, pkt.dst, pkt.sport, pkt.dport, payload)
+        if self._stream_only_any:  # tcp-stream rules match the stream, never one packet
+            found = [j for j in found if not self._stream_only[j]]
         return self._headers_hold(buf, pkt, found), payload
 
     def _joined(

@@ -42,18 +42,19 @@ from .header_keywords import (
 from .options import split_options, unquote
 from .payload import PAYLOAD_KEYWORDS, PayloadProgram, compile_payload, fast_pattern
 from .specs import PORT_ANY, RuleError, Space, parse_spec
+from .stream import joinable
 
 __all__ = ["Rule", "RuleError", "Unsupported", "compile_rules", "parse_rule"]
 
 # reject: a drop whose answer (a TCP reset, an ICMP error) snf cannot inject.
 ACTIONS = ("alert", "drop", "pass", "reject", "rejectsrc", "rejectdst", "rejectboth")
 PROTOS: dict[str, tuple[int, ...] | None] = {
-    "tcp": (6,), "tcp-pkt": (6,), "udp": (17,), "icmp": (1, 58), "icmpv4": (1,),
+    "tcp": (6,), "tcp-pkt": (6,), "tcp-stream": (6,), "udp": (17,), "icmp": (1, 58), "icmpv4": (1,),
     "icmpv6": (58,), "ip": None,
 }  # fmt: skip
 # Suricata's application-layer protocols and stream-only matching: well formed, not done here.
 _LATER_PROTOS = frozenset({
-    "tcp-stream", "http", "http1", "http2", "ftp", "ftp-data", "tls", "smb", "dcerpc", "dns",
+    "http", "http1", "http2", "ftp", "ftp-data", "tls", "smb", "dcerpc", "dns",
     "smtp", "imap", "ssh", "dnp3", "modbus", "enip", "nfs", "ntp", "dhcp", "krb5", "snmp",
     "sip", "rfb", "mqtt", "pgsql", "ike", "quic", "rdp", "telnet", "websocket", "ldap", "pop3",
 })  # fmt: skip
@@ -236,7 +237,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         parse_spec(sport, "source port", vars_, port=True),
         parse_spec(dport, "destination port", vars_, port=True),
     )
-    if proto not in ("tcp", "tcp-pkt", "udp") and ports != (PORT_ANY, PORT_ANY):
+    if proto not in ("tcp", "tcp-pkt", "tcp-stream", "udp") and ports != (PORT_ANY, PORT_ANY):
         raise RuleError(f"an {proto} rule has no ports: write 'any' for both ports")
     single, lists, options = _options(text[open_at + 1 : -1])
     payload = compile_payload(options) if any(n in PAYLOAD_KEYWORDS for n, _ in options) else None
@@ -247,6 +248,8 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         first = next(k for k in header.keywords if k in _L4_KEYWORDS)  # type: ignore[union-attr]
         raise RuleError(f"{first} never matches a {proto} rule")
     flow, flowbits, threshold, stream_size, flowint = _flow_options(options)
+    if proto == "tcp-stream" and not joinable(payload):
+        raise Unsupported("a tcp-stream rule here needs payload keywords that are all relative")
     if stream_size is not None and protos != (6,):
         raise RuleError(f"stream_size never matches a {proto} rule (TCP only)")
     return Rule(

@@ -60,31 +60,33 @@ def joinable(program: PayloadProgram | None) -> bool:
 
 def stream_step(
     entry: list[Any], side: int, seq: int, flags: int, payload: bytes, window: int
-) -> bytes:
+) -> bytes | None:
     """Advance one direction's stream state (entry[5][side]: [next sequence number,
-    carry, ISN]) past this segment; return the carry to join in front of its payload
-    (b"": nothing to join). `window` 0 keeps no carry (stream_size alone)."""
+    carry, ISN]) past this segment; return the carry to join in front of its payload:
+    b"" when the stream starts with this segment (its first, or after a gap), None when
+    the segment is no new stream data (a retransmission, no payload, no window).
+    `window` 0 keeps no carry (stream_size alone)."""
     streams = entry[5]
     if flags & _RST:
         streams[side] = None
-        return b""
+        return None
     state = streams[side]
     n = len(payload)
     after = (seq + n + (1 if flags & (_SYN | _FIN) else 0)) % _MOD
     if state is None or flags & _SYN:
         isn = seq if flags & _SYN else (seq - 1) % _MOD  # picked up midstream: as Suricata
         streams[side] = [after, _encode(payload[-window:] if n and window else b""), isn]
-        return b""
+        return b"" if n and window else None
     expected, carry_text, isn = state
     ahead = (seq - expected) % _MOD
     if ahead >= _HALF:  # before what we have: a retransmission or an overlap
-        return b""
+        return None
     if ahead:  # a gap: the bytes between are missing, start again here
         streams[side] = [after, _encode(payload[-window:] if window else b""), isn]
-        return b""
+        return b"" if n and window else None
     if not n or not window:
         streams[side] = [after, carry_text, isn]
-        return b""
+        return None
     carry = _decode(carry_text)
     streams[side] = [after, _encode((carry + payload)[-window:]), isn]
     return carry

@@ -114,3 +114,23 @@ def test_stream_size_counts_each_side_by_its_sequence_numbers() -> None:
     ]
     with pytest.raises(ValueError, match="stream_size never matches a udp rule"):
         IdsConfig(rules=["alert udp any any -> any any (stream_size:client,>,1; sid:9;)"])
+
+
+def test_tcp_stream_rules_match_the_stream_never_one_packet_alone() -> None:
+    rules = [
+        'alert tcp-stream any any -> any 80 (content:"/admin"; sid:1;)',
+        'alert tcp-pkt any any -> any 80 (content:"/admin"; sid:2;)',
+    ]
+    frames = [*OPEN, seg(b"GET /admin", 0), seg(b"GET /admin", 0), seg(b" /adm", 10),
+              seg(b"in", 15)]  # fmt: skip
+    # the first segment starts the stream; the retransmission is no new data; the
+    # window already held a match when the split one completes
+    assert fired(rules, frames)[3:] == [[1, 2], [2], [], []]
+    fresh = [*OPEN, seg(b"GET /adm", 0), seg(b"in", 8)]
+    assert fired(rules, fresh)[3:] == [[], [1]]
+    inner = tcp4("10.1.0.5", "10.2.0.9", 40000, 80, "PA", b"GET /admin")
+    from tests.unit.test_ids_engine import _vxlan
+
+    assert Run(rules).one(_vxlan(inner))[1] == [2]  # no stream inside a tunnel
+    with pytest.raises(ValueError, match="tcp-stream rule here needs"):
+        IdsConfig(rules=['alert tcp-stream any any -> any any (content:"a"; depth:4; sid:3;)'])
