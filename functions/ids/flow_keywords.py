@@ -5,8 +5,8 @@ flow (flows.py) and the partition's threshold counters.
 Suricata's semantics (docs/functions/ids.md, "Flows"):
 
 - `flow`: established / not_established / stateless, to_server (from_client)
-  / to_client (from_server), no_stream. `only_stream` is refused: there is no
-  stream reassembly yet, so it could never match.
+  / to_client (from_server), only_stream (the stream only, as a tcp-stream
+  rule) / no_stream (single packets only, as a tcp-pkt rule).
 - `flowbits`: set, unset, toggle (a name), isset, isnotset (a name, or names
   joined by `|` (any) or `&` (all)), noalert. Within one packet, rules that
   set bits are looked at before rules that test them, as Suricata orders them.
@@ -57,6 +57,7 @@ _TRACKS = ("by_src", "by_dst", "by_rule", "by_both")
 class FlowSpec(NamedTuple):
     established: bool | None  # None: either
     to_server: bool | None  # None: either direction
+    stream: bool | None = None  # only_stream: True, no_stream: False, None: either
 
 
 class Flowbits(NamedTuple):
@@ -233,6 +234,7 @@ def compile_flow(values: Sequence[str | None]) -> FlowSpec | None:
     established: bool | None = None
     to_server: bool | None = None
     state_given = False
+    stream: bool | None = None
     for word in words:
         if word in ("established", "not_established", "stateless"):
             if state_given:
@@ -243,18 +245,18 @@ def compile_flow(values: Sequence[str | None]) -> FlowSpec | None:
             if to_server is not None:
                 raise RuleError("flow: give one direction")
             to_server = word in ("to_server", "from_client")
-        elif word == "no_stream":
-            continue  # every packet is one: there is no reassembled stream yet
-        elif word == "only_stream":
-            raise RuleError("flow: only_stream never matches here (no stream reassembly yet)")
+        elif word in ("no_stream", "only_stream"):
+            if stream is not None:
+                raise RuleError("flow: give only_stream or no_stream, not both")
+            stream = word == "only_stream"  # as tcp-stream, or as tcp-pkt (stream.py)
         else:
             raise RuleError(
                 f"flow expects established, not_established, stateless, to_server, "
                 f"to_client, from_server, from_client or no_stream, got {word!r}"
             )
-    if established is None and to_server is None:
+    if established is None and to_server is None and stream is None:
         return None  # stateless: matches whatever the flow, inside tunnels too
-    return FlowSpec(established, to_server)
+    return FlowSpec(established, to_server, stream)
 
 
 def _names(op: str, text: str) -> tuple[str, tuple[str, ...]]:

@@ -158,10 +158,10 @@ class Judge:
         # Within a packet, matched rules are looked at in this order (flowbits' phases).
         self._rank = {j: (phase(r.flowbits, r.flowint), r.gid, r.sid) for j, r in enumerate(rules)}
         # tcp-pkt rules match single packets only, as in Suricata; tcp and ip ones both.
-        self._joinable = [joinable(r.payload) and r.proto != "tcp-pkt" for r in rules]
+        self._joinable = [joinable(r.payload) and not _packets_only(r) for r in rules]
         self.joins = any(self._joinable)  # no joinable rule: no carry to keep
         self.sizes = any(r.stream_size is not None for r in rules)
-        self._stream_only = [r.proto == "tcp-stream" for r in rules]
+        self._stream_only = [_stream_only(r) for r in rules]
         self._stream_only_any = any(self._stream_only)
 
     def packet(
@@ -302,6 +302,14 @@ def _flow_holds(
         return True
     fb, fi = rule.flowbits, rule.flowint
     return (fb is None or fb.holds(flowvars.bits)) and (fi is None or fi.holds(flowvars.ints))
+
+
+def _stream_only(rule: Rule) -> bool:
+    return rule.proto == "tcp-stream" or (rule.flow is not None and rule.flow.stream is True)
+
+
+def _packets_only(rule: Rule) -> bool:
+    return rule.proto == "tcp-pkt" or (rule.flow is not None and rule.flow.stream is False)
 
 
 def _silent(rule: Rule) -> bool:

@@ -248,7 +248,7 @@ def parse_rule(where: str, text: str, vars_: Mapping[str, str]) -> Rule:
         first = next(k for k in header.keywords if k in _L4_KEYWORDS)  # type: ignore[union-attr]
         raise RuleError(f"{first} never matches a {proto} rule")
     flow, flowbits, threshold, stream_size, flowint = _flow_options(options)
-    if proto == "tcp-stream" and not joinable(payload):
+    if (proto == "tcp-stream" or (flow is not None and flow.stream)) and not joinable(payload):
         raise Unsupported("a tcp-stream rule here needs payload keywords that are all relative")
     if stream_size is not None and protos != (6,):
         raise RuleError(f"stream_size never matches a {proto} rule (TCP only)")

@@ -134,3 +134,13 @@ def test_tcp_stream_rules_match_the_stream_never_one_packet_alone() -> None:
     assert Run(rules).one(_vxlan(inner))[1] == [2]  # no stream inside a tunnel
     with pytest.raises(ValueError, match="tcp-stream rule here needs"):
         IdsConfig(rules=['alert tcp-stream any any -> any any (content:"a"; depth:4; sid:3;)'])
+
+
+def test_flow_only_stream_and_no_stream_are_tcp_stream_and_tcp_pkt() -> None:
+    rules = [
+        'alert tcp any any -> any 80 (flow:only_stream; content:"/admin"; sid:1;)',
+        'alert tcp any any -> any 80 (flow:no_stream; content:"/admin"; sid:2;)',
+        'alert tcp any any -> any 80 (content:"/admin"; sid:3;)',
+    ]
+    frames = [*OPEN, seg(b"GET /adm", 0), seg(b"in", 8), seg(b" /admin", 10)]
+    assert fired(rules, frames)[3:] == [[], [1, 3], [2, 3]]
