@@ -4,7 +4,7 @@
     ip_proto sameip | itype icode icmp_id icmp_seq
 
 compile_header_keywords() picks the options it owns out of a rule's
-(name, value) list (rules._split_options) and compiles them once into a
+(name, value) list (options.split_options) and compiles them once into a
 HeaderProgram: a tuple of small checks. Every 8-bit field (TCP flags, ttl,
 tos, ip_proto, itype, icode) becomes a 256-entry table, so a check is a byte
 read and an index. HeaderProgram.match() reads the raw frame at the offsets it

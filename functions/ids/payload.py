@@ -8,7 +8,7 @@ cursor at the end of the last match for relative ones, and, when a keyword
 fails, the next occurrence of an earlier match it depends on (backtracking).
 docs/functions/ids-payload.md has every keyword, its forms and what is refused.
 
-    options = _split_options('content:"a"; content:"b"; distance:0; within:1;')
+    options = split_options('content:"a"; content:"b"; distance:0; within:1;')
     compile_payload(options).match(b"a ab")  # True: the second "a" is followed by "b"
 
 Modules: payload_parse (options -> steps), payload_bytes (byte_* values),

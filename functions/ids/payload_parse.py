@@ -1,6 +1,6 @@
 """A rule's payload options -> its steps (a helper of snf.functions.ids.payload).
 
-The options come in rule order, as rules._split_options yields them. As in
+The options come in rule order, as options.split_options yields them. As in
 Suricata's rule parser, a modifier applies to the last content before it, and
 each relative keyword marks the match it depends on; those marks later tell
 the engine where to look for a next occurrence. Every check is listed in
