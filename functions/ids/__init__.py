@@ -109,7 +109,11 @@ class Ids(NetworkFunction):
         self.config: IdsConfig = config
         self.matcher = Matcher(config.compiled)
         self.judge = Judge(
-            self.matcher, config.action_order, config.suppressions, config.rate_filters
+            self.matcher,
+            config.action_order,
+            config.suppressions,
+            config.rate_filters,
+            config.stream_window,
         )
         self._flow_due_of = due_of(FlowTimeouts(**config.flow_timeouts.model_dump()))
         # Per partition, when each flow and threshold entry expires (snf.core.expiry).

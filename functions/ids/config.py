@@ -172,7 +172,7 @@ class IdsConfig(FunctionConfig):
         "it matches too often.",
     )
     stream_window: int = Field(
-        default=2048,
+        default=512,
         ge=0,
         le=65536,
         description="Bytes of each TCP direction's in-order payload kept to match contents "

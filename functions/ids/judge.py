@@ -142,8 +142,10 @@ class Judge:
         action_order: Sequence[str] = DEFAULT_ACTION_ORDER,
         suppress: Sequence[Suppression] = (),
         rate_filters: Sequence[RateFilter] = (),
+        window: int = 512,
     ) -> None:
         self.matcher = matcher
+        self.window = window  # stream_window: the longest match joined across segments
         rules = matcher.rules
         rank = {a: k for k, a in enumerate(action_order)}
         self._order = {a: rank[_FAMILY.get(a, a)] for a in (*action_order, *_FAMILY)}
@@ -256,10 +258,13 @@ class Judge:
         self, buf: bytes, pkt: Packet, carry: bytes, payload: bytes, found: set[int]
     ) -> list[int]:
         """Rules that match across the segment boundary: on carry + payload, but on
-        neither alone (the payload's matches are `found`)."""
+        neither alone (the payload's matches are `found`). A match that starts in the
+        carry and is no longer than the window ends in the payload's first `window`
+        bytes: only those are joined (a stream's first segment is taken whole)."""
         m, rules = self.matcher, self.matcher.rules
+        head = payload[: self.window] if carry else payload
         joined = m.match(
-            pkt.version, pkt.proto, False, pkt.src, pkt.dst, pkt.sport, pkt.dport, carry + payload
+            pkt.version, pkt.proto, False, pkt.src, pkt.dst, pkt.sport, pkt.dport, carry + head
         )
         fresh = [
             j
