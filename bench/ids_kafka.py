@@ -60,13 +60,10 @@ ratio_to_smallest, normalised_ratio_to_smallest, same_output; or error), core
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import hashlib
 import json
 import math
-import os
-import platform
 import random
 import shutil
 import struct
@@ -92,10 +89,10 @@ from ids_rules import (
     one_pass,
     ruleset,
 )
-from ipsec_kafka import MetricsScraper
+from ipsec_kafka import timed_run
 from kafka_ceiling import broker, measure_ceiling, warm_up
-from loadwatch import LoadWatch, median_run
-from provenance import code_state, write_report
+from loadwatch import median_run
+from provenance import code_state, machine, write_report
 from rich.console import Console
 from rich.table import Table
 
@@ -103,8 +100,6 @@ from snf.core.tables import BatchState, MemoryStore
 from snf.egress.collector import Collector
 from snf.functions.ids import Ids, IdsConfig
 from snf.guarantee.journal import table_key
-from snf.harness.oneshot import RunOptions, run_pipeline
-from snf.ingress.replay import ReplayOptions
 from snf.packet import flowkey
 from snf.packet.batch import PacketBatch
 from snf.packet.capture_file import read_capture
@@ -190,24 +185,9 @@ def stages(last: dict[str, float]) -> dict[str, Any]:
 def run_once(pipeline: Path, capture: Path, local: bool, brokers: str, folder: Path) -> dict:
     """One `snf run` (or --local) of the pipeline, watched for disturbance."""
     rundir = folder / f"run-{time.monotonic_ns()}"
-    replay = ReplayOptions(max_packets=BATCH, progress=False)
-    opts = RunOptions(local=local, brokers=brokers, timeout=120, replay=replay, rundir=rundir)
-    scraper = MetricsScraper(rundir)
-    with LoadWatch() as watch, scraper if not local else contextlib.nullcontext():
-        t0 = time.perf_counter()
-        result = run_pipeline(pipeline, [capture], opts, Console(quiet=True))
-        wall = time.perf_counter() - t0
-    out = {
-        "mode": result.mode,
-        "packets": result.replay.packets,
-        "messages": result.replay.batches,
-        "processing_seconds": round(result.processing_seconds, 3),
-        "pps": round(result.processing_pps),
-        "end_to_end_seconds": round(wall, 3),
-        "startup_seconds": round(wall - result.processing_seconds, 3),
-        "output": output_of(result.collector),
-        "disturbance": watch.report(),
-    }
+    result, out, scraper = timed_run(pipeline, capture, local, brokers, rundir)
+    out["startup_seconds"] = round(out["end_to_end_seconds"] - result.processing_seconds, 3)
+    out["output"] = output_of(result.collector)
     if not local:
         out["worker"] = stages(scraper.last)
         out["worker"]["scrapes"] = scraper.scrapes
@@ -630,12 +610,7 @@ def main() -> None:
     captures = default_captures()
     report: dict[str, Any] = {
         "benchmark": "ids over Kafka vs rules (beside the ceiling), and its flow state's memory",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(),
         "code": code,
         "settings": {
             "sizes": args.sizes,

@@ -49,7 +49,6 @@ import argparse
 import cProfile
 import gc
 import os
-import platform
 import pstats
 import random
 import string
@@ -61,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from loadwatch import LoadWatch, wait_quiet
-from provenance import code_state, write_report
+from provenance import code_state, machine, write_report
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -690,12 +689,7 @@ def main() -> None:
     }  # fmt: skip
     report: dict[str, Any] = {
         "benchmark": "ids core: packets/s, compile time and memory vs number of rules",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(),
         "code": code,
         "settings": settings,
     }

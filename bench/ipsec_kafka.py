@@ -199,9 +199,11 @@ def worker_metrics(last: dict[str, float], packets: int, scrapes: int) -> dict[s
     }
 
 
-def run_once(pipeline: Path, capture: Path, local: bool, brokers: str, folder: Path) -> dict:
-    """One `snf run` (or --local) of the pipeline, watched for disturbance."""
-    rundir = folder / f"run-{time.monotonic_ns()}"
+def timed_run(
+    pipeline: Path, capture: Path, local: bool, brokers: str, rundir: Path
+) -> tuple[Any, dict[str, Any], MetricsScraper]:
+    """One `snf run` (or --local) of the pipeline in batches of 512, watched for
+    disturbance: its result, the common figures, and the worker's last /metrics."""
     replay = ReplayOptions(max_packets=512, progress=False)
     opts = RunOptions(local=local, brokers=brokers, timeout=120, replay=replay, rundir=rundir)
     scraper = MetricsScraper(rundir)
@@ -216,9 +218,16 @@ def run_once(pipeline: Path, capture: Path, local: bool, brokers: str, folder: P
         "processing_seconds": round(result.processing_seconds, 3),
         "pps": round(result.processing_pps),
         "end_to_end_seconds": round(wall, 3),
-        "egress": len(result.collector.packets.get(EGRESS, {})),
         "disturbance": watch.report(),
     }
+    return result, out, scraper
+
+
+def run_once(pipeline: Path, capture: Path, local: bool, brokers: str, folder: Path) -> dict:
+    """One `snf run` (or --local) of the pipeline, watched for disturbance."""
+    rundir = folder / f"run-{time.monotonic_ns()}"
+    result, out, scraper = timed_run(pipeline, capture, local, brokers, rundir)
+    out["egress"] = len(result.collector.packets.get(EGRESS, {}))
     if not local:
         out["worker_metrics"] = worker_metrics(scraper.last, out["packets"], scraper.scrapes)
     return out

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import select
 import signal
 import subprocess
@@ -284,13 +283,9 @@ def machine(args: argparse.Namespace) -> dict[str, Any]:
     model = next(
         (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if "model name" in ln), ""
     )
-    info: dict[str, Any] = {
-        "cpus": os.cpu_count(),
-        "cpu": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "loadavg": [round(x, 2) for x in os.getloadavg()],
-    }
+    from provenance import machine as machine_info
+
+    info = machine_info(cpu=model)
     probe = "import pcapy, importlib.metadata as m; print(m.version('pcapy-ng'))"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(args.pcapy_path))
     got = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -69,7 +68,7 @@ from live_inline_parts import (
     throughput,
 )
 from live_inline_tools import PARTITIONS, Receiver, Workers, chain_text, write_scripts
-from provenance import code_state, write_report
+from provenance import code_state, machine, write_report
 from rich.console import Console
 from rich.table import Table
 
@@ -250,13 +249,7 @@ def main() -> int:
     report: dict[str, Any] = {
         "benchmark": "live inline: latency, throughput and continuity through a deployed "
         "chain in a lab's path",
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "iperf3": _version(["iperf3", "--version"]),
-            "loadavg": [round(x, 2) for x in os.getloadavg()],
-        },
+        "machine": machine(iperf3=_version(["iperf3", "--version"])),
         "code": code,
         "settings": {
             "ship": "whole",

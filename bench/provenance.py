@@ -1,5 +1,5 @@
-"""Which code a benchmark measured: the commit, uncommitted changes, and whether the
-tree changed while it ran.
+"""Which code and machine a benchmark measured: the commit, uncommitted changes,
+whether the tree changed while it ran, and the machine's CPUs and load.
 
 Other people edit and commit in the same tree while benchmarks run, and every
 worker process imports snf afresh from it, so a run can mix two versions of
@@ -17,10 +17,24 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["changed_since", "code_state", "write_report"]
+__all__ = ["changed_since", "code_state", "machine", "write_report"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CODE = ("snf", "functions")  # what a worker imports
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """The report's `machine`: CPUs, platform, Python and the load average now,
+    plus what a benchmark adds (tool versions)."""
+    import platform
+
+    return {
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        **extra,
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def _git(*args: str) -> str:
