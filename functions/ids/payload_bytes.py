@@ -86,34 +86,50 @@ def parse_byte_test(value: str | None, known: Container[str]) -> ByteTestStep:
         )
     test = _var(name, parts[2], known) or c_integer(f"{name} value", parts[2], 0, U64)
     offset = _var(name, parts[3], known) or _c_signed(f"{name} offset", parts[3], *I32)
-    relative, little, string, base, bitmask = False, False, False, None, None
+    common, bitmask = _ReadOptions(name), None
     for option in parts[4:]:
-        word = option.lower()
-        if option == "relative":  # Suricata compares this one case-sensitively
-            relative = True
-        elif word == "string":
-            string = True
-        elif word in _BASES:
-            base = _one_base(name, base, word)
-        elif word in ("big", "little"):
-            little = word == "little"
-        elif word == "dce":
-            raise refuse_dce(name)
-        elif (m := _WITH_VALUE.fullmatch(option)) and m[1].lower() == "bitmask":
+        if common.take(option):
+            continue
+        if (m := _WITH_VALUE.fullmatch(option)) and m[1].lower() == "bitmask":
             bitmask = c_integer(f"{name} bitmask", m[2], 0, 2**32 - 1)
         else:
             raise RuleError(f"{name}: unknown option {option!r}")
-    _check_nbytes(name, nbytes, string)
-    if base is not None and not string:
-        raise RuleError(f"{name}: a base (dec, hex, oct) needs string")
-    read = Read(nbytes, offset, relative, little, (base or 0) if string else None)
-    return ByteTestStep(read, op, negated, test, bitmask)
+    return ByteTestStep(common.read(nbytes, offset), op, negated, test, bitmask)
 
 
-def _one_base(name: str, base: int | None, word: str) -> int:
-    if base is not None and base != _BASES[word]:
-        raise RuleError(f"{name}: give one base (dec, hex or oct), not two")
-    return _BASES[word]
+class _ReadOptions:
+    """The options byte_test and byte_jump share: relative, string, a base, the order."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.relative = self.little = self.string = False
+        self.base: int | None = None
+
+    def take(self, option: str) -> bool:
+        """Whether `option` is one of them (then it is taken)."""
+        word = option.lower()
+        if option == "relative":  # Suricata compares this one case-sensitively
+            self.relative = True
+        elif word == "string":
+            self.string = True
+        elif word in _BASES:
+            if self.base is not None and self.base != _BASES[word]:
+                raise RuleError(f"{self.name}: give one base (dec, hex or oct), not two")
+            self.base = _BASES[word]
+        elif word in ("big", "little"):
+            self.little = word == "little"
+        elif word == "dce":
+            raise refuse_dce(self.name)
+        else:
+            return False
+        return True
+
+    def read(self, nbytes: Num, offset: Num) -> Read:
+        _check_nbytes(self.name, nbytes, self.string)
+        if self.base is not None and not self.string:
+            raise RuleError(f"{self.name}: a base (dec, hex, oct) needs string")
+        base = (self.base or 0) if self.string else None
+        return Read(nbytes, offset, self.relative, self.little, base)
 
 
 def parse_byte_jump(value: str | None, known: Container[str]) -> ByteJumpStep:
@@ -121,37 +137,25 @@ def parse_byte_jump(value: str | None, known: Container[str]) -> ByteJumpStep:
     parts = _split(name, value, 2, 11, "<bytes>, <offset>[, options]")
     nbytes = _var(name, parts[0], known) or parse_int(f"{name} bytes", parts[0], 0, 2**32 - 1)
     offset = _var(name, parts[1], known) or parse_int(f"{name} offset", parts[1], -65535, 65535)
-    relative, little, string, base, align = False, False, False, None, False
+    common, align = _ReadOptions(name), False
     origin, multiplier, post_offset = "cursor", 1, 0
     for option in parts[2:]:
         word, m = option.lower(), _WITH_VALUE.fullmatch(option)
-        if option == "relative":  # Suricata compares this one case-sensitively
-            relative = True
-        elif word == "string":
-            string = True
-        elif word in _BASES:
-            base = _one_base(name, base, word)
-        elif word in ("big", "little"):
-            little = word == "little"
-        elif word == "align":
+        if common.take(option):
+            continue
+        if word == "align":
             align = True
         elif word in ("from_beginning", "from_end"):
             if origin not in ("cursor", word[5:]):
                 raise RuleError(f"{name}: from_end and from_beginning cannot both be given")
             origin = word[5:]
-        elif word == "dce":
-            raise refuse_dce(name)
         elif m and m[1].lower() == "multiplier":
             multiplier = parse_int(f"{name} multiplier", m[2], 1, 65535)
         elif m and m[1].lower() == "post_offset":
             post_offset = parse_int(f"{name} post_offset", m[2], -65535, 65535)
         else:
             raise RuleError(f"{name}: unknown option {option!r}")
-    _check_nbytes(name, nbytes, string)
-    if base is not None and not string:
-        raise RuleError(f"{name}: a base (dec, hex, oct) needs string")
-    read = Read(nbytes, offset, relative, little, (base or 0) if string else None)
-    return ByteJumpStep(read, multiplier, align, origin, post_offset)
+    return ByteJumpStep(common.read(nbytes, offset), multiplier, align, origin, post_offset)
 
 
 def parse_byte_extract(value: str | None, known: Container[str]) -> ByteExtractStep:

@@ -139,33 +139,20 @@ class _Compiler:
         if c.fast == "only":
             raise RuleError(f"{name} cannot modify a content with fast_pattern:only")
 
-    def absolute(self, name: str, value: str | None) -> None:
-        """offset, depth: from the buffer start."""
+    def position(self, name: str, value: str | None) -> None:
+        """offset, depth (from the buffer start); distance, within (from the end of
+        the previous match). The two kinds do not mix on one content."""
         c = self._last_content(name, value, takes_value=True)
         self._position_checks(name, c)
         if getattr(c, name) is not None:
             raise RuleError(f"{name} given twice for one content")
-        if c.distance is not None or c.within is not None:
-            raise RuleError(f"{name} cannot be mixed with distance/within on one content")
-        number = self._number(name, value or "", 0, 65535)
-        if name == "depth" and isinstance(number, int) and number < len(c.pattern):
+        others, lo, hi, bounds = _POSITIONS[name]
+        if any(getattr(c, other) is not None for other in others):
+            raise RuleError(f"{name} cannot be mixed with {'/'.join(others)} on one content")
+        number = self._number(name, value or "", lo, hi)
+        if bounds and isinstance(number, int) and number < len(c.pattern):
             raise RuleError(
-                f"depth must be >= the content's length ({len(c.pattern)} bytes), got {number}"
-            )
-        setattr(c, name, number)
-
-    def relative(self, name: str, value: str | None) -> None:
-        """distance, within: from the end of the previous match."""
-        c = self._last_content(name, value, takes_value=True)
-        self._position_checks(name, c)
-        if getattr(c, name) is not None:
-            raise RuleError(f"{name} given twice for one content")
-        if c.offset is not None or c.depth is not None:
-            raise RuleError(f"{name} cannot be mixed with offset/depth on one content")
-        number = self._number(name, value or "", -DISTANCE_MAX, DISTANCE_MAX)
-        if name == "within" and isinstance(number, int) and number < len(c.pattern):
-            raise RuleError(
-                f"within must be >= the content's length ({len(c.pattern)} bytes), got {number}"
+                f"{name} must be >= the content's length ({len(c.pattern)} bytes), got {number}"
             )
         setattr(c, name, number)
         index = max(i for i, item in enumerate(self.items) if item is c)
@@ -338,6 +325,13 @@ def _pcre_parts(value: str | None) -> tuple[bool, str, str]:
     return negated, body[1:end], body[end + 1 :]
 
 
+# keyword -> (what it cannot mix with, lo, hi, whether it must cover the content)
+_POSITIONS = {
+    "offset": (("distance", "within"), 0, 65535, False),
+    "depth": (("distance", "within"), 0, 65535, True),
+    "distance": (("offset", "depth"), -DISTANCE_MAX, DISTANCE_MAX, False),
+    "within": (("offset", "depth"), -DISTANCE_MAX, DISTANCE_MAX, True),
+}
 _BYTE_PARSERS: dict[str, Callable[..., Any]] = {
     "byte_test": parse_byte_test, "byte_jump": parse_byte_jump,
     "byte_extract": parse_byte_extract, "byte_math": parse_byte_math,
@@ -345,8 +339,8 @@ _BYTE_PARSERS: dict[str, Callable[..., Any]] = {
 _HANDLERS: dict[str, Callable[[_Compiler, str, str | None], None]] = {
     "content": _Compiler.content,
     "nocase": _Compiler.flag, "rawbytes": _Compiler.flag, "endswith": _Compiler.flag,
-    "offset": _Compiler.absolute, "depth": _Compiler.absolute,
-    "distance": _Compiler.relative, "within": _Compiler.relative,
+    "offset": _Compiler.position, "depth": _Compiler.position,
+    "distance": _Compiler.position, "within": _Compiler.position,
     "startswith": _Compiler.startswith, "fast_pattern": _Compiler.fast_pattern,
     "isdataat": _Compiler.isdataat, "pcre": _Compiler.pcre,
     "dsize": _Compiler.dsize, "bsize": _Compiler.bsize,
