@@ -119,6 +119,8 @@ class Ids(NetworkFunction):
         # Per partition, when each flow and threshold entry expires (snf.core.expiry).
         self._flow_due = PartitionIndexes("flow", self._flow_due_of)
         self._thresh_due = PartitionIndexes("thresh", threshold_due)
+        joins = self.judge.joins and config.stream_window > 0
+        self._tracks = joins or self.judge.sizes or any(r.stateful for r in self.matcher.rules)
 
     def forget(self, partition: int) -> None:
         self._flow_due.forget(partition)
@@ -136,10 +138,7 @@ class Ids(NetworkFunction):
     def process(self, batch: PacketBatch, headers: Headers, state: BatchState) -> Decisions:
         decisions, ip = triage(headers)
         buf, offsets, ts = batch.payload, batch.offsets, batch.records["ts_ns"].tolist()
-        flows = FlowView(
-            state.table("flow"), self._flow_due.of(state), self._flow_due_of,
-            self.config.midstream, self.config.max_flows,
-        )  # fmt: skip
+        flows = self._flows(state)
         counters = Counters(state.table("thresh"), self._thresh_due.of(state))
         # (packet index, matching rules to alert on, the packet's part of the alert record)
         hits: list[tuple[int, list[tuple[int, str]], dict[str, Any]]] = []
@@ -147,11 +146,15 @@ class Ids(NetworkFunction):
         for i in ip:
             try:
                 pkt = _packet(headers, i, offsets[i], offsets[i + 1])
-                entry, info = flows.track(headers, i, ts[i])
-                flowvars = FlowVars(set(entry[3]), dict(entry[6]))
-                carry, payload = self._stream(buf, pkt, entry, info, headers.tcp_flags[i])
+                entry = info = flowvars = carry = payload = None
+                sizes = (0, 0)
+                if flows is not None:
+                    entry, info = flows.track(headers, i, ts[i])
+                    flowvars = FlowVars(set(entry[3]), dict(entry[6]))
+                    carry, payload = self._stream(buf, pkt, entry, info, headers.tcp_flags[i])
+                    sizes = stream_sizes(entry)
                 verdict = self.judge.packet(
-                    buf, pkt, info, flowvars, counters, ts[i], carry, payload, stream_sizes(entry)
+                    buf, pkt, info, flowvars, counters, ts[i], carry, payload, sizes
                 )
                 # The record's fields only for a packet that alerts (ipaddress is slow).
                 fields = _packet_fields(headers, i) if verdict[0] else {}
@@ -167,7 +170,8 @@ class Ids(NetworkFunction):
             except Exception:  # crafted bytes broke an assumption: drop, never raise
                 decisions.ports[i], decisions.reasons[i] = "drop", MALFORMED
                 continue
-            flows.keep(headers.flow[i], entry, flowvars)
+            if flows is not None:
+                flows.keep(headers.flow[i], entry, flowvars)  # type: ignore[arg-type]
             dropped_by = None
             for (matched, drop), fields in found:
                 if matched:
@@ -179,8 +183,18 @@ class Ids(NetworkFunction):
         limit = self.config.packet_alert_max
         decisions.records["alerts"] = alert_records(batch, self.matcher.rules, hits, limit)
         decisions.metrics.update(tunneled=tunnels, tunnel_errors=tunnel_errors)
-        decisions.metrics[EVICTED] = flows.evicted
+        decisions.metrics[EVICTED] = flows.evicted if flows is not None else 0
         return decisions
+
+    def _flows(self, state: BatchState) -> FlowView | None:
+        """The partition's flows, or None when no rule reads them (no flow keyword,
+        no stream matching): then no packet writes flow state."""
+        if not self._tracks:
+            return None
+        return FlowView(
+            state.table("flow"), self._flow_due.of(state), self._flow_due_of,
+            self.config.midstream, self.config.max_flows,
+        )  # fmt: skip
 
     def _stream(
         self, buf: bytes, pkt: Packet, entry: list[Any], info: FlowInfo, flags: int
