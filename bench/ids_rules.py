@@ -406,21 +406,23 @@ def rss_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def build(rules: list[str]) -> tuple[Ids, float, float]:
-    """The core of `rules`: (ids, seconds validating the config, seconds building Ids)."""
+def build(rules: list[str], window: int | None = None) -> tuple[Ids, float, float]:
+    """The core of `rules`: (ids, seconds validating the config, seconds building Ids);
+    `window`: its stream_window (None: the default)."""
     t0 = time.perf_counter()
-    config = IdsConfig.model_validate({"rules": rules, "vars": VARS})
+    extra = {} if window is None else {"stream_window": window}
+    config = IdsConfig.model_validate({"rules": rules, "vars": VARS, **extra})
     t1 = time.perf_counter()
     ids = Ids(config)
     return ids, t1 - t0, time.perf_counter() - t1
 
 
-def traced(rules: list[str]) -> dict[str, float]:
+def traced(rules: list[str], window: int | None = None) -> dict[str, float]:
     """MiB that tracemalloc sees retained after a build (collected), and at its peak."""
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    ids = build(rules)[0]
+    ids = build(rules, window)[0]
     gc.collect()
     current, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
@@ -605,7 +607,7 @@ def compile_sets(
         mixes[str(size)] = dict(kinds) | {"captures_fixed": min(size, len(MATCHING))}
         gc.collect()
         before = rss_bytes()
-        ids, validate_s, build_s = build(rules)
+        ids, validate_s, build_s = build(rules, args.stream_window)
         grew = (rss_bytes() - before) / (1 << 20)
         compiled = len(ids.config.compiled)
         cores[str(size)] = Core(ids)
@@ -618,7 +620,7 @@ def compile_sets(
                 "total_s": round(total, 4),
                 "us_per_rule": round(1e6 * total / max(compiled, 1), 1),
             },
-            "memory": {"rss_growth_mib": round(grew, 1)} | traced(rules),
+            "memory": {"rss_growth_mib": round(grew, 1)} | traced(rules, args.stream_window),
         }
         console.print(f"{size:,} rules: compiled in {total:.2f}s, {cells[str(size)]['memory']}")
     return cores, cells, mixes
@@ -668,6 +670,13 @@ def main() -> None:
         help="share of generated rules whose fast pattern is a common token",
     )  # fmt: skip
     ap.add_argument("--captures", type=Path, nargs="+", default=None)
+    ap.add_argument(
+        "--stream-window",
+        type=int,
+        default=None,
+        help="the sets' stream_window (default: the function's); 0: no matching across "
+        "TCP segments, so no set keeps stream state",
+    )
     ap.add_argument("--profile-top", type=int, default=15, help="0: no profile")
     ap.add_argument(
         "--max-disturbance", type=float, default=0.1,
@@ -686,6 +695,7 @@ def main() -> None:
         "sizes": sizes, "packets_min": args.packets, "runs": args.runs, "seed": args.seed,
         "weak_anchors": args.weak_anchors, "batch_packets": BATCH, "mix": MIX,
         "packet_spacing_ns": SPACING_NS, "vars": VARS, "quick": args.quick,
+        "stream_window": args.stream_window,
     }  # fmt: skip
     report: dict[str, Any] = {
         "benchmark": "ids core: packets/s, compile time and memory vs number of rules",
