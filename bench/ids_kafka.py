@@ -91,7 +91,7 @@ from ids_rules import (
 )
 from ipsec_kafka import timed_run
 from kafka_ceiling import broker, measure_ceiling, warm_up
-from loadwatch import median_run
+from loadwatch import add_disturbance_args, median_run
 from provenance import code_state, machine, write_report
 from rich.console import Console
 from rich.table import Table
@@ -587,11 +587,7 @@ def _arguments() -> argparse.Namespace:
     )  # fmt: skip
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--weak-anchors", type=float, default=0.005, help="as bench/ids_rules.py")
-    ap.add_argument("--tries", type=int, default=3, help="runs of a disturbed figure at most")
-    ap.add_argument(
-        "--max-disturbance", type=float, default=0.1,
-        help="re-run a figure when others used more than this share of the CPUs",
-    )  # fmt: skip
+    add_disturbance_args(ap, repeats=None)
     ap.add_argument("--skip-kafka", action="store_true", help="the memory part only")
     ap.add_argument("--brokers", default=None)
     ap.add_argument("--quick", action="store_true", help="smoke test: 10 and 1000 rules, small")

@@ -59,7 +59,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from loadwatch import LoadWatch, wait_quiet
+from loadwatch import LoadWatch, add_disturbance_args, wait_quiet
 from provenance import code_state, machine, write_report
 from rich.console import Console
 from rich.progress import Progress
@@ -678,10 +678,7 @@ def main() -> None:
         "TCP segments, so no set keeps stream state",
     )
     ap.add_argument("--profile-top", type=int, default=15, help="0: no profile")
-    ap.add_argument(
-        "--max-disturbance", type=float, default=0.1,
-        help="others' share of the CPUs above which a timed round is run again",
-    )  # fmt: skip
+    add_disturbance_args(ap, repeats=None, tries=None)
     ap.add_argument("--quick", action="store_true", help="smoke test: 10 and 1000 rules, 1 run")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ids_rules.json")
     args = ap.parse_args()

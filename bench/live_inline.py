@@ -68,6 +68,7 @@ from live_inline_parts import (
     throughput,
 )
 from live_inline_tools import PARTITIONS, Receiver, Workers, chain_text, write_scripts
+from loadwatch import add_disturbance_args
 from provenance import code_state, machine, write_report
 from rich.console import Console
 from rich.table import Table
@@ -218,13 +219,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--replay-packets", type=int, default=50_000)
     ap.add_argument("--no-linger-run", action="store_true")
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--tries", type=int, default=2, help="runs of a disturbed level at most")
-    ap.add_argument(
-        "--max-disturbance",
-        type=float,
-        default=0.1,
-        help="run a level again when others used more than this share of the CPUs",
-    )
+    add_disturbance_args(ap, repeats=None, tries=2)
     ap.add_argument("--lab", default="bench")
     ap.add_argument("--brokers", default=None)
     ap.add_argument("--quick", action="store_true", help="short runs, 2 kills: for debugging")

@@ -34,12 +34,19 @@ class _Proc:
     last: float
 
 
-def add_disturbance_args(ap: argparse.ArgumentParser, repeats: int) -> None:
-    """--repeats, --tries and --max-disturbance, as every benchmark here takes them."""
-    ap.add_argument(
-        "--repeats", type=int, default=repeats, help="runs per figure; the median is kept"
-    )
-    ap.add_argument("--tries", type=int, default=3, help="runs of a disturbed figure at most")
+def add_disturbance_args(
+    ap: argparse.ArgumentParser, repeats: int | None, tries: int | None = 3
+) -> None:
+    """--repeats, --tries and --max-disturbance, as every benchmark here takes them
+    (None: a benchmark without that option)."""
+    if repeats is not None:
+        ap.add_argument(
+            "--repeats", type=int, default=repeats, help="runs per figure; the median is kept"
+        )
+    if tries is not None:
+        ap.add_argument(
+            "--tries", type=int, default=tries, help="runs of a disturbed figure at most"
+        )
     ap.add_argument(
         "--max-disturbance",
         type=float,
