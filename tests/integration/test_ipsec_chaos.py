@@ -1,4 +1,5 @@
-"""kill -9 of the encrypting ipsec worker, twice, mid-stream, on the real broker.
+"""kill -9 of an ipsec worker, twice, mid-stream, on the real broker: the encrypting
+gateway (its sequence numbers) and the decrypting one (its replay windows).
 
 Gateway A (`encrypt`, ipsec outbound) seals site A's traffic into two SAs;
 gateway B (`decrypt`, ipsec inbound, snf too) opens it. `snf chaos` kills
@@ -12,7 +13,15 @@ A's worker at 30% and at 65% of the replay. Then:
   own, and per SA the numbers only go up: a takeover is a gap, never a step
   back (snf.harness.esp_audit).
 
-The long variant (ten kills and more) is bench/ipsec_chaos.py.
+The decrypting gateway's case (tests.ipsec_chaos.write_replay_case): peer A's
+ESP as it reaches B, with replayed copies (inside the 1024-packet window and
+older) and originals sent late, many of them across B's kills. The verdict is
+clean (every packet on the port and with the reason --local gives), and the
+counts are the capture's own: every original out once, late ones included,
+every copy dropped. A successor that forgot the window would pass copies; one
+that restored it without undoing the redone batch would drop originals.
+
+The long variants (ten kills and more) are bench/ipsec_chaos.py.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ import pytest
 from snf.cli.main import main
 from snf.harness.esp_audit import audit_topic
 from snf.kafka.admin import delete_topics, topic_partitions
-from tests.ipsec_chaos import BLOCK, NAME, write_case
+from tests.ipsec_chaos import BLOCK, NAME, REPLAY_NAME, write_case, write_replay_case
 
 pytestmark = pytest.mark.integration
 
@@ -67,3 +76,32 @@ def test_killing_the_encrypting_worker_never_repeats_a_sequence_number(
     # A takeover skips the rest of a block, plus the numbers the killed worker took
     # for packets still in flight (never acknowledged): a few batches at this rate.
     assert audit.gaps and max(audit.gaps) <= BLOCK + 512
+
+
+def test_killing_the_decrypting_worker_never_accepts_a_replay(
+    kafka_bootstrap: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = write_replay_case(tmp_path, packets=6000)
+    report_file = tmp_path / "chaos.json"
+    argv = ["chaos", str(case.pipeline), str(case.capture)]
+    argv += ["--kill", "decrypt", "--at", "30%", "--kill", "decrypt", "--at", "65%"]
+    argv += ["-p", "1500", "--seed", "5", "--rundir", str(tmp_path / "run")]
+    argv += ["--brokers", kafka_bootstrap, "--json", str(report_file), "--no-progress"]
+    before = set(topic_partitions(kafka_bootstrap))
+    try:
+        code = main(argv)
+    finally:
+        mine = [t for t in set(topic_partitions(kafka_bootstrap)) - before if REPLAY_NAME in t]
+        delete_topics(kafka_bootstrap, mine)
+    capsys.readouterr()
+    report = json.loads(report_file.read_text())
+
+    fired = [f for f in report["faults"] if f["observed"] == "killed"]
+    assert len(fired) == 2, report["faults"]
+    assert all(0 < f["sent"] < case.frames for f in fired)
+    assert report["restarts"]["decrypt"] >= 2
+    assert code == 0 and report["verdict"]["clean"], report["verdict"]["totals"]
+    terminals = report["verdict"]["terminals"]
+    assert case.replays > 100 and case.late > 50  # the capture holds what is tested
+    assert terminals["egress"]["reference"] == terminals["egress"]["output"] == case.originals
+    assert terminals["decrypt.drop"]["output"] == case.replays
