@@ -1,6 +1,7 @@
 """Benchmark: the ipsec function's ESP rates against OpenSSL's on the same machine.
 
     python bench/ipsec.py --out bench/results/ipsec.json [--seconds 0.4] [--skip-kafka]
+        [--packets 30000] [--kafka-ciphers aes-gcm-128,...] [--kafka-sizes 64,512,1400]
 
 core      packets/s through the Ipsec core (FunctionEngine.handle: parse, policy,
           sequence numbers, ESP, the outer header, state write-back) with
@@ -18,14 +19,23 @@ openssl   the ceiling: `openssl speed -elapsed -seconds 1 -bytes SIZE -evp ...`
           1/hmac)). Decrypt ratios use `-decrypt` figures (GCM, CBC).
           `ratio` = snf's packets/s / OpenSSL's at that size: absolute rates
           move 2-3x between machines, ratios much less.
-kafka     encrypt over Kafka: one ipsec function (outbound, one SA, aes-gcm-128)
-          deployed with `snf run` (snf.harness) on a generated capture of
-          --packets 512-byte packets in 8 flows, beside the Kafka pass-through
-          ceiling (bench/kafka_ceiling.py's measure_ceiling, one hop) on the
-          same capture in the same run; `--local` of the same pipeline too.
-          The worker's /metrics are scraped while it runs: seq_reserved
-          (sequence blocks reserved) and the Processor's stage times
-          (`reserve`: waiting for a reserved table's write to be acknowledged).
+kafka     encrypt and decrypt over Kafka for every cipher and size (the
+          matrix: `--kafka-ciphers` x `--kafka-sizes` x 2 functions, default
+          all 4 x 3 x 2 = 24 combinations, on one broker): one ipsec function
+          (one SA of that cipher, outbound or inbound) deployed with `snf run`
+          (snf.harness) on a generated capture of --packets packets of that
+          size in 8 flows (decrypt: the same packets sealed into ESP), beside
+          the Kafka pass-through ceiling (bench/kafka_ceiling.py's
+          measure_ceiling, one hop) on the same capture in the same run;
+          `--local` of the same pipeline too; ratio_to_ceiling = Kafka pps /
+          ceiling pps. The worker's /metrics are scraped while it runs:
+          seq_reserved (sequence blocks reserved) and the Processor's stage
+          times (`reserve`: waiting for a reserved table's write to be
+          acknowledged). --packets defaults to 30,000 so that the full matrix
+          takes about 6-8 minutes on a quiet machine (15-20 s a combination:
+          three timed runs, each after a quiet second, and a worker's start),
+          under 12 with re-runs of disturbed figures; narrow it for a quick
+          look. The shape is in bench/ipsec_kafka.py's docstring.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +72,7 @@ GATEWAY_A, GATEWAY_B = "192.0.2.1", "198.51.100.2"
 LAN_A, LAN_B = "10.1.0.0/16", "10.2.0.0/16"
 T0 = 1_700_000_000 * 10**9
 COLUMNS = ("cipher", "bytes", "encrypt", "ratio", "decrypt", "ratio ", "seal", "open", "openssl")
+KAFKA_COLUMNS = ("cipher", "bytes", "encrypt", "ratio", "decrypt", "ratio ")
 MAC = b"\x02\x00\x00\x00\x00\x02\x02\x00\x00\x00\x00\x01"
 
 
@@ -280,21 +292,59 @@ def show(console: Console, report: dict[str, Any]) -> None:
                 f"{r['open']['pps']:,}", f"{top['encrypt_pps']:,}",
             )  # fmt: skip
     console.print(table)
-    for function in ("encrypt", "decrypt"):
-        kafka = (report.get("kafka") or {}).get(function)
-        if kafka and "error" not in kafka:
-            console.print(
-                f"kafka: {function} {kafka['kafka']['pps']:,} pps, ceiling "
-                f"{kafka['ceiling']['pps']:,} (ratio {kafka['ratio_to_ceiling']}), --local "
-                f"{kafka['local']['pps']:,}; metrics: {kafka['kafka'].get('worker_metrics')}",
-                highlight=False,
-            )
+    if report.get("kafka"):
+        console.print(kafka_table(report["kafka"]))
+        if "error" in report["kafka"]:
+            console.print(f"[red]kafka:[/] {report['kafka']['error']}", highlight=False)
+
+
+def kafka_table(kafka: dict[str, Any]) -> Table:
+    """Per cipher and size: Kafka packets/s and its ratio to the ceiling, both ways."""
+    table = Table(title="ipsec over Kafka vs the one-hop ceiling (packets/s, ratio)")
+    for col in KAFKA_COLUMNS:
+        table.add_column(col, justify="left" if col == "cipher" else "right")
+    for cipher, by_size in kafka.get("runs", {}).items():
+        for size, cell in by_size.items():
+            row = [cipher, size]
+            for function in ("encrypt", "decrypt"):
+                run = cell.get(function, {"error": "not run"})
+                if "error" in run:
+                    row += ["[red]error[/]", ""]
+                else:
+                    row += [f"{run['kafka']['pps']:,}", f"{run['ratio_to_ceiling']:.3f}"]
+            table.add_row(*row)
+    return table
+
+
+def names(text: str, known: tuple[Any, ...]) -> list[Any]:
+    """The comma list `text` of `known`'s members (as their type), checked."""
+    kind = type(known[0])
+    try:
+        got = [kind(item.strip()) for item in text.split(",") if item.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    unknown = [item for item in got if item not in known]
+    if unknown or not got:
+        raise argparse.ArgumentTypeError(f"one or more of {', '.join(map(str, known))}")
+    return got
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=0.4, help="per timed run of a figure")
-    ap.add_argument("--packets", type=int, default=50_000, help="of the Kafka capture")
+    ap.add_argument("--packets", type=int, default=30_000, help="of each Kafka capture")
+    ap.add_argument(
+        "--kafka-ciphers",
+        type=partial(names, known=CIPHERS),
+        default=list(CIPHERS),
+        help="comma list (default all) for the Kafka matrix",
+    )
+    ap.add_argument(
+        "--kafka-sizes",
+        type=partial(names, known=SIZES),
+        default=list(SIZES),
+        help="comma list of IP packet bytes (default all) for the Kafka matrix",
+    )
     ap.add_argument("--skip-kafka", action="store_true")
     ap.add_argument("--brokers", default=None)
     ap.add_argument("--tries", type=int, default=2, help="runs of a disturbed figure at most")
@@ -326,10 +376,10 @@ def main() -> None:
         report["core"] = measure_core(args, progress)
     add_ratios(report["core"], report["openssl"])
     if not args.skip_kafka:
-        from ipsec_kafka import CIPHER as CIPHER_KAFKA  # Kafka clients only when asked
-        from ipsec_kafka import measure_kafka
+        from ipsec_kafka import measure_kafka  # Kafka clients only when asked
 
-        report["kafka"] = measure_kafka(args, console, frames, key(CIPHER_KAFKA))
+        ciphers, sizes = args.kafka_ciphers, args.kafka_sizes
+        report["kafka"] = measure_kafka(args, console, frames, key, ciphers, sizes)
     write_report(report, code, started, args.out)
     show(console, report)
     console.print(f"wrote {args.out}")

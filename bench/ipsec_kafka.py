@@ -1,22 +1,30 @@
 """The Kafka half of bench/ipsec.py: encrypt and decrypt over Kafka beside the ceiling.
 
-For each direction, a capture and a pipeline of one ipsec function (one SA,
-aes-gcm-128) are written to a temporary directory: encrypt (outbound) gets
-`--packets` 512-byte IP packets (8 UDP flows from 10.1.0.0/16 to
-10.2.0.0/16), decrypt (inbound) the same packets sealed into ESP by the
-peer's side of that SA (snf's EspTransform). The pipeline runs as
-`snf run` does (snf.harness.oneshot), over Kafka and `--local`, then the
-pass-through ceiling (kafka_ceiling.measure_ceiling, one hop, snf's clients)
-moves the same capture's messages on the same broker. While the Kafka run
-lasts, the worker's /metrics are scraped every 0.2 s (its port from stats.json,
-or before that from /proc); the last scrape is kept, and `complete` says
-whether it had seen every packet.
+The matrix: every cipher x IP packet size x function (encrypt, decrypt), on one
+broker (started once, or the running one). For each combination, a capture
+and a pipeline of one ipsec function (one SA of that cipher) are written to a
+temporary directory: encrypt (outbound) gets `--packets` IP packets of that
+size (8 UDP flows from 10.1.0.0/16 to 10.2.0.0/16), decrypt (inbound) the
+same packets sealed into ESP by the peer's side of that SA (snf's
+EspTransform). The pipeline runs as `snf run` does (snf.harness.oneshot),
+over Kafka and `--local`, then the pass-through ceiling
+(kafka_ceiling.measure_ceiling, one hop, snf's clients) moves the same
+capture's messages on the same broker; ratio_to_ceiling = Kafka pps / ceiling
+pps. While the Kafka run lasts, the worker's /metrics are scraped every 0.2 s
+(its port from stats.json, or before that from /proc); the last scrape is
+kept, and `complete` says whether it had seen every packet. A failed
+combination records its error; the others still run.
+
+    {"packets": N, "flows": 8,
+     "runs": {cipher: {"64": {"encrypt": {local, kafka, ceiling, ratio_to_ceiling},
+                              "decrypt": {...}}, ...}}}
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import socket
@@ -24,7 +32,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -46,8 +54,6 @@ from snf.runtime.worker.files import STATS_FILE
 
 __all__ = ["measure_kafka"]
 
-CIPHER = "aes-gcm-128"
-SIZE = 512
 FLOWS = 8
 SPI = 0x2001
 GATEWAY_A, GATEWAY_B = "192.0.2.1", "198.51.100.2"
@@ -71,11 +77,12 @@ SIDES = {  # function: (direction, SA direction, local, peer, our LAN, theirs)
 
 
 Frames = Callable[[int, int, int], list[bytes]]  # (IP packet size, count, flows) -> frames
+Keys = Callable[[str], bytes]  # cipher -> the SA's key material
 
 
-def sealed(frames: list[bytes], key: bytes) -> list[bytes]:
+def sealed(frames: list[bytes], cipher: str, key: bytes) -> list[bytes]:
     """`frames` as gateway A sends them: ESP from A to B, numbers from 1."""
-    esp = EspTransform(CIPHER, key, SPI)
+    esp = EspTransform(cipher, key, SPI)
     a, b = socket.inet_aton(GATEWAY_A), socket.inet_aton(GATEWAY_B)
     out = []
     for seq, frame in enumerate(frames, 1):
@@ -85,9 +92,10 @@ def sealed(frames: list[bytes], key: bytes) -> list[bytes]:
 
 
 def write_inputs(
-    folder: Path, function: str, packets: int, frames: Frames, key: bytes
+    folder: Path, function: str, cipher: str, clear: list[bytes], key: bytes
 ) -> tuple[Path, Path]:
-    """(pipeline, capture) of the Kafka run of `function` (encrypt, decrypt), in `folder`."""
+    """(pipeline, capture) of the Kafka run of `function` (encrypt, decrypt) with one
+    SA of `cipher`, in `folder`: `clear` as they are (encrypt) or sealed (decrypt)."""
     key_file = folder / "sa.hex"
     key_file.write_text(key.hex() + "\n")
     pipeline = folder / f"{function}.yaml"
@@ -95,14 +103,14 @@ def write_inputs(
     pipeline.write_text(
         PIPELINE.format(
             function=function, direction=direction, sa=sa, spi=SPI, local=local, peer=peer,
-            cipher=CIPHER, key=key_file, mine=mine, theirs=theirs,
+            cipher=cipher, key=key_file, mine=mine, theirs=theirs,
         )
     )  # fmt: skip
     capture = folder / f"{function}.pcap"
-    clear = frames(SIZE, packets, FLOWS)
     with capture.open("wb") as f:
         writer = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB, nano=True)
-        for n, frame in enumerate(clear if function == "encrypt" else sealed(clear, key)):
+        packets = clear if function == "encrypt" else sealed(clear, cipher, key)
+        for n, frame in enumerate(packets):
             writer.writepkt(frame, ts=1_700_000_000 + n * 20e-6)
     return pipeline, capture
 
@@ -234,38 +242,71 @@ def run_once(pipeline: Path, capture: Path, local: bool, brokers: str, folder: P
 
 
 def measure_kafka(
-    args: argparse.Namespace, console: Console, frames: Frames, key: bytes
+    args: argparse.Namespace,
+    console: Console,
+    frames: Frames,
+    keys: Keys,
+    ciphers: Sequence[str],
+    sizes: Sequence[int],
 ) -> dict[str, Any]:
-    """Per direction (encrypt, decrypt): --local, Kafka and the ceiling, or the error
-    that stopped them. `frames` builds the clear Ethernet frames, `key` is the SA's
-    key material."""
-    out: dict[str, Any] = {"cipher": CIPHER, "packet_bytes": SIZE, "flows": FLOWS}
-    out["packets"] = args.packets
-    for function in SIDES:
-        try:
-            out[function] = _measure(function, args, console, frames, key)
-        except Exception as exc:  # a failed run (RunError, DeployError, CeilingError...)
-            console.print(f"[red]kafka {function} failed:[/] {exc}")
-            out[function] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    """Per cipher, size and function (encrypt, decrypt): --local, Kafka and the
+    ceiling on one broker, or the error that stopped that combination. `frames`
+    builds the clear Ethernet frames, `keys(cipher)` is an SA's key material."""
+    out: dict[str, Any] = {"packets": args.packets, "flows": FLOWS, "runs": {}}
+    total, n, warm = len(ciphers) * len(sizes) * len(SIDES), 0, [False]
+    try:
+        with broker(args.brokers) as bootstrap:
+            for size in sizes:
+                clear = frames(size, args.packets, FLOWS)  # once a size, for every cipher
+                for cipher, function in itertools.product(ciphers, SIDES):
+                    n += 1
+                    name = f"kafka {n}/{total}: {cipher} {size} B {function}"
+                    console.print(f"{name}, {args.packets:,} packets", highlight=False)
+                    t0 = time.monotonic()
+                    try:
+                        run = _measure(function, cipher, clear, keys(cipher), args, bootstrap, warm)
+                        took = f"{time.monotonic() - t0:.0f} s"
+                        console.print(f"{name}: {_summary(run)} ({took})", highlight=False)
+                    except Exception as exc:  # RunError, DeployError, CeilingError...
+                        console.print(f"[red]{name} failed:[/] {exc}", highlight=False)
+                        run = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                    out["runs"].setdefault(cipher, {}).setdefault(str(size), {})[function] = run
+    except Exception as exc:  # no broker answers, or none could be started
+        console.print(f"[red]kafka failed:[/] {exc}", highlight=False)
+        out["error"] = f"{type(exc).__name__}: {exc}"[:2000]
     return out
 
 
+def _summary(run: dict[str, Any]) -> str:
+    return (
+        f"{run['kafka']['pps']:,} pps, ceiling {run['ceiling']['pps']:,} "
+        f"(ratio {run['ratio_to_ceiling']}), --local {run['local']['pps']:,}"
+    )
+
+
 def _measure(
-    function: str, args: argparse.Namespace, console: Console, frames: Frames, key: bytes
+    function: str,
+    cipher: str,
+    clear: list[bytes],
+    key: bytes,
+    args: argparse.Namespace,
+    bootstrap: str,
+    warm: list[bool],
 ) -> dict[str, Any]:
+    """One combination; `warm[0]` says whether the broker has had its warm-up run."""
     quiet = {"repeats": 1, "tries": args.tries, "max_share": args.max_disturbance, "patience": 10}
     with tempfile.TemporaryDirectory(prefix="snf-bench-ipsec-") as tmp:
         folder = Path(tmp)
-        pipeline, capture = write_inputs(folder, function, args.packets, frames, key)
+        pipeline, capture = write_inputs(folder, function, cipher, clear, key)
         keyers = plan_pipeline(load_pipeline(pipeline)).ingress_hop.keyers
-        with broker(args.brokers) as bootstrap:
-            console.print(f"kafka {function}: {args.packets:,} packets of {SIZE} bytes")
-            shape = ([capture], 1, 512, 1, "snf", 1)
-            ceiling = partial(measure_ceiling, *shape, brokers=bootstrap, keyers=keyers)
-            ceiling()  # warm-up: a fresh broker's JVM is slower until its code is compiled
-            run = partial(run_once, pipeline, capture, brokers=bootstrap, folder=folder)
-            out = {"local": median_run(partial(run, True), **quiet)}
-            out["kafka"] = median_run(partial(run, False), **quiet)
-            out["ceiling"] = median_run(ceiling, **quiet)
+        shape = ([capture], 1, 512, 1, "snf", 1)
+        ceiling = partial(measure_ceiling, *shape, brokers=bootstrap, keyers=keyers)
+        if not warm[0]:  # a fresh broker's JVM is slower until its code is compiled
+            ceiling()
+            warm[0] = True
+        run = partial(run_once, pipeline, capture, brokers=bootstrap, folder=folder)
+        out = {"local": median_run(partial(run, True), **quiet)}
+        out["kafka"] = median_run(partial(run, False), **quiet)
+        out["ceiling"] = median_run(ceiling, **quiet)
     out["ratio_to_ceiling"] = round(out["kafka"]["pps"] / out["ceiling"]["pps"], 3)
     return out
