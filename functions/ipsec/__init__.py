@@ -1,4 +1,4 @@
-"""IPsec ESP gateway (RFC 4303, tunnel mode) with manually keyed SAs.
+"""IPsec ESP gateway (RFC 4303, tunnel or transport mode) with manually keyed SAs.
 
 Summary
     ESP packets addressed to one of our tunnel addresses are looked up by
@@ -10,9 +10,12 @@ Summary
     traffic of an inbound SA arriving unprotected is discarded, then the
     `policies` entries decide (bypass or discard), then `default`. Ciphers:
     AES-GCM-128/256 (RFC 4106) and AES-CBC-128/256 with HMAC-SHA-256-128
-    (RFC 4868), from the `cryptography` package (OpenSSL). Everything is
-    deterministic (GCM's IV is the sequence number, CBC's the AES encryption
-    of it), so `--local` and a Kafka run give the same bytes.
+    (RFC 4868), from the `cryptography` package (OpenSSL). A transport-mode
+    SA (RFC 4303 §3.1.1) protects the traffic between two hosts, `local` and
+    `peer`: ESP goes between their packets' IP header and payload
+    (transport.py). Everything is deterministic (GCM's IV is the sequence
+    number, CBC's the AES encryption of it), so `--local` and a Kafka run
+    give the same bytes.
 
 Ports
     pass    decrypted inner packets; ESP packets we sealed; bypassed
@@ -20,13 +23,14 @@ Ports
             that replaced a packet too big for `path_mtu` (reason "pmtu")
     drop    reason "unknown_spi", "auth_failed", "replay" (already received),
             "outside_window" (older than the window), "malformed" (cut short,
-            bad padding, not tunnel mode), "no_policy" (default discard),
-            "discard" (a discard policy), "unprotected" (an inbound SA's
+            bad padding, a tunnel SA's payload not IP), "no_policy" (default
+            discard), "discard" (a discard policy), "unprotected" (an inbound SA's
             traffic in clear), "policy_mismatch" (decrypted traffic outside
             its SA's selectors), "seq_exhausted" (a hard lifetime or the last
             sequence number reached), "fragment" (ESP in outer fragments: not
-            reassembled), "too_big" (over the MTU and no ICMP possible: IPv4
-            without DF, or another IP version than the SA's), "dummy" (RFC
+            reassembled; a fragment a transport SA would carry), "too_big"
+            (over the MTU and no ICMP possible: IPv4 without DF, another IP
+            version than the SA's, a transport SA's packet), "dummy" (RFC
             4303 §2.6 dummy packets), "unsupported" (the capture's link type
             cannot carry the other IP version), "ecn" (the outer header says
             congestion (CE) and the inner packet is not ECN-capable: RFC 6040
@@ -36,8 +40,10 @@ Ports
 Config (IpsecConfig, config.py)
     direction  both|inbound|outbound, default both (inbound: decrypt only,
                out SAs' traffic passes in clear; outbound: encrypt only)
-    sas        [{name, direction: in|out, spi, local, peer, selectors:
-               [{local, remote, proto, local_ports, remote_ports}], cipher,
+    sas        [{name, direction: in|out, mode: tunnel|transport, spi, local,
+               peer, selectors: [{local, remote, proto, local_ports,
+               remote_ports}] (transport: local and remote are exactly the
+               SA's local and peer), cipher,
                key_file | key_env, esn, replay_window, lifetime:
                {soft_packets, hard_packets, soft_bytes, hard_bytes}}]
     policies   [{action: bypass|discard, local, remote, proto, ...}]
@@ -96,7 +102,7 @@ ESP = 50
 
 
 class Ipsec(NetworkFunction):
-    """ESP tunnel gateway core; see the module docstring."""
+    """ESP gateway core (tunnel and transport mode); see the module docstring."""
 
     kind: ClassVar[str] = "ipsec"
     ports: ClassVar[tuple[str, ...]] = ("pass", "drop")

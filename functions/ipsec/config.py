@@ -114,9 +114,21 @@ class SaConfig(FunctionConfig):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$", description="Name in records.")
     direction: Literal["in", "out"] = Field(description="in: we decrypt; out: we encrypt.")
+    mode: Literal["tunnel", "transport"] = Field(
+        default="tunnel",
+        description="tunnel: ESP carries whole inner packets between local and peer; "
+        "transport (RFC 4303 §3.1.1): local and peer are the two hosts themselves, ESP goes "
+        "between their packets' IP header and payload, and every selector's local and remote "
+        "must be exactly those two addresses.",
+    )
     spi: int = Field(ge=256, le=0xFFFFFFFF, strict=True, description="SPI, 256..2^32-1.")
-    local: str = Field(description="Our tunnel address (outer dst of in, outer src of out).")
-    peer: str = Field(description="The peer gateway's tunnel address.")
+    local: str = Field(
+        description="Our tunnel address (outer dst of in, outer src of out); in transport "
+        "mode our host's own address."
+    )
+    peer: str = Field(
+        description="The peer gateway's tunnel address; in transport mode the peer host's."
+    )
     selectors: list[Selector] = Field(min_length=1, description="Inner traffic of this SA.")
     cipher: Literal[CIPHERS] = Field(description=f"One of {', '.join(CIPHERS)}.")  # type: ignore[valid-type]
     key_file: str | None = Field(
@@ -173,6 +185,26 @@ class SaConfig(FunctionConfig):
             if text is None:
                 raise ValueError(f"{where} is not set")
         self._key = _parse_key(text, where, KEY_BYTES[self.cipher], self.cipher)
+        return self
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> SaConfig:
+        """Transport mode sends each packet to its own destination and ESP leaves the
+        IP header unauthenticated: only `local` <-> `peer` traffic is sound to carry,
+        so the selectors must say exactly that (the policy and RFC 4301 §5.2's
+        check on opened packets then hold the addresses to it)."""
+        if self.mode != "transport":
+            return self
+        for j, sel in enumerate(self.selectors):
+            for side, field in (("local", "local"), ("remote", "peer")):
+                addr = ipaddress.ip_address(getattr(self, field))
+                host = (addr.version, int(addr), (1 << addr.max_prefixlen) - 1)
+                value = getattr(sel, side)
+                if any(net != host for net in parse_cidrs(value)):
+                    raise ValueError(
+                        f"SA {self.name!r} is in transport mode: selectors[{j}].{side} must "
+                        f"be its {field} address {addr} alone, got {value!r}"
+                    )
         return self
 
     @property

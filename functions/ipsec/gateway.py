@@ -1,5 +1,8 @@
 """The per-packet paths of the ipsec core: decrypt inbound, encrypt outbound.
 
+Tunnel and transport mode share everything but the framing (tunnel.py,
+transport.py): the window, sequence numbers, lifetimes and the policy.
+
 `Gateway.start` opens one batch's `Work`; each SA's table value is read once
 per batch, worked on in memory and written once at `finish()`, only when it
 changed. Reasons are the strings of the module docstring of snf.functions.ipsec.
@@ -19,7 +22,9 @@ from .config import IpsecConfig, Lifetime
 from .esp import EspAuthError, EspFormatError
 from .policy import Policy, Sa
 from .sequence import SEQ_TABLE, Numbers, SequenceSpace
+from .transport import frame, opened_tuple, split
 from .tunnel import (
+    ESP,
     OUTER_LEN,
     decap_ecn,
     icmp_too_big,
@@ -217,6 +222,8 @@ class Work:
             u.bytes += len(inner)
         if next_header == _NO_NEXT:
             return self._drop(i, "dummy")
+        if sa.transport:
+            return self._opened_transport(i, sa, pkt[: h.l4_off[i]], l3, next_header, inner)
         version = _VERSION.get(next_header)
         tup = inner_tuple(inner)
         if version is None or tup is None or tup[0] != version:
@@ -234,6 +241,21 @@ class Work:
         self.counts["decrypted"] += 1
         return None
 
+    def _opened_transport(
+        self, i: int, sa: Sa, head: bytes, l3: int, proto: int, body: bytes
+    ) -> None:
+        """RFC 4303 §3.1.1: the header that carried ESP (`head`, from the link
+        header on) carries `proto` again; RFC 4301 §5.2's check as in tunnel mode."""
+        ip = frame(head[l3:], proto, body)
+        tup = opened_tuple(ip)
+        if isinstance(tup, str):
+            return self._drop(i, tup)
+        if not self.g.policy.inner_allowed(sa, *tup):
+            return self._drop(i, "policy_mismatch")
+        self.d.replaced[i] = head[:l3] + ip
+        self.counts["decrypted"] += 1
+        return None
+
     def outbound(self, i: int) -> None:
         sa_or_verdict = self._verdict(i)
         if not isinstance(sa_or_verdict, Sa):
@@ -243,13 +265,22 @@ class Work:
             return None
         sa, h = sa_or_verdict, self.h
         pkt, l3 = self.batch.packet(i), h.l3_off[i]
-        inner = pkt[l3 : _ip_end(pkt, l3, h.version[i])]
-        esp_len = len(inner) + sa.esp.overhead(len(inner))
-        if OUTER_LEN[sa.version] + esp_len > self.g.mtu:
-            return self._too_big(i, sa, pkt[:l3], inner)
-        prefix = link_prefix(pkt[:l3], self.batch.linktype, sa.version)
-        if prefix is None:
-            return self._drop(i, "unsupported")
+        inner = pkt[l3 : _ip_end(pkt, l3, h.version[i])]  # then: what ESP carries
+        if sa.transport:
+            cut = split(inner) if h.frag[i] == FRAG_NONE else None
+            if cut is None:
+                return self._drop(i, "fragment")  # RFC 4303 §3.1.1: whole datagrams only
+            at, next_header = cut
+            head, inner, prefix = inner[:at], inner[at:], pkt[:l3]
+            if at + len(inner) + sa.esp.overhead(len(inner)) > self.g.mtu:
+                return self._drop(i, "too_big")  # no address of ours to answer from
+        else:
+            head, next_header = b"", _TUNNEL[h.version[i]]
+            if OUTER_LEN[sa.version] + len(inner) + sa.esp.overhead(len(inner)) > self.g.mtu:
+                return self._too_big(i, sa, pkt[:l3], inner)
+            prefix = link_prefix(pkt[:l3], self.batch.linktype, sa.version)
+            if prefix is None:
+                return self._drop(i, "unsupported")
         u = self._usage(sa)
         if sa.limited and self._hard(i, sa, u):
             return self._drop(i, "seq_exhausted")
@@ -264,9 +295,12 @@ class Work:
             if not u.flags & _HARD:
                 self._event(i, sa, u, _HARD)
             return self._drop(i, "seq_exhausted")
-        esp = sa.esp.seal(seq, _TUNNEL[h.version[i]], inner)
-        head = outer_header(sa.version, sa.local, sa.peer, len(esp), inner_tos(inner), seq)
-        self.d.replaced[i] = prefix + head + esp
+        esp = sa.esp.seal(seq, next_header, inner)
+        if sa.transport:
+            self.d.replaced[i] = prefix + frame(head, ESP, esp)
+        else:
+            head = outer_header(sa.version, sa.local, sa.peer, len(esp), inner_tos(inner), seq)
+            self.d.replaced[i] = prefix + head + esp
         if sa.limited:
             self._count(i, sa, u, len(inner))
         else:

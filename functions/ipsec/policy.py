@@ -43,7 +43,8 @@ class Sa:
     out: bool
     spi: int
     spi_bytes: bytes
-    version: int  # of the outer header
+    version: int  # of the outer header (transport mode: of the packets themselves)
+    transport: bool  # RFC 4303 §3.1.1 transport mode, else tunnel mode
     local: bytes
     peer: bytes
     esp: EspTransform
@@ -70,6 +71,7 @@ def _sa(index: int, sa: SaConfig) -> Sa:
         spi=sa.spi,
         spi_bytes=_SPI.pack(sa.spi),
         version=local.version,
+        transport=sa.mode == "transport",
         local=local.packed,
         peer=peer.packed,
         esp=EspTransform(sa.cipher, sa.key, sa.spi, esn=sa.esn),
