@@ -28,7 +28,8 @@ Ports
             traffic in clear), "policy_mismatch" (decrypted traffic outside
             its SA's selectors), "seq_exhausted" (a hard lifetime or the last
             sequence number reached), "fragment" (ESP in outer fragments: not
-            reassembled; a fragment a transport SA would carry), "too_big"
+            reassembled; a fragment a transport SA would carry; a cleartext
+            fragment only its ports could place, RFC 4301 §7), "too_big"
             (over the MTU and no ICMP possible: IPv4 without DF, another IP
             version than the SA's, a transport SA's packet), "dummy" (RFC
             4303 §2.6 dummy packets), "unsupported" (the capture's link type
@@ -145,16 +146,18 @@ class Ipsec(NetworkFunction):
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         """An SA's packets: its hash (inbound by SPI, outbound by the SA the
-        selectors pick); everything else None (stay)."""
+        selectors pick, cleartext fragments included); everything else None (stay)."""
         out: list[int | None] = []
         gateway = self.gateway
         for i, kind in enumerate(headers.kind):
-            if kind != KIND_IP or headers.frag[i] != FRAG_NONE:
+            if kind != KIND_IP:
                 out.append(None)
                 continue
             sa = self._esp_sa(batch, headers, i)
-            if sa is False:
+            if sa is False:  # cleartext, fragments too: sealed only where the SA lives
                 sa = gateway.outbound_sa(batch, headers, i)
+            elif headers.frag[i] != FRAG_NONE:
+                sa = None  # ESP in fragments: dropped where it is
             out.append(sa.hash if isinstance(sa, Sa) else None)
         return out
 

@@ -20,7 +20,7 @@ from snf.packet.headers import FRAG_NONE, Headers
 
 from .config import IpsecConfig, Lifetime
 from .esp import EspAuthError, EspFormatError
-from .policy import Policy, Sa
+from .policy import OPAQUE, Policy, Sa
 from .sequence import SEQ_TABLE, Numbers, SequenceSpace
 from .transport import frame, opened_tuple, split
 from .tunnel import (
@@ -94,17 +94,21 @@ class Gateway:
         return int.from_bytes(spi, "big") if len(spi) == 4 and l4 >= 0 else 0
 
     def outbound_sa(self, batch: PacketBatch, headers: Headers, i: int) -> Sa | None:
-        proto = headers.proto[i]
-        ported = proto in _PORTED
-        verdict = self.policy.decide(
-            headers.version[i],
-            proto,
-            headers.src[i],
-            headers.dst[i],
-            headers.sport[i] if ported else 0,
-            headers.dport[i] if ported else 0,
-        )
+        verdict = self.verdict(headers, i)
         return verdict if isinstance(verdict, Sa) else None
+
+    def verdict(self, headers: Headers, i: int) -> Sa | tuple[str, str]:
+        """The policy's answer for a cleartext packet. A fragment's ports are OPAQUE,
+        so all of a datagram's fragments get one answer (policy module docstring)."""
+        proto = headers.proto[i]
+        if headers.frag[i] != FRAG_NONE:
+            sport = dport = OPAQUE
+        elif proto in _PORTED:
+            sport, dport = headers.sport[i], headers.dport[i]
+        else:
+            sport = dport = 0
+        version, src, dst = headers.version[i], headers.src[i], headers.dst[i]
+        return self.policy.decide(version, proto, src, dst, sport, dport)
 
     def start(
         self, batch: PacketBatch, headers: Headers, state: BatchState, decisions: Decisions
@@ -257,7 +261,7 @@ class Work:
         return None
 
     def outbound(self, i: int) -> None:
-        sa_or_verdict = self._verdict(i)
+        sa_or_verdict = self.g.verdict(self.h, i)
         if not isinstance(sa_or_verdict, Sa):
             port, reason = sa_or_verdict
             if reason:
@@ -308,19 +312,6 @@ class Work:
             u.bytes += len(inner)
         self.encrypted += 1
         return None
-
-    def _verdict(self, i: int) -> Sa | tuple[str, str]:
-        h = self.h
-        proto = h.proto[i]
-        ported = proto in _PORTED
-        return self.g.policy.decide(
-            h.version[i],
-            proto,
-            h.src[i],
-            h.dst[i],
-            h.sport[i] if ported else 0,
-            h.dport[i] if ported else 0,
-        )
 
     def _too_big(self, i: int, sa: Sa, prefix: bytes, inner: bytes) -> None:
         """RFC 4301 §8: tell the inner source the MTU left inside the tunnel (ICMP),

@@ -6,12 +6,20 @@ Outbound SA selectors come first, then the inbound SAs' (traffic they cover
 must arrive protected), then the `policies` entries in order, then the
 default. Answers are cached per tuple (a bounded dict): most packets belong
 to a flow seen moments ago.
+
+IP fragments are decided without their ports (`OPAQUE`, RFC 4301 §7), the
+first fragment too, so every fragment of a datagram gets one answer and,
+through `key_hashes`, the partition of the SA that seals it: sealing anywhere
+else would draw sequence numbers from another partition's reservation. A
+first-matching entry that names ports cannot tell whether a fragment is its
+traffic, so the fragment is dropped (`FRAGMENT`), never sent in clear.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from snf.core.cidr import Net
@@ -20,13 +28,26 @@ from snf.packet.flowkey import flow_hash
 from .config import IpsecConfig, SaConfig
 from .esp import EspTransform
 
-__all__ = ["BYPASS", "DISCARD", "NO_POLICY", "UNPROTECTED", "Policy", "Sa", "sa_hash"]
+__all__ = [
+    "BYPASS",
+    "DISCARD",
+    "FRAGMENT",
+    "NO_POLICY",
+    "OPAQUE",
+    "UNPROTECTED",
+    "Policy",
+    "Sa",
+    "sa_hash",
+]
 
 # Verdicts for cleartext besides "protect with this SA": (port, reason).
 BYPASS = ("pass", "")
 DISCARD = ("drop", "discard")  # a discard policy entry
 NO_POLICY = ("drop", "no_policy")  # no SA nor policy covers it, default discard
 UNPROTECTED = ("drop", "unprotected")  # an inbound SA's traffic, arriving in clear
+FRAGMENT = ("drop", "fragment")  # a fragment whose first-matching entry names ports
+OPAQUE = -1  # a fragment's ports: not known, whatever the fragment holds
+_ALL_PORTS = (0, 65535)
 _CACHE_MAX = 1 << 16
 _SPI = struct.Struct("!I")
 
@@ -90,16 +111,15 @@ def _in(nets: tuple[Net, ...], version: int, addr: int) -> bool:
 
 def matches(
     sel: Compiled, version: int, proto: int, src: int, dst: int, sport: int, dport: int
-) -> bool:
-    """Whether a packet from `src` (local side) to `dst` (remote side) is in `sel`."""
+) -> bool | None:
+    """Whether a packet from `src` (local side) to `dst` (remote side) is in `sel`;
+    None when its ports are OPAQUE and `sel` names ports (it cannot be told)."""
     local, remote, want, lports, rports = sel
-    return (
-        (want < 0 or want == proto)
-        and lports[0] <= sport <= lports[1]
-        and rports[0] <= dport <= rports[1]
-        and _in(local, version, src)
-        and _in(remote, version, dst)
-    )
+    if not ((want < 0 or want == proto) and _in(local, version, src) and _in(remote, version, dst)):
+        return False
+    if sport == OPAQUE:
+        return True if lports == rports == _ALL_PORTS else None
+    return lports[0] <= sport <= lports[1] and rports[0] <= dport <= rports[1]
 
 
 class Policy:
@@ -136,16 +156,21 @@ class Policy:
     ) -> Sa | tuple[str, str]:
         s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
         for sa in self.out_sas:
-            if any(matches(sel, version, proto, s, d, sport, dport) for sel in sa.selectors):
-                return BYPASS if self.direction == "inbound" else sa
+            hit = _first(matches(sel, version, proto, s, d, sport, dport) for sel in sa.selectors)
+            if hit is not False:
+                return FRAGMENT if hit is None else BYPASS if self.direction == "inbound" else sa
         for sa in self.in_sas.values():
-            if any(matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors):
-                return BYPASS if self.direction == "outbound" else UNPROTECTED
+            hit = _first(matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors)
+            if hit is not False:
+                unprotected = BYPASS if self.direction == "outbound" else UNPROTECTED
+                return FRAGMENT if hit is None else unprotected
         for sel, verdict in self.entries:
-            if matches(sel, version, proto, s, d, sport, dport) or matches(
-                sel, version, proto, d, s, dport, sport
-            ):
-                return verdict
+            hit = _first(
+                (matches(sel, version, proto, s, d, sport, dport),
+                 matches(sel, version, proto, d, s, dport, sport))
+            )  # fmt: skip
+            if hit is not False:
+                return FRAGMENT if hit is None else verdict
         return self.default
 
     def inner_allowed(
@@ -163,3 +188,13 @@ class Policy:
                 matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors
             )
         return hit
+
+
+def _first(answers: Iterable[bool | None]) -> bool | None:
+    """True if any answer is; else None if any cannot be told; else False."""
+    unknown = False
+    for a in answers:
+        if a:
+            return True
+        unknown = unknown or a is None
+    return None if unknown else False
