@@ -32,15 +32,14 @@ from scapy.layers.ipsec import ESP, IPSecIntegrityError, SecurityAssociation
 from scapy.layers.l2 import GRE
 from scapy.packet import Packet, Raw
 
-from snf.core.engine import FunctionEngine
-from snf.functions.ipsec import Ipsec, IpsecConfig
+from snf.functions.ipsec import IpsecConfig
 from snf.functions.ipsec.esp import CIPHERS, KEY_BYTES
 from snf.functions.ipsec.policy import sa_hash
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
 from snf.packet.rewrite import ipv4_header_ok
-from tests.harness import Handled, JsonStore, handle
 from tests.packets import ether, fragments4, fragments6
+from tests.unit.test_ipsec import Gw
 
 HOSTS = {4: ("192.0.2.10", "198.51.100.20"), 6: ("2001:db8:1::10", "2001:db8:2::20")}
 SPI_OUT, SPI_IN = 0x3001, 0x3002  # H1 -> H2, H2 -> H1
@@ -50,21 +49,6 @@ BOTH = pytest.mark.parametrize(("cipher", "version"), [(c, v) for c in CIPHERS f
 
 def material(cipher: str, spi: int) -> bytes:
     return bytes((spi * 7 + 11 * i + 3) % 256 for i in range(KEY_BYTES[cipher]))
-
-
-class Gw:
-    """snf on one host: its transport SAs toward the other, tables in memory."""
-
-    def __init__(self, config: dict[str, Any]) -> None:
-        self.core = Ipsec(IpsecConfig.model_validate(config))
-        self.engine = FunctionEngine(self.core)
-        self.stores = {t: JsonStore() for t in Ipsec.tables}
-        self.seq = 0
-
-    def __call__(self, frames: list[bytes]) -> Handled:
-        rows = [(T0 + self.seq + i, len(f), f, 1, self.seq + i, "") for i, f in enumerate(frames)]
-        self.seq += len(rows)
-        return handle(self.engine, PacketBatch.from_rows(1, rows), self.stores)
 
 
 def transport_sas(

@@ -10,9 +10,7 @@ flipped ICV byte must report a bad ICV.
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from snf.functions.ipsec.esp import CIPHERS
 from snf.packet.linktypes import LINKTYPE_ETHERNET
 from snf.packet.pcapng_writer import PcapngWriter
 from tests.unit.test_ipsec_transport import HOSTS, SPI_OUT, Gw, frame, material, transport_sas
+from tests.unit.test_ipsec_tshark import tshark
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tshark") is None,
@@ -67,20 +66,6 @@ def uat_row(cipher: str, version: int) -> str:
     return ",".join(f'"{cell}"' for cell in cells)
 
 
-def tshark(path: Path, home: Path, rows: list[str]) -> list[dict[str, str]]:
-    cmd = ["tshark", "-n", "-r", str(path), "-o", "esp.enable_encryption_decode:TRUE"]
-    cmd += ["-o", "esp.enable_authentication_check:TRUE"]
-    for row in rows:
-        cmd += ["-o", f"uat:esp_sa:{row}"]
-    cmd += ["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]
-    for field in FIELDS:
-        cmd += ["-e", field]
-    env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(home), "HOME": str(home)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return [dict(zip(FIELDS, line.split("\t"), strict=True)) for line in done.stdout.splitlines()]
-
-
 def test_tshark_opens_transport_mode_with_good_icvs(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -103,7 +88,7 @@ def test_tshark_opens_transport_mode_with_good_icvs(
     with PcapngWriter(path) as writer:
         for i, f in enumerate([*frames, bytes(broken)]):
             writer.write(LINKTYPE_ETHERNET, T0 + i, f)
-    decoded = tshark(path, tmp_path / "wireshark", rows)
+    decoded = tshark(path, tmp_path / "wireshark", rows, FIELDS)
     assert len(decoded) == len(frames) + 1
     for row, (cipher, version, seq) in zip(decoded, sent, strict=False):
         where = f"{cipher} IPv{version} #{seq} -> {row}"

@@ -171,20 +171,23 @@ def uat_rows() -> list[str]:
     return rows
 
 
-def tshark(path: Path, home: Path) -> list[dict[str, str]]:
-    """Per packet, the FIELDS tshark decoded with snf's SAs (its own profile kept out)."""
+def tshark(
+    path: Path, home: Path, rows: list[str] | None = None, fields: tuple[str, ...] = FIELDS
+) -> list[dict[str, str]]:
+    """Per packet, the `fields` tshark decoded with the SAs of `rows` (default: snf's
+    of this module), its own profile kept out."""
     cmd = ["tshark", "-n", "-r", str(path)]
     cmd += ["-o", "esp.enable_encryption_decode:TRUE", "-o", "esp.enable_authentication_check:TRUE"]
-    for row in uat_rows():
+    for row in uat_rows() if rows is None else rows:
         cmd += ["-o", f"uat:esp_sa:{row}"]
     cmd += ["-T", "fields", "-E", "occurrence=a", "-E", "aggregator=,"]
-    for field in FIELDS:
+    for field in fields:
         cmd += ["-e", field]
     env = {**os.environ, "WIRESHARK_CONFIG_DIR": str(home), "HOME": str(home)}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    return [dict(zip(FIELDS, line.split("\t"), strict=True)) for line in lines]
+    return [dict(zip(fields, line.split("\t"), strict=True)) for line in lines]
 
 
 def addresses(sent: Sent, which: str) -> tuple[str, str]:
