@@ -5,8 +5,10 @@ What the results must contain is checked broker-less in tests/unit/test_examples
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import dpkt
 import pytest
 
 from tests.integration.test_suite import run_both
@@ -26,3 +28,15 @@ def test_example_pipeline_kafka_equals_local(
     result, files = run_both(PIPELINES / f"{name}.yaml", kafka_bootstrap, tmp_path, [path])
     assert result.replay.packets > 1000
     assert "flows.flows.jsonl" in files
+
+
+def test_vpn_example_kafka_equals_local(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """The site-to-site tunnel (ipsec decrypt -> firewall -> ipsec encrypt): sealed
+    bytes, drop reasons and lifetime records the same over Kafka."""
+    path = PIPELINES / "captures" / "vpn.pcapng"
+    result, files = run_both(PIPELINES / "vpn.yaml", kafka_bootstrap, tmp_path, [path])
+    assert result.replay.packets == 583
+    out = dpkt.pcapng.Reader(io.BytesIO(files["out.pcapng"]))
+    protos = [dpkt.ethernet.Ethernet(frame).data for _, frame in out]
+    sealed = [ip for ip in protos if isinstance(ip, dpkt.ip.IP) and ip.p == 50]
+    assert len(protos) == 570 and len(sealed) == 272  # docs/functions/ipsec.md, Example
