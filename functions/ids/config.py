@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -18,6 +18,7 @@ from pydantic import (
     PrivateAttr,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -35,6 +36,14 @@ __all__ = ["IdsConfig", "IdsFlowTimeouts", "IdsRateFilter", "IdsSuppress", "IdsT
 
 _SKIPS_SHOWN = 20  # skipped rules named in the log; the rest are counted
 log = logging.getLogger("snf.functions.ids")
+# What a file may give for vars (a before-validator joins numbers and lists into specs).
+_SPEC = {"anyOf": [{"type": "string"}, {"type": "integer"}]}
+_VARS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": {
+        "anyOf": [*_SPEC["anyOf"], {"type": "array", "items": _SPEC, "minItems": 1}]
+    },
+}
 _VAR_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 
 
@@ -111,7 +120,7 @@ class IdsRateFilter(BaseModel):
 class IdsConfig(FunctionConfig):
     """Config of the IDS function; exactly one of `rules` and `rules_file`."""
 
-    vars: dict[str, str] = Field(
+    vars: Annotated[dict[str, str], WithJsonSchema(_VARS_SCHEMA)] = Field(
         default_factory=dict,
         description="Variables for rules, {NAME: spec}: an address spec such as "
         "'[10.0.0.0/8, !10.1.0.0/16]' or a port spec such as '[80,8080]' (a number or "

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
-from snf.core.cidr import parse_cidrs
+from snf.core.cidr import OneOrMany, parse_cidrs
 from snf.core.contract import BoundedStateConfig
 from snf.core.limits import Seconds
 
@@ -118,10 +118,10 @@ class NatConfig(BoundedStateConfig):
     """Config of the NAT44 function. Fields are validated in this order (max_entries
     and sweep_interval, from BoundedStateConfig, first)."""
 
-    inside: list[str] = Field(
+    inside: OneOrMany = Field(
         description="The inside networks as IPv4 CIDRs; a bare address is a /32.", min_length=1
     )
-    public_ips: list[str] = Field(
+    public_ips: OneOrMany = Field(
         description="Public IPv4 addresses of the NAT, none inside `inside`.", min_length=1
     )
     ports: int | str = Field(

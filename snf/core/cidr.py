@@ -5,14 +5,23 @@ A spec is a CIDR string ("10.0.0.0/8", "2001:db8::/32", a bare address is a
 not silently 10.0.0.0/8; a network function should not guess what a config
 meant. The result, (version, network, mask) as ints, is what per-packet
 matching compares against (`addr_int & mask == network`).
+
+`OneOrMany` annotates a config field that takes one string or a non-empty list
+of them (a before-validator makes it a list): the JSON Schema then accepts both, as
+the loader does.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Annotated, Any
 
-__all__ = ["Net", "parse_cidrs"]
+from pydantic import WithJsonSchema
+
+__all__ = ["Net", "OneOrMany", "parse_cidrs"]
+
+_STRINGS = {"type": "array", "items": {"type": "string"}, "minItems": 1}
+OneOrMany = Annotated[list[str], WithJsonSchema({"anyOf": [{"type": "string"}, _STRINGS]})]
 
 # (version, network as int, mask as int)
 Net = tuple[int, int, int]
