@@ -146,7 +146,9 @@ class Ipsec(NetworkFunction):
 
     def key_hashes(self, batch: PacketBatch, headers: Headers) -> Sequence[int | None]:
         """An SA's packets: its hash (inbound by SPI, outbound by the SA the
-        selectors pick, cleartext fragments included); everything else None (stay)."""
+        selectors pick, cleartext fragments included); with direction inbound, the
+        cleartext an outbound SA covers goes with its replies' inbound SA
+        (Gateway.key_sa); everything else None (stay)."""
         out: list[int | None] = []
         gateway = self.gateway
         for i, kind in enumerate(headers.kind):
@@ -155,7 +157,7 @@ class Ipsec(NetworkFunction):
                 continue
             sa = self._esp_sa(batch, headers, i)
             if sa is False:  # cleartext, fragments too: sealed only where the SA lives
-                sa = gateway.outbound_sa(batch, headers, i)
+                sa = gateway.key_sa(headers, i)
             elif headers.frag[i] != FRAG_NONE:
                 sa = None  # ESP in fragments: dropped where it is
             out.append(sa.hash if isinstance(sa, Sa) else None)

@@ -20,7 +20,7 @@ from snf.packet.headers import FRAG_NONE, Headers
 
 from .config import IpsecConfig, Lifetime
 from .esp import EspAuthError, EspFormatError
-from .policy import OPAQUE, Policy, Sa
+from .policy import BYPASS, OPAQUE, Policy, Sa
 from .sequence import SEQ_TABLE, Numbers, SequenceSpace
 from .transport import frame, opened_tuple, split
 from .tunnel import (
@@ -93,13 +93,27 @@ class Gateway:
         spi = batch.payload[off + l4 : off + l4 + 4]
         return int.from_bytes(spi, "big") if len(spi) == 4 and l4 >= 0 else 0
 
-    def outbound_sa(self, batch: PacketBatch, headers: Headers, i: int) -> Sa | None:
-        verdict = self.verdict(headers, i)
-        return verdict if isinstance(verdict, Sa) else None
+    def key_sa(self, headers: Headers, i: int) -> Sa | None:
+        """The SA whose partition a cleartext packet goes to: the outbound SA that
+        seals it, or, in a decrypt-only stage (direction inbound), the inbound SA
+        that carries its replies. Such a packet touches no state here; keyed with
+        its replies, a flow's two halves leave this stage from one partition, in
+        the order they came (a firewall behind the gateway needs that order)."""
+        tup = self._tuple(headers, i)
+        verdict = self.policy.decide(*tup)
+        if isinstance(verdict, Sa):
+            return verdict
+        if self.policy.direction != "inbound" or verdict != BYPASS:
+            return None
+        return self.policy.reply_sa(*tup)
 
     def verdict(self, headers: Headers, i: int) -> Sa | tuple[str, str]:
         """The policy's answer for a cleartext packet. A fragment's ports are OPAQUE,
         so all of a datagram's fragments get one answer (policy module docstring)."""
+        return self.policy.decide(*self._tuple(headers, i))
+
+    @staticmethod
+    def _tuple(headers: Headers, i: int) -> tuple[int, int, bytes, bytes, int, int]:
         proto = headers.proto[i]
         if headers.frag[i] != FRAG_NONE:
             sport = dport = OPAQUE
@@ -107,8 +121,7 @@ class Gateway:
             sport, dport = headers.sport[i], headers.dport[i]
         else:
             sport = dport = 0
-        version, src, dst = headers.version[i], headers.src[i], headers.dst[i]
-        return self.policy.decide(version, proto, src, dst, sport, dport)
+        return headers.version[i], proto, headers.src[i], headers.dst[i], sport, dport
 
     def start(
         self, batch: PacketBatch, headers: Headers, state: BatchState, decisions: Decisions

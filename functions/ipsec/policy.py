@@ -138,6 +138,7 @@ class Policy:
         self.default = BYPASS if config.default == "bypass" else NO_POLICY
         self._cache: dict[tuple[int, int, bytes, bytes, int, int], Sa | tuple[str, str]] = {}
         self._inner: dict[tuple[int, int, int, bytes, bytes, int, int], bool] = {}
+        self._replies: dict[tuple[int, int, bytes, bytes, int, int], Sa | None] = {}
 
     def decide(
         self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
@@ -172,6 +173,26 @@ class Policy:
             if hit is not False:
                 return FRAGMENT if hit is None else verdict
         return self.default
+
+    def reply_sa(
+        self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> Sa | None:
+        """The first inbound SA whose traffic answers this packet from our side
+        (its selectors cover the packet as local to remote); None if none does."""
+        key = (version, proto, src, dst, sport, dport)
+        if key not in self._replies:
+            if len(self._replies) >= _CACHE_MAX:
+                self._replies.clear()
+            s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+            self._replies[key] = next(
+                (
+                    sa
+                    for sa in self.in_sas.values()
+                    if any(matches(sel, version, proto, s, d, sport, dport) for sel in sa.selectors)
+                ),
+                None,
+            )
+        return self._replies[key]
 
     def inner_allowed(
         self, sa: Sa, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int

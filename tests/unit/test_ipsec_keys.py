@@ -1,4 +1,6 @@
-"""ipsec and IP fragments in tunnel mode: one answer per datagram, sealed where the SA lives.
+"""ipsec's partition keys: fragments, and a decrypt stage's clear traffic.
+
+Fragments in tunnel mode: one answer per datagram, sealed where the SA lives.
 
 A fragment's ports are not known (RFC 4301 §7), so every fragment, the first
 too, is decided without them: traffic of an SA whose selectors take any port
@@ -14,7 +16,7 @@ from snf.functions.ipsec import Ipsec, IpsecConfig
 from snf.functions.ipsec.policy import sa_hash
 from snf.packet.batch import PacketBatch
 from snf.packet.parse import parse_packet_batch
-from tests.packets import fragments4, udp4
+from tests.packets import fragments4, tcp4, udp4
 from tests.unit.test_ipsec import T0, Gw, gateway_a, gateway_b, keys
 
 __all__ = ["keys"]  # the key environment, autouse
@@ -52,3 +54,19 @@ def test_a_fragment_only_its_ports_could_place_is_dropped_not_sent_in_clear() ->
     assert out.frames[3:5] == bypassed  # in clear: no SA could have wanted them
     assert out.frames[5][14 + 9] == 50  # the whole datagram is sealed
     assert key_hashes(config, [*frags, whole]) == [None] * 3 + [sa_hash(True, 0x2001)]
+
+
+def test_a_decrypt_stage_keys_clear_traffic_with_the_sa_of_its_replies() -> None:
+    """direction inbound: A's clear packet to B touches no state here; keyed by the
+    inbound SA that carries B's replies, both halves of the flow share a partition."""
+    inbound = gateway_a(direction="inbound")
+    frames = [
+        udp4("10.1.0.5", "10.2.0.9", 5, 53),  # A -> B: with B's replies (SA 0x1001)
+        tcp4("10.1.7.7", "10.2.1.1", 9, 443),
+        udp4("10.1.0.5", "8.8.8.8", 5, 53),  # A -> internet: no SA answers it
+        udp4("10.2.0.9", "10.1.0.5", 53, 5),  # B's traffic in clear: dropped, stays
+    ]
+    replies = sa_hash(False, 0x1001)
+    assert key_hashes(inbound, frames) == [replies, replies, None, None]
+    both = key_hashes(gateway_a(), frames)  # a gateway that seals: the sealing SA's
+    assert both == [sa_hash(True, 0x2001)] * 2 + [None, None]
