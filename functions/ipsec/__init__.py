@@ -30,8 +30,9 @@ Ports
             sequence number reached), "fragment" (ESP in outer fragments: not
             reassembled; a fragment a transport SA would carry; a cleartext
             fragment only its ports could place, RFC 4301 §7), "too_big"
-            (over the MTU and no ICMP possible: IPv4 without DF, another IP
-            version than the SA's, a transport SA's packet), "dummy" (RFC
+            (over the MTU and no ICMP given: IPv4 without DF, another IP
+            version than the SA's, a transport SA's packet, answers over
+            pmtu_answers per second), "dummy" (RFC
             4303 §2.6 dummy packets), "unsupported" (the capture's link type
             cannot carry the other IP version), "ecn" (the outer header says
             congestion (CE) and the inner packet is not ECN-capable: RFC 6040

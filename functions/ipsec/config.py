@@ -249,6 +249,15 @@ class IpsecConfig(FunctionConfig):
         description="Largest outer packet sent; a bigger ESP packet is answered with ICMP "
         "'fragmentation needed' / 'packet too big' to the inner source (RFC 4301 §8).",
     )
+    pmtu_answers: int = Field(
+        default=10,
+        ge=1,
+        le=1_000_000,
+        strict=True,
+        description="ICMP 'too big' answers per second of packet time per outbound SA, in "
+        "bursts of as many (RFC 4443 §2.4 (f): ICMPv6 errors are rate-limited); a packet "
+        "over the rate is dropped as too_big, unanswered.",
+    )
     seq_block: int = Field(
         default=4096,
         ge=16,

@@ -78,12 +78,16 @@ class _Usage:
     flags: int
     window: ReplayWindow | None
     stored: Any
+    tat: int = 0  # outbound SA: when its next PMTU answer is due (GCRA, packet time)
 
 
 class Gateway:
     def __init__(self, policy: Policy, config: IpsecConfig) -> None:
         self.policy = policy
         self.mtu = config.path_mtu
+        # GCRA over packet time: pmtu_answers per second, in bursts of as many
+        self.pmtu_interval = 1_000_000_000 // config.pmtu_answers
+        self.pmtu_tolerance = (config.pmtu_answers - 1) * self.pmtu_interval
         self.sequence = SequenceSpace(config.seq_block)
 
     @staticmethod
@@ -161,8 +165,8 @@ class Work:
         if u is None:
             raw = self.sa_table.get(key)
             if sa.out:
-                p, b, f = raw if raw is not None else (0, 0, 0)
-                u = _Usage(key, int(p), int(b), int(f), None, raw)
+                p, b, f, *tat = raw if raw is not None else (0, 0, 0)
+                u = _Usage(key, int(p), int(b), int(f), None, raw, int(tat[0]) if tat else 0)
             else:
                 window = ReplayWindow.load(sa.window, None if raw is None else raw[:2])
                 p, b, f = raw[2:] if raw is not None else (0, 0, 0)
@@ -337,18 +341,26 @@ class Work:
         while fits > 0 and fits + sa.esp.overhead(fits) > room:
             fits -= 1
         answer = icmp_too_big(prefix, self.batch.linktype, inner, sa.local, fits)
-        if answer is None:
+        if answer is None or not self._may_answer(i, self._usage(sa)):
             return self._drop(i, "too_big")
         self.d.replaced[i] = answer
         self.d.reasons[i] = "pmtu"
         return None
+
+    def _may_answer(self, i: int, u: _Usage) -> bool:
+        """Whether the SA's PMTU answers are under their rate (GCRA); if so, count one."""
+        ts, g = self.ts[i], self.g
+        if ts < u.tat - g.pmtu_tolerance:
+            return False
+        u.tat = max(u.tat, ts) + g.pmtu_interval
+        return True
 
     def finish(self) -> None:
         """Write back each SA's changed value; hand over records and metrics."""
         for u in self.usage.values():
             w = u.window
             value = (
-                [u.packets, u.bytes, u.flags]
+                [u.packets, u.bytes, u.flags, *([u.tat] if u.tat else [])]
                 if w is None
                 else [*w.dump(), u.packets, u.bytes, u.flags]
             )
