@@ -26,6 +26,7 @@ from .transport import frame, opened_tuple, split
 from .tunnel import (
     ESP,
     OUTER_LEN,
+    PORTED,
     decap_ecn,
     icmp_too_big,
     inner_tos,
@@ -57,7 +58,6 @@ REASONS = (
 _TUNNEL = {4: 4, 6: 41}  # inner IP version -> ESP next header (RFC 4303 tunnel mode)
 _VERSION = {4: 4, 41: 6}
 _NO_NEXT = 59  # a dummy packet (RFC 4303 §2.6)
-_PORTED = frozenset((6, 17, 132, 136))
 _SOFT, _HARD = 1, 2
 
 
@@ -121,7 +121,7 @@ class Gateway:
         proto = headers.proto[i]
         if headers.frag[i] != FRAG_NONE:
             sport = dport = OPAQUE
-        elif proto in _PORTED:
+        elif proto in PORTED:
             sport, dport = headers.sport[i], headers.dport[i]
         else:
             sport = dport = 0

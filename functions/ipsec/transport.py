@@ -20,10 +20,11 @@ from snf.packet.linktypes import LINKTYPE_RAW
 from snf.packet.rewrite import checksum
 from snf.packet.scalar import parse_packet
 
+from .tunnel import PORTED
+
 __all__ = ["frame", "opened_tuple", "split"]
 
 _HOP, _ROUTING, _FRAGMENT, _DEST, _AH = 0, 43, 44, 60, 51
-_PORTED = frozenset((6, 17, 132, 136))  # as the outbound policy reads ports
 
 
 def _ext_len(nh: int, ext: bytes, off: int) -> int:
@@ -77,6 +78,6 @@ def opened_tuple(ip: bytes) -> tuple[int, int, bytes, bytes, int, int] | str:
         return "malformed"
     if parsed[9] != FRAG_NONE:
         return "fragment"
-    if proto not in _PORTED:
+    if proto not in PORTED:  # as the outbound policy reads ports
         sport = dport = 0
     return version, proto, src, dst, sport, dport

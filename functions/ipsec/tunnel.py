@@ -22,6 +22,7 @@ from snf.packet.rewrite import checksum
 __all__ = [
     "ETHERTYPE",
     "OUTER_LEN",
+    "PORTED",
     "decap_ecn",
     "icmp_too_big",
     "inner_tos",
@@ -33,7 +34,7 @@ __all__ = [
 ETHERTYPE = {4: b"\x08\x00", 6: b"\x86\xdd"}
 OUTER_LEN = {4: 20, 6: 40}
 ESP = 50
-_PORTED = frozenset((6, 17, 132, 136))  # TCP, UDP, SCTP, UDP-Lite: ports at offset 0
+PORTED = frozenset((6, 17, 132, 136))  # TCP, UDP, SCTP, UDP-Lite: ports at offset 0
 _V4 = struct.Struct("!BBHHHBBH4s4s")
 _V6 = struct.Struct("!IHBB16s16s")
 _PORTS = struct.Struct("!HH")
@@ -98,7 +99,7 @@ def inner_tuple(inner: bytes) -> tuple[int, int, bytes, bytes, int, int] | None:
     else:
         return None
     version = inner[0] >> 4
-    if proto in _PORTED and not later and n >= off + 4:
+    if proto in PORTED and not later and n >= off + 4:
         sport, dport = _PORTS.unpack_from(inner, off)
         return version, proto, src, dst, sport, dport
     return version, proto, src, dst, 0, 0
