@@ -4,8 +4,8 @@
 RFC 4301's SPD would: protect it with an outbound SA, pass it, or discard it.
 Outbound SA selectors come first, then the inbound SAs' (traffic they cover
 must arrive protected), then the `policies` entries in order, then the
-default. Answers are cached per tuple (a bounded dict): most packets belong
-to a flow seen moments ago.
+default. Answers are memoised per tuple (`_Memo`, bounded): most packets
+belong to a flow seen moments ago.
 
 IP fragments are decided without their ports (`OPAQUE`, RFC 4301 §7), the
 first fragment too, so every fragment of a datagram gets one answer and,
@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from snf.core.cidr import Net
 from snf.packet.flowkey import flow_hash
@@ -136,21 +137,17 @@ class Policy:
             (p.compiled(), BYPASS if p.action == "bypass" else DISCARD) for p in config.policies
         ]
         self.default = BYPASS if config.default == "bypass" else NO_POLICY
-        self._cache: dict[tuple[int, int, bytes, bytes, int, int], Sa | tuple[str, str]] = {}
-        self._inner: dict[tuple[int, int, int, bytes, bytes, int, int], bool] = {}
-        self._replies: dict[tuple[int, int, bytes, bytes, int, int], Sa | None] = {}
+        self._sas = sas
+        # Per tuple, memoised: most packets belong to a flow seen moments ago.
+        self._decisions = _Memo(self._decide)
+        self._replies = _Memo(self._reply_sa)
+        self._inner = _Memo(self._inner_allowed)
 
     def decide(
         self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
     ) -> Sa | tuple[str, str]:
         """An outbound SA to protect the packet with, or (port, reason)."""
-        key = (version, proto, src, dst, sport, dport)
-        hit = self._cache.get(key)
-        if hit is None:
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()
-            hit = self._cache[key] = self._decide(*key)
-        return hit
+        return self._decisions[version, proto, src, dst, sport, dport]
 
     def _decide(
         self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
@@ -179,36 +176,44 @@ class Policy:
     ) -> Sa | None:
         """The first inbound SA whose traffic answers this packet from our side
         (its selectors cover the packet as local to remote); None if none does."""
-        key = (version, proto, src, dst, sport, dport)
-        if key not in self._replies:
-            if len(self._replies) >= _CACHE_MAX:
-                self._replies.clear()
-            s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
-            self._replies[key] = next(
-                (
-                    sa
-                    for sa in self.in_sas.values()
-                    if any(matches(sel, version, proto, s, d, sport, dport) for sel in sa.selectors)
-                ),
-                None,
-            )
-        return self._replies[key]
+        return self._replies[version, proto, src, dst, sport, dport]
+
+    def _reply_sa(
+        self, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> Sa | None:
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        for sa in self.in_sas.values():
+            if any(matches(sel, version, proto, s, d, sport, dport) for sel in sa.selectors):
+                return sa
+        return None
 
     def inner_allowed(
         self, sa: Sa, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
     ) -> bool:
         """Whether a packet decrypted with inbound `sa` is traffic that SA carries
         (RFC 4301 §5.2: the remote side to ours)."""
-        key = (sa.index, version, proto, src, dst, sport, dport)
-        hit = self._inner.get(key)
-        if hit is None:
-            if len(self._inner) >= _CACHE_MAX:
-                self._inner.clear()
-            s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
-            hit = self._inner[key] = any(
-                matches(sel, version, proto, d, s, dport, sport) for sel in sa.selectors
-            )
-        return hit
+        return self._inner[sa.index, version, proto, src, dst, sport, dport]
+
+    def _inner_allowed(
+        self, index: int, version: int, proto: int, src: bytes, dst: bytes, sport: int, dport: int
+    ) -> bool:
+        s, d = int.from_bytes(src, "big"), int.from_bytes(dst, "big")
+        sels = self._sas[index].selectors
+        return any(matches(sel, version, proto, d, s, dport, sport) for sel in sels)
+
+
+class _Memo(dict[tuple[Any, ...], Any]):
+    """`fn(*key)` per key, computed on first use; emptied when full (a bounded cache)."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def __missing__(self, key: tuple[Any, ...]) -> Any:
+        if len(self) >= _CACHE_MAX:
+            self.clear()
+        value = self[key] = self.fn(*key)
+        return value
 
 
 def _first(answers: Iterable[bool | None]) -> bool | None:
