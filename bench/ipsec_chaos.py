@@ -45,7 +45,7 @@ from snf.kafka.admin import delete_topics, topic_partitions  # noqa: E402
 from tests import ipsec_chaos  # noqa: E402
 
 SNF = str(Path(sys.executable).parent / "snf")
-KILLED = {"encrypt": "encrypt", "decrypt": "decrypt"}  # --case: the function killed
+# --case (the function killed) -> the pipeline name its topics carry
 NAMES = {"encrypt": ipsec_chaos.NAME, "decrypt": ipsec_chaos.REPLAY_NAME}
 
 
@@ -60,7 +60,7 @@ def one_run(n: int, args: argparse.Namespace, brokers: str, rng: random.Random) 
     shares = sorted(rng.uniform(0.1, 0.9) for _ in range(args.kills))
     argv = [SNF, "chaos", str(pipeline), str(capture), "-p", str(args.pps)]
     for share in shares:
-        argv += ["--kill", KILLED[args.case], "--at", f"{share:.0%}"]
+        argv += ["--kill", args.case, "--at", f"{share:.0%}"]
     argv += ["--seed", str(rng.randrange(1 << 30)), "--keep", "--rundir", str(workdir / "run")]
     argv += ["--brokers", brokers, "--json", str(workdir / "chaos.json"), "--no-progress"]
     name, before, started = NAMES[args.case], set(topic_partitions(brokers)), time.monotonic()
@@ -122,7 +122,7 @@ def summary(case: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--case", choices=sorted(KILLED), default="encrypt")
+    ap.add_argument("--case", choices=sorted(NAMES), default="encrypt")
     ap.add_argument("--brokers", default=None)
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument(

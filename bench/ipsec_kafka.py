@@ -253,7 +253,7 @@ def measure_kafka(
     ceiling on one broker, or the error that stopped that combination. `frames`
     builds the clear Ethernet frames, `keys(cipher)` is an SA's key material."""
     out: dict[str, Any] = {"packets": args.packets, "flows": FLOWS, "runs": {}}
-    total, n, warm = len(ciphers) * len(sizes) * len(SIDES), 0, [False]
+    total, n = len(ciphers) * len(sizes) * len(SIDES), 0
     try:
         with broker(args.brokers) as bootstrap:
             for size in sizes:
@@ -264,7 +264,8 @@ def measure_kafka(
                     console.print(f"{name}, {args.packets:,} packets", highlight=False)
                     t0 = time.monotonic()
                     try:
-                        run = _measure(function, cipher, clear, keys(cipher), args, bootstrap, warm)
+                        key = keys(cipher)
+                        run = _measure(function, cipher, clear, key, args, bootstrap, n == 1)
                         took = f"{time.monotonic() - t0:.0f} s"
                         console.print(f"{name}: {_summary(run)} ({took})", highlight=False)
                     except Exception as exc:  # RunError, DeployError, CeilingError...
@@ -291,9 +292,9 @@ def _measure(
     key: bytes,
     args: argparse.Namespace,
     bootstrap: str,
-    warm: list[bool],
+    warm_up: bool,
 ) -> dict[str, Any]:
-    """One combination; `warm[0]` says whether the broker has had its warm-up run."""
+    """One combination; `warm_up` first (the matrix's first run on the broker)."""
     quiet = {"repeats": 1, "tries": args.tries, "max_share": args.max_disturbance, "patience": 10}
     with tempfile.TemporaryDirectory(prefix="snf-bench-ipsec-") as tmp:
         folder = Path(tmp)
@@ -301,9 +302,8 @@ def _measure(
         keyers = plan_pipeline(load_pipeline(pipeline)).ingress_hop.keyers
         shape = ([capture], 1, 512, 1, "snf", 1)
         ceiling = partial(measure_ceiling, *shape, brokers=bootstrap, keyers=keyers)
-        if not warm[0]:  # a fresh broker's JVM is slower until its code is compiled
+        if warm_up:  # a fresh broker's JVM is slower until its code is compiled
             ceiling()
-            warm[0] = True
         run = partial(run_once, pipeline, capture, brokers=bootstrap, folder=folder)
         out = {"local": median_run(partial(run, True), **quiet)}
         out["kafka"] = median_run(partial(run, False), **quiet)
